@@ -1,0 +1,70 @@
+"""Run options shared by the CLI and every runtime adapter, plus the documented exit codes.
+
+These are plain values (already validated by the CLI layer) so that the asyncio, trio and gevent adapters run
+exactly the same tunnel from the same description, and embedding programs can build them without argparse.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes (upstream reference 1.4); documented in README.md."""
+
+    OK = 0
+    GENERAL = 1
+    USAGE = 2  # usage or configuration error
+    AUTH = 3  # authentication or authorisation refused
+    CONNECT_FAILED = 10  # the tunnel never came up
+    CONNECTION_LOST = 11  # the tunnel was up and then died
+
+
+class TunnelError(Exception):
+    """An error meant for the user: one line on stderr and a documented exit code, never a traceback."""
+
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.GENERAL) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+#: Default STUN servers of upstream E3 (reference 4.6). Tests always override them (no internet here).
+DEFAULT_STUN_SERVERS: tuple[str, ...] = (
+    "stun.l.google.com:19302",
+    "stun1.l.google.com:19302",
+    "stun.cloudflare.com:3478",
+)
+
+
+@attrs.frozen
+class IceOptions:
+    """What both roles of the ICE modes share."""
+
+    #: "host:port" STUN servers; empty means host candidates only (--no-stun).
+    stun_servers: tuple[str, ...] = ()
+    #: Restrict host candidates to these IP literals or interface names; empty means every usable interface
+    #: (loopback is used only when nothing else exists, so a bare container still works).
+    host_candidates: tuple[str, ...] = ()
+    #: QUIC max datagram size; None picks per path (large on loopback, 1350 elsewhere).
+    packet_size: int | None = None
+
+
+@attrs.frozen
+class ManualServerOptions:
+    """`tunnel server manual`: serve one session whose source the client names in its offer."""
+
+    allowed_tcp: tuple[str, ...] = ()
+    allowed_udp: tuple[str, ...] = ()
+    ice: IceOptions = IceOptions()
+
+
+@attrs.frozen
+class ManualClientOptions:
+    """`tunnel client manual`: ask the server for ``source`` and expose it locally at ``target``."""
+
+    source: str
+    target: str
+    ice: IceOptions = IceOptions()

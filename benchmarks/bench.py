@@ -1,0 +1,204 @@
+"""Throughput and latency of the manual-mode tunnel against ssh -L, a socat relay and a direct connection.
+
+Why these baselines: "direct" is the ceiling, socat is the cost of one user-space hop without crypto, and ssh -L
+is what users would otherwise use for the same job, so the tunnel should be no slower than it where it counts.
+Everything runs on 127.0.0.1; see README.md for how to read the numbers.
+
+    python benchmarks/bench.py [--quick] [--runtime asyncio] [--packet-size N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.e2e import programs  # noqa: E402
+from tests.e2e.harness import FAKE_RUNTIME, RUNTIME_MODULES, ManualTunnel  # noqa: E402
+from tests.e2e.programs import LOOPBACK  # noqa: E402
+
+TARGET_MIB_S = 40.0
+
+
+@attrs.frozen
+class PathResult:
+    name: str
+    mib_s: float
+    rtt_median_us: float
+    rtt_p99_us: float
+    note: str = ""
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def measure(
+    name: str, tcp_port: int, echo_port: int, seconds: int, rounds: int, note: str = ""
+) -> PathResult:
+    """One iperf3 TCP run and ``rounds`` 1-byte ping-pongs through whatever listens on the two ports."""
+    print(f"  {name}: iperf3 {seconds} s ...", file=sys.stderr, flush=True)
+    iperf = programs.run_iperf3_client(tcp_port, seconds=seconds)
+    print(f"  {name}: {rounds} ping-pongs ...", file=sys.stderr, flush=True)
+    rtts = [rtt * 1e6 for rtt in programs.tcp_ping_pong(echo_port, rounds)]
+    return PathResult(
+        name=name,
+        mib_s=iperf.mib_per_second,
+        rtt_median_us=statistics.median(rtts),
+        rtt_p99_us=percentile(rtts, 0.99),
+        note=note,
+    )
+
+
+@contextlib.contextmanager
+def ports_pair(
+    factory: Callable[[int], contextlib.AbstractContextManager[int]], iperf_port: int, echo_port: int
+) -> Iterator[tuple[int, int]]:
+    """Put the same kind of forwarder in front of the iperf3 server and the echo server."""
+    with factory(iperf_port) as tcp_port, factory(echo_port) as echo:
+        yield tcp_port, echo
+
+
+def run(args: argparse.Namespace) -> list[PathResult]:
+    seconds = 2 if args.quick else args.seconds
+    rounds = 300 if args.quick else args.rounds
+    results: list[PathResult] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="tunnel-bench-") as tmp,
+        programs.Iperf3Server(Path(tmp), one_off=False) as iperf,
+        programs.TcpEchoServer() as echo,
+        programs.Sshd(Path(tmp) / "sshd") as sshd,
+    ):
+        workdir = Path(tmp)
+
+        @contextlib.contextmanager
+        def direct(port: int) -> Iterator[int]:
+            yield port
+
+        @contextlib.contextmanager
+        def socat(port: int) -> Iterator[int]:
+            local = programs.free_port()
+            with programs.SocatRelay(workdir, local, port):
+                yield local
+
+        @contextlib.contextmanager
+        def ssh_forward(port: int) -> Iterator[int]:
+            local = programs.free_port()
+            with sshd.forward(local, port):
+                yield local
+
+        setup: list[float] = []
+
+        @contextlib.contextmanager
+        def tunnel(port: int) -> Iterator[int]:
+            with ManualTunnel(
+                f"tcp://{LOOPBACK}:{port}", runtime=args.runtime, packet_size=args.packet_size, timeout=30
+            ) as t:
+                setup.append(t.setup_seconds or 0.0)
+                yield t.local_port
+                t.assert_alive()
+
+        paths = [
+            ("direct", direct),
+            ("socat", socat),
+            ("ssh -L", ssh_forward),
+            (f"tunnel ({args.runtime})", tunnel),
+        ]
+        for name, factory in paths:
+            if args.only and not any(word in name for word in args.only):
+                continue
+            print(f"measuring {name}", file=sys.stderr, flush=True)
+            with ports_pair(factory, iperf.port, echo.port) as (tcp_port, echo_port):
+                result = measure(name, tcp_port, echo_port, seconds, rounds)
+            if factory is tunnel and setup:
+                note = f"setup {statistics.median(setup):.2f} s"
+                if args.packet_size:
+                    note += f", packet size {args.packet_size}"
+                result = attrs.evolve(result, note=note)
+            results.append(result)
+    return results
+
+
+def ratio(value: float, base: float | None) -> str:
+    return f"{value / base:.2f}x" if base else "-"
+
+
+def report(results: list[PathResult]) -> str:
+    by_name = {r.name: r for r in results}
+    direct = by_name.get("direct")
+    ssh = by_name.get("ssh -L")
+    header = (
+        f"{'path':<18}{'TCP MiB/s':>11}{'vs direct':>11}{'vs ssh -L':>11}"
+        f"{'RTT med µs':>12}{'p99 µs':>10}{'added µs':>10}{'vs ssh -L':>11}  note"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        added = r.rtt_median_us - direct.rtt_median_us if direct else float("nan")
+        ssh_added = ssh.rtt_median_us - direct.rtt_median_us if ssh and direct else None
+        lines.append(
+            f"{r.name:<18}{r.mib_s:>11.1f}{ratio(r.mib_s, direct.mib_s if direct else None):>11}"
+            f"{ratio(r.mib_s, ssh.mib_s if ssh else None):>11}"
+            f"{r.rtt_median_us:>12.1f}{r.rtt_p99_us:>10.1f}{added:>10.1f}"
+            f"{ratio(added, ssh_added) if ssh_added and ssh_added > 0 else '-':>11}  {r.note}"
+        )
+    tunnels = [r for r in results if r.name.startswith("tunnel")]
+    for t in tunnels:
+        ok = t.mib_s >= TARGET_MIB_S
+        lines.append(
+            f"target TCP >= {TARGET_MIB_S:.0f} MiB/s: {'PASS' if ok else 'FAIL'} ({t.mib_s:.1f} MiB/s)"
+        )
+        if ssh and direct:
+            added = t.rtt_median_us - direct.rtt_median_us
+            ssh_added = ssh.rtt_median_us - direct.rtt_median_us
+            verdict = "PASS" if added <= ssh_added else "FAIL"
+            lines.append(
+                f"target added latency <= ssh -L: {verdict} (tunnel +{added:.1f} µs, ssh -L +{ssh_added:.1f} µs)"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="2 s iperf3 runs and 300 round trips")
+    parser.add_argument("--seconds", type=int, default=5, help="iperf3 duration per path (default 5)")
+    parser.add_argument(
+        "--rounds", type=int, default=2000, help="ping-pong round trips per path (default 2000)"
+    )
+    parser.add_argument(
+        "--runtime",
+        default="asyncio",
+        choices=[*sorted(RUNTIME_MODULES), FAKE_RUNTIME],
+        help="tunnel runtime ('fake' = the harness's stand-in CLI, to check this script)",
+    )
+    parser.add_argument(
+        "--packet-size", type=int, default=None, help="pass --packet-size N to both tunnel ends"
+    )
+    parser.add_argument(
+        "--only", action="append", help="measure only paths whose name contains this (repeatable)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    results = run(args)
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps([attrs.asdict(r) for r in results], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

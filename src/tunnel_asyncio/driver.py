@@ -1,0 +1,186 @@
+"""The one adapter shape, on asyncio: wait readable, drain, feed the core, flush once, re-arm one timer.
+
+Why not aioquic's own asyncio protocol: it transmits after every datagram; draining a socket and flushing once per
+batch is about twice as fast (python-stack.md 1.2). Why raw non-blocking sockets with ``add_reader`` and not
+DatagramProtocol: draining needs the socket itself. (A Proactor loop on Windows has no add_reader; that port would
+feed datagrams from DatagramProtocol callbacks and schedule one flush per loop iteration - ``schedule_flush`` is
+that seam.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from tunnel_core.types import Address
+
+log = logging.getLogger("tunnel")
+
+#: Timers closer than this fire at once: asyncio's timer granularity would otherwise throttle aioquic's pacer.
+TIMER_SLACK = 0.001
+#: Errors that mean "this path does not work right now" rather than "the program is broken" (upstream ignores them).
+_TRANSIENT_SEND_ERRORS = {
+    errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ECONNREFUSED, errno.EADDRNOTAVAIL,
+    errno.EINVAL, errno.EPERM, errno.EAFNOSUPPORT,
+}
+
+
+def bind_udp(ip: str, port: int = 0) -> socket.socket:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            except OSError:
+                pass
+        sock.bind((ip, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def local_address(sock: socket.socket) -> Address:
+    name = sock.getsockname()
+    return (name[0], name[1])
+
+
+class MachineDriver:
+    """Drives one sans-IO machine (a Peer) over a set of UDP sockets keyed by their local address."""
+
+    def __init__(
+        self,
+        machine: Any,
+        sockets: dict[Address, socket.socket],
+        on_event: Callable[[Any], None],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.machine = machine
+        self.sockets = dict(sockets)
+        self.on_event = on_event
+        self.loop = loop or asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._flush_scheduled = False
+        self._closed = False
+        for addr, sock in self.sockets.items():
+            self.loop.add_reader(sock.fileno(), self._on_readable, addr, sock)
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    # ---------------------------------------------------------------------------------------- the shape
+
+    def _on_readable(self, addr: Address, sock: socket.socket) -> None:
+        now = self.loop.time()
+        receive = self.machine.receive_datagram
+        for _ in range(256):  # bounded drain: other sockets and timers get their turn
+            try:
+                data, remote = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                # ICMP errors surface here on Linux (ECONNREFUSED); they say nothing the core needs.
+                continue
+            receive(data, addr, (remote[0], remote[1]), now)
+        self.flush()
+
+    def schedule_flush(self) -> None:
+        """Coalesce many inputs (local socket callbacks) into one flush per loop iteration."""
+        if not self._flush_scheduled and not self._closed:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        for _ in range(16):
+            self._drain_events()
+            now = self.loop.time()
+            sent = self._send(self.machine.datagrams_to_send(now))
+            if not sent and not self._has_pending_events():
+                break
+        self._drain_events()
+        self._rearm()
+
+    def _has_pending_events(self) -> bool:
+        return bool(getattr(self.machine, "_events", None))
+
+    def _drain_events(self) -> None:
+        while True:
+            ev = self.machine.next_event()
+            if ev is None:
+                return
+            self.on_event(ev)
+
+    def _send(self, transmits: list[Any]) -> int:
+        n = 0
+        for t in transmits:
+            sock = self.sockets.get(t.local)
+            if sock is None:
+                continue
+            try:
+                sock.sendto(t.data, t.remote)
+                n += 1
+            except (BlockingIOError, InterruptedError):
+                pass  # QUIC and STUN both retransmit
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT_SEND_ERRORS:
+                    log.debug("send from %s to %s failed: %s", t.local, t.remote, exc)
+        return n
+
+    def _rearm(self) -> None:
+        when = self.machine.get_timer()
+        if when == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is None:
+            return
+        if when - self.loop.time() < TIMER_SLACK:
+            self._timer = self.loop.call_soon(self._on_timer)
+        else:
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._closed:
+            return
+        self.machine.handle_timer(self.loop.time())
+        self.flush()
+
+    # ---------------------------------------------------------------------------------------- lifetime
+
+    def keep_only(self, keep: Address) -> None:
+        """After nomination only the selected socket matters; the others are closed (upstream does the same)."""
+        for addr in list(self.sockets):
+            if addr != keep:
+                sock = self.sockets.pop(addr)
+                self.loop.remove_reader(sock.fileno())
+                sock.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for sock in self.sockets.values():
+            try:
+                self.loop.remove_reader(sock.fileno())
+            except (ValueError, OSError):
+                pass
+            sock.close()
+        self.sockets.clear()

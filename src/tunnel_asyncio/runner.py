@@ -1,0 +1,211 @@
+"""The asyncio interpreter of tunnel_core.flows: performs each effect a flow yields and sends the result back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from typing import Any, TextIO
+
+from tunnel_asyncio import common
+from tunnel_asyncio.driver import MachineDriver
+from tunnel_asyncio.local import LocalForwarder
+from tunnel_core import flows
+from tunnel_core.errors import ProtocolError
+from tunnel_core.ice.events import GatheringComplete
+from tunnel_core.options import ExitCode, TunnelError
+from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
+from tunnel_core.signal import BlockReader
+from tunnel_core.types import Address
+
+CLOSE_GRACE = 2.0
+
+
+class Console:
+    """stdout carries only the blocks a person copies; everything else goes to stderr (upstream's split)."""
+
+    def __init__(self, stdin: TextIO | None = None, stdout: TextIO | None = None,
+                 stderr: TextIO | None = None) -> None:
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+
+    def say(self, line: str) -> None:
+        print(line, file=self.stderr, flush=True)
+
+    def block(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
+
+
+class AsyncioRunner:
+    """Runs one flow on the running asyncio loop; owns the sockets, the driver and the local forwarding I/O."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.loop = asyncio.get_running_loop()
+        self.sockets: dict[Address, socket.socket] = {}
+        self.peer: Any = None
+        self.driver: MachineDriver | None = None
+        self.local: LocalForwarder | None = None
+        self.milestones: dict[str, asyncio.Future[Any]] = {
+            k: self.loop.create_future() for k in ("gathered", "connected", "ready", "closed")
+        }
+        self.stop: asyncio.Future[None] = self.loop.create_future()
+
+    # ------------------------------------------------------------------------------------------ flow loop
+
+    async def run(self, flow: flows.Flow) -> None:
+        installed = self._install_signals()
+        try:
+            result: Any = None
+            error: BaseException | None = None
+            while True:
+                try:
+                    effect = flow.throw(error) if error is not None else flow.send(result)
+                except StopIteration:
+                    return
+                except flows.Stopped:
+                    return
+                except ProtocolError as exc:
+                    raise TunnelError(str(exc), ExitCode.USAGE) from None
+                result, error = None, None
+                try:
+                    result = await self._perform(effect)
+                except flows.Stopped as exc:
+                    error = exc
+                except OSError as exc:
+                    error = exc
+        finally:
+            for sig in installed:
+                self.loop.remove_signal_handler(sig)
+            await self.close()
+
+    def _install_signals(self) -> list[int]:
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                self.loop.add_signal_handler(sig, self._on_signal)
+                installed.append(sig)
+        return installed
+
+    def _on_signal(self) -> None:
+        if not self.stop.done():
+            self.stop.set_result(None)
+
+    async def _stoppable(self, awaitable: Any) -> Any:
+        task = asyncio.ensure_future(awaitable)
+        done, _ = await asyncio.wait({task, self.stop}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise flows.Stopped()
+
+    # ------------------------------------------------------------------------------------------ effects
+
+    async def _perform(self, effect: Any) -> Any:
+        if isinstance(effect, flows.Say):
+            self.console.say(effect.text)
+        elif isinstance(effect, flows.PrintBlock):
+            self.console.block(effect.text)
+        elif isinstance(effect, flows.ReadBlock):
+            return await self._stoppable(self._read_block(effect.kind))
+        elif isinstance(effect, flows.BindHostSockets):
+            self.sockets = common.bind_host_sockets(effect.wanted)
+            return list(self.sockets)
+        elif isinstance(effect, flows.Resolve):
+            return await self._stoppable(common.resolve_all(effect.host, effect.port))
+        elif isinstance(effect, flows.NewIdentity):
+            return common.new_identity()
+        elif isinstance(effect, flows.Start):
+            self._start(effect.peer)
+        elif isinstance(effect, flows.Poke):
+            effect.fn(self.loop.time())
+            assert self.driver is not None
+            self.driver.flush()
+        elif isinstance(effect, flows.Wait):
+            return await self._wait(effect.kind, effect.timeout)
+        elif isinstance(effect, flows.Listen):
+            assert self.local is not None
+            if effect.protocol == "tcp":
+                return await self.local.listen_tcp(effect.ip, effect.port)
+            return self.local.listen_udp(effect.ip, effect.port)
+        else:  # pragma: no cover - a flow yielded something new
+            raise TypeError(f"unknown effect {effect!r}")
+        return None
+
+    async def _read_block(self, kind: str) -> str:
+        """Lines from stdin in a worker thread, so the loop (and ICE answering checks) never blocks."""
+        reader = BlockReader(kind)  # type: ignore[arg-type]
+        lines: list[str] = []
+        while True:
+            line = await self.loop.run_in_executor(None, self.console.stdin.readline)
+            if line == "":
+                reader.feed_eof()
+                raise TunnelError("Missing BEGIN marker", ExitCode.USAGE)
+            lines.append(line)
+            if reader.feed_line(line) is not None:
+                return "".join(lines)
+
+    async def _wait(self, kind: str, timeout: float | None) -> Any:
+        fut = self.milestones[kind]
+        closed = self.milestones["closed"]
+        waiters = {fut, closed} if kind != "closed" else {closed}
+        done, _ = await asyncio.wait({*waiters, self.stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if fut in done:
+            return fut.result()
+        if closed in done:
+            return closed.result()
+        if self.stop in done:
+            raise flows.Stopped()
+        return None
+
+    def _start(self, peer: Any) -> None:
+        self.peer = peer
+        self.driver = MachineDriver(peer, self.sockets, self._on_event, self.loop)
+        self.local = LocalForwarder(self.loop, lambda: peer.session, self.driver.schedule_flush)
+
+    def _on_event(self, ev: Any) -> None:
+        if isinstance(ev, GatheringComplete):
+            _settle(self.milestones["gathered"], ev)
+        elif isinstance(ev, IceConnected):
+            _settle(self.milestones["connected"], ev)
+            assert self.driver is not None
+            self.driver.keep_only(ev.local_address)
+        elif isinstance(ev, TunnelReady):
+            _settle(self.milestones["ready"], ev)
+        elif isinstance(ev, TunnelClosed):
+            _settle(self.milestones["closed"], ev)
+        elif self.local is not None:
+            self.local.handle(ev)
+
+    async def close(self) -> None:
+        """Orderly stop: CONNECTION_CLOSE(0, "done"), a short grace for it to leave, then release everything."""
+        if self.peer is not None and self.driver is not None and not self.peer.closed:
+            self.peer.close(self.loop.time(), "done")
+            self.driver.flush()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.milestones["closed"]), CLOSE_GRACE)
+        if self.local is not None:
+            self.local.close()
+        if self.driver is not None:
+            self.driver.close()
+        else:
+            for sock in self.sockets.values():
+                sock.close()
+
+
+def _settle(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def run_flow(flow: flows.Flow, console: Console | None = None) -> None:
+    """Run a flow to completion on a new asyncio loop; user-facing failures come out as TunnelError."""
+
+    async def main() -> None:
+        await AsyncioRunner(console).run(flow)
+
+    asyncio.run(main())

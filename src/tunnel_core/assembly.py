@@ -1,0 +1,72 @@
+"""How the ICE modes put a tunnel together, identical for every runtime.
+
+Adapters supply what only they can (sockets, a clock, OS randomness, a freshly generated key); this module decides
+the rest - packet size per path, QUIC configuration and pinning, which forwarding session - so asyncio, trio and
+gevent tunnels are interchangeable on the wire (the conformance suite runs mixed pairs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from tunnel_core.forwarding import ForwardingSession
+from tunnel_core.ice.agent import IceAgent
+from tunnel_core.ice.timing import IceTiming
+from tunnel_core.peer import Peer, is_loopback_pair
+from tunnel_core.quic.config import (
+    DEFAULT_PACKET_SIZE,
+    MAX_PACKET_SIZE,
+    clamp_packet_size,
+    make_configuration,
+)
+from tunnel_core.quic.connection import TunnelQuicConnection
+from tunnel_core.quic.identity import QuicIdentity
+from tunnel_core.types import Address
+
+Rng = Callable[[int], bytes]
+
+
+def packet_size_for(configured: int | None, local: Address, remote: Address) -> int:
+    """Loopback has a 64 KiB MTU and per-packet cost dominates aioquic, so use the largest safe size there;
+    real paths get a size that fits a 1500-byte MTU with room for IPv6 and tunnels."""
+    if configured:
+        return clamp_packet_size(configured)
+    if is_loopback_pair(local, remote):
+        return MAX_PACKET_SIZE
+    return DEFAULT_PACKET_SIZE
+
+
+def new_agent(*, controlling: bool, rng: Rng, stun_servers: Sequence[Address] = (),
+              timing: IceTiming | None = None) -> IceAgent:
+    return IceAgent(controlling=controlling, rng=rng, stun_servers=tuple(stun_servers), timing=timing or IceTiming())
+
+
+def new_quic(
+    *,
+    is_client: bool,
+    odcid: bytes | None,
+    identity: QuicIdentity | None,
+    expected_fingerprint: str | None,
+    packet_size: int,
+) -> TunnelQuicConnection:
+    config = make_configuration(is_client=is_client, identity=identity, packet_size=packet_size)
+    if is_client:
+        return TunnelQuicConnection(configuration=config, expected_peer_fingerprint=expected_fingerprint)
+    return TunnelQuicConnection(configuration=config, original_destination_connection_id=odcid,
+                                expected_peer_fingerprint=expected_fingerprint)
+
+
+def new_session(quic: TunnelQuicConnection, *, is_client: bool, protocol: Literal["tcp", "udp"],
+                targets: Sequence[Address]) -> ForwardingSession:
+    return ForwardingSession(quic, is_client=is_client, protocol=protocol, target_addresses=tuple(targets))
+
+
+def new_peer(
+    agent: IceAgent,
+    *,
+    is_client: bool,
+    quic_factory: Callable[[bytes | None, Address, Address], Any],
+    session_factory: Callable[[Any], Any],
+) -> Peer:
+    return Peer(ice=agent, is_client=is_client, quic_factory=quic_factory, session_factory=session_factory)

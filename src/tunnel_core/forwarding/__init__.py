@@ -1,0 +1,41 @@
+"""Forwarding: local TCP connections and UDP peers over the streams of one QUIC connection (sans-IO)."""
+
+from tunnel_core.forwarding.events import (
+    AbortTcp,
+    CloseTcp,
+    CloseUdp,
+    DialTcp,
+    ForwardingEvent,
+    OpenUdp,
+    PauseReading,
+    ResumeReading,
+    SendTcp,
+    SendUdp,
+    SendUdpTo,
+    ShutdownTcpWrite,
+)
+from tunnel_core.forwarding.session import (
+    DEFAULT_HIGH_WATER,
+    DEFAULT_LOW_WATER,
+    DEFAULT_UDP_IDLE_TIMEOUT,
+    ForwardingSession,
+)
+
+__all__ = [
+    "DEFAULT_HIGH_WATER",
+    "DEFAULT_LOW_WATER",
+    "DEFAULT_UDP_IDLE_TIMEOUT",
+    "AbortTcp",
+    "CloseTcp",
+    "CloseUdp",
+    "DialTcp",
+    "ForwardingEvent",
+    "ForwardingSession",
+    "OpenUdp",
+    "PauseReading",
+    "ResumeReading",
+    "SendTcp",
+    "SendUdp",
+    "SendUdpTo",
+    "ShutdownTcpWrite",
+]

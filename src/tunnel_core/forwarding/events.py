@@ -1,0 +1,126 @@
+"""What the forwarding session asks the adapter to do with local sockets.
+
+The session never touches a socket: it describes each local action as one of these frozen events, and the adapter
+reports back through the session's ``flow_*``/``udp_*`` methods. Flow ids are QUIC stream ids.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from tunnel_core.types import Address
+
+
+@attrs.frozen
+class DialTcp:
+    """Server: connect to one of ``addresses`` (Happy Eyeballs), then call ``flow_connected``/``flow_connect_failed``.
+
+    An ``AbortTcp`` for the same flow may arrive while dialling: cancel the dial (or abort the new socket).
+    """
+
+    flow_id: int
+    addresses: tuple[Address, ...]
+
+
+@attrs.frozen
+class SendTcp:
+    """Write ``data`` to the flow's local socket; report what is still unwritten with ``flow_write_pending``."""
+
+    flow_id: int
+    data: bytes
+
+
+@attrs.frozen
+class ShutdownTcpWrite:
+    """The peer half-closed: after the pending data, ``shutdown(SHUT_WR)`` the local socket; keep reading it."""
+
+    flow_id: int
+
+
+@attrs.frozen
+class AbortTcp:
+    """The peer reset the flow: close the local socket with RST (SO_LINGER 0), dropping unwritten data."""
+
+    flow_id: int
+
+
+@attrs.frozen
+class CloseTcp:
+    """Both directions are finished: close the local socket normally once its pending data is written."""
+
+    flow_id: int
+
+
+@attrs.frozen
+class PauseReading:
+    """The flow's QUIC send buffer is above the high-water mark: stop reading the local socket."""
+
+    flow_id: int
+
+
+@attrs.frozen
+class ResumeReading:
+    """The flow's QUIC send buffer drained below the low-water mark: read the local socket again."""
+
+    flow_id: int
+
+
+@attrs.frozen
+class OpenUdp:
+    """Server: a new UDP flow; open a socket that sends towards ``addresses[0]`` (fall back on send errors)."""
+
+    flow_id: int
+    addresses: tuple[Address, ...]
+
+
+@attrs.frozen
+class SendUdp:
+    """Server: send ``data`` to the target from the flow's socket."""
+
+    flow_id: int
+    data: bytes
+
+
+@attrs.frozen
+class SendUdpTo:
+    """Client: send ``data`` to the local UDP peer ``peer`` from the listening socket."""
+
+    peer: Address
+    data: bytes
+
+
+@attrs.frozen
+class CloseUdp:
+    """Server: the UDP flow ended (FIN, reset or idle): close its socket."""
+
+    flow_id: int
+
+
+ForwardingEvent = (
+    DialTcp
+    | SendTcp
+    | ShutdownTcpWrite
+    | AbortTcp
+    | CloseTcp
+    | PauseReading
+    | ResumeReading
+    | OpenUdp
+    | SendUdp
+    | SendUdpTo
+    | CloseUdp
+)
+
+__all__ = [
+    "AbortTcp",
+    "CloseTcp",
+    "CloseUdp",
+    "DialTcp",
+    "ForwardingEvent",
+    "OpenUdp",
+    "PauseReading",
+    "ResumeReading",
+    "SendTcp",
+    "SendUdp",
+    "SendUdpTo",
+    "ShutdownTcpWrite",
+]

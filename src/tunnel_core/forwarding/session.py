@@ -1,0 +1,481 @@
+"""The forwarding session: local TCP connections and UDP peers carried over the streams of one QUIC connection.
+
+Wire behaviour follows upstream's ICE modes (reference 3.1, 3.3): one bidirectional stream per local TCP connection,
+opened by the client with a single 0x00 marker byte that the server drops before dialling; UDP datagrams framed as
+u16 length + payload on a stream. Two deliberate improvements over upstream, both invisible on the wire:
+
+* half-close is preserved (a FIN travels one way while the other direction keeps flowing), and resets propagate;
+* each local UDP peer gets its own stream, so the server opens one socket per peer and replies reach only the
+  right peer (upstream keeps one stream and answers whoever sent last).
+
+Backpressure runs both ways: reading a local socket pauses while its stream's QUIC send buffer is above
+``high_water`` (and resumes below ``low_water``), and QUIC receive credit is returned only for bytes the local socket
+actually took (``flow_write_pending``), so a slow local reader slows the remote sender.
+
+The owner (a Peer) feeds every QUIC event to ``handle_quic_event`` and flushes the QUIC connection after each call
+into this session; the adapter drains ``next_event`` and performs the socket actions.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Sequence
+from typing import Literal
+
+import attrs
+from aioquic.quic import events as qe
+
+from tunnel_core.errors import LocalProtocolError
+from tunnel_core.forwarding.events import (
+    AbortTcp,
+    CloseTcp,
+    CloseUdp,
+    DialTcp,
+    ForwardingEvent,
+    OpenUdp,
+    PauseReading,
+    ResumeReading,
+    SendTcp,
+    SendUdp,
+    SendUdpTo,
+    ShutdownTcpWrite,
+)
+from tunnel_core.quic.connection import TunnelQuicConnection
+from tunnel_core.types import Address
+from tunnel_core.wire import (
+    MAX_UDP_DATAGRAM,
+    STREAM_OPEN_MARKER,
+    UdpFrameDecoder,
+    WireError,
+    encode_udp_frame,
+)
+
+#: Application error codes on RESET_STREAM / STOP_SENDING; informational only, the peer treats them alike.
+RESET_LOCAL_ERROR = 0  # the local socket was reset or failed
+RESET_DIAL_FAILED = 1  # the server could not reach the target
+RESET_REJECTED = 2  # over max_flows, or a stream the protocol does not allow
+RESET_BAD_FRAMING = 3  # a UDP stream ended in the middle of a frame
+RESET_IDLE = 4  # an idle UDP flow was retired
+
+DEFAULT_HIGH_WATER = 1 << 20
+DEFAULT_LOW_WATER = 256 << 10
+DEFAULT_UDP_IDLE_TIMEOUT = 120.0
+
+
+class _Kind(enum.Enum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+@attrs.define(eq=False)
+class _Flow:
+    flow_id: int
+    kind: _Kind
+    # QUIC -> local
+    awaiting_marker: bool = False  # server TCP: the 0x00 byte is still to be dropped
+    connected: bool = True  # server TCP: False until the dial succeeded
+    early: bytearray = attrs.Factory(bytearray)  # server TCP: bytes that arrived while dialling
+    early_fin: bool = False
+    recv_done: bool = False  # the peer's FIN was passed on (or reset)
+    delivered: int = 0  # bytes handed to the adapter in SendTcp
+    credited: int = 0  # of those, bytes returned to QUIC as credit
+    # local -> QUIC
+    send_done: bool = False  # our FIN is queued
+    # UDP
+    decoder: UdpFrameDecoder | None = None
+    peer: Address | None = None  # client UDP: the local peer this stream belongs to
+    last_active: float = 0.0
+
+
+def _client_initiated(stream_id: int) -> bool:
+    return stream_id & 1 == 0
+
+
+def _bidirectional(stream_id: int) -> bool:
+    return stream_id & 2 == 0
+
+
+class ForwardingSession:
+    """Bridges local sockets (described as events) and the streams of one ``TunnelQuicConnection``."""
+
+    def __init__(
+        self,
+        quic: TunnelQuicConnection,
+        *,
+        is_client: bool,
+        protocol: Literal["tcp", "udp"],
+        target_addresses: Sequence[Address] = (),
+        high_water: int = DEFAULT_HIGH_WATER,
+        low_water: int = DEFAULT_LOW_WATER,
+        udp_idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT,
+        max_flows: int = 0,
+    ) -> None:
+        if protocol not in ("tcp", "udp"):
+            raise LocalProtocolError(f"protocol must be 'tcp' or 'udp', got {protocol!r}")
+        if quic.configuration.is_client != is_client:
+            raise LocalProtocolError("the session's role must match the QUIC connection's")
+        if not 0 <= low_water <= high_water:
+            raise LocalProtocolError("need 0 <= low_water <= high_water")
+        if udp_idle_timeout <= 0:
+            raise LocalProtocolError("udp_idle_timeout must be positive")
+        if max_flows < 0:
+            raise LocalProtocolError("max_flows must be >= 0 (0 = unlimited)")
+        if not is_client and not target_addresses:
+            raise LocalProtocolError("a server session needs the target addresses it may use")
+        self._quic = quic
+        self._is_client = is_client
+        self._kind = _Kind(protocol)
+        self._targets: tuple[Address, ...] = tuple((str(h), int(p)) for h, p in target_addresses)
+        self._high_water = high_water
+        self._low_water = low_water
+        self._udp_idle_timeout = udp_idle_timeout
+        self._max_flows = max_flows
+        self._flows: dict[int, _Flow] = {}
+        self._udp_by_peer: dict[Address, int] = {}
+        self._paused: set[int] = set()
+        self._events: deque[ForwardingEvent] = deque()
+        self._now = 0.0
+        # Peer-initiated stream ids seen so far: all below the floor, plus the set (streams may arrive reordered).
+        self._peer_floor = 1 if is_client else 0
+        self._peer_seen: set[int] = set()
+
+    # ------------------------------------------------------------------------------------------ properties
+
+    @property
+    def flows(self) -> int:
+        """Flows (TCP connections or UDP peers) that are still open in at least one direction."""
+        return len(self._flows)
+
+    @property
+    def protocol(self) -> str:
+        return self._kind.value
+
+    # ------------------------------------------------------------------------------------------ TCP, adapter side
+
+    def open_tcp(self, now: float) -> int:
+        """Client: a local TCP connection was accepted; returns its flow id (a new bidirectional stream)."""
+        self._require(client=True, kind=_Kind.TCP)
+        self._now = now
+        flow_id = self._quic.get_next_available_stream_id(is_unidirectional=False)
+        # The marker makes aioquic emit a STREAM frame at once, so the server learns of the stream and dials.
+        self._quic.send_stream_data(flow_id, STREAM_OPEN_MARKER)
+        self._flows[flow_id] = _Flow(flow_id, _Kind.TCP)
+        return flow_id
+
+    def flow_data(self, flow_id: int, data: bytes) -> None:
+        """Bytes read from the flow's local socket."""
+        flow = self._flows.get(flow_id)
+        if flow is None or flow.kind is not _Kind.TCP:
+            return  # the flow ended while the adapter was reading; the bytes have nowhere to go
+        if flow.send_done:
+            raise LocalProtocolError(f"flow {flow_id}: data after flow_eof")
+        if not flow.connected:
+            raise LocalProtocolError(f"flow {flow_id}: data before flow_connected")
+        if not data:
+            return
+        self._quic.send_stream_data(flow_id, data)
+        if flow_id not in self._paused and self._quic.send_buffer_size(flow_id) > self._high_water:
+            self._paused.add(flow_id)
+            self._events.append(PauseReading(flow_id))
+
+    def flow_eof(self, flow_id: int) -> None:
+        """The local peer shut down its writing side: send FIN; the other direction keeps flowing."""
+        flow = self._flows.get(flow_id)
+        if flow is None or flow.kind is not _Kind.TCP or flow.send_done:
+            return
+        flow.send_done = True
+        self._paused.discard(flow_id)
+        self._quic.send_stream_data(flow_id, b"", end_stream=True)
+        self._maybe_close(flow)
+
+    def flow_reset(self, flow_id: int) -> None:
+        """The local socket failed or was reset: reset the stream both ways. The adapter already closed it."""
+        flow = self._flows.get(flow_id)
+        if flow is None:
+            return
+        self._abort_stream(flow_id, RESET_LOCAL_ERROR)
+        self._forget(flow)
+
+    def flow_connected(self, flow_id: int) -> None:
+        """Server: the dial for ``flow_id`` succeeded; bytes that arrived meanwhile are delivered now."""
+        flow = self._flows.get(flow_id)
+        if flow is None:
+            # The peer reset the flow while we dialled: the adapter must drop the socket it just got.
+            self._events.append(AbortTcp(flow_id))
+            return
+        if flow.connected:
+            return
+        flow.connected = True
+        if flow.early:
+            data, flow.early = bytes(flow.early), bytearray()
+            self._deliver_tcp(flow, data)
+        if flow.early_fin:
+            self._finish_receiving_tcp(flow)
+
+    def flow_connect_failed(self, flow_id: int) -> None:
+        """Server: no target address answered; the client sees its stream reset (upstream: the stream just ends)."""
+        flow = self._flows.get(flow_id)
+        if flow is None:
+            return
+        self._abort_stream(flow_id, RESET_DIAL_FAILED)
+        self._forget(flow)
+
+    def flow_write_pending(self, flow_id: int, pending: int) -> None:
+        """How many delivered bytes the adapter still holds unwritten for this flow's socket.
+
+        Only the bytes the socket took are returned to QUIC as credit, which is what makes a slow local reader
+        slow the remote sender down.
+        """
+        flow = self._flows.get(flow_id)
+        if flow is None or flow.kind is not _Kind.TCP:
+            return
+        if pending < 0:
+            raise LocalProtocolError("pending bytes cannot be negative")
+        taken = flow.delivered - min(pending, flow.delivered)
+        if taken > flow.credited:
+            self._quic.consume(flow_id, taken - flow.credited)
+            flow.credited = taken
+
+    #: docs/architecture.md's earlier name for the same report.
+    flow_write_drained = flow_write_pending
+
+    # ------------------------------------------------------------------------------------------ UDP, adapter side
+
+    def udp_received(self, peer: Address, data: bytes, now: float) -> None:
+        """Client: a datagram from local UDP peer ``peer``; each peer gets its own stream."""
+        self._require(client=True, kind=_Kind.UDP)
+        self._now = now
+        if len(data) > MAX_UDP_DATAGRAM:
+            return  # cannot be framed; a real UDP socket never hands us more anyway
+        flow_id = self._udp_by_peer.get(peer)
+        if flow_id is None:
+            flow_id = self._quic.get_next_available_stream_id(is_unidirectional=False)
+            self._flows[flow_id] = _Flow(flow_id, _Kind.UDP, decoder=UdpFrameDecoder(), peer=peer, last_active=now)
+            self._udp_by_peer[peer] = flow_id
+        self._send_udp_frame(self._flows[flow_id], data, now)
+
+    def udp_reply(self, flow_id: int, data: bytes, now: float | None = None) -> None:
+        """Server: a datagram the target sent back on ``flow_id``'s socket.
+
+        Pass ``now`` so replies keep the flow from idling out; without it the last time the session saw is used.
+        """
+        self._require(client=False, kind=_Kind.UDP)
+        if now is not None:
+            self._now = max(self._now, now)
+        flow = self._flows.get(flow_id)
+        if flow is None or len(data) > MAX_UDP_DATAGRAM:
+            return
+        self._send_udp_frame(flow, data, self._now)
+
+    # ------------------------------------------------------------------------------------------ driving
+
+    def handle_quic_event(self, event: qe.QuicEvent, now: float) -> None:
+        self._now = now
+        if isinstance(event, qe.StreamDataReceived):
+            self._on_stream_data(event.stream_id, event.data, event.end_stream, now)
+        elif isinstance(event, qe.StreamReset | qe.StopSendingReceived):
+            self._on_peer_abort(event.stream_id)
+        elif isinstance(event, qe.ConnectionTerminated):
+            self._on_connection_lost()
+
+    def get_timer(self) -> float | None:
+        """The next UDP idle expiry (TCP flows need no timer)."""
+        if self._kind is _Kind.TCP:
+            return None
+        deadlines = [f.last_active for f in self._flows.values() if f.kind is _Kind.UDP]
+        if not deadlines:
+            return None
+        return min(deadlines) + self._udp_idle_timeout
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        expired = [
+            f for f in self._flows.values() if f.kind is _Kind.UDP and f.last_active + self._udp_idle_timeout <= now
+        ]
+        for flow in expired:
+            self._expire_udp(flow)
+
+    def next_event(self) -> ForwardingEvent | None:
+        """The next local action. Drain this after every batch of datagrams fed to QUIC: acknowledgements raise no
+        QUIC event, so this is where the session notices drained send buffers and emits ``ResumeReading``."""
+        if not self._events and self._paused:
+            self._check_resume()
+        if self._events:
+            return self._events.popleft()
+        return None
+
+    # ------------------------------------------------------------------------------------------ QUIC side
+
+    def _on_stream_data(self, stream_id: int, data: bytes, fin: bool, now: float) -> None:
+        flow = self._flows.get(stream_id)
+        if flow is None:
+            flow = self._accept_stream(stream_id, now)
+            if flow is None:
+                return
+        if flow.kind is _Kind.TCP:
+            self._on_tcp_data(flow, data, fin)
+        else:
+            self._on_udp_data(flow, data, fin, now)
+
+    def _accept_stream(self, stream_id: int, now: float) -> _Flow | None:
+        """A stream we do not track: a new one from the peer, or leftovers of a flow that already ended."""
+        if _client_initiated(stream_id) == self._is_client or not self._is_new_peer_stream(stream_id):
+            return None
+        self._mark_peer_stream(stream_id)
+        if self._is_client or not _bidirectional(stream_id):
+            self._abort_stream(stream_id, RESET_REJECTED)  # upstream's server never opens streams
+            return None
+        if self._max_flows and len(self._flows) >= self._max_flows:
+            self._abort_stream(stream_id, RESET_REJECTED)
+            return None
+        if self._kind is _Kind.TCP:
+            flow = _Flow(stream_id, _Kind.TCP, awaiting_marker=True, connected=False)
+        else:
+            flow = _Flow(stream_id, _Kind.UDP, decoder=UdpFrameDecoder(), last_active=now)
+            self._events.append(OpenUdp(stream_id, self._targets))
+        self._flows[stream_id] = flow
+        return flow
+
+    def _on_tcp_data(self, flow: _Flow, data: bytes, fin: bool) -> None:
+        if flow.awaiting_marker:
+            if not data:
+                if fin:  # the stream ended before it even started: just end ours too
+                    self._quic.send_stream_data(flow.flow_id, b"", end_stream=True)
+                    self._forget(flow)
+                return
+            # Upstream reads and discards exactly one byte without looking at it; so do we.
+            data = data[len(STREAM_OPEN_MARKER) :]
+            flow.awaiting_marker = False
+            self._quic.consume(flow.flow_id, len(STREAM_OPEN_MARKER))
+            self._events.append(DialTcp(flow.flow_id, self._targets))
+        if flow.recv_done:
+            return
+        if not flow.connected:
+            flow.early += data
+            flow.early_fin = flow.early_fin or fin
+            return
+        if data:
+            self._deliver_tcp(flow, data)
+        if fin:
+            self._finish_receiving_tcp(flow)
+
+    def _deliver_tcp(self, flow: _Flow, data: bytes) -> None:
+        flow.delivered += len(data)
+        self._events.append(SendTcp(flow.flow_id, data))
+
+    def _finish_receiving_tcp(self, flow: _Flow) -> None:
+        flow.recv_done = True
+        self._events.append(ShutdownTcpWrite(flow.flow_id))
+        self._maybe_close(flow)
+
+    def _maybe_close(self, flow: _Flow) -> None:
+        if flow.send_done and flow.recv_done:
+            self._events.append(CloseTcp(flow.flow_id))
+            self._forget(flow)
+
+    def _on_udp_data(self, flow: _Flow, data: bytes, fin: bool, now: float) -> None:
+        assert flow.decoder is not None
+        # Datagrams are passed on at once (UDP has no backpressure), so the bytes are consumed at once.
+        self._quic.consume(flow.flow_id, len(data))
+        if data:
+            flow.last_active = now
+            for datagram in flow.decoder.feed(data):
+                if flow.peer is not None:
+                    self._events.append(SendUdpTo(flow.peer, datagram))
+                else:
+                    self._events.append(SendUdp(flow.flow_id, datagram))
+        if not fin:
+            return
+        try:
+            flow.decoder.feed_eof()
+        except WireError:
+            self._abort_stream(flow.flow_id, RESET_BAD_FRAMING)
+        else:
+            if not flow.send_done:
+                flow.send_done = True
+                self._quic.send_stream_data(flow.flow_id, b"", end_stream=True)
+        self._end_udp(flow)
+
+    def _send_udp_frame(self, flow: _Flow, data: bytes, now: float) -> None:
+        if flow.send_done:
+            return
+        flow.last_active = now
+        if self._quic.send_buffer_size(flow.flow_id) > self._high_water:
+            return  # a UDP tunnel drops rather than queue without bound
+        self._quic.send_stream_data(flow.flow_id, encode_udp_frame(data))
+
+    def _expire_udp(self, flow: _Flow) -> None:
+        """Retire an idle UDP flow: a clean FIN (at a frame boundary) and no interest in the rest."""
+        if not flow.send_done:
+            flow.send_done = True
+            self._quic.send_stream_data(flow.flow_id, b"", end_stream=True)
+        self._stop_receiving(flow.flow_id, RESET_IDLE)
+        self._end_udp(flow)
+
+    def _end_udp(self, flow: _Flow) -> None:
+        if flow.peer is None:
+            self._events.append(CloseUdp(flow.flow_id))
+        self._forget(flow)
+
+    def _on_peer_abort(self, stream_id: int) -> None:
+        flow = self._flows.get(stream_id)
+        if flow is None:
+            return
+        self._abort_stream(stream_id, RESET_LOCAL_ERROR)
+        if flow.kind is _Kind.TCP:
+            self._events.append(AbortTcp(stream_id))
+            self._forget(flow)
+        else:
+            self._end_udp(flow)
+
+    def _on_connection_lost(self) -> None:
+        for flow in list(self._flows.values()):
+            if flow.kind is _Kind.TCP:
+                self._events.append(AbortTcp(flow.flow_id))
+                self._forget(flow)
+            else:
+                self._end_udp(flow)
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _require(self, *, client: bool, kind: _Kind) -> None:
+        if self._is_client != client or self._kind is not kind:
+            role = "client" if client else "server"
+            raise LocalProtocolError(f"only a {kind.value} {role} session can do that")
+
+    def _check_resume(self) -> None:
+        for flow_id in sorted(self._paused):
+            if self._quic.send_buffer_size(flow_id) <= self._low_water:
+                self._paused.discard(flow_id)
+                self._events.append(ResumeReading(flow_id))
+
+    def _abort_stream(self, stream_id: int, code: int) -> None:
+        """RESET_STREAM for our side and STOP_SENDING for theirs; no-ops for what aioquic already finished."""
+        try:
+            self._quic.reset_stream(stream_id, code)
+        except ValueError:
+            pass
+        self._stop_receiving(stream_id, code)
+
+    def _stop_receiving(self, stream_id: int, code: int) -> None:
+        try:
+            self._quic.stop_stream(stream_id, code)
+        except ValueError:
+            pass  # aioquic already discarded the stream
+
+    def _forget(self, flow: _Flow) -> None:
+        self._flows.pop(flow.flow_id, None)
+        self._paused.discard(flow.flow_id)
+        if flow.peer is not None and self._udp_by_peer.get(flow.peer) == flow.flow_id:
+            del self._udp_by_peer[flow.peer]
+
+    def _is_new_peer_stream(self, stream_id: int) -> bool:
+        return stream_id >= self._peer_floor and stream_id not in self._peer_seen
+
+    def _mark_peer_stream(self, stream_id: int) -> None:
+        self._peer_seen.add(stream_id)
+        # Bidirectional peer streams are numbered floor, floor+4, ...; fold the contiguous prefix into the floor.
+        while self._peer_floor in self._peer_seen:
+            self._peer_seen.discard(self._peer_floor)
+            self._peer_floor += 4

@@ -1,0 +1,82 @@
+"""Events the ICE agent reports through ``IceAgent.next_event()``.
+
+Frozen value classes so the peer and the tests can compare them; the failure reasons are upstream's exact
+wording because the CLI prints them unchanged (upstream-spec.md 4.5).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from tunnel_core.candidate import Candidate
+from tunnel_core.types import Address
+
+__all__ = [
+    "REASON_ALL_FAILED",
+    "REASON_TIMEOUT",
+    "ConsentLost",
+    "GatheringComplete",
+    "IceEvent",
+    "IceFailed",
+    "PairSelected",
+    "RoleChanged",
+    "ServerReflexiveDiscovered",
+]
+
+REASON_ALL_FAILED = (
+    "ICE connectivity failed - peers may be behind incompatible NAT types. "
+    "Consider using iroh mode for more reliable connectivity."
+)
+REASON_TIMEOUT = (
+    "ICE connection timeout - NAT traversal may have failed. "
+    "Consider using iroh mode for more reliable connectivity."
+)
+
+
+@attrs.frozen
+class GatheringComplete:
+    """Every local candidate we will signal is known (non-trickle: the offer/answer can be written now)."""
+
+    candidates: tuple[Candidate, ...]
+
+
+@attrs.frozen
+class ServerReflexiveDiscovered:
+    """A STUN server told us how ``base`` looks from outside; reported even when redundant (mapped == base)."""
+
+    server: Address
+    base: Address
+    mapped: Address
+
+
+@attrs.frozen
+class PairSelected:
+    """ICE chose (local, remote); send from the socket bound at ``local_address`` to ``remote_address``.
+
+    May be reported again later when a controlling peer using aggressive nomination nominates a better pair.
+    """
+
+    local: Candidate
+    remote: Candidate
+    local_address: Address
+    remote_address: Address
+
+
+@attrs.frozen
+class IceFailed:
+    reason: str
+
+
+@attrs.frozen
+class ConsentLost:
+    """The selected pair stopped answering consent checks (RFC 7675): the path is gone, tear down."""
+
+
+@attrs.frozen
+class RoleChanged:
+    """A role conflict (RFC 8445 7.3.1.1 / 7.2.5.1) flipped our role."""
+
+    controlling: bool
+
+
+IceEvent = GatheringComplete | ServerReflexiveDiscovered | PairSelected | IceFailed | ConsentLost | RoleChanged

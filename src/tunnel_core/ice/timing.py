@@ -1,0 +1,26 @@
+"""ICE timing knobs; the defaults are upstream's "conservative" str0m profile (upstream-spec.md 4.5, 4.8)."""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["IceTiming"]
+
+
+@attrs.frozen
+class IceTiming:
+    """All durations in seconds.
+
+    ``ta`` paces new STUN transactions (RFC 8445 14.2); a request is retransmitted after ``initial_rto``,
+    doubling up to ``max_rto``, ``max_retransmits`` times, and fails one more RTO after the last send.
+    ``consent_interval`` is randomised by +-20% per check (RFC 7675 5.1).
+    """
+
+    ta: float = 0.05
+    initial_rto: float = 0.25
+    max_rto: float = 3.0
+    max_retransmits: int = 7
+    connect_timeout: float = 30.0
+    gather_timeout: float = 3.0
+    consent_interval: float = 5.0
+    consent_timeout: float = 30.0

@@ -1,0 +1,85 @@
+"""The manual (copy/paste) mode's dialogue, shared by every runtime.
+
+Adapters only move text between stdin/stdout and sockets; what goes into an offer, what an answer must contain and
+the exact lines a user sees are decided here once, so asyncio, trio and gevent behave identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tunnel_core.candidate import Candidate, CandidateType
+from tunnel_core.ice.agent import IceAgent
+from tunnel_core.policy import Source, parse_source
+from tunnel_core.signal import ManualAnswer, ManualOffer, SignalError
+
+CLIENT_BANNER = "Manual Tunnel - Client Mode (Client-First)"
+SERVER_BANNER = "Manual Tunnel - Server Mode (Client-First)"
+OFFER_TITLE = "Manual Offer (copy to server):"
+ANSWER_TITLE = "Manual Answer (copy to client):"
+PROMPT_FOR_ANSWER = "Paste server answer (include BEGIN/END markers), then press Enter:"
+PROMPT_FOR_OFFER = "Paste client offer (include BEGIN/END markers), then press Enter:"
+MISSING_SOURCE = "Offer missing source field. Client must specify --source (e.g., --source tcp://127.0.0.1:22)"
+MISSING_FINGERPRINT = "Answer missing QUIC fingerprint. Server must include fingerprint in answer."
+NO_CANDIDATES = "No ICE candidates gathered (STUN failed?)"
+
+
+def candidate_strings(agent: IceAgent) -> tuple[str, ...]:
+    return tuple(c.to_sdp() for c in agent.local_candidates)
+
+
+def make_offer(agent: IceAgent, source: str) -> ManualOffer:
+    """The client's offer: its ICE credentials and candidates plus the source it wants (no fingerprint: the client
+    is the QUIC client)."""
+    return ManualOffer(
+        ice_ufrag=agent.local_ufrag,
+        ice_pwd=agent.local_pwd,
+        candidates=candidate_strings(agent),
+        quic_fingerprint="",
+        source=source,
+    )
+
+
+def make_answer(agent: IceAgent, fingerprint: str) -> ManualAnswer:
+    return ManualAnswer(
+        ice_ufrag=agent.local_ufrag,
+        ice_pwd=agent.local_pwd,
+        candidates=candidate_strings(agent),
+        quic_fingerprint=fingerprint,
+    )
+
+
+def offer_source(offer: ManualOffer) -> Source:
+    """The source the client asks for; malformed or missing sources are the pasted input's fault."""
+    if not offer.source or not offer.source.strip():
+        raise SignalError(MISSING_SOURCE)
+    return parse_source(offer.source.strip())
+
+
+def answer_fingerprint(answer: ManualAnswer) -> str:
+    if not answer.quic_fingerprint:
+        raise SignalError(MISSING_FINGERPRINT)
+    return answer.quic_fingerprint.lower()
+
+
+def parse_candidates(texts: Sequence[str]) -> list[Candidate]:
+    """Parse every remote candidate; one bad line fails the whole block (upstream: `Invalid ICE candidate: <c>`)."""
+    return [Candidate.from_sdp(t) for t in texts]
+
+
+def connected_lines(connection_type: str, local: tuple[str, int], remote: tuple[str, int]) -> list[str]:
+    return [
+        "ICE connection established!",
+        f"   Connection: {connection_type}",
+        f"   Local: {format_address(local)} -> Remote: {format_address(remote)}",
+    ]
+
+
+def format_address(addr: tuple[str, int]) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def describe_candidates(candidates: Sequence[Candidate]) -> str:
+    counts = {t: sum(1 for c in candidates if c.type == t) for t in CandidateType}
+    return ", ".join(f"{n} {t.value}" for t, n in counts.items() if n)

@@ -1,0 +1,343 @@
+"""One tunnel = one Peer: the ICE agent, then QUIC over the selected pair, then the forwarding session.
+
+Why a composition machine: adapters should drive exactly one object with the ordinary contract
+(receive_datagram / datagrams_to_send / get_timer / handle_timer / next_event) whatever the mode, and the
+delicate parts - sharing the nominated socket between STUN consent and QUIC, giving QUIC a constant virtual peer
+address so pair changes never look like a migration, buffering QUIC that races ahead of our own nomination - live
+here once instead of in three adapters.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Literal
+
+import attrs
+from aioquic.buffer import Buffer
+from aioquic.quic import events as qe
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
+
+from tunnel_core.candidate import Candidate, CandidateType
+from tunnel_core.errors import LocalProtocolError
+from tunnel_core.ice import events as ice_events
+from tunnel_core.ice.agent import IceAgent
+from tunnel_core.quic.events import PeerVerificationFailed
+from tunnel_core.types import Address, Transmit
+
+#: The address aioquic believes its peer has. The real path lives underneath and may change.
+VIRTUAL_PEER: Address = ("peer", 0)
+
+#: How many QUIC datagrams we hold while our own ICE selection has not happened yet (the peer may finish first).
+EARLY_QUIC_LIMIT = 64
+
+Kind = Literal["stun", "quic"]
+
+
+def classify(data: bytes) -> Kind:
+    """RFC 7983-style demultiplexing by first byte: 0..3 is STUN (incl. TURN ChannelData is 64..79, handled by TURN
+    later), everything else is QUIC (which always sets the 0x40 fixed bit). Empty datagrams go to QUIC, as upstream."""
+    if data and data[0] <= 3:
+        return "stun"
+    return "quic"
+
+
+def connection_type(local: Candidate, remote: Candidate) -> str:
+    """The one-line description upstream prints after ICE (`Connection: ...`), extended with the types it lacks."""
+    kinds = {local.type, remote.type}
+    if CandidateType.RELAY in kinds:
+        return "Relay (TURN)"
+    if CandidateType.PRFLX in kinds:
+        return "Peer Reflexive"
+    if CandidateType.SRFLX in kinds:
+        return "NAT Traversal (Server Reflexive)"
+    return "Direct (Host)"
+
+
+def is_loopback_pair(local: Address, remote: Address) -> bool:
+    def loop(ip: str) -> bool:
+        return ip.startswith("127.") or ip == "::1"
+
+    return loop(local[0]) and loop(remote[0])
+
+
+# ---------------------------------------------------------------------------------------------------- events
+
+
+@attrs.frozen
+class IceConnected:
+    """ICE selected a pair; QUIC starts over it."""
+
+    local: Candidate
+    remote: Candidate
+    local_address: Address
+    remote_address: Address
+    connection_type: str
+
+
+@attrs.frozen
+class TunnelReady:
+    """QUIC handshake done and the peer's certificate matched its pinned fingerprint: forwarding may start."""
+
+
+@attrs.frozen
+class TunnelClosed:
+    """The tunnel is over. ``was_up`` tells "lost" from "never came up"; ``auth_failed`` marks a pinning failure."""
+
+    reason: str
+    was_up: bool
+    by_peer: bool
+    error_code: int = 0
+    auth_failed: bool = False
+
+
+PeerEvent = IceConnected | TunnelReady | TunnelClosed
+
+
+class Peer:
+    """Drives ICE, then QUIC on the selected pair, then the forwarding session, as one sans-IO machine.
+
+    ``quic_factory(odcid)`` builds the QUIC connection: ``odcid`` is None on the client (which then connects), or the
+    original destination connection id of the client's first Initial on the server. ``session_factory(quic)`` builds
+    the forwarding session once QUIC exists. Both are injected so the mode decides certificates, pinning and
+    packet size without this class knowing about them.
+    """
+
+    def __init__(
+        self,
+        *,
+        ice: IceAgent,
+        is_client: bool,
+        quic_factory: Callable[[bytes | None, Address, Address], QuicConnection],
+        session_factory: Callable[[QuicConnection], Any],
+    ) -> None:
+        self.ice = ice
+        self.is_client = is_client
+        self._quic_factory = quic_factory
+        self._session_factory = session_factory
+        self.quic: QuicConnection | None = None
+        self.session: Any = None
+        self.selected: tuple[Address, Address] | None = None
+        self._early_quic: deque[tuple[bytes, Address, Address]] = deque()
+        self._events: deque[Any] = deque()
+        self._ready = False
+        self._closed = False
+        self._closing_locally = False
+        self._quic_done = False
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def receive_datagram(self, data: bytes, local: Address, remote: Address, now: float) -> None:
+        if self._closed and (self.quic is None or self._quic_done):
+            return
+        if classify(data) == "stun":
+            if self._closed:
+                return
+            self.ice.receive_datagram(data, local, remote, now)
+            self._pump(now)
+            return
+        if self.selected is None:
+            if not self.is_client and len(self._early_quic) < EARLY_QUIC_LIMIT:
+                self._early_quic.append((data, local, remote))
+            return
+        if (local, remote) != self.selected:
+            # Only the selected path carries QUIC. A peer whose NAT re-mapped is caught by consent freshness.
+            return
+        self._feed_quic(data, now)
+        self._pump(now)
+
+    def handle_timer(self, now: float) -> None:
+        if not self._closed:
+            t = self.ice.get_timer()
+            if t is not None and t <= now:
+                self.ice.handle_timer(now)
+        if self.quic is not None and not self._quic_done:
+            # QUIC keeps running after the tunnel is reported closed: its closing period still sends CLOSE frames.
+            t = self.quic.get_timer()
+            if t is not None and t <= now:
+                self.quic.handle_timer(now)
+        if self.session is not None and not self._closed:
+            t = self.session.get_timer()
+            if t is not None and t <= now:
+                self.session.handle_timer(now)
+        self._pump(now)
+
+    def close(self, now: float, reason: str = "done", error_code: int = 0) -> None:
+        """Orderly stop: QUIC CONNECTION_CLOSE with code 0 "done" (as upstream), then the ICE agent."""
+        if self._closed:
+            return
+        self._closing_locally = True
+        if self.quic is not None:
+            self.quic.close(error_code=error_code, reason_phrase=reason)
+        else:
+            self._finish(TunnelClosed(reason=reason, was_up=False, by_peer=False, error_code=error_code))
+
+    # ------------------------------------------------------------------------------------------ outputs
+
+    def datagrams_to_send(self, now: float) -> list[Transmit]:
+        out = list(self.ice.datagrams_to_send(now))
+        if self.quic is not None and self.selected is not None:
+            local, remote = self.selected
+            for data, _addr in self.quic.datagrams_to_send(now):
+                out.append(Transmit(data, local, remote))
+        self._pump(now)
+        return out
+
+    def get_timer(self) -> float | None:
+        timers = []
+        if not self._closed:
+            timers.append(self.ice.get_timer())
+            if self.session is not None:
+                timers.append(self.session.get_timer())
+        if self.quic is not None and not self._quic_done:
+            timers.append(self.quic.get_timer())
+        present = [t for t in timers if t is not None]
+        return min(present) if present else None
+
+    def next_event(self) -> Any:
+        """Peer events (IceConnected, TunnelReady, TunnelClosed) and forwarding events, in the order they arose."""
+        if self._events:
+            return self._events.popleft()
+        if self.session is not None:
+            return self.session.next_event()
+        return None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _feed_quic(self, data: bytes, now: float) -> None:
+        if self.quic is None:
+            if self.is_client:
+                return
+            odcid = _initial_dcid(data)
+            if odcid is None:
+                return
+            assert self.selected is not None
+            self._create_quic(odcid, now)
+        assert self.quic is not None
+        self.quic.receive_datagram(data, VIRTUAL_PEER, now)
+
+    def _create_quic(self, odcid: bytes | None, now: float) -> None:
+        assert self.selected is not None
+        local, remote = self.selected
+        self.quic = self._quic_factory(odcid, local, remote)
+        if odcid is None:
+            self.quic.connect(VIRTUAL_PEER, now)
+
+    def _pump(self, now: float) -> None:
+        """Move events between the layers until nothing changes (bounded by the events themselves)."""
+        while True:
+            ev = self.ice.next_event()
+            if ev is None:
+                break
+            self._on_ice_event(ev, now)
+        if self.quic is None:
+            return
+        while True:
+            qev = self.quic.next_event()
+            if qev is None:
+                break
+            self._on_quic_event(qev, now)
+
+    def _on_ice_event(self, ev: Any, now: float) -> None:
+        if isinstance(ev, ice_events.PairSelected):
+            if self.selected is not None:
+                # A later re-selection moves QUIC underneath without it noticing (constant virtual address).
+                self.selected = (ev.local_address, ev.remote_address)
+                return
+            self.selected = (ev.local_address, ev.remote_address)
+            self._events.append(
+                IceConnected(
+                    local=ev.local,
+                    remote=ev.remote,
+                    local_address=ev.local_address,
+                    remote_address=ev.remote_address,
+                    connection_type=connection_type(ev.local, ev.remote),
+                )
+            )
+            if self.is_client:
+                self._create_quic(None, now)
+            else:
+                early, self._early_quic = self._early_quic, deque()
+                for data, local, remote in early:
+                    if (local, remote) == self.selected:
+                        self._feed_quic(data, now)
+        elif isinstance(ev, ice_events.IceFailed):
+            self._finish(TunnelClosed(reason=ev.reason, was_up=False, by_peer=False))
+        elif isinstance(ev, ice_events.ConsentLost):
+            reason = "ICE consent lost - the peer stopped answering connectivity checks"
+            if self.quic is not None:
+                self.quic.close(error_code=0, reason_phrase="ice disconnected")
+            self._finish(TunnelClosed(reason=reason, was_up=self._ready, by_peer=True))
+        else:
+            # Gathering results and role changes are for the adapter (it prints them or waits on them).
+            self._events.append(ev)
+
+    def _on_quic_event(self, ev: Any, now: float) -> None:
+        if isinstance(ev, qe.HandshakeCompleted):
+            self._ready = True
+            self.session = self._session_factory(self.quic)
+            self._events.append(TunnelReady())
+        elif isinstance(ev, qe.ConnectionTerminated):
+            self._quic_done = True
+            by_peer = not self._closing_locally
+            self._finish(
+                TunnelClosed(
+                    reason=ev.reason_phrase or _close_reason(ev.error_code),
+                    was_up=self._ready,
+                    by_peer=by_peer,
+                    error_code=ev.error_code,
+                )
+            )
+        elif isinstance(ev, PeerVerificationFailed):
+            self._finish(
+                TunnelClosed(reason=ev.reason, was_up=False, by_peer=False, error_code=0, auth_failed=True)
+            )
+        elif self.session is not None:
+            self.session.handle_quic_event(ev, now)
+
+    def _finish(self, ev: TunnelClosed) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._events.append(ev)
+        self.ice.close()
+
+
+def _close_reason(code: int) -> str:
+    if code == 0:
+        return "connection closed"
+    return f"connection closed with error {code:#x}"
+
+
+def _initial_dcid(data: bytes) -> bytes | None:
+    """The destination CID of a client Initial, which the QUIC server needs to start; None for anything else."""
+    try:
+        header = pull_quic_header(Buffer(data=data), host_cid_length=8)
+    except ValueError:
+        return None
+    if header.packet_type != QuicPacketType.INITIAL or len(data) < 1200:
+        return None
+    return header.destination_cid
+
+
+__all__ = [
+    "EARLY_QUIC_LIMIT",
+    "VIRTUAL_PEER",
+    "IceConnected",
+    "LocalProtocolError",
+    "Peer",
+    "TunnelClosed",
+    "TunnelReady",
+    "classify",
+    "connection_type",
+    "is_loopback_pair",
+]

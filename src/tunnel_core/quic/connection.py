@@ -1,0 +1,248 @@
+"""aioquic's ``QuicConnection`` plus what a tunnel needs and aioquic lacks.
+
+Every override of aioquic internals is here, behind small methods with their own tests (aioquic is pinned to
+1.7.x for that reason):
+
+* fingerprint pinning: aioquic has no certificate-verify callback, so we check the peer certificate when the
+  handshake completes, and close before anything of the application leaves or arrives;
+* optional mutual pinning: the server asks for a client certificate through a private TLS flag;
+* receive credit that follows bytes *consumed* by the application, not bytes received, so a slow local reader
+  really slows the remote sender (aioquic doubles MAX_STREAM_DATA on receipt and never pushes back);
+* a keep-alive PING after ``keepalive_interval`` of silence (upstream: 15 s), like quinn's keep_alive_interval;
+* ``send_buffer_size`` for write backpressure (aioquic's stream writer has none);
+* no unidirectional streams, as upstream's ICE modes (``max_concurrent_uni_streams = 0``).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from typing import Any
+
+from aioquic.quic import events as qe
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import (
+    END_STATES,
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    NetworkAddress,
+    QuicConnection,
+)
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from cryptography.hazmat.primitives import serialization
+
+from tunnel_core.errors import LocalProtocolError
+from tunnel_core.quic.events import PeerVerificationFailed
+from tunnel_core.quic.identity import normalize_fingerprint
+
+#: quinn's keep_alive_interval in upstream's ICE modes.
+DEFAULT_KEEPALIVE_INTERVAL = 15.0
+#: TLS alert bad_certificate (42) as a QUIC CRYPTO_ERROR (0x100 + alert), what a TLS verifier failure looks like.
+FINGERPRINT_MISMATCH_ERROR = QuicErrorCode.CRYPTO_ERROR + 42
+FINGERPRINT_MISMATCH_REASON = "manual fingerprint mismatch"
+#: PING uids we use for keep-alives; their PingAcknowledged events are ours and not passed on.
+_KEEPALIVE_UID_BASE = 1 << 62
+
+
+class _Pin(enum.Enum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+class TunnelQuicConnection(QuicConnection):
+    """A ``QuicConnection`` driven sans-IO exactly like aioquic's, with pinning, consumption-based credit and
+    keep-alives. After every input (``receive_datagram``, ``handle_timer``, commands such as ``consume``) the owner
+    flushes with ``datagrams_to_send`` as usual.
+    """
+
+    def __init__(
+        self,
+        *,
+        configuration: QuicConfiguration,
+        expected_peer_fingerprint: str | None = None,
+        request_client_certificate: bool = False,
+        keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL,
+        **kwargs: Any,
+    ) -> None:
+        if request_client_certificate and configuration.is_client:
+            raise LocalProtocolError("only a server can request a client certificate")
+        if keepalive_interval is not None and keepalive_interval <= 0:
+            raise LocalProtocolError("keepalive_interval must be positive (or None to disable)")
+        super().__init__(configuration=configuration, **kwargs)
+        self._expected_fingerprint = (
+            None if expected_peer_fingerprint is None else normalize_fingerprint(expected_peer_fingerprint)
+        )
+        self._request_client_cert = request_client_certificate
+        self._pin = _Pin.PENDING
+        self._established = False
+        self._keepalive_interval = keepalive_interval
+        self._last_sent: float | None = None
+        self._keepalive_uids: set[int] = set()
+        self._next_keepalive_uid = _KEEPALIVE_UID_BASE
+        self._window = configuration.max_stream_data
+        self._credit_step = max(1, self._window // 2)
+        self._consumed: dict[int, int] = {}
+        # Upstream's ICE modes allow no unidirectional streams; advertise that in the transport parameters.
+        self._local_max_streams_uni.value = 0
+        self._local_max_streams_uni.sent = 0
+
+    # ------------------------------------------------------------------------------------------ public additions
+
+    @property
+    def peer_fingerprint(self) -> str | None:
+        """SHA-256 of the certificate the peer presented, once the handshake has it (None without one)."""
+        tls_ctx = getattr(self, "tls", None)
+        cert = None if tls_ctx is None else tls_ctx._peer_certificate
+        if cert is None:
+            return None
+        return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+    @property
+    def peer_verified(self) -> bool:
+        """True once the handshake completed and the pin (if any) matched."""
+        return self._pin is _Pin.ACCEPTED
+
+    def consume(self, stream_id: int, n: int) -> None:
+        """The application has taken ``n`` more bytes of ``stream_id``: the peer may send that much more.
+
+        Credit is announced only when it grew by half a window, so MAX_STREAM_DATA frames stay rare.
+        """
+        if n < 0:
+            raise LocalProtocolError("cannot consume a negative number of bytes")
+        if n == 0:
+            return
+        self._consumed[stream_id] = self._consumed.get(stream_id, 0) + n
+        if len(self._consumed) > 2 * len(self._streams) + 64:
+            self._consumed = {sid: v for sid, v in self._consumed.items() if sid in self._streams}
+
+    def consumed(self, stream_id: int) -> int:
+        return self._consumed.get(stream_id, 0)
+
+    def receive_credit(self, stream_id: int) -> int:
+        """The highest stream offset we allow the peer to send on ``stream_id`` (0 for unknown streams)."""
+        stream = self._streams.get(stream_id)
+        return 0 if stream is None else stream.max_stream_data_local
+
+    def send_buffer_size(self, stream_id: int) -> int:
+        """Bytes written to ``stream_id`` that the peer has not acknowledged yet (0 for unknown streams)."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return sender._buffer_stop - sender._buffer_start
+
+    # ------------------------------------------------------------------------------------------ aioquic API
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        super().receive_datagram(data, addr, now)
+        if self._pin is _Pin.PENDING:
+            self._check_handshake()
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        out = super().datagrams_to_send(now)
+        if out:
+            self._last_sent = now
+        return out
+
+    def get_timer(self) -> float | None:
+        timer = super().get_timer()
+        keepalive = self._keepalive_at()
+        if keepalive is not None and (timer is None or keepalive < timer):
+            return keepalive
+        return timer
+
+    def handle_timer(self, now: float) -> None:
+        keepalive = self._keepalive_at()
+        if keepalive is not None and now >= keepalive:
+            uid = self._next_keepalive_uid
+            self._next_keepalive_uid += 1
+            self._keepalive_uids.add(uid)
+            self.send_ping(uid)
+            # Count the ping as sent now, so the timer does not fire again before the owner flushes.
+            self._last_sent = now
+        base = super().get_timer()
+        if base is not None and now >= base:
+            super().handle_timer(now)
+
+    def next_event(self) -> qe.QuicEvent | Any:
+        if self._pin is _Pin.PENDING:
+            # Until the peer is verified nothing of the application may surface; only the end of the connection.
+            return self._take_first(qe.ConnectionTerminated)
+        while True:
+            event = super().next_event()
+            if event is None:
+                return None
+            if isinstance(event, qe.PingAcknowledged) and event.uid in self._keepalive_uids:
+                self._keepalive_uids.discard(event.uid)
+                continue
+            if self._pin is _Pin.REJECTED and not isinstance(event, PeerVerificationFailed | qe.ConnectionTerminated):
+                continue
+            return event
+
+    # ------------------------------------------------------------------------------------------ aioquic internals
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        if self._request_client_cert:
+            # aioquic 1.7: private flag "for test purposes"; it makes the server send CertificateRequest.
+            self.tls._request_client_certificate = True
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        """Replaces aioquic's doubling-on-receipt with credit = consumed + window (announced in half-window steps)."""
+        if not stream.max_stream_data_local:
+            return  # a locally opened unidirectional stream: nothing to receive
+        if not stream.receiver.is_finished:
+            target = self._consumed.get(stream.stream_id, 0) + self._window
+            if target - stream.max_stream_data_local >= self._credit_step:
+                stream.max_stream_data_local = target
+        if stream.max_stream_data_local_sent == stream.max_stream_data_local:
+            return
+        buf = builder.start_frame(
+            QuicFrameType.MAX_STREAM_DATA,
+            capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+            handler=self._on_max_stream_data_delivery,  # re-sends the limit if this frame is lost
+            handler_args=(stream,),
+        )
+        buf.push_uint_var(stream.stream_id)
+        buf.push_uint_var(stream.max_stream_data_local)
+        stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _keepalive_at(self) -> float | None:
+        if (
+            self._keepalive_interval is None
+            or not self._established
+            or self._last_sent is None
+            or self._state in END_STATES
+        ):
+            return None
+        return self._last_sent + self._keepalive_interval
+
+    def _take_first(self, kind: type) -> Any:
+        for event in self._events:
+            if isinstance(event, kind):
+                self._events.remove(event)
+                return event
+        return None
+
+    def _check_handshake(self) -> None:
+        if not any(isinstance(e, qe.HandshakeCompleted) for e in self._events):
+            return
+        self._established = True
+        if self._expected_fingerprint is None:
+            self._pin = _Pin.ACCEPTED
+            return
+        presented = self.peer_fingerprint
+        if presented == self._expected_fingerprint:
+            self._pin = _Pin.ACCEPTED
+            return
+        self._pin = _Pin.REJECTED
+        # Drop everything already decoded (stream data that raced in with the handshake included).
+        self._events.clear()
+        self._events.append(PeerVerificationFailed(reason=FINGERPRINT_MISMATCH_REASON))
+        self.close(
+            error_code=FINGERPRINT_MISMATCH_ERROR,
+            frame_type=QuicFrameType.CRYPTO,
+            reason_phrase=FINGERPRINT_MISMATCH_REASON,
+        )

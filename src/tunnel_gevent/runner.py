@@ -1,0 +1,293 @@
+"""The gevent interpreter of tunnel_core.flows: performs each effect a flow yields and sends the result back.
+
+``GeventRunner(console).run(flow)`` blocks the calling greenlet only; the tunnel's own greenlets keep serving, so a
+gevent program runs it with ``gevent.spawn(runner.run, flow)`` next to its other work and ends it with
+``runner.stop()`` (orderly: CONNECTION_CLOSE "done"). Nothing here monkey-patches the standard library: whether
+to patch is the embedding program's decision.
+"""
+
+from __future__ import annotations
+
+import datetime
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import gevent
+import gevent.event
+import ifaddr
+from cryptography.hazmat.primitives.asymmetric import ec
+from gevent import socket
+
+from tunnel_core import flows
+from tunnel_core.errors import ProtocolError
+from tunnel_core.hostaddr import HostCandidateError, select_host_addresses
+from tunnel_core.ice.events import GatheringComplete
+from tunnel_core.options import ExitCode, TunnelError
+from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
+from tunnel_core.quic.identity import QuicIdentity, make_identity
+from tunnel_core.signal import BlockReader
+from tunnel_core.types import Address
+from tunnel_gevent.driver import MachineDriver, bind_udp, local_address, now
+from tunnel_gevent.local import LocalForwarder
+
+CLOSE_GRACE = 2.0
+
+
+class Console:
+    """stdout carries only the blocks a person copies; everything else goes to stderr (upstream's split).
+
+    Embedding programs pass their own text streams (``io.StringIO`` and friends) to supply or capture the blocks.
+    """
+
+    def __init__(self, stdin: TextIO | None = None, stdout: TextIO | None = None,
+                 stderr: TextIO | None = None) -> None:
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+
+    def say(self, line: str) -> None:
+        print(line, file=self.stderr, flush=True)
+
+    def block(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
+
+
+# ------------------------------------------------------------------------------------------------ OS helpers
+
+
+def list_interfaces() -> list[tuple[str, list[str]]]:
+    result = []
+    for adapter in ifaddr.get_adapters():
+        ips = [ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip for ip in adapter.ips]
+        result.append((adapter.nice_name, ips))
+    return result
+
+
+def bind_host_sockets(wanted: Sequence[str]) -> dict[Address, socket.socket]:
+    try:
+        addresses = select_host_addresses(list_interfaces(), wanted)
+    except HostCandidateError as exc:
+        raise TunnelError(str(exc), ExitCode.USAGE) from None
+    sockets: dict[Address, socket.socket] = {}
+    for ip in addresses:
+        try:
+            sock = bind_udp(ip)
+        except OSError:
+            continue  # upstream skips addresses it cannot bind
+        sockets[local_address(sock)] = sock
+    if not sockets:
+        raise TunnelError("Failed to determine local IP for ICE", ExitCode.CONNECT_FAILED)
+    return sockets
+
+
+def new_identity() -> QuicIdentity:
+    """A fresh ECDSA P-256 self-signed certificate per session, as upstream's rcgen default."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    stamp = datetime.datetime.now(datetime.UTC)
+    return make_identity(key, not_before=stamp - datetime.timedelta(days=1),
+                         not_after=stamp + datetime.timedelta(days=30))
+
+
+def resolve_all(host: str, port: int) -> list[str]:
+    """gevent's resolver (a thread pool by default): the hub keeps running while the name resolves."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    seen: list[str] = []
+    for info in infos:
+        ip = str(info[4][0]).split("%")[0]
+        if ip not in seen:
+            seen.append(ip)
+    return seen
+
+
+# ------------------------------------------------------------------------------------------------ the runner
+
+
+class GeventRunner:
+    """Runs one flow in the calling greenlet; owns the sockets, the driver and the local forwarding I/O.
+
+    ``handle_signals`` turns SIGINT/SIGTERM into an orderly stop (main thread only); an embedding program with its
+    own signal policy passes False and calls ``stop()``.
+    """
+
+    def __init__(self, console: Console | None = None, *, handle_signals: bool = True) -> None:
+        self.console = console or Console()
+        self.handle_signals = handle_signals
+        self.sockets: dict[Address, socket.socket] = {}
+        self.peer: Any = None
+        self.driver: MachineDriver | None = None
+        self.local: LocalForwarder | None = None
+        self.results: dict[str, Any] = {}
+        self._changed = gevent.event.Event()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Ask the flow to end at its current wait; the tunnel closes with code 0 "done" and ``run`` returns."""
+        self._stopping = True
+        self._notify()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, gevent.event.Event()
+        changed.set()
+
+    # ------------------------------------------------------------------------------------------ flow loop
+
+    def run(self, flow: flows.Flow) -> None:
+        handlers = []
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            handlers = [gevent.signal_handler(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)]
+        try:
+            self._drive(flow)
+        finally:
+            for handler in handlers:
+                handler.cancel()
+            self.close()
+
+    def _drive(self, flow: flows.Flow) -> None:
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                effect = flow.throw(error) if error is not None else flow.send(result)
+            except (StopIteration, flows.Stopped):
+                return
+            except ProtocolError as exc:
+                raise TunnelError(str(exc), ExitCode.USAGE) from None
+            result, error = None, None
+            try:
+                result = self._perform(effect)
+            except (flows.Stopped, OSError) as exc:
+                error = exc
+
+    def _stoppable(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in its own greenlet unless a stop request comes first (then Stopped goes to the flow)."""
+        worker = gevent.spawn(fn, *args)
+        try:
+            while not worker.ready():
+                if self._stopping:
+                    raise flows.Stopped()
+                gevent.wait([worker, self._changed], count=1)
+            return worker.get()
+        finally:
+            if not worker.ready():
+                worker.kill(block=False)
+
+    # ------------------------------------------------------------------------------------------ effects
+
+    def _perform(self, effect: Any) -> Any:
+        if isinstance(effect, flows.Say):
+            self.console.say(effect.text)
+        elif isinstance(effect, flows.PrintBlock):
+            self.console.block(effect.text)
+        elif isinstance(effect, flows.ReadBlock):
+            return self._stoppable(self._read_block, effect.kind)
+        elif isinstance(effect, flows.BindHostSockets):
+            self.sockets = bind_host_sockets(effect.wanted)
+            return list(self.sockets)
+        elif isinstance(effect, flows.Resolve):
+            return self._stoppable(resolve_all, effect.host, effect.port)
+        elif isinstance(effect, flows.NewIdentity):
+            return new_identity()
+        elif isinstance(effect, flows.Start):
+            self._start(effect.peer)
+        elif isinstance(effect, flows.Poke):
+            effect.fn(now())
+            assert self.driver is not None
+            self.driver.flush()
+        elif isinstance(effect, flows.Wait):
+            return self._wait(effect.kind, effect.timeout)
+        elif isinstance(effect, flows.Listen):
+            assert self.local is not None
+            if effect.protocol == "tcp":
+                return self.local.listen_tcp(effect.ip, effect.port)
+            return self.local.listen_udp(effect.ip, effect.port)
+        else:  # pragma: no cover - a flow yielded something new
+            raise TypeError(f"unknown effect {effect!r}")
+        return None
+
+    def _read_block(self, kind: str) -> str:
+        """Lines from stdin in gevent's thread pool, so the hub (and ICE answering checks) never blocks."""
+        reader = BlockReader(kind)  # type: ignore[arg-type]
+        lines: list[str] = []
+        pool = gevent.get_hub().threadpool
+        try:
+            while True:
+                line = pool.apply(self.console.stdin.readline)
+                if line == "":
+                    reader.feed_eof()
+                    raise TunnelError("Missing BEGIN marker", ExitCode.USAGE)
+                lines.append(line)
+                if reader.feed_line(line) is not None:
+                    return "".join(lines)
+        except ProtocolError as exc:
+            raise TunnelError(str(exc), ExitCode.USAGE) from None
+
+    def _wait(self, kind: str, timeout: float | None) -> Any:
+        deadline = None if timeout is None else now() + timeout
+        while True:
+            if kind in self.results:
+                return self.results[kind]
+            if "closed" in self.results:
+                return self.results["closed"]
+            if self._stopping:
+                raise flows.Stopped()
+            remaining = None if deadline is None else deadline - now()
+            if remaining is not None and remaining <= 0:
+                return None
+            self._changed.wait(remaining)
+
+    def _start(self, peer: Any) -> None:
+        self.peer = peer
+        self.driver = MachineDriver(peer, self.sockets, self._on_event)
+        self.local = LocalForwarder(lambda: peer.session, self.driver.schedule_flush)
+        self.driver.start()
+
+    def _on_event(self, ev: Any) -> None:
+        if isinstance(ev, GatheringComplete):
+            self._settle("gathered", ev)
+        elif isinstance(ev, IceConnected):
+            self._settle("connected", ev)
+            assert self.driver is not None
+            self.driver.keep_only(ev.local_address)
+        elif isinstance(ev, TunnelReady):
+            self._settle("ready", ev)
+        elif isinstance(ev, TunnelClosed):
+            self._settle("closed", ev)
+        elif self.local is not None:
+            self.local.handle(ev)
+
+    def _settle(self, kind: str, value: Any) -> None:
+        if kind not in self.results:
+            self.results[kind] = value
+            self._notify()
+
+    def close(self) -> None:
+        """Orderly stop: CONNECTION_CLOSE(0, "done"), a short grace for it to leave, then release everything."""
+        peer, driver = self.peer, self.driver
+        if peer is not None and driver is not None and not peer.closed:
+            peer.close(now(), "done")
+            driver.flush()
+            deadline = now() + CLOSE_GRACE
+            while "closed" not in self.results and not peer.closed and now() < deadline:
+                self._changed.wait(min(0.05, max(0.0, deadline - now())))
+        if self.local is not None:
+            self.local.close()
+        if self.driver is not None:
+            self.driver.close()
+        else:
+            for sock in self.sockets.values():
+                sock.close()
+
+
+def run_flow(flow: flows.Flow, console: Console | None = None) -> None:
+    """Run a flow to completion in the current greenlet; user-facing failures come out as TunnelError."""
+    GeventRunner(console).run(flow)
+
+
+__all__ = ["CLOSE_GRACE", "Console", "GeventRunner", "run_flow"]

@@ -1,0 +1,1 @@
+"""End-to-end tests: the real `tunnel` CLI between real programs (ssh, iperf3, dig), loopback only."""

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tunnel_asyncio import cli
+from tunnel_asyncio import cli as entry
+from tunnel_cli import cli
 from tunnel_core.options import (
     DEFAULT_STUN_SERVERS,
     ExitCode,
@@ -326,7 +327,7 @@ def test_tunnel_rs_ice_has_no_iroh_word() -> None:
 # ---------------------------------------------------------------------------------------------- main()
 
 
-def run_main(capsys: pytest.CaptureFixture[str], *argv: str, entry=cli.main) -> tuple[int, str, str]:
+def run_main(capsys: pytest.CaptureFixture[str], *argv: str, entry=entry.main) -> tuple[int, str, str]:
     code = entry(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
@@ -362,7 +363,7 @@ def test_main_passes_options_to_the_runners(capsys, runner: Recorder, tmp_path: 
     assert (code, out, err) == (0, "", "")
     assert runner.calls == [("server", ManualServerOptions(allowed_tcp=("127.0.0.0/8",), ice=IceOptions()))]
     path = write(tmp_path / "c.toml", CLIENT_TOML)
-    code, _, _ = run_main(capsys, "client", "-c", str(path), entry=cli.main_ice)
+    code, _, _ = run_main(capsys, "client", "-c", str(path), entry=entry.main_ice)
     assert code == 0
     assert runner.calls[1] == (
         "client", ManualClientOptions(source="tcp://127.0.0.1:22", target="127.0.0.1:2222", ice=IceOptions())
@@ -427,14 +428,14 @@ def test_help_and_version(capsys) -> None:
     code, out, _ = run_main(capsys, "client", "--help")
     assert code == 0
     assert "Manual mode prints an OFFER; paste the server's ANSWER to continue." in out
-    code, out, _ = run_main(capsys, "server", "--help", entry=cli.main_ice)
+    code, out, _ = run_main(capsys, "server", "--help", entry=entry.main_ice)
     assert code == 0
     assert "tunnel-rs-ice server -c server_ice.toml" in out
     assert "tunnel-rs-ice server manual --allowed-tcp 127.0.0.0/8" in out
     code, out, _ = run_main(capsys, "--version")
     assert code == 0
     assert out.startswith("tunnel ") and out.strip() != "tunnel"
-    assert run_main(capsys, "--version", entry=cli.main_ice)[1].startswith("tunnel-rs-ice ")
+    assert run_main(capsys, "--version", entry=entry.main_ice)[1].startswith("tunnel-rs-ice ")
 
 
 def test_configure_logging_follows_tunnel_log(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnel_asyncio import config as cfg
+from tunnel_cli import config as cfg
 from tunnel_core.options import DEFAULT_STUN_SERVERS, ExitCode, TunnelError
 
 VALID = ("iroh", "manual", "nostr")

@@ -14,9 +14,9 @@ from tunnel_core.ice.events import GatheringComplete
 from tunnel_core.peer import IceConnected, Peer, TunnelClosed, TunnelReady, classify, connection_type
 from tunnel_core.quic.identity import make_identity
 from tunnel_core.testing import VirtualClock
-from tunnel_core.testing.network import Nat, Network, NatType, StunResponder
+from tunnel_core.testing.network import Nat, NatType, Network, StunResponder
 
-T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 
 def _rng(seed: int):
@@ -128,7 +128,7 @@ def test_nat_traversal_uses_server_reflexive_or_peer_reflexive_path() -> None:
 
 def test_fingerprint_mismatch_fails_with_auth_and_no_forwarding() -> None:
     net = Network(VirtualClock())
-    client, server = _pair(net, "198.51.100.1", "198.51.100.2", server_pin="00" * 32)
+    client, _server = _pair(net, "198.51.100.1", "198.51.100.2", server_pin="00" * 32)
     assert net.run_until(lambda: client.has(TunnelClosed), net.clock.now + 30)
     closed = client.first(TunnelClosed)
     assert closed.auth_failed and not closed.was_up

@@ -258,6 +258,7 @@ class LocalForwarder:
 
     def _on_udp_flow(self, flow_id: int, sock: socket.socket) -> None:
         session = self.session()
+        now = self.now()
         for _ in range(256):
             try:
                 data = sock.recv(65536)
@@ -266,7 +267,7 @@ class LocalForwarder:
             except OSError:
                 continue  # ICMP port unreachable from the target: UDP carries on
             if session is not None:
-                session.udp_reply(flow_id, data)
+                session.udp_reply(flow_id, data, now)
         self.kick()
 
     # ------------------------------------------------------------------------------------- lifetime

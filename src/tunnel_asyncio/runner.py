@@ -78,6 +78,9 @@ class AsyncioRunner:
                     error = exc
                 except OSError as exc:
                     error = exc
+                except ProtocolError as exc:
+                    # Bad outside input met while performing (a pasted block cut short): the user's input error.
+                    raise TunnelError(str(exc), ExitCode.USAGE) from None
         finally:
             for sig in installed:
                 self.loop.remove_signal_handler(sig)
@@ -143,7 +146,7 @@ class AsyncioRunner:
         while True:
             line = await self.loop.run_in_executor(None, self.console.stdin.readline)
             if line == "":
-                reader.feed_eof()
+                reader.feed_eof()  # raises the reference's message (missing BEGIN / END marker)
                 raise TunnelError("Missing BEGIN marker", ExitCode.USAGE)
             lines.append(line)
             if reader.feed_line(line) is not None:

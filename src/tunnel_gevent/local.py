@@ -386,6 +386,7 @@ class LocalForwarder:
     def _udp_flow_loop(self, flow_id: int, watched: Watched) -> None:
         while not self._closed and watched.wait_readable():
             session = self.session()
+            t = self.now()
             for _ in range(DRAIN_LIMIT):
                 try:
                     data = watched.sock.recv(65536)
@@ -396,7 +397,7 @@ class LocalForwarder:
                         return
                     continue  # ICMP port unreachable from the target: UDP carries on
                 if session is not None:
-                    session.udp_reply(flow_id, data)
+                    session.udp_reply(flow_id, data, t)
             self.kick()
             gevent.idle()
 

@@ -166,17 +166,31 @@ class GeventRunner:
                 error = exc
 
     def _stoppable(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` in its own greenlet unless a stop request comes first (then Stopped goes to the flow)."""
-        worker = gevent.spawn(fn, *args)
+        """Run ``fn(*args)`` in its own greenlet unless a stop request comes first (then Stopped goes to the flow).
+
+        The worker hands its exception back as a value: a greenlet dying with an exception would have the hub print
+        a traceback, and users must only ever see the one ``Error:`` line.
+        """
+
+        def captured() -> tuple[bool, Any]:
+            try:
+                return True, fn(*args)
+            except Exception as exc:
+                return False, exc
+
+        worker = gevent.spawn(captured)
         try:
             while not worker.ready():
                 if self._stopping:
                     raise flows.Stopped()
                 gevent.wait([worker, self._changed], count=1)
-            return worker.get()
+            ok, value = worker.get()
         finally:
             if not worker.ready():
                 worker.kill(block=False)
+        if not ok:
+            raise value
+        return value
 
     # ------------------------------------------------------------------------------------------ effects
 

@@ -434,6 +434,7 @@ class LocalForwarder:
                 except (trio.ClosedResourceError, OSError):
                     return
                 session = self.session()
+                t = self.now()
                 for _ in range(DRAIN_LIMIT):
                     try:
                         data = sock.recv(65536)
@@ -444,7 +445,7 @@ class LocalForwarder:
                             return
                         continue  # ICMP port unreachable from the target: UDP carries on
                     if session is not None:
-                        session.udp_reply(flow_id, data)
+                        session.udp_reply(flow_id, data, t)
                 self.kick()
                 await trio.lowlevel.checkpoint()
 

@@ -1,0 +1,62 @@
+"""The sans-IO side of iroh mode (reference 3.2, E2 NodeId-allowlist generation).
+
+iroh itself (QUIC, TLS, hole punching, relays) is a binary library driven by the adapter; what is ours is the
+dialogue on each bidirectional stream, the connection gate, the session limit and the path messages. Those live
+here as explicit state machines so they are tested without sockets and shared by every adapter.
+"""
+
+from __future__ import annotations
+
+from tunnel_core.iroh_session.client import ClientStream, ClientStreamState, SourceAccepted, SourceRejected
+from tunnel_core.iroh_session.constants import (
+    ALPN_E2,
+    CLOSE_DONE,
+    CLOSE_UNAUTHORIZED,
+    DEFAULT_MAX_SESSIONS,
+    INVALID_PROTOCOL_REASON,
+    PROTOCOL_VERSION_E2,
+    SESSION_LIMIT_REASON,
+    CloseCode,
+)
+from tunnel_core.iroh_session.gate import ClientAllowlist, SessionLimiter
+from tunnel_core.iroh_session.options import IrohClientOptions, IrohNetwork, IrohServerOptions
+from tunnel_core.iroh_session.paths import PathReporter, PathView, describe_path
+from tunnel_core.iroh_session.server import (
+    ResolveHost,
+    SendBytes,
+    ServerStream,
+    ServerStreamState,
+    StartForwarding,
+    StreamFailed,
+    StreamRejected,
+)
+
+__all__ = [
+    "ALPN_E2",
+    "CLOSE_DONE",
+    "CLOSE_UNAUTHORIZED",
+    "DEFAULT_MAX_SESSIONS",
+    "INVALID_PROTOCOL_REASON",
+    "PROTOCOL_VERSION_E2",
+    "SESSION_LIMIT_REASON",
+    "ClientAllowlist",
+    "ClientStream",
+    "ClientStreamState",
+    "CloseCode",
+    "IrohClientOptions",
+    "IrohNetwork",
+    "IrohServerOptions",
+    "PathReporter",
+    "PathView",
+    "ResolveHost",
+    "SendBytes",
+    "ServerStream",
+    "ServerStreamState",
+    "SessionLimiter",
+    "SourceAccepted",
+    "SourceRejected",
+    "StartForwarding",
+    "StreamFailed",
+    "StreamRejected",
+    "describe_path",
+]

@@ -1,0 +1,50 @@
+"""Run options of iroh mode: plain validated values built by the CLI (or an embedding program) and handed to
+the adapter, so nothing downstream re-parses flags or config files."""
+
+from __future__ import annotations
+
+import attrs
+
+from tunnel_core.iroh_session.constants import DEFAULT_MAX_SESSIONS
+
+
+@attrs.frozen
+class IrohNetwork:
+    """How an endpoint reaches the world: relays, discovery, local binding."""
+
+    #: Relay URLs (``http://``/``https://``); empty with ``relays_disabled`` False means iroh's public relays.
+    relay_urls: tuple[str, ...] = ()
+    #: No relays at all: direct addresses only (LAN or offline use, and every test on this machine).
+    relays_disabled: bool = False
+    #: True: n0's pkarr/DNS address lookup (iroh's default); False: no internet discovery (``--dns-server none``).
+    discovery: bool = True
+    #: Local UDP bind address of the endpoint, e.g. ``127.0.0.1:0``; None lets iroh choose.
+    bind_addr: str | None = None
+    #: ``socks5h://host:port`` used only to reach ``.onion`` relay URLs (experimental).
+    socks5_proxy: str | None = None
+
+
+@attrs.frozen
+class IrohServerOptions:
+    """``tunnel server iroh``: serve allowlisted clients, each stream choosing its source."""
+
+    secret_key: bytes
+    allowed_clients: tuple[bytes, ...]
+    allowed_tcp: tuple[str, ...] = ()
+    allowed_udp: tuple[str, ...] = ()
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    network: IrohNetwork = IrohNetwork()
+
+
+@attrs.frozen
+class IrohClientOptions:
+    """``tunnel client iroh``: expose the server's ``source`` at the local ``target``."""
+
+    server_id: bytes
+    source: str
+    target: str
+    #: Persistent identity (what the server allowlists); None means a fresh identity for this run.
+    secret_key: bytes | None = None
+    #: ``ip:port`` addresses of the server to dial directly (no discovery needed).
+    server_addrs: tuple[str, ...] = ()
+    network: IrohNetwork = IrohNetwork()

@@ -1,0 +1,196 @@
+"""The server's dialogue on one iroh bi-stream (reference 3.2 step 3) as an explicit state machine.
+
+Order matters and is upstream's: the session permit is settled before the request is read (so a full server
+answers at once), the scheme is checked by prefix before anything is parsed, then the access policy decides,
+possibly after the adapter resolved a hostname. Only an accepted stream turns into forwarding, and it carries the
+exact addresses the policy checked, so the adapter dials nothing else.
+
+Inputs: ``feed(data)``, ``feed_eof()``, ``resolved(addresses)``, ``resolution_failed(error)``.
+Outputs (pulled with ``next_event()``): ``SendBytes`` (write to the stream, then finish it if asked),
+``ResolveHost``, ``StartForwarding``, ``StreamRejected``, ``StreamFailed``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Sequence
+
+import attrs
+
+from tunnel_core.errors import LocalProtocolError
+from tunnel_core.iroh_session.constants import INVALID_PROTOCOL_REASON, PROTOCOL_VERSION_E2, SESSION_LIMIT_REASON
+from tunnel_core.policy import AccessPolicy, Decision, NeedsResolution, PolicyError, Source, parse_source
+from tunnel_core.types import Address
+from tunnel_core.wire import (
+    MessageReader,
+    SourceResponse,
+    WireError,
+    decode_source_request,
+    encode_source_response,
+)
+
+
+class ServerStreamState(enum.Enum):
+    AWAIT_REQUEST = "await-request"
+    AWAIT_RESOLUTION = "await-resolution"
+    FORWARDING = "forwarding"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class SendBytes:
+    """Write ``data`` to the stream; ``finish`` ends our send side afterwards (every rejection does)."""
+
+    data: bytes
+    finish: bool = False
+
+
+@attrs.frozen
+class ResolveHost:
+    """Resolve ``host`` (getaddrinfo) and report with ``resolved`` or ``resolution_failed``."""
+
+    host: str
+    port: int
+
+
+@attrs.frozen
+class StartForwarding:
+    """The source was accepted and the response queued: dial exactly ``addresses``.
+
+    ``payload`` is what the client sent after its request (normally nothing, as clients wait for the answer).
+    """
+
+    source: Source
+    addresses: tuple[Address, ...]
+    payload: bytes = b""
+
+
+@attrs.frozen
+class StreamRejected:
+    """The request was refused; the reason has been queued for the client. For the server's log."""
+
+    reason: str
+    source: str | None = None
+
+
+@attrs.frozen
+class StreamFailed:
+    """The client broke the protocol (bad message, early end); nothing more is sent. For the server's log."""
+
+    error: str
+
+
+ServerStreamEvent = SendBytes | ResolveHost | StartForwarding | StreamRejected | StreamFailed
+
+
+class ServerStream:
+    """One forwarding stream on the server, from its first byte to the forwarding decision."""
+
+    def __init__(self, policy: AccessPolicy, *, permit: bool, version: int = PROTOCOL_VERSION_E2) -> None:
+        self._policy = policy
+        self._version = version
+        self._reader = MessageReader("SourceRequest")
+        self._events: deque[ServerStreamEvent] = deque()
+        self._source: Source | None = None
+        self._source_text: str | None = None
+        self._payload = b""
+        self.state = ServerStreamState.AWAIT_REQUEST
+        if not permit:
+            self._reject(SESSION_LIMIT_REASON)
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def feed(self, data: bytes) -> None:
+        if self.state is ServerStreamState.AWAIT_RESOLUTION:
+            self._payload += data  # early payload waits for the verdict
+            return
+        if self.state is not ServerStreamState.AWAIT_REQUEST:
+            return  # after a verdict the stream's bytes belong to forwarding (or are ignored)
+        try:
+            body = self._reader.feed(data)
+        except WireError as exc:
+            self._fail(str(exc))
+            return
+        if body is None:
+            return
+        try:
+            request = decode_source_request(body, expected_version=self._version)
+        except WireError as exc:
+            self._fail(str(exc))
+            return
+        self._payload = self._reader.remainder
+        self._judge(request.source)
+
+    def feed_eof(self) -> None:
+        if self.state is ServerStreamState.AWAIT_REQUEST:
+            try:
+                self._reader.feed_eof()
+            except WireError as exc:
+                self._fail(str(exc))
+
+    def resolved(self, addresses: Sequence[str]) -> None:
+        source = self._expect_resolution()
+        self._conclude(self._policy.decide_resolved(source, addresses))
+
+    def resolution_failed(self, error: str) -> None:
+        source = self._expect_resolution()
+        self._conclude(self._policy.resolution_failed(source, error))
+
+    # ------------------------------------------------------------------------------------------ outputs
+
+    def next_event(self) -> ServerStreamEvent | None:
+        return self._events.popleft() if self._events else None
+
+    @property
+    def source_text(self) -> str | None:
+        """The source exactly as the client asked for it (for logs)."""
+        return self._source_text
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _expect_resolution(self) -> Source:
+        if self.state is not ServerStreamState.AWAIT_RESOLUTION or self._source is None:
+            raise LocalProtocolError(f"no resolution pending (state {self.state.value})")
+        return self._source
+
+    def _judge(self, text: str) -> None:
+        self._source_text = text
+        # Upstream tests the prefix case-sensitively before parsing; keep that so both servers answer alike.
+        if not (text.startswith("tcp://") or text.startswith("udp://")):
+            self._reject(INVALID_PROTOCOL_REASON)
+            return
+        try:
+            source = parse_source(text)
+        except PolicyError as exc:
+            self._reject(str(exc))
+            return
+        self._source = source
+        verdict = self._policy.decide(source)
+        if isinstance(verdict, NeedsResolution):
+            self.state = ServerStreamState.AWAIT_RESOLUTION
+            self._events.append(ResolveHost(verdict.host, verdict.port))
+            return
+        self._conclude(verdict)
+
+    def _conclude(self, decision: Decision) -> None:
+        if not decision.allowed:
+            self._reject(decision.reason or "Source not allowed")
+            return
+        assert self._source is not None
+        self.state = ServerStreamState.FORWARDING
+        response = encode_source_response(SourceResponse(accepted=True, version=self._version))
+        self._events.append(SendBytes(response))
+        self._events.append(StartForwarding(self._source, decision.addresses, self._payload))
+        self._payload = b""
+
+    def _reject(self, reason: str) -> None:
+        self.state = ServerStreamState.REJECTED
+        response = SourceResponse(accepted=False, reason=reason, version=self._version)
+        self._events.append(SendBytes(encode_source_response(response), finish=True))
+        self._events.append(StreamRejected(response.reason or reason, self._source_text))
+
+    def _fail(self, error: str) -> None:
+        self.state = ServerStreamState.FAILED
+        self._events.append(StreamFailed(error))

@@ -16,14 +16,16 @@ Roles: the controlling side uses regular nomination (after a check succeeds it r
 valid pair with USE-CANDIDATE). As controlled we also accept aggressive nomination (aioice puts USE-CANDIDATE
 on every check); a later nomination of a higher-priority pair is reported as a second ``PairSelected``.
 
-Relay seam (TURN, later): a relayed candidate will be added with a *virtual base* - an address that names the
-TURN allocation rather than a socket, e.g. the relayed address itself. The agent needs nothing else: it pairs
-relay locals like host locals (``form_checklist`` only replaces srflx locals), checks go out as
-``Transmit(local=virtual base)``, and the adapter (or a TURN client machine wrapped around this agent) turns a
-Transmit from a virtual base into a Send indication / ChannelData to the TURN server, and hands datagrams
-unwrapped from Data indications back in as ``receive_datagram(data, local=virtual base, remote=peer)``. The
-method to add will be ``add_relay_candidate(relayed: Address, virtual_base: Address, server: Address)``
-creating ``CandidateType.RELAY`` with ``local_preference(RELAY, ...)``; it must be called before ``connect``.
+Relay candidates (TURN, RFC 8656): with ``turn_servers``, ``gather`` also allocates on every server of the
+family of each host socket (one ``tunnel_core.turn.TurnClient`` per (socket, server)). An allocation adds a relay
+candidate whose *virtual base* is the relayed address itself (and the mapped address as a srflx candidate).
+Inside the agent a relay candidate is paired and checked like a host candidate, with checks going out as
+``Transmit(local=relayed address)``; ``datagrams_to_send`` wraps them into ChannelData / Send indications from the
+allocation's socket to the TURN server, so adapters only ever see real sockets. Inbound datagrams from a TURN
+server (ChannelData, Data indications, TURN responses) are unwrapped here too: STUN payloads are processed as if
+received on the relayed address from the peer, and ``receive_from_relay`` hands the rest (QUIC) to the caller,
+which sends its own traffic for a relayed path through ``wrap``. Gathering completes when STUN and TURN are all
+answered (or ``gather_timeout``). After selection, allocations the selected pair does not use are released.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from tunnel_core.ice.credentials import (
 )
 from tunnel_core.ice.timing import IceTiming
 from tunnel_core.ice.transaction import Purpose, StunTransaction
+from tunnel_core.turn import Allocated, DataReceived, TurnClient, TurnServer, TurnState
 from tunnel_core.types import Address, Transmit
 
 __all__ = ["EARLY_CHECK_LIMIT", "IceAgent", "IceState"]
@@ -94,11 +97,21 @@ class IceAgent:
         timing: IceTiming = IceTiming(),  # noqa: B008 - frozen value object, safe as a default
         local_ufrag: str | None = None,
         local_pwd: str | None = None,
+        turn_servers: Sequence[TurnServer] = (),
     ) -> None:
         self._rng = rng
         self.timing = timing
         self.controlling = controlling
         self.stun_servers: list[Address] = [(ipaddress.ip_address(h).compressed, p) for h, p in stun_servers]
+        self.turn_servers: list[TurnServer] = [
+            TurnServer((ipaddress.ip_address(t.address[0]).compressed, t.address[1]), t.username, t.password)
+            for t in turn_servers
+        ]
+        #: TURN allocations by (socket, server), and by relayed address (the virtual base of a relay candidate)
+        self._turn_by_path: dict[tuple[Address, Address], TurnClient] = {}
+        self._turn_by_relayed: dict[Address, TurnClient] = {}
+        #: non-STUN payloads unwrapped while processing TURN input, for ``receive_from_relay``'s caller
+        self._relayed_inbox: list[tuple[bytes, Address, Address]] = []
         self.local_ufrag = local_ufrag if local_ufrag is not None else random_ice_string(rng, UFRAG_LENGTH)
         self.local_pwd = local_pwd if local_pwd is not None else random_ice_string(rng, PWD_LENGTH)
         check_credentials(self.local_ufrag, self.local_pwd)
@@ -201,6 +214,11 @@ class IceAgent:
             for server in self.stun_servers:
                 if is_ipv6(base[0]) == is_ipv6(server[0]):
                     self._gather_queue.append((base, server))
+            for turn in self.turn_servers:
+                if is_ipv6(base[0]) == is_ipv6(turn.address[0]) and (base, turn.address) not in self._turn_by_path:
+                    client = TurnClient(server=turn, base=base, rng=self._rng)
+                    self._turn_by_path[(base, turn.address)] = client
+                    client.allocate(now)
         self._now = max(self._now, now)
         self._gather_deadline = now + self.timing.gather_timeout
         if not self._connect_started:
@@ -243,6 +261,10 @@ class IceAgent:
         self._state = IceState.CHECKING
         self._pairs = form_checklist(self._locals, self._remotes, self.controlling)
         self._pair_by_key = {p.key: p for p in self._pairs}
+        # The peer's checks reach our relayed address only once the server holds a permission for its IP.
+        for client in self._turn_by_relayed.values():
+            for cand in self._remotes:
+                client.permit(cand.host, now)
         early, self._early = self._early, {}
         for (local, remote), (priority, use_candidate) in early.items():
             self._on_check(local, remote, priority, use_candidate, now)
@@ -259,7 +281,100 @@ class IceAgent:
 
     def datagrams_to_send(self, now: float) -> list[Transmit]:
         out, self._outbox = self._outbox, []
+        if self._turn_by_path:
+            out = [w for t in out if (w := self.wrap(t, now)) is not None]
+            for client in self._turn_by_path.values():
+                out.extend(client.datagrams_to_send(now))
         return out
+
+    # ------------------------------------------------------------------------------------------ relaying
+
+    def is_relay_server(self, local: Address, remote: Address) -> bool:
+        """Whether a datagram on socket ``local`` from ``remote`` comes from one of our TURN servers."""
+        return (local, remote) in self._turn_by_path
+
+    def is_relayed(self, local: Address) -> bool:
+        return local in self._turn_by_relayed
+
+    def socket_for(self, local: Address) -> Address:
+        """The socket that carries traffic of local address ``local`` (the allocation's socket for a relayed one)."""
+        client = self._turn_by_relayed.get(local)
+        return client.base if client is not None else local
+
+    def wrap(self, transmit: Transmit, now: float) -> Transmit | None:
+        """Turn a Transmit from a relayed address into the datagram for its TURN server; others pass unchanged.
+
+        None means the datagram cannot go yet (permission pending, allocation gone): callers drop it, as a
+        lossy network would. Works after ``close`` too, so QUIC's closing frames still reach the peer."""
+        client = self._turn_by_relayed.get(transmit.local)
+        if client is None:
+            return transmit
+        return client.send(transmit.remote, transmit.data, now)
+
+    def receive_from_relay(self, data: bytes, local: Address, remote: Address,
+                           now: float) -> list[tuple[bytes, Address, Address]]:
+        """Feed a datagram from a TURN server. STUN it carried is processed here; every other payload comes back
+        as (payload, relayed address, peer), i.e. as if it had arrived on a socket bound at the relayed address."""
+        client = self._turn_by_path.get((local, remote))
+        if client is None:
+            return []
+        self._now = max(self._now, now)
+        client.receive_datagram(data, now)
+        self._drain_turn(client, now)
+        out, self._relayed_inbox = self._relayed_inbox, []
+        return out
+
+    def _drain_turn(self, client: TurnClient, now: float) -> None:
+        while (tev := client.next_event()) is not None:
+            if isinstance(tev, DataReceived):
+                relayed = client.relayed
+                if relayed is None:
+                    continue
+                if stun.is_stun(tev.data):
+                    if not self._finished:
+                        self._receive_stun(tev.data, relayed, tev.peer, now)
+                elif len(self._relayed_inbox) < 1024:
+                    self._relayed_inbox.append((tev.data, relayed, tev.peer))
+            elif isinstance(tev, Allocated):
+                self._add_relay(client, tev, now)
+            # AllocationFailed only matters for gathering; AllocationLost is caught by consent freshness.
+        self._maybe_gathering_complete(now)
+
+    def _add_relay(self, client: TurnClient, allocated: Allocated, now: float) -> None:
+        if self.gathering_complete or self._finished:
+            client.close(now)
+            return
+        relayed = allocated.relayed
+        if is_ipv6(relayed[0]) != is_ipv6(client.base[0]) or relayed in self._turn_by_relayed:
+            client.close(now)
+            return
+        if allocated.mapped is not None:
+            self._events.append(ev.ServerReflexiveDiscovered(server=client.server, base=client.base,
+                                                             mapped=allocated.mapped))
+            self._add_srflx(allocated.mapped, client.base, client.server)
+        self._turn_by_relayed[relayed] = client
+        ipv6 = is_ipv6(relayed[0])
+        index = sum(1 for c, _ in self._locals if c.type is CandidateType.RELAY)
+        cand = Candidate(
+            foundation=compute_foundation(CandidateType.RELAY, client.base[0], client.server[0]),
+            component=1,
+            transport="udp",
+            priority=compute_priority(CandidateType.RELAY, local_preference(CandidateType.RELAY, ipv6, index)),
+            host=relayed[0],
+            port=relayed[1],
+            type=CandidateType.RELAY,
+            related_address=_unspecified(relayed[0]),
+            related_port=0,
+        )
+        self._locals.append((cand, relayed))
+
+    def _release_unused_relays(self, keep: Address | None, now: float) -> None:
+        for relayed, client in list(self._turn_by_relayed.items()):
+            if relayed != keep:
+                client.close(now)
+        for client in self._turn_by_path.values():
+            if client.state is TurnState.ALLOCATING:
+                client.close(now)
 
     def next_event(self) -> ev.IceEvent | None:
         return self._events.popleft() if self._events else None
@@ -277,12 +392,23 @@ class IceAgent:
         if self._selected is not None and self._next_consent is not None:
             times.append(self._next_consent)
             times.append(self._last_consent + self.timing.consent_timeout)
+        for client in self._turn_by_path.values():
+            t = client.get_timer()
+            if t is not None:
+                times.append(t)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         if self._finished:
             return
         self._now = max(self._now, now)
+        for client in list(self._turn_by_path.values()):
+            t = client.get_timer()
+            if t is not None and now >= t:
+                client.handle_timer(now)
+            self._drain_turn(client, now)
+            if self._finished:
+                return
         for tx in list(self._transactions.values()):
             if tx.next_send is not None and now >= tx.next_send:
                 tx.retransmit(now, self.timing.max_rto)
@@ -313,7 +439,18 @@ class IceAgent:
     # ------------------------------------------------------------------------------------------ input
 
     def receive_datagram(self, data: bytes, local: Address, remote: Address, now: float) -> None:
-        """Any datagram that reached socket ``local`` from ``remote``; non-STUN and bad input are dropped."""
+        """Any datagram that reached socket ``local`` from ``remote``; non-STUN and bad input are dropped.
+
+        Datagrams from a TURN server are unwrapped first; relayed non-STUN payloads are dropped here (a caller
+        that wants them uses ``receive_from_relay``)."""
+        if self._finished:
+            return
+        if (local, remote) in self._turn_by_path:
+            self.receive_from_relay(data, local, remote, now)
+            return
+        self._receive_stun(data, local, remote, now)
+
+    def _receive_stun(self, data: bytes, local: Address, remote: Address, now: float) -> None:
         if self._finished or not stun.is_stun(data):
             return
         self._now = max(self._now, now)
@@ -608,6 +745,8 @@ class IceAgent:
             return
         if any(tx.purpose is Purpose.GATHER for tx in self._transactions.values()):
             return
+        if any(c.state is TurnState.ALLOCATING for c in self._turn_by_path.values()):
+            return
         self._finish_gathering()
 
     def _finish_gathering(self) -> None:
@@ -766,6 +905,7 @@ class IceAgent:
         self._last_consent = now
         if first:
             self._next_consent = now + self._consent_interval()
+        self._release_unused_relays(pair.base if pair.base in self._turn_by_relayed else None, now)
 
     def _switch_role(self, controlling: bool, now: float) -> None:
         if controlling == self.controlling:

@@ -526,3 +526,47 @@ def test_help_and_validation_never_import_aioquic() -> None:
     )
     done = run_process(code=probe)
     assert "RESULT [0, 0, 2] []" in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------------------------------------- TURN
+
+
+def test_turn_flags_become_ice_options(tmp_path: Path) -> None:
+    _, opts = build("client", "manual", "-s", "tcp://127.0.0.1:22", "-t", "127.0.0.1:2222", "--no-stun",
+                    "--turn-server", "turn:198.51.100.10:3478", "--turn-server", "turn:[2001:db8::1]",
+                    "--turn-user", "alice", "--turn-password", "s3cret")
+    assert opts.ice.turn_servers == ("turn:198.51.100.10:3478", "turn:[2001:db8::1]")
+    assert (opts.ice.turn_user, opts.ice.turn_password) == ("alice", "s3cret")
+    assert "s3cret" not in repr(opts)
+    secret = write(tmp_path / "pw", "from-file\nignored second line\n")
+    _, opts = build("server", "manual", "--allowed-tcp", "127.0.0.0/8", "--turn-server", "turn:h:3478",
+                    "--turn-user", "bob", "--turn-password-file", str(secret))
+    assert opts.ice.turn_password == "from-file"
+
+
+def test_turn_config_keys_and_cli_precedence(tmp_path: Path) -> None:
+    secret = write(tmp_path / "pw", "file-pw\n")
+    path = write(tmp_path / "c.toml", CLIENT_TOML + 'turn_servers = ["turn:10.0.0.1:3478"]\nturn_user = "cfg"\n'
+                 f'turn_password_file = "{secret}"\n')
+    _, opts = build("client", "-c", str(path))
+    assert opts.ice.turn_servers == ("turn:10.0.0.1:3478",)
+    assert (opts.ice.turn_user, opts.ice.turn_password) == ("cfg", "file-pw")
+    _, opts = build("client", "-c", str(path), "manual", "--turn-server", "turn:h:1", "--turn-password", "cli-pw")
+    assert opts.ice.turn_servers == ("turn:h:1",)
+    assert (opts.ice.turn_user, opts.ice.turn_password) == ("cfg", "cli-pw")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--turn-server", "198.51.100.10:3478", "--turn-user", "u", "--turn-password", "p"),
+     "Invalid TURN server '198.51.100.10:3478' in --turn-server"),
+    (("--turn-server", "turn:h:3478"), "--turn-server requires credentials"),
+    (("--turn-server", "turn:h:3478", "--turn-user", "u"), "--turn-server requires credentials"),
+    (("--turn-user", "u", "--turn-password", "p"), "need at least one --turn-server"),
+    (("--turn-server", "turn:h:3478", "--turn-user", "u", "--turn-password", "pw", "--turn-password-file", "f"),
+     "Cannot use both --turn-password and --turn-password-file"),
+    (("--turn-server", "turn:h:3478", "--turn-user", "u", "--turn-password-file", "/nonexistent/pw"),
+     "Cannot read --turn-password-file '/nonexistent/pw'"),
+])
+def test_turn_flag_errors(args: tuple[str, ...], message: str) -> None:
+    error = build_error("client", "manual", "-s", "tcp://127.0.0.1:22", "-t", "127.0.0.1:2222", *args)
+    assert message in error

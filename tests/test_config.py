@@ -450,3 +450,34 @@ def test_stun_precedence_property(no_stun: bool, cli: list[str], config: list[st
 @given(cli=lists, config=lists)
 def test_cli_list_replaces_config_list(cli: list[str], config: list[str]) -> None:
     assert cfg.cli_or_config(cli, config) == (tuple(cli) if cli else tuple(config))
+
+
+# ---------------------------------------------------------------------------------------------- TURN keys
+
+
+def test_turn_keys_are_read(tmp_path: Path) -> None:
+    got = section('[manual]\nturn_servers = ["turn:198.51.100.10:3478"]\nturn_user = "u"\nturn_password = "pw"\n',
+                  "client", tmp_path)
+    assert got.turn_servers == ("turn:198.51.100.10:3478",)
+    assert (got.turn_user, got.turn_password, got.turn_password_file) == ("u", "pw", None)
+    assert "pw" not in repr(got).replace("turn_password_file", "")
+
+
+def test_turn_keys_are_checked(tmp_path: Path) -> None:
+    assert "Invalid TURN server 'h:1' in [manual] turn_servers" in section_error(
+        '[manual]\nturn_servers = ["h:1"]\n', "server", tmp_path)
+    assert "Use only one of 'turn_password' or 'turn_password_file'" in section_error(
+        '[manual]\nturn_password = "a"\nturn_password_file = "b"\n', "server", tmp_path)
+    assert "must be a list of strings" in section_error('[manual]\nturn_servers = "turn:h:1"\n', "server", tmp_path)
+
+
+def test_turn_keys_raise_no_unknown_key_warning(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    section('[manual]\nturn_servers = []\nturn_user = "u"\nturn_password_file = "f"\n', "client", tmp_path,
+            warn=warnings.append)
+    assert warnings == []
+
+
+def test_empty_password_file_is_refused(tmp_path: Path) -> None:
+    empty = write(tmp_path, "", name="pw")
+    assert error_of(cfg.read_password_file, str(empty), "--turn-password-file").endswith("is empty")

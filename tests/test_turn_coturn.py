@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from tests.helpers.coturn import run_coturn
+
 from tunnel_core.turn import Allocated, AllocationFailed, DataReceived, TurnClient, TurnServer, TurnState
 from tunnel_core.types import Transmit
 

@@ -7,6 +7,7 @@ import contextlib
 import signal
 import socket
 import sys
+import threading
 from typing import Any, TextIO
 
 from tunnel_asyncio import common
@@ -54,11 +55,13 @@ class AsyncioRunner:
             k: self.loop.create_future() for k in ("gathered", "connected", "ready", "closed")
         }
         self.stop: asyncio.Future[None] = self.loop.create_future()
+        self._stdin_lines: asyncio.Queue[str] | None = None
 
     # ------------------------------------------------------------------------------------------ flow loop
 
-    async def run(self, flow: flows.Flow) -> None:
-        installed = self._install_signals()
+    async def run(self, flow: flows.Flow, *, signals: bool = True) -> None:
+        """``signals=False`` for a sub-flow (a nostr server session): its parent owns SIGINT/SIGTERM."""
+        installed = self._install_signals() if signals else []
         try:
             result: Any = None
             error: BaseException | None = None
@@ -140,17 +143,42 @@ class AsyncioRunner:
         return None
 
     async def _read_block(self, kind: str) -> str:
-        """Lines from stdin in a worker thread, so the loop (and ICE answering checks) never blocks."""
+        """Lines from stdin via a daemon thread, so the loop (and ICE answering checks) never blocks.
+
+        Not the default executor: asyncio.run() joins its threads at exit, and a thread parked in readline()
+        would keep a Ctrl-C'd process alive until the user pressed Enter.
+        """
         reader = BlockReader(kind)  # type: ignore[arg-type]
         lines: list[str] = []
         while True:
-            line = await self.loop.run_in_executor(None, self.console.stdin.readline)
+            line = await self._next_stdin_line()
             if line == "":
                 reader.feed_eof()  # raises the reference's message (missing BEGIN / END marker)
                 raise TunnelError("Missing BEGIN marker", ExitCode.USAGE)
             lines.append(line)
             if reader.feed_line(line) is not None:
                 return "".join(lines)
+
+    async def _next_stdin_line(self) -> str:
+        if self._stdin_lines is None:
+            self._stdin_lines = asyncio.Queue()
+            queue, loop, stream = self._stdin_lines, self.loop, self.console.stdin
+
+            def pump() -> None:
+                while True:
+                    try:
+                        line = stream.readline()
+                    except (OSError, ValueError):
+                        line = ""
+                    try:
+                        loop.call_soon_threadsafe(queue.put_nowait, line)
+                    except RuntimeError:  # the loop is gone: the program is exiting
+                        return
+                    if line == "":
+                        return
+
+            threading.Thread(target=pump, name="stdin", daemon=True).start()
+        return await self._stdin_lines.get()
 
     async def _wait(self, kind: str, timeout: float | None) -> Any:
         fut = self.milestones[kind]

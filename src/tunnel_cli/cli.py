@@ -123,6 +123,19 @@ def _add_ice_args(parser: argparse.ArgumentParser) -> None:
         "default: every non-loopback interface, loopback only when there is nothing else",
     )
     parser.add_argument(
+        "--turn-server", metavar="turn:HOST:PORT", action="append", default=[],
+        help="TURN server for relay candidates (repeatable; replaces the config list); needs --turn-user and "
+        "--turn-password or --turn-password-file",
+    )
+    parser.add_argument("--turn-user", metavar="USER", help="TURN long-term credential user name")
+    parser.add_argument(
+        "--turn-password", metavar="PASSWORD",
+        help="TURN password (visible to other local users in the process list: prefer --turn-password-file)",
+    )
+    parser.add_argument(
+        "--turn-password-file", metavar="PATH", help="read the TURN password from the first line of this file",
+    )
+    parser.add_argument(
         "--packet-size", metavar="N",
         help=f"QUIC datagram size in bytes, {cfg.PACKET_SIZE_MIN}..{cfg.PACKET_SIZE_MAX} "
         "(default: large on loopback, 1350 elsewhere)",
@@ -136,7 +149,8 @@ def build_parser(program: Program) -> tuple[_Parser, dict[tuple[str, str | None]
     parser = _Parser(
         prog=name,
         description="Secure peer-to-peer TCP/UDP port forwarding with NAT traversal (ICE + QUIC).",
-        epilog=f"Run '{name} server --help' or '{name} client --help' for the modes and their flags.",
+        epilog=f"Run '{name} server --help' or '{name} client --help' for the modes and their flags."
+        + ("\nRun 'tunnel relay --help' to run an iroh-compatible relay server." if not program.ice else ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
@@ -218,6 +232,16 @@ def build_options(
     Returns ``("server manual" | "client manual", options)``. ``--help``/``--version`` raise SystemExit(0)
     as argparse does; every other problem raises TunnelError. ``interfaces`` replaces the OS interface list.
     """
+    from tunnel_cli import iroh_cmd  # iroh mode and its key tools parse their own flags (tunnel_cli.iroh_cmd)
+
+    claimed = iroh_cmd.claim(argv, program=program, warn=warn)
+    if claimed is not None:
+        return claimed  # type: ignore[return-value]
+    from tunnel_cli import nostr_cmd  # ice-nostr mode and its key tools parse their own flags (tunnel_cli.nostr_cmd)
+
+    claimed_nostr = nostr_cmd.claim(argv, program=program, warn=warn, interfaces=interfaces)
+    if claimed_nostr is not None:
+        return claimed_nostr  # type: ignore[return-value]
     parser, parsers = build_parser(program)
     namespace, extras = parser.parse_known_args(list(argv))
     role: str | None = namespace.role
@@ -266,10 +290,22 @@ def _ice_options(
                  for host in getattr(namespace, "host_candidate", [])]
     packet_text: str | None = getattr(namespace, "packet_size", None)
     packet_size = cfg.parse_cli_packet_size(packet_text) if packet_text is not None else section.packet_size
+    cli_turn = [cfg.check_turn_server(server, "--turn-server") for server in getattr(namespace, "turn_server", [])]
+    turn_servers = cfg.cli_or_config(cli_turn, section.turn_servers)
+    turn_user, turn_password = cfg.resolve_turn_credentials(
+        servers=turn_servers,
+        cli_user=_given(getattr(namespace, "turn_user", None)),
+        cli_password=getattr(namespace, "turn_password", None),
+        cli_password_file=_given(getattr(namespace, "turn_password_file", None)),
+        section=section,
+    )
     return IceOptions(
         stun_servers=stun,
         host_candidates=cfg.cli_or_config(cli_hosts, section.host_candidates),
         packet_size=packet_size,
+        turn_servers=turn_servers,
+        turn_user=turn_user,
+        turn_password=turn_password,
     )
 
 
@@ -359,6 +395,16 @@ def _dispatch(options: Options, runtime: str) -> None:
     """Import the runner only now: aioquic and friends cost a few hundred milliseconds to load."""
     import importlib
 
+    from tunnel_cli import iroh_cmd
+
+    if iroh_cmd.handles(options):
+        iroh_cmd.dispatch(options, runtime)  # type: ignore[arg-type]
+        return
+    from tunnel_cli import nostr_cmd
+
+    if nostr_cmd.handles(options):
+        nostr_cmd.dispatch(options, runtime)  # type: ignore[arg-type]
+        return
     manual = importlib.import_module(f"tunnel_{runtime}.manual")
     if isinstance(options, ManualServerOptions):
         manual.run_manual_server(options)
@@ -369,6 +415,11 @@ def _dispatch(options: Options, runtime: str) -> None:
 def run(argv: Sequence[str] | None = None, *, program: Program = TUNNEL, runtime: str = "asyncio") -> int:
     """Run one command and return its exit code; never raises, never prints a traceback."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["relay"] and program is TUNNEL:
+        # The relay server is its own program with its own flags (tunnel_cli.relay_cmd); asyncio only.
+        from tunnel_cli import relay_cmd
+
+        return relay_cmd.run(args[1:])
     try:
         _command, options = build_options(args, program=program, warn=_warn)
         configure_logging()

@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from tunnel_core.options import DEFAULT_STUN_SERVERS, ExitCode, TunnelError
+from tunnel_core.turn import parse_turn_url
 
 ROLES: tuple[str, ...] = ("server", "client")
 
@@ -46,6 +47,7 @@ PACKET_SIZE_MIN = 1200
 PACKET_SIZE_MAX = 16000
 
 _STUN_EXAMPLE = "host:port (e.g., stun.l.google.com:19302)"
+_TURN_EXAMPLE = "turn:HOST:PORT (e.g., turn:turn.example.org:3478)"
 _CIDR_EXAMPLE = "192.168.0.0/16 or ::1/128"
 
 
@@ -180,11 +182,15 @@ class ManualSection:
     target: str | None = None
     host_candidates: tuple[str, ...] = ()
     packet_size: int | None = None
+    turn_servers: tuple[str, ...] = ()
+    turn_user: str | None = None
+    turn_password: str | None = attrs.field(default=None, repr=False)
+    turn_password_file: str | None = None
 
 
 _MANUAL_KEYS = frozenset({
     "stun_servers", "allowed_sources", "request_source", "source", "target", "host_candidates", "packet_size",
-    "transport",
+    "transport", "turn_servers", "turn_user", "turn_password", "turn_password_file",
 })
 
 
@@ -275,9 +281,22 @@ def manual_section(
             raise config.parse_error(f"[{name}] 'packet_size' must be an integer (got {_show(value)})")
         packet_size = check_packet_size(value, f"[{name}] packet_size")
 
+    turn_servers = _string_list(config, table, name, "turn_servers")
+    for server in turn_servers:
+        check_turn_server(server, f"[{name}] turn_servers")
+    turn_user = _blank_is_none(_string(config, table, name, "turn_user"))
+    turn_password = _string(config, table, name, "turn_password")
+    turn_password_file = _blank_is_none(_string(config, table, name, "turn_password_file"))
+    if turn_password is not None and turn_password_file is not None:
+        raise usage_error(f"[{name}] Use only one of 'turn_password' or 'turn_password_file'.")
+
     return ManualSection(
         section=name,
         stun_servers=stun,
+        turn_servers=turn_servers,
+        turn_user=turn_user,
+        turn_password=turn_password,
+        turn_password_file=turn_password_file,
         allowed_tcp=allowed_tcp,
         allowed_udp=allowed_udp,
         source=source,
@@ -405,6 +424,57 @@ def check_stun_server(server: str, where: str) -> str:
     if split_host_port(server) is None:
         raise usage_error(f"Invalid STUN server '{server}' in {where}. Expected format: {_STUN_EXAMPLE}")
     return server
+
+
+def check_turn_server(server: str, where: str) -> str:
+    try:
+        parse_turn_url(server)
+    except ValueError:
+        raise usage_error(f"Invalid TURN server '{server}' in {where}. Expected format: {_TURN_EXAMPLE}") from None
+    return server.strip()
+
+
+def read_password_file(path: str, where: str) -> str:
+    """The first line of ``path`` without its line ending; an unreadable or empty file is a usage error."""
+    try:
+        text = expand_path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise usage_error(f"Cannot read {where} '{path}': {getattr(exc, 'strerror', None) or exc}") from None
+    lines = text.splitlines()
+    password = lines[0] if lines else ""
+    if not password:
+        raise usage_error(f"{where} '{path}' is empty")
+    return password
+
+
+def resolve_turn_credentials(
+    *, servers: Sequence[str], cli_user: str | None, cli_password: str | None, cli_password_file: str | None,
+    section: ManualSection,
+) -> tuple[str | None, str | None]:
+    """CLI user/password (inline or file) replace the config's; TURN servers need both, credentials need a server.
+
+    The password is only ever returned, never put into a message."""
+    if cli_password is not None and cli_password_file is not None:
+        raise usage_error("Cannot use both --turn-password and --turn-password-file")
+    user = cli_user or section.turn_user
+    if cli_password is not None:
+        password: str | None = cli_password
+    elif cli_password_file is not None:
+        password = read_password_file(cli_password_file, "--turn-password-file")
+    elif section.turn_password is not None:
+        password = section.turn_password
+    elif section.turn_password_file is not None:
+        password = read_password_file(section.turn_password_file, f"[{section.section}] turn_password_file")
+    else:
+        password = None
+    if servers and (not user or not password):
+        raise usage_error(
+            "--turn-server requires credentials: give --turn-user and --turn-password or --turn-password-file "
+            "(or turn_user and turn_password / turn_password_file in the config)"
+        )
+    if not servers and (cli_user is not None or cli_password is not None or cli_password_file is not None):
+        raise usage_error("--turn-user/--turn-password need at least one --turn-server")
+    return (user, password) if servers else (None, None)
 
 
 def local_interfaces() -> list[str]:

@@ -22,6 +22,7 @@ from tunnel_core.quic.config import (
 )
 from tunnel_core.quic.connection import TunnelQuicConnection
 from tunnel_core.quic.identity import QuicIdentity
+from tunnel_core.turn import TurnServer
 from tunnel_core.types import Address
 
 Rng = Callable[[int], bytes]
@@ -38,8 +39,9 @@ def packet_size_for(configured: int | None, local: Address, remote: Address) -> 
 
 
 def new_agent(*, controlling: bool, rng: Rng, stun_servers: Sequence[Address] = (),
-              timing: IceTiming | None = None) -> IceAgent:
-    return IceAgent(controlling=controlling, rng=rng, stun_servers=tuple(stun_servers), timing=timing or IceTiming())
+              timing: IceTiming | None = None, turn_servers: Sequence[TurnServer] = ()) -> IceAgent:
+    return IceAgent(controlling=controlling, rng=rng, stun_servers=tuple(stun_servers), timing=timing or IceTiming(),
+                    turn_servers=tuple(turn_servers))
 
 
 def new_quic(

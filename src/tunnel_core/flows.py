@@ -20,7 +20,7 @@ import attrs
 
 from tunnel_core import assembly
 from tunnel_core import manual as dialogue
-from tunnel_core.candidate import CandidateError
+from tunnel_core.candidate import CandidateError, CandidateType
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.ice.events import GatheringComplete
 from tunnel_core.options import ExitCode, IceOptions, ManualClientOptions, ManualServerOptions, TunnelError
@@ -28,6 +28,7 @@ from tunnel_core.peer import IceConnected, Peer, TunnelClosed
 from tunnel_core.policy import AccessPolicy, NeedsResolution, PolicyError, Source, parse_source, parse_target
 from tunnel_core.quic.identity import QuicIdentity
 from tunnel_core.signal import ManualAnswer, ManualOffer, decode_answer, decode_offer, encode_block
+from tunnel_core.turn import TurnServer, parse_turn_url
 from tunnel_core.types import Address
 
 QUIC_CONNECT_TIMEOUT = 30.0
@@ -148,6 +149,22 @@ def _resolve_stun(servers: Sequence[str]) -> Generator[Effect, Any, list[Address
     return out
 
 
+def _resolve_turn(ice: IceOptions) -> Generator[Effect, Any, list[TurnServer]]:
+    """Every address of every configured TURN server, each with the shared long-term credentials."""
+    out: list[TurnServer] = []
+    if not ice.turn_servers or not ice.turn_user or not ice.turn_password:
+        return out
+    for text in ice.turn_servers:
+        try:
+            host, port = parse_turn_url(text)
+        except ValueError:
+            continue  # the CLI layer already refused it; an embedding program gets no relay from it
+        for ip in (yield Resolve(host, port)):
+            if all(t.address != (ip, port) for t in out):
+                out.append(TurnServer((ip, port), ice.turn_user, ice.turn_password))
+    return out
+
+
 def _start_peer(
     ice: IceOptions,
     *,
@@ -160,7 +177,8 @@ def _start_peer(
     """Bind, build the Peer (ICE -> QUIC -> forwarding), gather; shared by every ICE-mode role."""
     addresses = yield BindHostSockets(ice.host_candidates)
     stun = yield from _resolve_stun(ice.stun_servers)
-    agent = assembly.new_agent(controlling=is_client, rng=rng, stun_servers=stun)
+    turn = yield from _resolve_turn(ice)
+    agent = assembly.new_agent(controlling=is_client, rng=rng, stun_servers=stun, turn_servers=turn)
     for addr in addresses:
         agent.add_local_address(addr)
 
@@ -200,8 +218,9 @@ def _until_up(peer: Peer, ready_message: str, ready_line: str) -> Generator[Effe
     if isinstance(connected, TunnelClosed):
         raise failure(connected)
     assert isinstance(connected, IceConnected)
-    for line in dialogue.connected_lines(connected.connection_type, connected.local_address,
-                                         connected.remote_address):
+    # A relayed path is shown by its relayed address: the socket behind it only talks to the TURN server.
+    shown_local = connected.local.address if connected.local.type is CandidateType.RELAY else connected.local_address
+    for line in dialogue.connected_lines(connected.connection_type, shown_local, connected.remote_address):
         yield Say(line)
     ready = yield Wait("ready", timeout=QUIC_CONNECT_TIMEOUT)
     if ready is None:

@@ -50,6 +50,11 @@ class IceOptions:
     host_candidates: tuple[str, ...] = ()
     #: QUIC max datagram size; None picks per path (large on loopback, 1350 elsewhere).
     packet_size: int | None = None
+    #: "turn:HOST:PORT" servers to allocate relay candidates on (RFC 8656, UDP); empty means no relay candidates.
+    turn_servers: tuple[str, ...] = ()
+    #: long-term credentials for every TURN server; the password never appears in a repr or a log line
+    turn_user: str | None = None
+    turn_password: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen

@@ -32,12 +32,16 @@ VIRTUAL_PEER: Address = ("peer", 0)
 #: How many QUIC datagrams we hold while our own ICE selection has not happened yet (the peer may finish first).
 EARLY_QUIC_LIMIT = 64
 
-Kind = Literal["stun", "quic"]
+Kind = Literal["stun", "quic", "turn"]
 
 
-def classify(data: bytes) -> Kind:
-    """RFC 7983-style demultiplexing by first byte: 0..3 is STUN (incl. TURN ChannelData is 64..79, handled by TURN
-    later), everything else is QUIC (which always sets the 0x40 fixed bit). Empty datagrams go to QUIC, as upstream."""
+def classify(data: bytes, *, from_turn_server: bool = False) -> Kind:
+    """RFC 7983/9443-style demultiplexing. Everything a TURN server of ours sends (responses, Data indications and
+    ChannelData, first byte 64..79) is "turn": the first byte alone cannot tell ChannelData from a QUIC short
+    header (64..127), the source address can. Otherwise 0..3 is STUN and everything else is QUIC (which always sets
+    the 0x40 fixed bit); empty datagrams go to QUIC, as upstream."""
+    if from_turn_server:
+        return "turn"
     if data and data[0] <= 3:
         return "stun"
     return "quic"
@@ -67,7 +71,8 @@ def is_loopback_pair(local: Address, remote: Address) -> bool:
 
 @attrs.frozen
 class IceConnected:
-    """ICE selected a pair; QUIC starts over it."""
+    """ICE selected a pair; QUIC starts over it. ``local_address`` is the socket that carries the path (for a relayed
+    pair the socket of the TURN allocation; ``local`` is then the relay candidate with the relayed address)."""
 
     local: Candidate
     remote: Candidate
@@ -131,6 +136,15 @@ class Peer:
     def receive_datagram(self, data: bytes, local: Address, remote: Address, now: float) -> None:
         if self._closed and (self.quic is None or self._quic_done):
             return
+        if classify(data, from_turn_server=self.ice.is_relay_server(local, remote)) == "turn":
+            # Unwrapped payloads look as if a socket bound at the relayed address received them from the peer.
+            for payload, relayed, peer in self.ice.receive_from_relay(data, local, remote, now):
+                self._receive_path(payload, relayed, peer, now)
+            self._pump(now)
+            return
+        self._receive_path(data, local, remote, now)
+
+    def _receive_path(self, data: bytes, local: Address, remote: Address, now: float) -> None:
         if classify(data) == "stun":
             if self._closed:
                 return
@@ -179,8 +193,14 @@ class Peer:
         out = list(self.ice.datagrams_to_send(now))
         if self.quic is not None and self.selected is not None:
             local, remote = self.selected
-            for data, _addr in self.quic.datagrams_to_send(now):
-                out.append(Transmit(data, local, remote))
+            if self.ice.is_relayed(local):
+                for data, _addr in self.quic.datagrams_to_send(now):
+                    wrapped = self.ice.wrap(Transmit(data, local, remote), now)
+                    if wrapped is not None:
+                        out.append(wrapped)
+            else:
+                for data, _addr in self.quic.datagrams_to_send(now):
+                    out.append(Transmit(data, local, remote))
         self._pump(now)
         return out
 
@@ -258,7 +278,8 @@ class Peer:
                 IceConnected(
                     local=ev.local,
                     remote=ev.remote,
-                    local_address=ev.local_address,
+                    # The socket the adapter keeps: for a relayed pair, the one holding the TURN allocation.
+                    local_address=self.ice.socket_for(ev.local_address),
                     remote_address=ev.remote_address,
                     connection_type=connection_type(ev.local, ev.remote),
                 )

@@ -31,9 +31,9 @@ __all__ = [
     "CHANNEL_MAX",
     "CHANNEL_MIN",
     "MAX_PEERS",
+    "Allocated",
     "AllocationFailed",
     "AllocationLost",
-    "Allocated",
     "DataReceived",
     "TurnClient",
     "TurnEvent",
@@ -204,7 +204,7 @@ class TurnClient:
         server: TurnServer,
         base: Address,
         rng: Callable[[int], bytes],
-        timing: TurnTiming = TurnTiming(),  # noqa: B008 - frozen value object
+        timing: TurnTiming = TurnTiming(),
         software: str | None = None,
     ) -> None:
         self.server = server.address

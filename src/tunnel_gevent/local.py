@@ -250,7 +250,7 @@ class LocalForwarder:
                         return
                     continue
                 if session is not None:
-                    session.udp_received(("127.0.0.1", 9), data, t)
+                    session.udp_received((peer[0], peer[1]), data, t)
             self.kick()
             gevent.idle()
 

@@ -61,6 +61,78 @@ def _echo_through(port: int, payload: bytes) -> bytes:
         return b"".join(chunks)
 
 
+class GreetThenListenServer:
+    """Speaks first and half-closes at once, then reads the client's upload to EOF and records what arrived.
+
+    The client can only see the greeting's EOF while still sending if the tunnel turns the server's FIN into a
+    ``shutdown(SHUT_WR)`` on the client's local socket (a close would be caught by the upload failing, a no-op by
+    the EOF never arriving).
+    """
+
+    GREETING = b"hello, then half-close\n"
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server((LOOPBACK, 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.received: list[tuple[int, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> GreetThenListenServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(20)
+                try:
+                    conn.sendall(self.GREETING)
+                    conn.shutdown(socket.SHUT_WR)
+                    digest, count = hashlib.sha256(), 0
+                    while data := conn.recv(1 << 20):
+                        digest.update(data)
+                        count += len(data)
+                except OSError:
+                    continue
+                self.received.append((count, digest.hexdigest()))
+
+
+def _greeting_then_upload(port: int, payload: bytes) -> bytes:
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        chunks = []
+        while data := sock.recv(65536):  # ends only if the server's half-close reached us
+            chunks.append(data)
+        sock.sendall(payload)  # our direction is still open
+        sock.shutdown(socket.SHUT_WR)
+        return b"".join(chunks)
+
+
+@pytest.mark.parametrize(("server_rt", "client_rt"), PAIRS)
+def test_server_half_closes_first(server_rt: str, client_rt: str) -> None:
+    payload = os.urandom(256 << 10)
+    with GreetThenListenServer() as server, ManualTunnel(
+        f"tcp://{LOOPBACK}:{server.port}", server_runtime=server_rt, client_runtime=client_rt
+    ) as t:
+        assert _greeting_then_upload(t.local_port, payload) == GreetThenListenServer.GREETING, t.logs()
+        deadline = time.monotonic() + 10
+        while not server.received and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.received == [(len(payload), hashlib.sha256(payload).hexdigest())], t.logs()
+        t.assert_alive()
+        t.assert_clean_exit()
+
+
 @pytest.mark.parametrize(("server_rt", "client_rt"), PAIRS)
 def test_tcp_echo_with_half_close(server_rt: str, client_rt: str) -> None:
     payloads = [os.urandom(TCP_PAYLOAD) for _ in range(TCP_CONNECTIONS)]

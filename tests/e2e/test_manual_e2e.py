@@ -237,6 +237,29 @@ def test_killed_peer_makes_the_other_side_exit_11() -> None:
                 assert_one_error_line(proc.stderr, r"Error: .+")
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("role", ["client", "server"])
+def test_signal_while_waiting_for_paste_exits_promptly(role: str, sig: int) -> None:
+    # A user who gives up at the paste prompt presses Ctrl-C; a blocked stdin read must not keep the process.
+    if role == "client":
+        args = client_manual_args(f"tcp://{LOOPBACK}:9", f"{LOOPBACK}:{programs.free_port()}")
+        proc = TunnelProcess(role, cli_argv(CLIENT_RUNTIME, *args))
+        prompt = "Paste server answer"
+    else:
+        proc = TunnelProcess(role, cli_argv(SERVER_RUNTIME, *server_manual_args(["127.0.0.0/8"])))
+        prompt = "Paste client offer"
+    with supervised(proc):
+        proc.wait_stderr(prompt)
+        proc.proc.send_signal(sig)
+        code = proc.wait_exit(PASTE_SIGNAL_DEADLINE)
+        assert code == 0, (
+            f"{role} exit code {code} after {signal.Signals(sig).name}, want 0\n{proc.describe()}"
+        )
+        assert "Traceback" not in proc.stderr, proc.describe()
+
+
+PASTE_SIGNAL_DEADLINE = 3.0
+
 #: ICE consent freshness gives up after 30 s (RFC 7675); allow for scheduling on a busy 2-core machine.
 LOST_PEER_DEADLINE = 45.0
 

@@ -24,8 +24,11 @@ Inside the agent a relay candidate is paired and checked like a host candidate, 
 allocation's socket to the TURN server, so adapters only ever see real sockets. Inbound datagrams from a TURN
 server (ChannelData, Data indications, TURN responses) are unwrapped here too: STUN payloads are processed as if
 received on the relayed address from the peer, and ``receive_from_relay`` hands the rest (QUIC) to the caller,
-which sends its own traffic for a relayed path through ``wrap``. Gathering completes when STUN and TURN are all
-answered (or ``gather_timeout``). After selection, allocations the selected pair does not use are released.
+which sends its own traffic for a relayed path through ``wrap``. As controlling side we hold back nominating a
+relayed pair for ``timing.relay_grace`` while direct pairs are still being checked (a peer-reflexive direct path
+often succeeds a moment after the relay), so a punchable pair does not end up relayed. Gathering completes when
+STUN and TURN are all answered (or ``gather_timeout``). After selection, allocations the selected pair does not
+use are released.
 """
 
 from __future__ import annotations
@@ -81,6 +84,10 @@ def _unspecified(host: str) -> str:
     return "::" if is_ipv6(host) else "0.0.0.0"
 
 
+def _is_relayed(pair: CandidatePair) -> bool:
+    return CandidateType.RELAY in (pair.local.type, pair.remote.type)
+
+
 def _has_attr(msg: stun.StunMessage, attr: int) -> bool:
     return any(a == attr for a, _ in msg.attributes)
 
@@ -132,6 +139,8 @@ class IceAgent:
         self._pair_by_key: dict[tuple[Address, Address], CandidatePair] = {}
         self._triggered: deque[CandidatePair] = deque()
         self._nominating: CandidatePair | None = None
+        #: controlling: when a held-back nomination of a relayed pair goes ahead (see the module docstring)
+        self._nominate_at: float | None = None
         self._selected: CandidatePair | None = None
         self._transactions: dict[bytes, StunTransaction] = {}
         self._gather_queue: deque[tuple[Address, Address]] = deque()
@@ -389,6 +398,8 @@ class IceAgent:
             times.append(self._gather_deadline)
         if self._selected is None and self._connect_deadline is not None:
             times.append(self._connect_deadline)
+        if self._selected is None and self._nominate_at is not None:
+            times.append(self._nominate_at)
         if self._selected is not None and self._next_consent is not None:
             times.append(self._next_consent)
             times.append(self._last_consent + self.timing.consent_timeout)
@@ -423,6 +434,10 @@ class IceAgent:
         if self._selected is None and self._connect_deadline is not None and now >= self._connect_deadline:
             self._fail(ev.REASON_TIMEOUT)
             return
+        if self._nominate_at is not None and now >= self._nominate_at:
+            self._nominate_at = None
+            if self.controlling and self._selected is None and self._nominating is None:
+                self._start_nomination(hold_relay=False)
         if self._selected is not None:
             # Compare with the very sum get_timer() reports: a difference can round below the timeout.
             if now >= self._last_consent + self.timing.consent_timeout:
@@ -871,12 +886,24 @@ class IceAgent:
 
     # ------------------------------------------------------------------------------------------ decisions
 
-    def _start_nomination(self) -> None:
-        """Regular nomination (8.1.1): repeat the check of the best valid pair with USE-CANDIDATE."""
+    def _start_nomination(self, hold_relay: bool = True) -> None:
+        """Regular nomination (8.1.1): repeat the check of the best valid pair with USE-CANDIDATE.
+
+        A relayed best pair waits up to ``relay_grace`` while a direct pair is still being checked; a direct pair
+        that succeeds meanwhile calls us again and wins."""
         valid = [p for p in self._pairs if p.state is PairState.SUCCEEDED]
         if not valid:
             return
         best = max(valid, key=lambda p: p.valid_priority(self.controlling))
+        if hold_relay and _is_relayed(best) and any(
+            not _is_relayed(p) and p.state in (PairState.FROZEN, PairState.WAITING, PairState.IN_PROGRESS)
+            for p in self._pairs
+        ):
+            if self._nominate_at is None:
+                self._nominate_at = self._now + self.timing.relay_grace
+            if self._now < self._nominate_at:
+                return
+        self._nominate_at = None
         self._nominating = best
         if best in self._triggered:
             self._triggered.remove(best)

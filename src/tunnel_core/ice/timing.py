@@ -24,3 +24,5 @@ class IceTiming:
     gather_timeout: float = 3.0
     consent_interval: float = 5.0
     consent_timeout: float = 30.0
+    #: how long the controlling side holds back nominating a relayed pair while direct pairs may still succeed
+    relay_grace: float = 1.0

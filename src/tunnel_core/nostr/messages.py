@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from tunnel_core.errors import ProtocolError, RemoteProtocolError
+from tunnel_core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from tunnel_core.nostr import nip44
 from tunnel_core.nostr.errors import NostrError
 from tunnel_core.nostr.event import Event, sign_event
@@ -28,6 +28,8 @@ from tunnel_core.signal import ManualAnswer, ManualOffer, ManualReject, ManualRe
 from tunnel_core.wire import dumps_compact
 
 KIND = 24242
+#: Relays do not store events of these kinds (NIP-01), which is what signaling wants.
+EPHEMERAL_KINDS = (20000, 29999)
 TYPE_REQUEST = "tunnel-request"
 TYPE_OFFER = "tunnel-offer"
 TYPE_ANSWER = "tunnel-answer"
@@ -105,7 +107,10 @@ class Channel:
     """One side of the signaling conversation between two fixed keys: seals outgoing messages into signed events
     and opens incoming events, accepting only what the configured peer addressed to us on our transfer id."""
 
-    def __init__(self, secret: SecretKey, peer: PublicKey, *, plaintext: bool = False) -> None:
+    def __init__(self, secret: SecretKey, peer: PublicKey, *, plaintext: bool = False, kind: int = KIND) -> None:
+        if not EPHEMERAL_KINDS[0] <= kind <= EPHEMERAL_KINDS[1]:
+            raise LocalProtocolError(f"event kind {kind} is not in the ephemeral range 20000-29999")
+        self.kind = kind
         self.secret = secret
         self.public = secret.public_key
         self.peer = peer
@@ -115,7 +120,7 @@ class Channel:
 
     def subscription_filter(self) -> dict[str, Any]:
         """Reference 5.3: ``{"kinds":[24242],"#t":[transfer_id],"#p":[own pubkey]}``; we also name the author."""
-        return {"kinds": [KIND], "authors": [self.peer.hex], "#t": [self.transfer_id], "#p": [self.public.hex]}
+        return {"kinds": [self.kind], "authors": [self.peer.hex], "#t": [self.transfer_id], "#p": [self.public.hex]}
 
     def seal(self, message: Message, *, created_at: int, rng: Callable[[int], bytes]) -> Event:
         body = message.to_json().decode("utf-8")
@@ -124,12 +129,12 @@ class Channel:
         else:
             content = nip44.encrypt(body, self._conv_key, rng)
         tags = [["t", self.transfer_id], ["p", self.peer.hex], ["type", type_of(message)]]
-        return sign_event(self.secret, created_at=created_at, kind=KIND, tags=tags, content=content, rng=rng)
+        return sign_event(self.secret, created_at=created_at, kind=self.kind, tags=tags, content=content, rng=rng)
 
     def open(self, event: Event, expected: Collection[str]) -> Received:
         """Raise NostrError unless ``event`` (already signature-checked) is a message of an expected type from our
         peer to us; otherwise return the decoded message."""
-        if event.kind != KIND:
+        if event.kind != self.kind:
             raise NostrError("not a tunnel signaling event")
         if event.pubkey != self.peer.hex:
             raise NostrError("event not authored by the configured peer")

@@ -1,0 +1,19 @@
+"""Console script ``tunnel-rs``: the seed's iroh-only entry point (``tunnel-rs server|client`` with or without
+the ``iroh`` word, plus the key tools), on the asyncio runtime."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from tunnel_cli.cli import Program, run
+
+TUNNEL_RS = Program(name="tunnel-rs", ice=False, modes=("iroh",), words=(("iroh", ()),))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv, program=TUNNEL_RS, runtime="asyncio")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""``tunnel client iroh`` on asyncio: one connection to the server, one bi-stream per local TCP connection,
+or one stream for all UDP traffic.
+
+The client's identity is what the server allowlists, so it is loaded from ``--secret-file`` when given (a
+fresh identity otherwise, printed so the user sees which id the server refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from tunnel_asyncio.iroh import ffi
+from tunnel_asyncio.iroh.bridge import (
+    READ_LIMIT,
+    TCP_LIMIT,
+    FrameWriter,
+    UdpEndpoint,
+    bridge_tcp,
+    read_frames,
+    tune_tcp,
+)
+from tunnel_asyncio.iroh.endpoint import PathWatch, bind_endpoint, connect, endpoint_id_bytes
+from tunnel_asyncio.iroh.socks import OnionBridges
+from tunnel_core.iroh_session import (
+    ALPN_E2,
+    CLOSE_DONE,
+    CLOSE_UNAUTHORIZED,
+    ClientStream,
+    SourceAccepted,
+    SourceRejected,
+)
+from tunnel_core.iroh_session.options import IrohClientOptions
+from tunnel_core.keys import format_endpoint_id
+from tunnel_core.options import ExitCode, TunnelError
+from tunnel_core.policy import parse_source, parse_target
+from tunnel_core.types import Address
+from tunnel_core.wire import WireError
+
+log = logging.getLogger("tunnel_asyncio.iroh")
+
+RESPONSE_TIMEOUT = 10.0
+OPEN_ATTEMPTS = 3
+OPEN_BACKOFF = 0.1
+
+
+class IrohClient:
+    """``start`` connects and listens; ``wait`` returns when the connection ends (raising TunnelError if it
+    ended badly); ``close`` ends it in an orderly way."""
+
+    def __init__(self, options: IrohClientOptions) -> None:
+        self.options = options
+        self.source = parse_source(options.source)
+        self.endpoint: Any = None
+        self.conn: Any = None
+        self.local_addresses: list[Address] = []
+        self._bridges = OnionBridges(options.network.socks5_proxy)
+        self._servers: list[asyncio.base_events.Server] = []
+        self._udp: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watch: PathWatch | None = None
+        self._established = False
+        self._closing = False
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        opts = self.options
+        relay_urls = await self._bridges.rewrite(opts.network.relay_urls)
+        self.endpoint = await bind_endpoint(opts.network, secret_key=opts.secret_key, alpns=[ALPN_E2],
+                                            relay_urls=relay_urls)
+        self.client_id = format_endpoint_id(endpoint_id_bytes(self.endpoint))
+        kind = "persistent" if opts.secret_key is not None else "ephemeral"
+        log.info("Client EndpointId: %s (%s)", self.client_id, kind)
+        relays = () if opts.network.relays_disabled else relay_urls
+        self.conn = await connect(self.endpoint, opts.server_id, alpn=ALPN_E2, relay_urls=relays,
+                                  server_addrs=opts.server_addrs)
+        log.info("Connected to server %s", format_endpoint_id(opts.server_id))
+        self._watch = PathWatch(self.conn)
+        self._watch.start()
+        host, port = parse_target(opts.target)
+        if self.source.protocol == "tcp":
+            server = await asyncio.start_server(self._on_local_tcp, host, port, limit=TCP_LIMIT)
+            self._servers.append(server)
+            self.local_addresses = [tuple(s.getsockname()[:2]) for s in server.sockets]  # type: ignore[misc]
+            for address in self.local_addresses:
+                log.info("Listening on TCP %s:%d, forwarding to %s", address[0], address[1], opts.source)
+        else:
+            await self._start_udp(host, port)
+
+    async def wait(self) -> None:
+        """Until the connection closes; a close we did not ask for is an error with the right exit code."""
+        reason = await self.conn.closed()
+        if self._closing:
+            return
+        text = str(reason)
+        if "unauthorized" in text and "code 1" in text:
+            raise TunnelError(
+                f"Server refused this client (unauthorized): add its EndpointId {self.client_id} to the server's "
+                "--allowed-clients", ExitCode.AUTH,
+            )
+        raise TunnelError(f"Connection to server lost: {text}", ExitCode.CONNECTION_LOST)
+
+    async def close(self) -> None:
+        self._closing = True
+        for server in self._servers:
+            server.close()
+        if self._udp is not None:
+            self._udp.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._watch is not None:
+            await self._watch.stop()
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close(CLOSE_DONE.code, CLOSE_DONE.reason)
+        if self.endpoint is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.endpoint.close(), 5.0)
+        await self._bridges.close()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------------------------------ streams
+
+    async def open_source_stream(self) -> tuple[Any, Any, bytes]:
+        """Open a bi-stream and run the SourceRequest dialogue; TunnelError when refused."""
+        f = ffi.load()
+        bi = None
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                bi = await self.conn.open_bi()
+                break
+            except f.IrohError as exc:
+                if attempt + 1 == OPEN_ATTEMPTS or self._closing:
+                    raise TunnelError(f"Failed to open stream: {ffi.error_text(exc)}",
+                                      ExitCode.CONNECTION_LOST) from None
+                await asyncio.sleep(OPEN_BACKOFF * (2**attempt))
+        assert bi is not None
+        send, recv = bi.send(), bi.recv()
+        machine = ClientStream(self.options.source)
+        await send.write_all(machine.request_bytes())
+        try:
+            async with asyncio.timeout(RESPONSE_TIMEOUT):
+                while (event := machine.next_event()) is None:
+                    data = await recv.read(READ_LIMIT)
+                    if data:
+                        machine.feed(data)
+                    else:
+                        machine.feed_eof()
+        except TimeoutError:
+            raise TunnelError("Timed out waiting for source response", ExitCode.CONNECT_FAILED) from None
+        except WireError as exc:
+            raise TunnelError(f"Bad source response: {exc}", ExitCode.GENERAL) from None
+        except f.IrohError as exc:
+            raise TunnelError(f"Stream failed: {ffi.error_text(exc)}", ExitCode.CONNECTION_LOST) from None
+        if isinstance(event, SourceRejected):
+            with contextlib.suppress(Exception):
+                await send.finish()
+            raise TunnelError(event.message(), ExitCode.AUTH)
+        assert isinstance(event, SourceAccepted)
+        if not self._established:
+            self._established = True
+            log.info("Tunnel to server established! Source: %s", self.options.source)
+        return send, recv, event.payload
+
+    async def _on_local_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        tune_tcp(writer)
+        try:
+            try:
+                send, recv, payload = await self.open_source_stream()
+            except TunnelError as exc:
+                log.error("%s", exc.message)
+                writer.transport.abort()
+                return
+            await bridge_tcp(reader, writer, send, recv, first=payload)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _start_udp(self, host: str, port: int) -> None:
+        send, recv, payload = await self.open_source_stream()
+        loop = asyncio.get_running_loop()
+        writer = FrameWriter(send)
+        peer: list[Address] = []
+
+        def from_local(data: bytes, addr: Address) -> None:
+            if not peer or peer[0] != addr:
+                peer[:] = [addr]  # the last sender wins (reference 3.1)
+            writer.push(data)
+
+        transport, _protocol = await loop.create_datagram_endpoint(
+            lambda: UdpEndpoint(from_local), local_addr=(host, port)
+        )
+        self._udp = transport
+        sockname = transport.get_extra_info("sockname")
+        self.local_addresses = [(sockname[0], sockname[1])]
+        log.info("Listening on UDP %s:%d, forwarding to %s", sockname[0], sockname[1], self.options.source)
+
+        def to_local(datagram: bytes) -> None:
+            if peer:
+                transport.sendto(datagram, peer[0])
+
+        async def pump() -> None:
+            f = ffi.load()
+            try:
+                if payload:
+                    from tunnel_core.wire import UdpFrameDecoder
+
+                    for datagram in UdpFrameDecoder().feed(payload):
+                        to_local(datagram)
+                await read_frames(recv, to_local)
+            except (WireError, f.IrohError) as exc:
+                log.warning("UDP stream ended: %s", ffi.error_text(exc) if isinstance(exc, f.IrohError) else exc)
+
+        self._spawn(writer.run())
+        self._spawn(pump())
+
+
+__all__ = ["CLOSE_UNAUTHORIZED", "IrohClient"]

@@ -1,0 +1,269 @@
+"""``tunnel server iroh`` on asyncio: accept allowlisted clients and forward each of their streams.
+
+The order of checks is the security story: the TLS-authenticated client id is checked before any stream is
+accepted (unknown ids are closed with code 1 ``unauthorized``), each stream takes a session permit before its
+request is read, and only addresses the access policy checked are dialed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Any
+
+from tunnel_asyncio.iroh import ffi
+from tunnel_asyncio.iroh.bridge import (
+    READ_LIMIT,
+    TCP_LIMIT,
+    FrameWriter,
+    UdpEndpoint,
+    bridge_tcp,
+    read_frames,
+    tune_tcp,
+)
+from tunnel_asyncio.iroh.endpoint import PathWatch, bind_endpoint, direct_addresses, endpoint_id_bytes
+from tunnel_asyncio.iroh.socks import OnionBridges
+from tunnel_core.iroh_session import (
+    ALPN_E2,
+    CLOSE_DONE,
+    CLOSE_UNAUTHORIZED,
+    ClientAllowlist,
+    ResolveHost,
+    SendBytes,
+    ServerStream,
+    ServerStreamState,
+    SessionLimiter,
+    StartForwarding,
+    StreamFailed,
+    StreamRejected,
+)
+from tunnel_core.iroh_session.options import IrohServerOptions
+from tunnel_core.keys import format_endpoint_id
+from tunnel_core.policy import AccessPolicy
+from tunnel_core.wire import UdpFrameDecoder, WireError
+
+log = logging.getLogger("tunnel_asyncio.iroh")
+
+#: A client that opens a stream and never sends its request must not hold a session permit forever.
+REQUEST_TIMEOUT = 10.0
+DIAL_TIMEOUT = 10.0
+
+
+class IrohServer:
+    """One iroh endpoint serving many clients; ``start`` binds, ``serve`` accepts until ``close``."""
+
+    def __init__(self, options: IrohServerOptions) -> None:
+        self.options = options
+        self.policy = AccessPolicy.from_strings(options.allowed_tcp, options.allowed_udp)
+        self.allowlist = ClientAllowlist(options.allowed_clients)
+        self.limiter = SessionLimiter(options.max_sessions)
+        self.endpoint: Any = None
+        self._bridges = OnionBridges(options.network.socks5_proxy)
+        self._connections: set[Any] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        relay_urls = await self._bridges.rewrite(self.options.network.relay_urls)
+        self.endpoint = await bind_endpoint(
+            self.options.network, secret_key=self.options.secret_key, alpns=[ALPN_E2], relay_urls=relay_urls
+        )
+        log.info("Server EndpointId: %s", self.endpoint_id)
+        log.info("Listening on %s", ", ".join(direct_addresses(self.endpoint)))
+        if not len(self.allowlist):
+            log.warning("The allowed-clients list is empty: every client will be refused")
+        log.info("Allowed clients: %d; max sessions: %d", len(self.allowlist), self.limiter.max_sessions)
+
+    @property
+    def endpoint_id(self) -> str:
+        return format_endpoint_id(endpoint_id_bytes(self.endpoint))
+
+    def addresses(self) -> list[str]:
+        return direct_addresses(self.endpoint)
+
+    async def serve(self) -> None:
+        f = ffi.load()
+        while not self._closing:
+            try:
+                incoming = await self.endpoint.accept_next()
+            except f.IrohError as exc:
+                if self._closing:
+                    break
+                log.warning("accept failed: %s", ffi.error_text(exc))
+                continue
+            if incoming is None:
+                break
+            self._spawn(self._handle_incoming(incoming))
+
+    async def close(self) -> None:
+        self._closing = True
+        for conn in list(self._connections):
+            with contextlib.suppress(Exception):
+                conn.close(CLOSE_DONE.code, CLOSE_DONE.reason)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.endpoint is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.endpoint.close(), 5.0)
+        await self._bridges.close()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------------------------------ connections
+
+    async def _handle_incoming(self, incoming: Any) -> None:
+        f = ffi.load()
+        try:
+            accepting = await incoming.accept()
+            conn = await accepting.connect()
+        except f.IrohError as exc:
+            log.debug("handshake failed: %s", ffi.error_text(exc))
+            return
+        remote = endpoint_id_bytes(conn.remote_id())
+        remote_text = format_endpoint_id(remote)
+        if not self.allowlist.allows(remote):
+            log.warning("Rejected unauthorized client: %s", remote_text)
+            conn.close(CLOSE_UNAUTHORIZED.code, CLOSE_UNAUTHORIZED.reason)
+            return
+        log.info("Client %s connected", remote_text)
+        self._connections.add(conn)
+        watch = PathWatch(conn, prefix=f"Client {remote_text[:10]}: ")
+        watch.start()
+        streams: set[asyncio.Task[Any]] = set()
+        try:
+            while True:
+                try:
+                    bi = await conn.accept_bi()
+                except f.IrohError as exc:
+                    log.info("Client %s disconnected: %s", remote_text, ffi.error_text(exc))
+                    break
+                task = self._spawn(self._handle_stream(bi, remote_text))
+                streams.add(task)
+                task.add_done_callback(streams.discard)
+        finally:
+            for task in list(streams):
+                task.cancel()
+            if streams:
+                await asyncio.gather(*streams, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                conn.close(CLOSE_DONE.code, CLOSE_DONE.reason)
+            self._connections.discard(conn)
+            await watch.stop()
+
+    # ------------------------------------------------------------------------------------------ streams
+
+    async def _handle_stream(self, bi: Any, client: str) -> None:
+        permit = self.limiter.try_acquire()
+        try:
+            await self._drive_stream(bi, ServerStream(self.policy, permit=permit), client)
+        finally:
+            if permit:
+                self.limiter.release()
+
+    async def _drive_stream(self, bi: Any, machine: ServerStream, client: str) -> None:
+        f = ffi.load()
+        send, recv = bi.send(), bi.recv()
+        try:
+            while True:
+                event = machine.next_event()
+                if event is None:
+                    if machine.state is not ServerStreamState.AWAIT_REQUEST:
+                        return
+                    try:
+                        data = await asyncio.wait_for(recv.read(READ_LIMIT), REQUEST_TIMEOUT)
+                    except TimeoutError:
+                        log.warning("Client %s: no source request within %.0fs", client[:10], REQUEST_TIMEOUT)
+                        await send.reset(0)
+                        return
+                    if data:
+                        machine.feed(data)
+                    else:
+                        machine.feed_eof()
+                elif isinstance(event, SendBytes):
+                    await send.write_all(event.data)
+                    if event.finish:
+                        await send.finish()
+                elif isinstance(event, ResolveHost):
+                    try:
+                        infos = await asyncio.get_running_loop().getaddrinfo(
+                            event.host, event.port, type=socket.SOCK_STREAM
+                        )
+                    except OSError as exc:
+                        machine.resolution_failed(str(exc))
+                    else:
+                        machine.resolved([str(info[4][0]) for info in infos])
+                elif isinstance(event, StreamRejected):
+                    log.warning("Client %s: rejected %s: %s", client[:10], event.source, event.reason)
+                elif isinstance(event, StreamFailed):
+                    log.warning("Client %s: bad stream: %s", client[:10], event.error)
+                    with contextlib.suppress(Exception):
+                        await send.reset(0)
+                    return
+                elif isinstance(event, StartForwarding):
+                    log.info("Client %s: forwarding %s", client[:10], event.source.url())
+                    if event.source.protocol == "tcp":
+                        await self._forward_tcp(event, send, recv)
+                    else:
+                        await self._forward_udp(event, send, recv)
+                    return
+        except f.IrohError as exc:
+            log.debug("stream ended: %s", ffi.error_text(exc))
+
+    async def _forward_tcp(self, start: StartForwarding, send: Any, recv: Any) -> None:
+        errors = []
+        for host, port in start.addresses:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, limit=TCP_LIMIT), DIAL_TIMEOUT
+                )
+            except (OSError, TimeoutError) as exc:
+                errors.append(f"{host}:{port}: {exc or 'timed out'}")
+                continue
+            tune_tcp(writer)
+            await bridge_tcp(reader, writer, send, recv, first=start.payload)
+            return
+        log.warning("Failed to connect to %s: %s", start.source.url(), "; ".join(errors))
+        with contextlib.suppress(Exception):
+            await send.finish()
+        with contextlib.suppress(Exception):
+            await recv.stop(0)
+
+    async def _forward_udp(self, start: StartForwarding, send: Any, recv: Any) -> None:
+        loop = asyncio.get_running_loop()
+        writer = FrameWriter(send)
+        host, port = start.addresses[0]
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: UdpEndpoint(lambda data, _peer: writer.push(data)), remote_addr=(host, port)
+        )
+        flush = asyncio.ensure_future(writer.run())
+
+        def deliver(datagram: bytes) -> None:
+            transport.sendto(datagram)
+
+        try:
+            if start.payload:
+                for datagram in _frames(start.payload):
+                    deliver(datagram)
+            await read_frames(recv, deliver)
+        except WireError as exc:
+            log.warning("UDP stream error: %s", exc)
+        finally:
+            transport.close()
+            writer.close()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(flush, 2.0)
+            del protocol
+
+
+def _frames(payload: bytes) -> list[bytes]:
+    return UdpFrameDecoder().feed(payload)

@@ -1,0 +1,585 @@
+"""iroh mode on the command line: ``tunnel server|client iroh``, the ``tunnel-rs`` entry point (iroh only), the
+``[iroh]`` config section and the key tools ``generate-iroh-key`` / ``show-iroh-node-id``.
+
+Kept apart from tunnel_cli.cli (which only asks ``claim`` whether a command line is ours) so the iroh flags,
+their checks and their reference wording live in one place. Like the rest of the CLI, nothing here imports the
+iroh binding: parsing and validation answer in milliseconds and print one line on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from tunnel_cli import config as cfg
+from tunnel_core.options import ExitCode, TunnelError
+
+if TYPE_CHECKING:
+    from tunnel_core.iroh_session.options import IrohClientOptions, IrohNetwork, IrohServerOptions
+
+# Everything heavier (cryptography through tunnel_core.keys, the policy, the iroh_session package) is imported
+# inside the functions that need it: ``claim`` runs for every command line, and ``tunnel --help`` or a flag typo
+# must stay fast (tests/test_cli.py checks what validation imports).
+DEFAULT_MAX_SESSIONS = 100
+
+KEY_TOOLS = ("generate-iroh-key", "show-iroh-node-id")
+
+SERVER_KEYS = frozenset({
+    "secret", "secret_file", "relay_urls", "dns_server", "allowed_sources", "max_sessions", "allowed_clients",
+    "allowed_clients_file", "socks5_proxy", "bind_addr",
+})
+CLIENT_KEYS = frozenset({
+    "secret", "secret_file", "relay_urls", "dns_server", "server_node_id", "node_id", "request_source", "source",
+    "target", "socks5_proxy", "server_addrs", "bind_addr",
+})
+
+DNS_SERVER_UNSUPPORTED = (
+    "--dns-server with a URL is not supported: the iroh binding (PyPI iroh) cannot use a custom pkarr/DNS server. "
+    "Use --dns-server none (and --server-addr or --relay-url), or omit it for n0's public discovery"
+)
+
+
+@attrs.frozen
+class GenerateKey:
+    output: str
+    force: bool = False
+
+
+@attrs.frozen
+class ShowNodeId:
+    secret_file: str
+
+
+IrohCommand = "IrohServerOptions | IrohClientOptions | GenerateKey | ShowNodeId"
+
+
+def handles(options: object) -> bool:
+    """True for the option values this module builds (the CLI core dispatches them here)."""
+    if isinstance(options, GenerateKey | ShowNodeId):
+        return True
+    return type(options).__module__ == "tunnel_core.iroh_session.options"
+
+
+# ---------------------------------------------------------------------------------------------- claiming
+
+
+def _pre_parse_config(rest: Sequence[str]) -> tuple[str | None, bool]:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config")
+    pre.add_argument("--default-config", action="store_true")
+    known, _ = pre.parse_known_args(list(rest))
+    return known.config, bool(known.default_config)
+
+
+def _config_says_iroh(role: str, rest: Sequence[str], ice: bool) -> bool:
+    """A ``tunnel server -c f.toml`` run whose file says ``mode = "iroh"`` is ours; any load problem is not
+    (the general path reports it)."""
+    try:
+        config_file, default = _pre_parse_config(rest)
+        if config_file is not None:
+            path = cfg.expand_path(config_file)
+        elif default:
+            path = cfg.default_config_path(role, ice=ice)
+        else:
+            return False
+        loaded = cfg.load_config(path)
+    except (TunnelError, SystemExit):
+        return False
+    return loaded.mode == "iroh"
+
+
+def claim(
+    argv: Sequence[str], *, program: Any, warn: Callable[[str], None] | None = None
+) -> tuple[str, IrohCommand] | None:
+    """Build the options when ``argv`` is an iroh-mode command (or a key tool) for ``program``, else None."""
+    args = list(argv)
+    iroh_only = getattr(program, "name", "") == "tunnel-rs"
+    if getattr(program, "ice", False):
+        return None
+    first = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if first is None:
+        if iroh_only:
+            return _build(args, program, warn)
+        return None
+    word = args[first]
+    if word in KEY_TOOLS:
+        return _build(args, program, warn)
+    if word not in ("server", "client"):
+        return _build(args, program, warn) if iroh_only else None
+    rest = args[first + 1 :]
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config")
+    pre.add_argument("--default-config", action="store_true")
+    try:
+        _known, leftover = pre.parse_known_args(rest)
+    except SystemExit:
+        return None
+    # Only -c/--default-config may precede the mode word, so the first thing left is the mode word (or a flag).
+    mode_word = leftover[0] if leftover and not leftover[0].startswith("-") else None
+    if iroh_only or mode_word == "iroh" or (mode_word is None and _config_says_iroh(word, rest, ice=False)):
+        return _build(args, program, warn)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise TunnelError(f"{message} (see '{self.prog} --help')", ExitCode.USAGE)
+
+
+def _common(p: argparse.ArgumentParser, *, after_mode: bool) -> None:
+    sup = argparse.SUPPRESS if after_mode else None
+    p.add_argument("-c", "--config", metavar="FILE", default=sup, help="read settings from this TOML file ([iroh])")
+    p.add_argument("--default-config", action="store_true", default=argparse.SUPPRESS if after_mode else False,
+                   help="read ~/.config/tunnel-rs/<role>.toml")
+
+
+def _network_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--secret", metavar="B64", help="this endpoint's secret key inline (base64 of 32 bytes)")
+    p.add_argument("--secret-file", metavar="PATH", help="file with this endpoint's secret key (generate-iroh-key)")
+    p.add_argument("--relay-url", metavar="URL", action="append", default=[],
+                   help="relay server (repeatable); default: n0's public relays")
+    p.add_argument("--no-relay", action="store_true",
+                   help="use no relay at all: direct addresses only (LAN/offline; project extension)")
+    p.add_argument("--dns-server", metavar="URL|none",
+                   help="'none' disables internet discovery; a custom URL is not supported by the iroh binding")
+    p.add_argument("--socks5-proxy", metavar="URL",
+                   help="[Experimental] SOCKS5 proxy (Tor) used only for .onion relay URLs, e.g. socks5h://127.0.0.1:9050")
+    p.add_argument("--bind-addr", metavar="IP:PORT",
+                   help="local UDP address of the iroh endpoint, e.g. 127.0.0.1:0 (project extension)")
+
+
+def _server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allowed-tcp", metavar="CIDR", action="append", default=[],
+                   help="networks clients may reach over TCP (repeatable), e.g. 127.0.0.0/8")
+    p.add_argument("--allowed-udp", metavar="CIDR", action="append", default=[],
+                   help="networks clients may reach over UDP (repeatable)")
+    p.add_argument("--allowed-clients", metavar="NODE_ID", action="append", default=[],
+                   help="client EndpointId allowed to connect (repeatable; 64 hex or 52 base32 chars)")
+    p.add_argument("--allowed-clients-file", metavar="FILE",
+                   help="file of allowed client EndpointIds, one per line, '#' comments allowed")
+    p.add_argument("--max-sessions", metavar="N", help=f"concurrent forwarded streams (default {DEFAULT_MAX_SESSIONS})")
+    _network_flags(p)
+
+
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--server-node-id", metavar="ID", help="the server's EndpointId")
+    p.add_argument("-s", "--source", metavar="URL", help="service on the server's side: tcp://host:port or udp://host:port")
+    p.add_argument("-t", "--target", metavar="HOST:PORT", help="local address to listen on, e.g. 127.0.0.1:2222")
+    p.add_argument("--server-addr", metavar="IP:PORT", action="append", default=[],
+                   help="dial the server directly at this address (repeatable; LAN or offline use)")
+    _network_flags(p)
+
+
+def build_parser(program: Any) -> _Parser:
+    name = getattr(program, "name", "tunnel")
+    iroh_only = name == "tunnel-rs"
+    parser = _Parser(prog=name, description="iroh mode: identity-addressed tunnels with relay fallback.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for role, flags in (("server", _server_flags), ("client", _client_flags)):
+        role_parser = commands.add_parser(role, help=f"iroh {role}")
+        _common(role_parser, after_mode=False)
+        if iroh_only:
+            flags(role_parser)
+        modes = role_parser.add_subparsers(dest="mode", metavar="MODE", required=False, parser_class=_Parser)
+        mode_parser = modes.add_parser("iroh", help=f"iroh {role}")
+        _common(mode_parser, after_mode=True)
+        flags(mode_parser)
+        if iroh_only:
+            for action in mode_parser._actions:
+                if action.dest not in ("help", "config", "default_config"):
+                    action.default = argparse.SUPPRESS
+    gen = commands.add_parser("generate-iroh-key", help="create a secret key file and print its EndpointId")
+    gen.add_argument("-o", "--output", metavar="PATH|-", required=True, help="key file to write, or - for stdout")
+    gen.add_argument("--force", action="store_true", help="overwrite an existing file")
+    show = commands.add_parser("show-iroh-node-id", help="print the EndpointId of a secret key file")
+    show.add_argument("-s", "--secret-file", metavar="PATH", required=True, help="the secret key file")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- the [iroh] section
+
+
+@attrs.frozen
+class IrohSection:
+    values: Mapping[str, Any] = attrs.Factory(dict)
+    path: Path | None = None
+
+
+def _iroh_section(config: cfg.ConfigFile, role: str) -> IrohSection:
+    if "source" in config.data and role == "server":
+        raise cfg.usage_error("Top-level 'source' is not allowed for iroh server mode. "
+                              "Use [iroh.allowed_sources] to restrict what clients can request.")
+    table = config.data.get("iroh", {})
+    if not isinstance(table, Mapping):
+        raise config.parse_error("[iroh] must be a table")
+    if role == "server":
+        for key in ("source", "request_source", "target"):
+            if key in table:
+                raise cfg.usage_error("[iroh] 'source' / 'request_source' / 'target' are client-only fields. "
+                                      "Servers use 'allowed_sources' to restrict what clients can request.")
+        for key in ("server_node_id", "node_id", "server_addrs"):
+            if key in table:
+                raise cfg.usage_error(f"[iroh] '{key}' is a client-only field.")
+    else:
+        if "allowed_sources" in table:
+            raise cfg.usage_error("[iroh] 'allowed_sources' is a server-only field. "
+                                  "Clients use 'source' to specify what to request from server.")
+        for key in ("max_sessions", "allowed_clients", "allowed_clients_file"):
+            if key in table:
+                raise cfg.usage_error(f"[iroh] '{key}' is a server-only field.")
+    known = SERVER_KEYS if role == "server" else CLIENT_KEYS
+    for key in table:
+        if key not in known and key != "transport":
+            raise config.parse_error(f"unknown field '{key}' in [iroh]")
+    if "secret" in table and "secret_file" in table:
+        raise cfg.usage_error("[iroh] Use only one of 'secret' or 'secret_file'.")
+    return IrohSection(values=dict(table), path=config.path)
+
+
+def _cfg_str(section: IrohSection, key: str) -> str | None:
+    value = section.values.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise cfg.usage_error(f"Failed to parse config file: {section.path}: [iroh] '{key}' must be a string")
+    return value.strip() or None
+
+
+def _cfg_list(
+    section: IrohSection, key: str, table: Mapping[str, Any] | None = None, where: str = "iroh"
+) -> tuple[str, ...]:
+    source = section.values if table is None else table
+    value = source.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise cfg.usage_error(
+            f"Failed to parse config file: {section.path}: [{where}] '{key}' must be a list of strings"
+        )
+    return tuple(value)
+
+
+# ---------------------------------------------------------------------------------------------- building options
+
+
+def _build(argv: Sequence[str], program: Any, warn: Callable[[str], None] | None) -> tuple[str, IrohCommand]:
+    parser = build_parser(program)
+    ns = parser.parse_args(list(argv))
+    command = ns.command
+    if command is None:
+        parser.error("a command is required: server, client, generate-iroh-key or show-iroh-node-id")
+    if command == "generate-iroh-key":
+        return command, GenerateKey(output=ns.output, force=bool(ns.force))
+    if command == "show-iroh-node-id":
+        return command, ShowNodeId(secret_file=ns.secret_file)
+    role = command
+    config_file = getattr(ns, "config", None)
+    if config_file is not None and getattr(ns, "default_config", False):
+        raise cfg.usage_error("Cannot use both -c/--config and --default-config")
+    path = None
+    if config_file is not None:
+        path = cfg.expand_path(config_file)
+    elif getattr(ns, "default_config", False):
+        path = cfg.default_config_path(role)
+    section = IrohSection()
+    if path is not None:
+        config = cfg.load_config(path)
+        cfg.check_role(config, role)
+        if config.mode is not None and config.mode != "iroh":
+            raise cfg.usage_error(f'Config file has mode = "{config.mode}", but running with iroh')
+        section = _iroh_section(config, role)
+    network = _network(ns, section)
+    if role == "server":
+        return "server iroh", _server(ns, section, network, warn)
+    return "client iroh", _client(ns, section, network)
+
+
+def _flag(ns: argparse.Namespace, name: str) -> Any:
+    return getattr(ns, name, None)
+
+
+def _given(value: str | None) -> str | None:
+    return value.strip() if value is not None and value.strip() else None
+
+
+def _check_ip_port(text: str, flag: str) -> str:
+    error = cfg.usage_error(f"Invalid {flag} '{text}'. Expected IP:PORT, e.g. 127.0.0.1:4433 or [::1]:4433")
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 0xFFFF:
+        raise error
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise error from None
+    return text.strip()
+
+
+def _check_relay_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        _ = parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise cfg.usage_error(f"Invalid relay URL '{url}'. Expected http://host[:port] or https://host[:port]")
+    return url.strip()
+
+
+def _network(ns: argparse.Namespace, section: IrohSection) -> IrohNetwork:
+    from tunnel_core.iroh_session.options import IrohNetwork
+    from tunnel_core.iroh_session.socks import ProxyError, check_proxy_for_relays, parse_socks5_proxy
+
+    cli_relays = [_check_relay_url(u) for u in (_flag(ns, "relay_url") or [])]
+    relays = cfg.cli_or_config(cli_relays, [_check_relay_url(u) for u in _cfg_list(section, "relay_urls")])
+    no_relay = bool(_flag(ns, "no_relay"))
+    if no_relay and cli_relays:
+        raise cfg.usage_error("Cannot combine --no-relay with --relay-url")
+    dns = _given(_flag(ns, "dns_server")) or _cfg_str(section, "dns_server")
+    discovery = True
+    if dns is not None:
+        if dns.lower() != "none":
+            raise cfg.usage_error(DNS_SERVER_UNSUPPORTED)
+        discovery = False
+    proxy = _given(_flag(ns, "socks5_proxy")) or _cfg_str(section, "socks5_proxy")
+    try:
+        if proxy is not None:
+            parse_socks5_proxy(proxy)
+        check_proxy_for_relays(proxy, () if no_relay else relays)
+    except ProxyError as exc:
+        raise cfg.usage_error(str(exc)) from None
+    bind = _given(_flag(ns, "bind_addr")) or _cfg_str(section, "bind_addr")
+    if bind is not None:
+        _check_ip_port(bind, "--bind-addr")
+    return IrohNetwork(relay_urls=() if no_relay else relays, relays_disabled=no_relay, discovery=discovery,
+                       bind_addr=bind, socks5_proxy=proxy)
+
+
+def _read_text(path: str, missing: str) -> str:
+    target = cfg.expand_path(path)
+    try:
+        return target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise cfg.usage_error(missing) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise cfg.usage_error(f"Failed to read {target}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def load_secret_file(path: str) -> bytes:
+    from tunnel_core.keys import KeyFormatError, parse_secret_key
+
+    text = _read_text(path, f"Secret key file not found: {path}\nGenerate one with: "
+                            f"tunnel generate-iroh-key --output {path}")
+    if not text.strip():
+        raise cfg.usage_error(f"Secret key file is empty: {path}")
+    try:
+        return parse_secret_key(text)
+    except KeyFormatError as exc:
+        raise cfg.usage_error(f"{exc} (in {path})") from None
+
+
+def _secret(ns: argparse.Namespace, section: IrohSection) -> bytes | None:
+    from tunnel_core.keys import KeyFormatError, parse_secret_key
+
+    cli_inline, cli_file = _flag(ns, "secret"), _given(_flag(ns, "secret_file"))
+    if cli_inline is not None or cli_file is not None:
+        inline, file = cli_inline, cli_file
+    else:
+        inline, file = section.values.get("secret"), _cfg_str(section, "secret_file")
+    if inline is not None and file is not None:
+        raise cfg.usage_error("Cannot combine --secret with --secret-file (or secret and secret_file in config).")
+    if inline is not None:
+        if not isinstance(inline, str) or not inline.strip():
+            raise cfg.usage_error("Inline secret is empty. Provide a base64-encoded secret key.")
+        try:
+            return parse_secret_key(inline)
+        except KeyFormatError:
+            raise cfg.usage_error("Invalid inline secret key (expected base64)") from None
+    if file is not None:
+        return load_secret_file(file)
+    return None
+
+
+def _server(
+    ns: argparse.Namespace, section: IrohSection, network: IrohNetwork, warn: Callable[[str], None] | None
+) -> IrohServerOptions:
+    from tunnel_core.iroh_session.options import IrohServerOptions
+
+    secret = _secret(ns, section)
+    if secret is None:
+        raise cfg.usage_error(
+            "Server identity is required. Generate a key with:\n tunnel generate-iroh-key --output ./server.key\n"
+            " Then pass --secret-file ./server.key or set [iroh].secret_file in server.toml."
+        )
+    sources = section.values.get("allowed_sources", {})
+    if not isinstance(sources, Mapping):
+        raise cfg.usage_error(f"Failed to parse config file: {section.path}: [iroh.allowed_sources] must be a table")
+    tcp = cfg.cli_or_config(cfg.check_cli_cidrs(_flag(ns, "allowed_tcp") or [], "--allowed-tcp"),
+                            cfg.check_cli_cidrs(_cfg_list(section, "tcp", sources, "iroh.allowed_sources"),
+                                                "--allowed-tcp"))
+    udp = cfg.cli_or_config(cfg.check_cli_cidrs(_flag(ns, "allowed_udp") or [], "--allowed-udp"),
+                            cfg.check_cli_cidrs(_cfg_list(section, "udp", sources, "iroh.allowed_sources"),
+                                                "--allowed-udp"))
+    if not tcp and not udp:
+        raise cfg.usage_error(
+            "At least one --allowed-tcp or --allowed-udp network must be specified.\n"
+            "Example: --allowed-tcp 127.0.0.0/8 --allowed-udp 10.0.0.0/8"
+        )
+    clients = _allowed_clients(ns, section, warn)
+    max_text = _flag(ns, "max_sessions")
+    max_value: Any = max_text if max_text is not None else section.values.get("max_sessions", DEFAULT_MAX_SESSIONS)
+    if isinstance(max_value, bool):
+        max_value = None
+    try:
+        max_sessions = int(max_value) if isinstance(max_value, int | str) else 0
+    except ValueError:
+        max_sessions = 0
+    if max_sessions < 1:
+        raise cfg.usage_error(f"Invalid --max-sessions value '{max_value}': expected a whole number of at least 1")
+    return IrohServerOptions(secret_key=secret, allowed_clients=clients, allowed_tcp=tcp, allowed_udp=udp,
+                             max_sessions=max_sessions, network=network)
+
+
+def _allowed_clients(
+    ns: argparse.Namespace, section: IrohSection, warn: Callable[[str], None] | None
+) -> tuple[bytes, ...]:
+    from tunnel_core.keys import KeyFormatError, parse_allowed_client, parse_allowed_clients
+
+    cli_ids = [v for v in (_flag(ns, "allowed_clients") or []) if not v.strip().startswith("#")]
+    cli_file = _given(_flag(ns, "allowed_clients_file"))
+    if cli_ids or cli_file is not None:
+        values, file = cli_ids, cli_file
+    else:
+        values, file = list(_cfg_list(section, "allowed_clients")), _cfg_str(section, "allowed_clients_file")
+    if not values and file is None:
+        raise cfg.usage_error(
+            "Authentication required: specify --allowed-clients or --allowed-clients-file.\n"
+            "Clients need to provide their NodeId, which can be generated with:\n"
+            "tunnel generate-iroh-key --output <key-file>\ntunnel show-iroh-node-id --secret-file <key-file>"
+        )
+    ids: list[bytes] = []
+    try:
+        for value in values:
+            ids.append(parse_allowed_client(value))
+        if file is not None:
+            text = _read_text(file, f"Allowed clients file not found: {file}")
+            from_file = parse_allowed_clients(text, file)
+            if not from_file and warn is not None:
+                warn(f"Allowed clients file {file} lists no client: every client will be refused")
+            ids.extend(from_file)
+    except KeyFormatError as exc:
+        raise cfg.usage_error(str(exc)) from None
+    return tuple(dict.fromkeys(ids))
+
+
+def _client(ns: argparse.Namespace, section: IrohSection, network: IrohNetwork) -> IrohClientOptions:
+    from tunnel_core.iroh_session.options import IrohClientOptions
+    from tunnel_core.keys import KeyFormatError, parse_endpoint_id
+
+    server_text = _given(_flag(ns, "server_node_id")) or _cfg_str(section, "server_node_id")
+    if server_text is None and _cfg_str(section, "node_id") is not None:
+        raise cfg.usage_error("[iroh] 'node_id' is no longer supported; rename it to 'server_node_id'.")
+    if server_text is None:
+        raise cfg.usage_error("server_node_id is required. Provide via --server-node-id or in config file.")
+    try:
+        server_id = parse_endpoint_id(server_text)
+    except KeyFormatError as exc:
+        raise cfg.usage_error(f"{exc} (got: {server_text})") from None
+    cli_source = _given(_flag(ns, "source"))
+    source = cli_source or _cfg_str(section, "request_source") or _cfg_str(section, "source")
+    if source is None:
+        raise cfg.usage_error("--source is required for iroh client mode. Specify the source to request from "
+                              "server (e.g., --source tcp://127.0.0.1:22)")
+    if cli_source is not None:
+        cfg.check_cli_source(source)
+    else:
+        cfg.check_config_source(source)
+    cli_target = _given(_flag(ns, "target"))
+    target = cli_target or _cfg_str(section, "target")
+    if target is None:
+        raise cfg.usage_error("--target is required. Provide the local address to listen on "
+                              "(e.g., --target 127.0.0.1:2222)")
+    if cli_target is not None:
+        cfg.check_cli_target(target)
+    else:
+        cfg.check_config_target(target)
+    addrs = cfg.cli_or_config([_check_ip_port(a, "--server-addr") for a in (_flag(ns, "server_addr") or [])],
+                              [_check_ip_port(a, "server_addrs") for a in _cfg_list(section, "server_addrs")])
+    if not addrs and not network.discovery and (network.relays_disabled or not network.relay_urls):
+        raise cfg.usage_error("No way to reach the server: give --server-addr or --relay-url "
+                              "(discovery is off with --dns-server none)")
+    return IrohClientOptions(server_id=server_id, source=source, target=target, secret_key=_secret(ns, section),
+                             server_addrs=addrs,
+                             network=network)
+
+
+# ---------------------------------------------------------------------------------------------- key tools
+
+
+def generate_key(command: GenerateKey, *, rng: Callable[[int], bytes] = os.urandom) -> None:
+    from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id, format_secret_key
+
+    secret = rng(32)
+    text = format_secret_key(secret)
+    endpoint_id = format_endpoint_id(endpoint_id_from_secret(secret))
+    if command.output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        print(f"EndpointId: {endpoint_id}", file=sys.stderr, flush=True)
+        return
+    path = cfg.expand_path(command.output)
+    if path.exists() and not command.force:
+        raise TunnelError(f"File already exists: {command.output}. Use --force to overwrite.", ExitCode.USAGE)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(text)
+        os.chmod(path, 0o600)  # an existing file (--force) keeps its old mode through O_CREAT
+    except OSError as exc:
+        raise TunnelError(f"Failed to write {command.output}: {exc.strerror or exc}", ExitCode.GENERAL) from None
+    print(f"Secret key saved to: {command.output}", file=sys.stderr, flush=True)
+    print(f"EndpointId: {endpoint_id}", flush=True)
+
+
+def show_node_id(command: ShowNodeId) -> None:
+    from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id
+
+    secret = load_secret_file(command.secret_file)
+    print(format_endpoint_id(endpoint_id_from_secret(secret)), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def dispatch(options: IrohCommand, runtime: str) -> None:
+    """Key tools run anywhere; tunnels need asyncio (the binding is asyncio-only)."""
+    if isinstance(options, GenerateKey):
+        generate_key(options)
+        return
+    if isinstance(options, ShowNodeId):
+        show_node_id(options)
+        return
+    from tunnel_core.iroh_session.options import IrohServerOptions
+
+    if runtime != "asyncio":
+        raise TunnelError(f"iroh mode runs on asyncio only (the iroh binding has no {runtime} support)",
+                          ExitCode.USAGE)
+    import importlib
+
+    runner = importlib.import_module("tunnel_asyncio.iroh.runner")
+    if isinstance(options, IrohServerOptions):
+        runner.run_iroh_server(options)
+    else:
+        runner.run_iroh_client(options)

@@ -1,0 +1,509 @@
+"""The ice-nostr mode as effect generators: the client asks through Nostr relays, the server keeps serving.
+
+Same habit as tunnel_core.flows (whose effects and helpers this reuses): the dialogue is written once and every
+runtime interprets it. Nostr adds a few effects - relay connections driven by a sans-IO RelayPool, publishing,
+waiting for the next signal, reading the clocks - and ``Spawn`` so the server can run one sub-flow per session,
+each with its own ICE agent, UDP sockets and QUIC connection (reference 5.5 point 7).
+
+Security beyond upstream (docs/nostr.md): content is NIP-44 encrypted to the peer, and the client presents a QUIC
+certificate whose fingerprint travels in the encrypted request; the server pins it, so a relay that saw the
+signaling can neither read the ICE credentials nor complete the QUIC handshake in the client's place.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Generator
+from typing import Any
+
+import attrs
+
+from tunnel_core import assembly
+from tunnel_core import manual as dialogue
+from tunnel_core.candidate import CandidateError
+from tunnel_core.flows import (
+    QUIC_CONNECT_TIMEOUT,
+    BindHostSockets,
+    Effect,
+    Listen,
+    NewIdentity,
+    Poke,
+    Say,
+    Start,
+    Wait,
+    _decide,
+    _listen_ip,
+    _resolve_stun,
+    _until_up,
+    failure,
+)
+from tunnel_core.ice.events import GatheringComplete
+from tunnel_core.nostr.errors import NostrError
+from tunnel_core.nostr.event import Event
+from tunnel_core.nostr.keys import PublicKey, SecretKey
+from tunnel_core.nostr.messages import (
+    TYPE_OFFER,
+    TYPE_REJECT,
+    TYPE_REQUEST,
+    Channel,
+    NostrRequest,
+    session_id,
+)
+from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
+from tunnel_core.nostr.pool import RelayPool
+from tunnel_core.options import ExitCode, IceOptions, TunnelError
+from tunnel_core.peer import Peer, TunnelClosed
+from tunnel_core.policy import AccessPolicy, PolicyError, Source, parse_source, parse_target
+from tunnel_core.quic.identity import QuicIdentity
+from tunnel_core.signal import ManualOffer, ManualReject, ManualRequest
+from tunnel_core.types import Address
+
+#: Reference 5.5: requests older than this are replays (some relays store ephemeral events anyway).
+MAX_REQUEST_AGE = 30
+#: Session ids remembered for dedup, and how long an id is certainly kept once the table is full.
+SEEN_SESSIONS_LIMIT = 1000
+SEEN_SESSIONS_MIN_AGE = 60.0
+#: The client's wait window grows to at most this (reference 5.5 point 3).
+MAX_REPUBLISH_WINDOW = 60.0
+RELAY_CONNECT_TIMEOUT = 10.0
+#: The client leaves the relays this long after publishing its answer, so the answer gets out first.
+CLIENT_RELAY_LINGER = 1.0
+
+SERVER_BANNER = "Nostr Tunnel - Server Mode (Client-First)"
+CLIENT_BANNER = "Nostr Tunnel - Client Mode (Client-First)"
+
+# ------------------------------------------------------------------------------------------------ effects
+
+
+@attrs.frozen
+class OpenRelays:
+    """Start driving ``pool`` (one WebSocket per relay, reconnecting as the pool decides). Returns the number of
+    open relays once one is open, every relay was tried once, or ``timeout`` passed - whichever is first."""
+
+    pool: RelayPool
+    timeout: float = RELAY_CONNECT_TIMEOUT
+
+
+@attrs.frozen
+class Publish:
+    """Hand a signed event to the pool (sent now to open relays, later to relays that come back)."""
+
+    event: Event
+
+
+@attrs.frozen
+class NextSignal:
+    """The next verified incoming event (an ``Event``) or a ``SessionEnded`` of a spawned sub-flow; None when
+    ``timeout`` passed first (None waits without limit)."""
+
+    timeout: float | None
+
+
+@attrs.frozen
+class CloseRelays:
+    """Leave the relays, after ``delay`` seconds in the background (the flow carries on at once)."""
+
+    delay: float = 0.0
+
+
+@attrs.frozen
+class Clock:
+    """Read the clocks; returns ``Times``."""
+
+
+@attrs.frozen
+class Times:
+    monotonic: float
+    wall: int
+
+
+@attrs.frozen
+class Spawn:
+    """Run ``flow`` concurrently with its own sockets, peer and forwarding (a server session). Its Say lines are
+    prefixed with ``label``. When it ends, the spawning flow's NextSignal returns ``SessionEnded(name, error)``."""
+
+    name: str
+    label: str
+    flow: Any
+
+
+@attrs.frozen
+class SessionEnded:
+    name: str
+    #: None for a normal end; the user-facing message of the TunnelError otherwise.
+    error: str | None
+
+
+NostrEffect = Effect | OpenRelays | Publish | NextSignal | CloseRelays | Clock | Spawn
+NostrFlow = Generator[Any, Any, None]
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _usage(message: str) -> TunnelError:
+    return TunnelError(message, ExitCode.USAGE)
+
+
+def parse_keys(nsec: str, peer: str) -> tuple[SecretKey, PublicKey]:
+    if not nsec.strip():
+        raise _usage("nsec is empty. Provide a valid nsec or hex private key.")
+    try:
+        secret = SecretKey.parse(nsec)
+        public = PublicKey.parse(peer)
+    except NostrError as exc:
+        raise _usage(str(exc)) from None
+    return secret, public
+
+
+def format_relays(relays: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f'"{r}"' for r in relays) + "]"
+
+
+class SeenSessions:
+    """Session-id dedup with upstream's eviction (reference 5.5 point 4): up to 1000 ids; when full, drop ids
+    older than 60 s, then the oldest quarter."""
+
+    def __init__(self, limit: int = SEEN_SESSIONS_LIMIT, min_age: float = SEEN_SESSIONS_MIN_AGE) -> None:
+        self.limit = limit
+        self.min_age = min_age
+        self._ids: OrderedDict[str, float] = OrderedDict()
+
+    def __contains__(self, sid: str) -> bool:
+        return sid in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, sid: str, now: float) -> None:
+        if len(self._ids) >= self.limit:
+            for old in [k for k, t in self._ids.items() if now - t > self.min_age]:
+                del self._ids[old]
+            if len(self._ids) >= self.limit:
+                for _ in range(max(1, self.limit // 4)):
+                    self._ids.popitem(last=False)
+        self._ids[sid] = now
+
+
+def request_age(timestamp: int, wall_now: int) -> int:
+    """Saturating ``now - timestamp``: a request from the future is age 0, as upstream."""
+    return max(0, wall_now - timestamp)
+
+
+def _start_peer(
+    ice: IceOptions,
+    *,
+    rng: Callable[[int], bytes],
+    is_client: bool,
+    identity: QuicIdentity | None,
+    pins: dict[str, str],
+    session_spec: dict[str, Any],
+) -> Generator[Any, Any, tuple[Peer, GatheringComplete]]:
+    """Like tunnel_core.flows' helper, with nostr's roles: the server (QUIC server) is ICE *controlling*, and
+    pinning goes both ways (the server requests the client's certificate when the request named one)."""
+    addresses = yield BindHostSockets(ice.host_candidates)
+    stun = yield from _resolve_stun(ice.stun_servers)
+    agent = assembly.new_agent(controlling=not is_client, rng=rng, stun_servers=stun)
+    for addr in addresses:
+        agent.add_local_address(addr)
+
+    def quic_factory(odcid: bytes | None, local: Address, remote: Address) -> Any:
+        from tunnel_core.quic.config import make_configuration
+        from tunnel_core.quic.connection import TunnelQuicConnection
+
+        size = assembly.packet_size_for(ice.packet_size, local, remote)
+        config = make_configuration(is_client=is_client, identity=identity, packet_size=size)
+        if is_client:
+            return TunnelQuicConnection(configuration=config, expected_peer_fingerprint=pins.get("server"))
+        client_pin = pins.get("client")
+        return TunnelQuicConnection(
+            configuration=config,
+            original_destination_connection_id=odcid,
+            expected_peer_fingerprint=client_pin,
+            request_client_certificate=client_pin is not None,
+        )
+
+    def session_factory(quic: Any) -> Any:
+        return assembly.new_session(quic, is_client=is_client, protocol=session_spec["protocol"],
+                                    targets=session_spec.get("addresses", ()))
+
+    peer = assembly.new_peer(agent, is_client=is_client, quic_factory=quic_factory, session_factory=session_factory)
+    yield Start(peer)
+    yield Poke(agent.gather)
+    gathered = yield Wait("gathered")
+    if isinstance(gathered, TunnelClosed):
+        raise failure(gathered)
+    if not gathered.candidates:
+        raise TunnelError(dialogue.NO_CANDIDATES, ExitCode.CONNECT_FAILED)
+    yield Say(f"Gathered {dialogue.describe_candidates(gathered.candidates)} candidate(s)")
+    return peer, gathered
+
+
+def _start_checks(peer: Peer, ufrag: str, pwd: str, candidates: tuple[str, ...]) -> Generator[Any, Any, None]:
+    try:
+        parsed = dialogue.parse_candidates(candidates)
+    except CandidateError as exc:
+        raise TunnelError(str(exc), ExitCode.CONNECT_FAILED) from None
+    peer.ice.set_remote(ufrag, pwd, parsed)
+    yield Poke(peer.ice.connect)
+
+
+def _client_protocol(source_text: str, target_text: str) -> tuple[Source, str]:
+    """Reference 1.1 quirk: the target picks TCP or UDP (``udp://host:port``; bare host:port is TCP) and the
+    source's scheme must agree."""
+    target = target_text.strip()
+    protocol = "tcp"
+    if "://" in target:
+        scheme, _, rest = target.partition("://")
+        if scheme.lower() not in ("tcp", "udp"):
+            raise _usage(f"Invalid receiver target '{target_text}'")
+        protocol, target = scheme.lower(), rest
+    try:
+        source = parse_source(source_text)
+    except PolicyError as exc:
+        raise _usage(str(exc)) from None
+    if source.protocol != protocol:
+        other = "udp" if protocol == "tcp" else "tcp"
+        raise _usage(
+            f"Source URL must use {protocol}:// scheme for {protocol.upper()} client (got '{source.protocol}://'). "
+            f"Use a {other}:// target (--target {other}://host:port) for {source.protocol}://"
+        )
+    return source, target
+
+
+# ------------------------------------------------------------------------------------------------ client
+
+
+def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> NostrFlow:
+    source, target = _client_protocol(opts.source, opts.target)
+    try:
+        listen_host, listen_port = parse_target(target)
+    except PolicyError as exc:
+        raise _usage(str(exc)) from None
+    listen_ip = yield from _listen_ip(listen_host, listen_port, target)
+    secret, peer_key = parse_keys(opts.nsec, opts.peer_npub)
+    channel = Channel(secret, peer_key, plaintext=opts.plaintext, kind=opts.event_kind)
+    yield Say(CLIENT_BANNER)
+    yield Say(f"Your pubkey: {secret.public_key.npub}")
+    yield Say(f"Transfer ID: {channel.transfer_id}")
+    yield Say(f"Relays: {format_relays(opts.relays)}")
+
+    pool = RelayPool(opts.relays, filters=[channel.subscription_filter()], subscription_id=rng(8).hex())
+    opened = yield OpenRelays(pool)
+    yield Say(f"Connected to {opened}/{len(opts.relays)} relay(s)")
+
+    identity: QuicIdentity | None = None if opts.plaintext else (yield NewIdentity())
+    pins: dict[str, str] = {}
+    peer, _ = yield from _start_peer(opts.ice, rng=rng, is_client=True, identity=identity, pins=pins,
+                                     session_spec={"protocol": source.protocol})
+    times: Times = yield Clock()
+    sid = session_id(rng)
+    request = NostrRequest(
+        ManualRequest(
+            ice_ufrag=peer.ice.local_ufrag,
+            ice_pwd=peer.ice.local_pwd,
+            candidates=dialogue.candidate_strings(peer.ice),
+            session_id=sid,
+            timestamp=times.wall,
+            source=source.url(),
+        ),
+        quic_fingerprint=None if identity is None else identity.fingerprint,
+    )
+    yield Say(f"Session {sid[:8]}: requesting {source.url()}")
+    offer = yield from _await_offer(channel, request, times, opts, rng)
+
+    answer_msg = dialogue.make_answer(peer.ice, "")
+    answer_msg = attrs.evolve(answer_msg, quic_fingerprint=None, session_id=sid)
+    now = yield Clock()
+    yield Publish(channel.seal(answer_msg, created_at=now.wall, rng=rng))
+    yield CloseRelays(delay=CLIENT_RELAY_LINGER)
+    if not offer.quic_fingerprint:
+        raise TunnelError(dialogue.MISSING_FINGERPRINT, ExitCode.CONNECT_FAILED)
+    pins["server"] = offer.quic_fingerprint.lower()
+    yield from _start_checks(peer, offer.ice_ufrag, offer.ice_pwd, offer.candidates)
+    yield from _until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
+    try:
+        bound = yield Listen(source.protocol, listen_ip, listen_port)
+    except OSError as exc:
+        raise TunnelError(f"Failed to listen on {target}: {exc.strerror or exc}", ExitCode.GENERAL) from None
+    what = "connect" if source.protocol == "tcp" else "send"
+    yield Say(f"Listening on {source.protocol.upper()} {dialogue.format_address(bound)} - configure your client "
+              f"to {what} here")
+    closed = yield Wait("closed")
+    raise failure(closed)
+
+
+def _await_offer(
+    channel: Channel, request: NostrRequest, start: Times, opts: NostrClientOptions, rng: Callable[[int], bytes]
+) -> Generator[Any, Any, ManualOffer]:
+    """Publish the request, then wait for the matching offer or reject, re-publishing with a doubling window."""
+    sid = request.request.session_id
+    window = max(0.1, opts.republish_interval)
+    deadline = start.monotonic + opts.max_wait
+    next_publish = start.monotonic
+    now = start
+    while True:
+        if now.monotonic >= next_publish:
+            yield Publish(channel.seal(request, created_at=now.wall, rng=rng))
+            next_publish = now.monotonic + window
+            window = min(window * 2, MAX_REPUBLISH_WINDOW)
+        remaining = deadline - now.monotonic
+        if remaining <= 0:
+            raise TunnelError(f"Timeout waiting for offer from peer ({opts.max_wait:g}s)", ExitCode.CONNECT_FAILED)
+        signal = yield NextSignal(min(remaining, max(0.0, next_publish - now.monotonic)))
+        now = yield Clock()
+        if not isinstance(signal, Event):
+            continue
+        try:
+            received = channel.open(signal, (TYPE_OFFER, TYPE_REJECT))
+        except NostrError:
+            continue
+        message = received.message
+        if isinstance(message, ManualReject):
+            if message.session_id != sid:
+                yield Say(f"Ignoring reject for another session ({message.session_id[:8]})")
+                continue
+            raise TunnelError(f"Session rejected by server: {message.reason}", ExitCode.AUTH)
+        assert isinstance(message, ManualOffer)
+        if message.session_id != sid:
+            yield Say(f"Ignoring stale offer for session {str(message.session_id)[:8]}")
+            continue
+        yield Say("Received offer from server")
+        return message
+
+
+# ------------------------------------------------------------------------------------------------ server
+
+
+def nostr_server_flow(opts: NostrServerOptions, rng: Callable[[int], bytes]) -> NostrFlow:
+    try:
+        policy = AccessPolicy.from_strings(opts.allowed_tcp, opts.allowed_udp)
+    except PolicyError as exc:
+        raise _usage(str(exc)) from None
+    secret, peer_key = parse_keys(opts.nsec, opts.peer_npub)
+    channel = Channel(secret, peer_key, plaintext=opts.plaintext, kind=opts.event_kind)
+    yield Say(SERVER_BANNER)
+    yield Say(f"Your pubkey: {secret.public_key.npub}")
+    yield Say(f"Transfer ID: {channel.transfer_id}")
+    yield Say(f"Relays: {format_relays(opts.relays)}")
+    pool = RelayPool(opts.relays, filters=[channel.subscription_filter()], subscription_id=rng(8).hex())
+    opened = yield OpenRelays(pool)
+    yield Say(f"Connected to {opened}/{len(opts.relays)} relay(s)")
+    limit = "unlimited" if opts.max_sessions == 0 else str(opts.max_sessions)
+    yield Say(f"Waiting for tunnel requests (max sessions: {limit})...")
+
+    seen = SeenSessions()
+    active: set[str] = set()
+    while True:
+        signal = yield NextSignal(None)
+        if isinstance(signal, SessionEnded):
+            active.discard(signal.name)
+            ending = f"failed: {signal.error}" if signal.error else "ended"
+            yield Say(f"Session {signal.name[:8]} {ending} ({len(active)} active)")
+            continue
+        if not isinstance(signal, Event):
+            continue
+        try:
+            received = channel.open(signal, (TYPE_REQUEST,))
+        except NostrError:
+            continue
+        message = received.message
+        assert isinstance(message, NostrRequest)
+        req = message.request
+        now: Times = yield Clock()
+        age = request_age(req.timestamp, now.wall)
+        if age > MAX_REQUEST_AGE:
+            yield Say(f"Ignoring stale request (age: {age}s > max {MAX_REQUEST_AGE}s)")
+            continue
+        if req.session_id in seen:
+            continue
+        seen.add(req.session_id, now.monotonic)
+        if opts.max_sessions and len(active) >= opts.max_sessions:
+            reason = f"Server at capacity ({len(active)}/{opts.max_sessions} sessions)"
+            yield Say(f"Rejecting session {req.session_id[:8]}: {reason}")
+            yield Publish(channel.seal(ManualReject(session_id=req.session_id, reason=reason),
+                                       created_at=now.wall, rng=rng))
+            continue
+        active.add(req.session_id)
+        yield Say(f"Session {req.session_id[:8]}: request for {req.source} ({len(active)} active)")
+        yield Spawn(name=req.session_id, label=f"[{req.session_id[:8]}] ",
+                    flow=server_session_flow(opts, policy, channel, message, rng))
+
+
+def server_session_flow(
+    opts: NostrServerOptions,
+    policy: AccessPolicy,
+    channel: Channel,
+    message: NostrRequest,
+    rng: Callable[[int], bytes],
+) -> NostrFlow:
+    """One session: check the source, gather, publish the offer, run ICE (controlling) and serve QUIC."""
+    req = message.request
+    sid = req.session_id
+
+    def reject(reason: str) -> Generator[Any, Any, None]:
+        now: Times = yield Clock()
+        yield Publish(channel.seal(ManualReject(session_id=sid, reason=reason), created_at=now.wall, rng=rng))
+
+    if not req.source or not req.source.strip():
+        raise TunnelError("Request missing source field", ExitCode.USAGE)
+    scheme = req.source.strip().partition("://")[0].lower()
+    if scheme not in ("tcp", "udp"):
+        reason = f"Unknown protocol in source '{req.source}'. Use tcp:// or udp://"
+        yield from reject(reason)
+        raise TunnelError(reason, ExitCode.AUTH)
+    try:
+        source = parse_source(req.source)
+    except PolicyError as exc:
+        yield from reject(str(exc))
+        raise TunnelError(str(exc), ExitCode.AUTH) from None
+    decision = yield from _decide(policy, source)
+    if not decision.allowed:
+        reason = decision.reason or f"Source '{source.url()}' is not allowed"
+        yield from reject(reason)
+        raise TunnelError(reason, ExitCode.AUTH)
+    identity: QuicIdentity = yield NewIdentity()
+    pins: dict[str, str] = {}
+    if message.quic_fingerprint is not None:
+        pins["client"] = message.quic_fingerprint
+    elif not opts.plaintext:
+        reason = "Request carries no client certificate fingerprint (mutual authentication required)"
+        yield from reject(reason)
+        raise TunnelError(reason, ExitCode.AUTH)
+    spec = {"protocol": source.protocol, "addresses": decision.addresses}
+    peer, _ = yield from _start_peer(opts.ice, rng=rng, is_client=False, identity=identity, pins=pins,
+                                     session_spec=spec)
+    offer = ManualOffer(
+        ice_ufrag=peer.ice.local_ufrag,
+        ice_pwd=peer.ice.local_pwd,
+        candidates=dialogue.candidate_strings(peer.ice),
+        quic_fingerprint=identity.fingerprint,
+        session_id=sid,
+    )
+    now: Times = yield Clock()
+    yield Publish(channel.seal(offer, created_at=now.wall, rng=rng))
+    yield Say("Published offer")
+    yield from _start_checks(peer, req.ice_ufrag, req.ice_pwd, req.candidates)
+    yield from _until_up(peer, "Timeout waiting for QUIC connection", "Client connected over QUIC.")
+    closed = yield Wait("closed")
+    if closed.by_peer and closed.error_code == 0 and closed.reason in ("done", ""):
+        yield Say("Connection closed.")
+        return
+    raise failure(closed)
+
+
+__all__ = [
+    "MAX_REQUEST_AGE",
+    "QUIC_CONNECT_TIMEOUT",
+    "Clock",
+    "CloseRelays",
+    "NextSignal",
+    "OpenRelays",
+    "Publish",
+    "SeenSessions",
+    "SessionEnded",
+    "Spawn",
+    "Times",
+    "nostr_client_flow",
+    "nostr_server_flow",
+    "server_session_flow",
+]

@@ -1,0 +1,173 @@
+"""Offline end-to-end iroh-mode tunnels through the real CLI and the real iroh binding (issue 5, "Must show").
+
+All traffic stays on 127.0.0.1: servers bind there, clients dial the logged address (--server-addr), relays
+and discovery are off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from tests.e2e.programs import (
+    Sshd,
+    TcpEchoServer,
+    TcpSinkServer,
+    TcpSourceServer,
+    UdpEchoServer,
+    deterministic_bytes,
+    tcp_transfer_upload,
+    udp_exchange,
+    udp_socket,
+)
+from tests.iroh_mode.tunnels import IrohClientProc, IrohServerProc, make_key
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    return {name: make_key(tmp_path, f"{name}.key", seed) for seed, name in enumerate(("server", "a", "b", "c", "x"))}
+
+
+def _echo(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def test_ssh_and_100mb_upload_download_through_one_server(tmp_path: Path, keys: dict[str, tuple[Path, str]]) -> None:
+    payload = deterministic_bytes(100 * 1024 * 1024, seed=5)
+    expected = hashlib.sha256(payload).hexdigest()
+    with Sshd(tmp_path / "sshd") as sshd, TcpSinkServer() as sink, TcpSourceServer(payload[: 20 << 20]) as src, \
+            IrohServerProc(keys["server"][0], "--allowed-tcp", "127.0.0.0/8",
+                           "--allowed-clients", keys["a"][1]) as server:
+        with IrohClientProc(server, keys["a"][0], f"tcp://127.0.0.1:{sshd.port}") as ssh_client:
+            result = sshd.run(ssh_client.port, "echo", "through-iroh")
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.strip() == "through-iroh"
+            ssh_client.wait_for(r"Connection: Direct 127\.0\.0\.1:\d+ \(rtt")
+        with IrohClientProc(server, keys["a"][0], f"tcp://127.0.0.1:{sink.port}") as upload:
+            assert tcp_transfer_upload(upload.port, payload) == (len(payload), expected)
+        with IrohClientProc(server, keys["a"][0], f"tcp://127.0.0.1:{src.port}") as download:
+            with socket.create_connection(("127.0.0.1", download.port), timeout=30) as sock:
+                digest, count = hashlib.sha256(), 0
+                while data := sock.recv(1 << 20):
+                    digest.update(data)
+                    count += len(data)
+            assert (count, digest.hexdigest()) == (20 << 20, hashlib.sha256(payload[: 20 << 20]).hexdigest())
+        server.wait_for(r"Client [0-9a-f]{10}: Connection: Direct 127\.0\.0\.1:\d+")
+
+
+def test_udp_tunnel_carries_datagrams_both_ways(keys: dict[str, tuple[Path, str]]) -> None:
+    with UdpEchoServer(prefix=b"echo:") as echo, \
+            IrohServerProc(keys["server"][0], "--allowed-udp", "127.0.0.0/8",
+                           "--allowed-clients", keys["b"][1]) as server, \
+            IrohClientProc(server, keys["b"][0], f"udp://127.0.0.1:{echo.port}") as client, udp_socket() as sock:
+        assert udp_exchange(sock, ("127.0.0.1", client.port), b"hello") == b"echo:hello"
+        big = bytes(range(256)) * 32  # 8 KiB: larger than any QUIC packet, so framing must reassemble it
+        assert udp_exchange(sock, ("127.0.0.1", client.port), big) == b"echo:" + big
+        sock.settimeout(5)
+        for i in range(200):
+            sock.sendto(b"n%d" % i, ("127.0.0.1", client.port))
+        replies = set()
+        try:
+            while len(replies) < 200:
+                replies.add(sock.recvfrom(65535)[0])
+        except TimeoutError:
+            pass
+        assert len(replies) >= 190  # loopback UDP may drop a few under a burst, the tunnel must not lose many
+
+
+def test_three_clients_with_own_keys_choose_own_sources_and_strangers_are_refused(
+    tmp_path: Path, keys: dict[str, tuple[Path, str]]
+) -> None:
+    allowed = tmp_path / "allowed.txt"
+    allowed.write_text(f"# team\n{keys['a'][1]}  # alice\n\n{keys['b'][1]}\n{keys['c'][1]} # carol\n")
+    with TcpEchoServer() as e1, TcpEchoServer() as e2, UdpEchoServer(prefix=b"u:") as u3, \
+            IrohServerProc(keys["server"][0], "--allowed-tcp", "127.0.0.0/8", "--allowed-udp", "127.0.0.0/8",
+                           "--allowed-clients-file", str(allowed)) as server:
+        with IrohClientProc(server, keys["a"][0], f"tcp://127.0.0.1:{e1.port}") as ca, \
+                IrohClientProc(server, keys["b"][0], f"tcp://127.0.0.1:{e2.port}") as cb, \
+                IrohClientProc(server, keys["c"][0], f"udp://127.0.0.1:{u3.port}") as cc:
+            assert _echo(ca.port, b"from alice") == b"from alice"
+            assert _echo(cb.port, b"from bob") == b"from bob"
+            with udp_socket() as sock:
+                assert udp_exchange(sock, ("127.0.0.1", cc.port), b"carol") == b"u:carol"
+            for client_id in (keys["a"][1], keys["b"][1], keys["c"][1]):
+                server.wait_for(f"Client {client_id} connected")
+        # A client whose key is not listed: refused at connect, nothing forwarded, exit code 3.
+        stranger = IrohClientProc(server, keys["x"][0], f"tcp://127.0.0.1:{e1.port}", wait=False)
+        with stranger:
+            assert stranger.wait_exit(15) == 3
+            assert "unauthorized" in stranger.stderr
+            assert keys["x"][1] in stranger.stderr
+            server.wait_for(f"Rejected unauthorized client: {keys['x'][1]}")
+        assert f"Client {keys['x'][1]} connected" not in server.stderr
+        assert "forwarding" not in server.stderr.split(f"Rejected unauthorized client: {keys['x'][1]}")[1]
+
+
+def test_source_outside_allowlist_is_rejected_with_reason_and_session_limit_holds(
+    keys: dict[str, tuple[Path, str]]
+) -> None:
+    with TcpEchoServer() as echo, \
+            IrohServerProc(keys["server"][0], "--allowed-tcp", "127.0.0.1/32", "--max-sessions", "1",
+                           "--allowed-clients", keys["a"][1]) as server:
+        with IrohClientProc(server, keys["a"][0], "tcp://127.0.0.2:22") as outside:
+            with socket.create_connection(("127.0.0.1", outside.port), timeout=10) as sock:
+                assert sock.recv(10) == b""  # dropped without a byte
+            outside.wait_for(r"Source request rejected: Source 'tcp://127\.0\.0\.2:22' \(resolved to 127\.0\.0\.2\) "
+                             r"not in allowed networks \[\"127\.0\.0\.1/32\"\]")
+        # UDP has one stream opened at start: the refusal ends the client with the reason and exit code 3.
+        with IrohClientProc(server, keys["a"][0], "udp://127.0.0.1:9", wait=False) as udp_client:
+            assert udp_client.wait_exit(15) == 3
+            assert "Error: Source request rejected: Source 'udp://127.0.0.1:9': udp forwarding is not allowed" \
+                in udp_client.stderr
+        with IrohClientProc(server, keys["a"][0], f"tcp://127.0.0.1:{echo.port}") as client:
+            with socket.create_connection(("127.0.0.1", client.port), timeout=10) as first:
+                first.sendall(b"one")
+                assert first.recv(3) == b"one"  # holds the only session
+                with socket.create_connection(("127.0.0.1", client.port), timeout=10) as second:
+                    assert second.recv(10) == b""
+                client.wait_for("Source request rejected: Session limit reached")
+            # the permit comes back once the first stream ends
+            for _ in range(50):
+                try:
+                    assert _echo(client.port, b"again") == b"again"
+                    break
+                except (AssertionError, OSError):
+                    time.sleep(0.1)
+            else:
+                raise AssertionError("session permit never came back")
+
+
+def test_client_reaches_server_through_the_projects_relay_then_goes_direct(
+    keys: dict[str, tuple[Path, str]]
+) -> None:
+    from tests.e2e.programs import free_port, wait_tcp_listening
+    from tests.iroh_mode.tunnels import Proc
+
+    port = free_port()
+    relay_url = f"http://127.0.0.1:{port}"
+    with Proc("relay", "--dev", "--bind", f"127.0.0.1:{port}") as relay, TcpEchoServer() as echo:
+        wait_tcp_listening(port, proc=relay.proc)
+        via_relay = ("--relay-url", relay_url, "--dns-server", "none", "--bind-addr", "127.0.0.1:0")
+        server = Proc("server", "iroh", "--secret-file", str(keys["server"][0]), "--allowed-tcp", "127.0.0.0/8",
+                      "--allowed-clients", keys["a"][1], *via_relay)
+        with server:
+            node_id = server.wait_for(r"Server EndpointId: ([0-9a-f]{64})").group(1)
+            server.wait_for(r"Listening on")
+            # No --server-addr: the relay URL is the client's only way to the server.
+            with Proc("client", "iroh", "-n", node_id, "-s", f"tcp://127.0.0.1:{echo.port}", "-t", "127.0.0.1:0",
+                      "--secret-file", str(keys["a"][0]), *via_relay) as client:
+                local = int(client.wait_for(r"Listening on TCP 127\.0\.0\.1:(\d+)").group(1))
+                client.wait_for(rf"Connection: Relay {relay_url}/? \(rtt")
+                assert _echo(local, b"via relay") == b"via relay"
+                client.wait_for(r"Connection: Direct 127\.0\.0\.1:\d+ \(rtt")

@@ -1,0 +1,283 @@
+"""The NAT suite's runs, executed concurrently in separate labs, and the results table they produce.
+
+Why a runner separate from the test functions: every run needs its own lab (namespaces, NAT rules, coturn) and the
+unpunchable pairs without TURN each wait out ICE's 30 s deadline, so running the matrix one test at a time would
+take many minutes. The session fixture runs everything here at once in a bounded thread pool; each test function
+then asserts on its own entry, so a failure still names the pair and mode.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import os
+import queue
+import signal
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from .lab import NAT_TYPES, Lab
+from .modes import MODES, PROBE, PYTHON, Connected, Failed, RunningPair
+
+#: Pairs (client NAT, server NAT) where hole punching cannot work: a symmetric NAT against a port-restricted or
+#: symmetric one (the far side only accepts the port it sent to, which the symmetric side never reuses).
+UNPUNCHABLE: frozenset[tuple[str, str]] = frozenset({("prc", "sym"), ("sym", "prc"), ("sym", "sym")})
+DIRECT_PATHS = frozenset({"Direct (Host)", "NAT Traversal (Server Reflexive)", "Peer Reflexive"})
+RELAY_PATH = "Relay (TURN)"
+WORKERS = int(os.environ.get("TUNNEL_NAT_WORKERS", "4"))
+SMALL_TRANSFER = 256 * 1024
+BIG_TRANSFER = 20 * 1024 * 1024
+LOSS_PERCENT = 5
+#: kill -9 of the server is noticed through consent freshness (30 s without an answer) or QUIC's idle timeout.
+LOST_DEADLINE = 40.0
+DOC = Path(__file__).resolve().parents[2] / "docs" / "nat.md"
+
+
+@attrs.frozen
+class MatrixResult:
+    mode: str
+    nat_a: str
+    nat_b: str
+    turn: bool
+    outcome: Connected | Failed | None
+    transfer_ok: bool = False
+    detail: str = ""
+
+
+@attrs.frozen
+class ImpairResult:
+    outcome: Connected | Failed | None
+    transfer: dict[str, object] = attrs.Factory(dict)
+    detail: str = ""
+
+
+@attrs.frozen
+class RestartResult:
+    outcome: Connected | Failed | None
+    exit_code: int | None = None
+    seconds_to_exit: float | None = None
+    last_line: str = ""
+    port_released: bool = False
+    transfer_started: bool = False
+    detail: str = ""
+
+
+@attrs.define
+class SuiteResults:
+    matrix: dict[tuple[str, str, str, bool], MatrixResult] = attrs.Factory(dict)
+    impair: ImpairResult | None = None
+    restart: RestartResult | None = None
+    prefixes: list[str] = attrs.Factory(list)
+    seconds: float = 0.0
+
+
+def _run_pair(lab: Lab, mode: str, turn: bool, listen_port: int, body: Callable[[RunningPair], object]) -> object:
+    pair = MODES[mode].start(lab, turn=turn, listen_port=listen_port, echo_port=listen_port - 100)
+    try:
+        return body(pair)
+    finally:
+        pair.close()
+
+
+def run_matrix_pair(mode: str, nat_a: str, nat_b: str, prefixes: list[str]) -> list[MatrixResult]:
+    """One lab per NAT pair: first with TURN, then (fresh conntrack and NAT state) without."""
+    results: list[MatrixResult] = []
+    with Lab(nat_a, nat_b) as lab:
+        prefixes.append(lab.prefix)
+        for turn, port in ((True, 7101), (False, 7102)):
+            if not turn:
+                lab.set_nat("A", nat_a)
+                lab.set_nat("B", nat_b)
+
+            def body(pair: RunningPair, turn: bool = turn) -> MatrixResult:
+                outcome = pair.wait_connected()
+                ok = False
+                detail = ""
+                if isinstance(outcome, Connected):
+                    verdict = pair.transfer(SMALL_TRANSFER, timeout=20)
+                    ok = bool(verdict.get("ok"))
+                    detail = "" if ok else f"transfer: {verdict}\n{pair.describe()}"
+                else:
+                    detail = pair.describe()
+                return MatrixResult(mode, nat_a, nat_b, turn, outcome, ok, detail)
+
+            try:
+                results.append(_run_pair(lab, mode, turn, port, body))  # type: ignore[arg-type]
+            except Exception:
+                results.append(MatrixResult(mode, nat_a, nat_b, turn, None, False, traceback.format_exc()))
+    return results
+
+
+def run_impairment(mode: str, prefixes: list[str]) -> ImpairResult:
+    """5 % random loss each way on the client's router; a 20 MB echo must come back intact."""
+    with Lab("prc", "prc") as lab:
+        prefixes.append(lab.prefix)
+        lab.impair_loss("A", LOSS_PERCENT)
+
+        def body(pair: RunningPair) -> ImpairResult:
+            outcome = pair.wait_connected()
+            if not isinstance(outcome, Connected):
+                return ImpairResult(outcome, detail=pair.describe())
+            verdict = pair.transfer(BIG_TRANSFER, timeout=150)
+            return ImpairResult(outcome, verdict, "" if verdict.get("ok") else pair.describe())
+
+        try:
+            return _run_pair(lab, mode, False, 7103, body)  # type: ignore[return-value]
+        except Exception:
+            return ImpairResult(None, detail=traceback.format_exc())
+
+
+def run_restart(mode: str, prefixes: list[str]) -> RestartResult:
+    """kill -9 the server mid-transfer: the client must exit with 11 (connection lost) and free its port."""
+    with Lab("fullcone", "prc") as lab:
+        prefixes.append(lab.prefix)
+
+        def body(pair: RunningPair) -> RestartResult:
+            outcome = pair.wait_connected()
+            if not isinstance(outcome, Connected):
+                return RestartResult(outcome, detail=pair.describe())
+            mover = pair.start_transfer(10**10, timeout=120)
+            try:
+                started = False
+                try:
+                    started = mover.stdout.get(timeout=15) == "started\n"
+                except queue.Empty:
+                    started = False
+                time.sleep(0.5)
+                os.kill(pair.server.proc.pid, signal.SIGKILL)  # `ip netns exec` exec()s: this is the tunnel
+                killed_at = time.monotonic()
+                try:
+                    code: int | None = pair.client.proc.wait(timeout=LOST_DEADLINE + 20)
+                except subprocess.TimeoutExpired:
+                    code = None
+                took = round(time.monotonic() - killed_at, 2)
+                last = pair.client.stderr_lines[-1] if pair.client.stderr_lines else ""
+                released = _bindable(lab, pair.listen_port)
+                return RestartResult(outcome, code, took, last, released, started, pair.describe())
+            finally:
+                mover.stop()
+
+        try:
+            return _run_pair(lab, mode, False, 7104, body)  # type: ignore[return-value]
+        except Exception:
+            return RestartResult(None, detail=traceback.format_exc())
+
+
+def _bindable(lab: Lab, port: int) -> bool:
+    result = subprocess.run(lab.in_ns("pA", [PYTHON, PROBE, "bindable", str(port)]), capture_output=True,
+                            timeout=20, check=False)
+    return result.returncode == 0
+
+
+def run_suite(modes: tuple[str, ...] = tuple(MODES)) -> SuiteResults:
+    results = SuiteResults()
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        # Longest jobs first: the restart waits out the consent timeout, the failing pairs the ICE deadline.
+        restart = pool.submit(run_restart, modes[0], results.prefixes)
+        impair = pool.submit(run_impairment, modes[0], results.prefixes)
+        pairs = sorted(((m, a, b) for m in modes for a in NAT_TYPES for b in NAT_TYPES),
+                       key=lambda job: (job[1], job[2]) not in UNPUNCHABLE)
+        futures = [pool.submit(run_matrix_pair, m, a, b, results.prefixes) for m, a, b in pairs]
+        for future in futures:
+            for entry in future.result():
+                results.matrix[(entry.mode, entry.nat_a, entry.nat_b, entry.turn)] = entry
+        results.restart = restart.result()
+        results.impair = impair.result()
+    results.seconds = round(time.monotonic() - started, 1)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+
+
+def _cell(entry: MatrixResult | None) -> tuple[str, str]:
+    if entry is None or entry.outcome is None:
+        return "error", "-"
+    if isinstance(entry.outcome, Connected):
+        path = entry.outcome.path + ("" if entry.transfer_ok else " (transfer FAILED)")
+        return path, f"{entry.outcome.seconds:.2f} s"
+    return f"fails, exit {entry.outcome.exit_code}", f"{entry.outcome.seconds:.1f} s"
+
+
+def results_table(results: SuiteResults) -> str:
+    lines = []
+    for mode in sorted({k[0] for k in results.matrix}):
+        lines += [
+            f"| client NAT / server NAT | {mode}, TURN configured | connect | {mode}, no TURN | connect |",
+            "|---|---|---|---|---|",
+        ]
+        for a in NAT_TYPES:
+            for b in NAT_TYPES:
+                with_turn = _cell(results.matrix.get((mode, a, b, True)))
+                without = _cell(results.matrix.get((mode, a, b, False)))
+                lines.append(f"| {a} / {b} | {with_turn[0]} | {with_turn[1]} | {without[0]} | {without[1]} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def summary_lines(results: SuiteResults) -> list[str]:
+    out = []
+    imp = results.impair
+    if imp is not None:
+        verdict = imp.transfer
+        path = imp.outcome.path if isinstance(imp.outcome, Connected) else "not connected"
+        out.append(f"- {LOSS_PERCENT} % random loss on the client's router (prc / prc, {path}): "
+                   f"{BIG_TRANSFER // (1024 * 1024)} MiB echoed {'intact' if verdict.get('ok') else 'NOT intact'} "
+                   f"in {verdict.get('seconds', '?')} s")
+    res = results.restart
+    if res is not None:
+        out.append(f"- server killed with SIGKILL mid-transfer (fullcone / prc): client exited with code "
+                   f"{res.exit_code} after {res.seconds_to_exit} s ({res.last_line.removeprefix('Error: ')!r}); "
+                   f"its listening port {'was released' if res.port_released else 'was NOT released'}")
+    out.append(f"- whole suite: {results.seconds} s wall time with {WORKERS} labs at a time")
+    return out
+
+
+def write_doc(results: SuiteResults, path: Path = DOC) -> str:
+    today = datetime.date.today().isoformat()
+    text = f"""# NAT traversal results
+
+Produced by the project's own NAT suite (`tests/nat/`), which builds a small internet in Linux network namespaces:
+two peers, each behind its own NAT router, and coturn (STUN + TURN) on the public side. The routers' NAT behaviour
+is made with nftables exactly as described in the shared lab's README (full cone and restricted cone with nft
+dynamic maps, port-restricted cone as plain masquerade, symmetric as `masquerade fully-random`). Each run starts the
+real CLI (`python -m tunnel_asyncio.cli client|server manual --host-candidate <LAN IP> --stun-server
+198.51.100.10:3478 [--turn-server turn:198.51.100.10:3478 --turn-user ... --turn-password-file ...]`) in the peer
+namespaces, pastes the OFFER and ANSWER across, then echoes data through the tunnel from the client's namespace.
+
+"connect" is the time from pasting the answer into the client to the client's `Listening on` line (ICE checks, QUIC
+handshake). "client NAT" is router A (the `client` side), "server NAT" router B.
+
+Expected: with TURN configured every pair connects; pairs that can be hole-punched connect directly (host, server
+reflexive or peer reflexive), the three that cannot (port-restricted or symmetric against symmetric) through
+`Relay (TURN)`. Without TURN the punchable pairs connect directly and the others fail with ICE's message
+("ICE connectivity failed - peers may be behind incompatible NAT types. ...") and exit code 10.
+
+## Results ({today})
+
+{results_table(results)}
+{chr(10).join(summary_lines(results))}
+
+## How to run
+
+As root on Linux with iproute2, nftables, conntrack and coturn installed (`scripts/install.sh --test` installs
+them; CI runs as root):
+
+```
+python -m pytest -q -m nat tests/nat        # the NAT suite alone; it also runs in a plain `pytest`
+TUNNEL_NAT_WORKERS=2 python -m pytest -q -m nat tests/nat   # fewer labs at a time on a small machine
+```
+
+The suite rewrites this file with the table of its latest run. Every lab uses its own namespace prefix
+(`tn<pid>x<n>-`), addresses from documentation ranges (198.51.100.0/24 public, 10.0.1.0/24 and 10.0.2.0/24 LANs),
+never touches the host namespace, and is torn down even when a run fails. New modes join by adding one class to
+`tests/nat/modes.py` (`MODES`).
+"""
+    path.write_text(text)
+    return text

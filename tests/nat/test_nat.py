@@ -1,0 +1,96 @@
+"""The NAT suite: every ordered pair of NAT types x mode, with and without TURN; loss; a killed peer.
+
+Runs as root only (it builds network namespaces); CI is root. Everything runs once per session, concurrently in
+separate labs (see suite.py), and each test asserts on its own part of the results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from .lab import NAT_TYPES, is_root, lab_namespaces, tools_missing
+from .modes import MODES, Connected, Failed
+from .suite import (
+    DIRECT_PATHS,
+    LOST_DEADLINE,
+    RELAY_PATH,
+    UNPUNCHABLE,
+    SuiteResults,
+    results_table,
+    run_suite,
+    summary_lines,
+    write_doc,
+)
+
+pytestmark = [pytest.mark.nat, pytest.mark.timeout(900)]
+
+ICE_FAILURE = ("ICE connectivity failed", "ICE connection timeout")
+PAIRS = [(a, b) for a in NAT_TYPES for b in NAT_TYPES]
+
+
+@pytest.fixture(scope="session")
+def nat_results() -> Iterator[SuiteResults]:
+    if not is_root():
+        pytest.fail("the NAT suite builds network namespaces and must run as root (CI does)", pytrace=False)
+    missing = tools_missing()
+    if missing:
+        pytest.fail(f"the NAT suite needs {', '.join(missing)} (scripts/install.sh --test installs them)",
+                    pytrace=False)
+    results = run_suite()
+    print("\n" + results_table(results) + "\n".join(summary_lines(results)))
+    write_doc(results)
+    yield results
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize(("nat_a", "nat_b"), PAIRS)
+def test_every_pair_connects_with_turn(nat_results: SuiteResults, mode: str, nat_a: str, nat_b: str) -> None:
+    entry = nat_results.matrix[(mode, nat_a, nat_b, True)]
+    assert isinstance(entry.outcome, Connected), entry.detail
+    assert entry.transfer_ok, entry.detail
+    # Relay only where punching cannot work: a configured TURN server must not steal a direct path.
+    expected = {RELAY_PATH} if (nat_a, nat_b) in UNPUNCHABLE else DIRECT_PATHS
+    assert entry.outcome.path in expected, entry.detail
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize(("nat_a", "nat_b"), PAIRS)
+def test_without_turn_punchable_pairs_connect_directly(nat_results: SuiteResults, mode: str, nat_a: str,
+                                                      nat_b: str) -> None:
+    entry = nat_results.matrix[(mode, nat_a, nat_b, False)]
+    if (nat_a, nat_b) in UNPUNCHABLE:
+        assert isinstance(entry.outcome, Failed), entry.detail
+        assert entry.outcome.exit_code == 10, entry.detail
+        assert entry.outcome.message.startswith("Error: ICE"), entry.detail
+        assert any(text in entry.outcome.message for text in ICE_FAILURE), entry.detail
+        assert entry.outcome.seconds < 45, entry.detail
+    else:
+        assert isinstance(entry.outcome, Connected), entry.detail
+        assert entry.outcome.path in DIRECT_PATHS, entry.detail
+        assert entry.transfer_ok, entry.detail
+
+
+def test_twenty_megabytes_survive_five_percent_loss(nat_results: SuiteResults) -> None:
+    result = nat_results.impair
+    assert result is not None
+    assert isinstance(result.outcome, Connected), result.detail
+    assert result.transfer.get("ok") is True, (result.transfer, result.detail)
+    assert result.transfer.get("bytes") == 20 * 1024 * 1024
+
+
+def test_killed_server_makes_the_client_exit_with_connection_lost(nat_results: SuiteResults) -> None:
+    result = nat_results.restart
+    assert result is not None
+    assert isinstance(result.outcome, Connected), result.detail
+    assert result.transfer_started, result.detail
+    assert result.exit_code == 11, result.detail
+    assert result.seconds_to_exit is not None and result.seconds_to_exit <= LOST_DEADLINE, result.detail
+    assert result.port_released, result.detail
+
+
+def test_every_lab_was_torn_down(nat_results: SuiteResults) -> None:
+    assert nat_results.prefixes
+    leftovers = [ns for prefix in nat_results.prefixes for ns in lab_namespaces(prefix)]
+    assert leftovers == []

@@ -1,0 +1,203 @@
+"""The nostr CLI: key tools, validation with the reference's messages, config sections, and real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.nostr.conftest import TEST_KIND, LocalRelay
+from tunnel_cli.cli import TUNNEL, TUNNEL_RS_ICE, build_options, run
+from tunnel_core.nostr.keys import SecretKey
+from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
+from tunnel_core.options import TunnelError
+
+SERVER = SecretKey.generate(os.urandom)
+CLIENT = SecretKey.generate(os.urandom)
+
+
+def test_generate_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "sub" / "key.nsec"
+    assert run(["generate-nostr-key", "--output", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("npub: npub1") and f"nsec saved to: {path}" in err
+    content = path.read_text()
+    assert content.startswith("nsec1") and not content.endswith("\n")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert run(["show-npub", "--nsec-file", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == out.strip().removeprefix("npub: ")
+    assert run(["generate-nostr-key", "-o", str(path)], program=TUNNEL_RS_ICE) == 1
+    assert "File already exists" in capsys.readouterr().err
+    assert run(["generate-nostr-key", "-o", str(path), "--force"]) == 0
+    capsys.readouterr()
+    assert run(["generate-nostr-key", "-o", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("nsec1") and err.startswith("npub: npub1")
+    empty = tmp_path / "empty"
+    empty.write_text("  \n")
+    assert run(["show-npub", "-n", str(empty)]) == 2
+    assert f"nsec file is empty: {empty}" in capsys.readouterr().err
+
+
+BASE_SERVER = ["server", "nostr", "--nsec", SERVER.nsec, "--peer-npub", CLIENT.public_key.npub,
+               "--relay", "ws://127.0.0.1:1", "--no-stun"]
+BASE_CLIENT = ["client", "nostr", "--nsec", CLIENT.nsec, "--peer-npub", SERVER.public_key.hex,
+               "--relay", "ws://127.0.0.1:1", "--no-stun"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (BASE_SERVER, "At least one of --allowed-tcp or --allowed-udp must be specified for nostr server mode."),
+    (["server", "nostr", "--allowed-tcp", "127.0.0.0/8"], "nsec is required. Provide via --nsec/--nsec-file or "
+     "in config file (nsec/nsec_file). Use 'tunnel generate-nostr-key' to create one."),
+    (["server", "nostr", "--allowed-tcp", "127.0.0.0/8", "--nsec", SERVER.nsec],
+     "peer-npub is required. Provide via --peer-npub or in config file."),
+    ([*BASE_SERVER, "--allowed-tcp", "127.0.0.0/8", "--nsec-file", "/x"],
+     "Cannot combine --nsec with --nsec-file (or nsec and nsec_file in config)."),
+    (["server", "nostr", "--allowed-tcp", "10.0.0.0/8", "--nsec", "nope", "--peer-npub", CLIENT.public_key.hex],
+     "Failed to parse private key (expected nsec or hex format)"),
+    (["server", "nostr", "--allowed-tcp", "10.0.0.0/8", "--nsec-file", "/nonexistent/k", "--peer-npub", "x"],
+     "Failed to read nsec file: /nonexistent/k"),
+    ([*BASE_CLIENT, "--source", "tcp://127.0.0.1:22"], "target is required. Provide via --target or in config file."),
+    ([*BASE_CLIENT, "--target", "127.0.0.1:2222"], "--source is required for nostr client mode."),
+    ([*BASE_CLIENT, "--target", "127.0.0.1:2222", "--source", "udp://127.0.0.1:53"],
+     "Source URL must use tcp:// scheme for TCP client (got 'udp://')"),
+    ([*BASE_CLIENT, "--target", "127.0.0.1:2222", "--source", "tcp://127.0.0.1:22", "--relay", "http://x"],
+     "Invalid relay URL"),
+    ([*BASE_SERVER, "--allowed-tcp", "10.0.0.0/8", "--stun-server", "127.0.0.1:3478"],
+     "Cannot combine --no-stun with --stun-server"),
+])
+def test_validation_messages(argv: list[str], message: str) -> None:
+    with pytest.raises(TunnelError) as info:
+        build_options(argv, program=TUNNEL)
+    assert message in info.value.message
+    assert "generate-nostr-key" not in message or "tunnel-rs-ice" not in info.value.message
+
+
+def test_options_and_precedence() -> None:
+    cmd, opts = build_options([*BASE_SERVER, "--allowed-tcp", "127.0.0.0/8", "--max-sessions", "0",
+                               "--relay", "ws://127.0.0.1:2", "--event-kind", "24243", "--host-candidate",
+                               "127.0.0.1"], program=TUNNEL_RS_ICE)
+    assert cmd == "server nostr" and isinstance(opts, NostrServerOptions)
+    assert opts.max_sessions == 0 and opts.relays == ("ws://127.0.0.1:1", "ws://127.0.0.1:2")
+    assert opts.event_kind == 24243 and opts.ice.stun_servers == () and opts.ice.host_candidates == ("127.0.0.1",)
+    assert not opts.plaintext
+    cmd, copts = build_options(["client", "ice-nostr", *BASE_CLIENT[2:], "--target", "udp://127.0.0.1:0",
+                                "--source", "udp://127.0.0.1:53", "--plaintext-compat"], program=TUNNEL)
+    assert cmd == "client nostr" and isinstance(copts, NostrClientOptions)
+    assert copts.republish_interval == 5.0 and copts.max_wait == 120.0 and copts.plaintext
+
+
+def test_config_section(tmp_path: Path) -> None:
+    key = tmp_path / "s.nsec"
+    key.write_text(SERVER.nsec + "\n")
+    conf = tmp_path / "server_ice.toml"
+    conf.write_text(f'''role = "server"
+mode = "ice-nostr"
+[ice-nostr]
+nsec_file = "{key}"
+peer_npub = "{CLIENT.public_key.npub}"
+relays = ["ws://127.0.0.1:7777"]
+stun_servers = []
+max_sessions = 3
+[ice-nostr.allowed_sources]
+tcp = ["127.0.0.0/8"]
+''')
+    cmd, opts = build_options(["server", "-c", str(conf)], program=TUNNEL_RS_ICE)
+    assert cmd == "server nostr" and isinstance(opts, NostrServerOptions)
+    assert (opts.nsec, opts.max_sessions, opts.relays, opts.ice.stun_servers) == (
+        SERVER.nsec, 3, ("ws://127.0.0.1:7777",), ())
+    conf.write_text(conf.read_text().replace('role = "server"', 'role = "client"'))
+    with pytest.raises(TunnelError, match="'allowed_sources' is a server-only field"):
+        build_options(["client", "-c", str(conf)], program=TUNNEL_RS_ICE)
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Proc:
+    def __init__(self, argv: list[str]) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-c", "import sys; from tunnel_asyncio.cli import main; "
+                                      "sys.exit(main())", *argv], stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, needle: str, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if needle in line:
+                    return line
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"{needle!r} not seen:\n{''.join(self.lines)}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+@pytest.mark.timeout(60)
+def test_processes_tcp_tunnel(relay: LocalRelay, dead_relay_url: str) -> None:
+    echo = socket.socket()
+    echo.bind(("127.0.0.1", 0))
+    echo.listen()
+    eport = echo.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = echo.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    common = ["--relay", dead_relay_url, "--relay", relay.url, "--no-stun", "--host-candidate", "127.0.0.1",
+              "--event-kind", str(TEST_KIND)]
+    server = _Proc(["server", "nostr", "--nsec", SERVER.nsec, "--peer-npub", CLIENT.public_key.npub,
+                    "--allowed-tcp", "127.0.0.0/8", *common])
+    client = None
+    try:
+        server.wait_for("Waiting for tunnel requests (max sessions: 10)...")
+        port = _free_port()
+        started = time.monotonic()
+        client = _Proc(["client", "nostr", "--nsec", CLIENT.nsec, "--peer-npub", SERVER.public_key.npub,
+                        "--source", f"tcp://127.0.0.1:{eport}", "--target", f"127.0.0.1:{port}", *common])
+        client.wait_for("Listening on TCP")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"x")
+            assert sock.recv(10) == b"x"
+            elapsed = time.monotonic() - started
+            print(f"\nnostr connect time, processes (client start incl. interpreter start-up to first "
+                  f"forwarded byte): {elapsed:.3f} s")
+            assert elapsed < 4.0
+        server.wait_for("Client connected over QUIC.")
+    finally:
+        codes = [client.stop() if client else 0, server.stop()]
+        echo.close()
+    assert codes == [0, 0], "".join(server.lines)

@@ -71,16 +71,19 @@ class MachineDriver:
         self._timer_at: float | None = None
         self._flush_scheduled = False
         self._closed = False
+        self._floor = 0.0
         for addr, sock in self.sockets.items():
             self.loop.add_reader(sock.fileno(), self._on_readable, addr, sock)
 
     def now(self) -> float:
-        return self.loop.time()
+        """Loop time, but never behind a timer we fired early (see _on_timer): machines need monotonic time."""
+        t = self.loop.time()
+        return t if t > self._floor else self._floor
 
     # ---------------------------------------------------------------------------------------- the shape
 
     def _on_readable(self, addr: Address, sock: socket.socket) -> None:
-        now = self.loop.time()
+        now = self.now()
         receive = self.machine.receive_datagram
         for _ in range(256):  # bounded drain: other sockets and timers get their turn
             try:
@@ -100,27 +103,29 @@ class MachineDriver:
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        """Hand every pending event to the adapter, then send everything the machine has, once.
+
+        Event handlers may feed the machine (local data, credit), so the pair repeats only while handlers ran:
+        in the common case datagrams_to_send is called exactly once per flush.
+        """
         self._flush_scheduled = False
         if self._closed:
             return
-        for _ in range(16):
-            self._drain_events()
-            now = self.loop.time()
-            sent = self._send(self.machine.datagrams_to_send(now))
-            if not sent and not self._has_pending_events():
-                break
         self._drain_events()
+        for _ in range(16):
+            self._send(self.machine.datagrams_to_send(self.now()))
+            if not self._drain_events():
+                break
         self._rearm()
 
-    def _has_pending_events(self) -> bool:
-        return bool(getattr(self.machine, "_events", None))
-
-    def _drain_events(self) -> None:
+    def _drain_events(self) -> int:
+        handled = 0
         while True:
             ev = self.machine.next_event()
             if ev is None:
-                return
+                return handled
             self.on_event(ev)
+            handled += 1
 
     def _send(self, transmits: list[Any]) -> int:
         n = 0
@@ -148,17 +153,22 @@ class MachineDriver:
         self._timer_at = when
         if when is None:
             return
-        if when - self.loop.time() < TIMER_SLACK:
+        if when - self.now() < TIMER_SLACK:
             self._timer = self.loop.call_soon(self._on_timer)
         else:
             self._timer = self.loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
+        when = self._timer_at
         self._timer = None
         self._timer_at = None
         if self._closed:
             return
-        self.machine.handle_timer(self.loop.time())
+        if when is not None and when > self._floor:
+            # A timer less than TIMER_SLACK away fires now, as if its moment had come: waiting for it would cost
+            # a loop wake-up (asyncio's granularity) and spinning until it is due would burn the CPU.
+            self._floor = when
+        self.machine.handle_timer(self.now())
         self.flush()
 
     # ---------------------------------------------------------------------------------------- lifetime

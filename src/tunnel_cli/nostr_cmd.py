@@ -19,9 +19,7 @@ from typing import Any
 import attrs
 
 from tunnel_cli import config as cfg
-from tunnel_core.nostr.errors import NostrError
-from tunnel_core.nostr.keys import PublicKey, SecretKey
-from tunnel_core.nostr.messages import EPHEMERAL_KINDS, KIND
+from tunnel_core.nostr.constants import EPHEMERAL_KINDS, KIND
 from tunnel_core.nostr.options import (
     DEFAULT_CLIENT_REPUBLISH,
     DEFAULT_MAX_SESSIONS,
@@ -339,6 +337,9 @@ def _resolve_nsec(namespace: argparse.Namespace, section: NostrSection, program:
                      f"Use '{_tool_name(program)} generate-nostr-key' to create one.")
     if not nsec.strip():
         raise _usage("nsec is empty. Provide a valid nsec or hex private key.")
+    from tunnel_core.nostr.errors import NostrError
+    from tunnel_core.nostr.keys import SecretKey
+
     try:
         SecretKey.parse(nsec)
     except NostrError as exc:
@@ -350,6 +351,9 @@ def _resolve_peer(namespace: argparse.Namespace, section: NostrSection) -> str:
     peer = namespace.peer_npub if namespace.peer_npub is not None else section.peer_npub
     if peer is None or not peer.strip():
         raise _usage("peer-npub is required. Provide via --peer-npub or in config file.")
+    from tunnel_core.nostr.errors import NostrError
+    from tunnel_core.nostr.keys import PublicKey
+
     try:
         PublicKey.parse(peer)
     except NostrError as exc:
@@ -455,10 +459,10 @@ def _build(
     if source is None:
         raise _usage("--source is required for nostr client mode. Specify the source to request from server "
                      "(e.g., --source tcp://127.0.0.1:22)")
-    from tunnel_core.flows_nostr import _client_protocol
+    from tunnel_core.nostr.target import client_protocol
     from tunnel_core.policy import PolicyError, parse_target
 
-    _src, bare_target = _client_protocol(source.strip(), target.strip())
+    _src, bare_target = client_protocol(source.strip(), target.strip())
     try:
         parse_target(bare_target)
     except PolicyError:
@@ -490,6 +494,8 @@ def _key_tool(word: str, rest: Sequence[str], program: Any) -> tuple[str, NostrC
 
 
 def generate_key(cmd: GenerateNostrKey) -> None:
+    from tunnel_core.nostr.keys import SecretKey
+
     key = SecretKey.generate(os.urandom)
     npub = key.public_key.npub
     if cmd.output == "-":
@@ -512,6 +518,9 @@ def generate_key(cmd: GenerateNostrKey) -> None:
 
 
 def show_npub(cmd: ShowNpub) -> None:
+    from tunnel_core.nostr.errors import NostrError
+    from tunnel_core.nostr.keys import SecretKey
+
     text = read_nsec_file(cmd.nsec_file)
     try:
         key = SecretKey.parse(text)

@@ -51,9 +51,10 @@ from tunnel_core.nostr.messages import (
 )
 from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
 from tunnel_core.nostr.pool import RelayPool
+from tunnel_core.nostr.target import client_protocol
 from tunnel_core.options import ExitCode, IceOptions, TunnelError
 from tunnel_core.peer import Peer, TunnelClosed
-from tunnel_core.policy import AccessPolicy, PolicyError, Source, parse_source, parse_target
+from tunnel_core.policy import AccessPolicy, PolicyError, parse_source, parse_target
 from tunnel_core.quic.identity import QuicIdentity
 from tunnel_core.signal import ManualOffer, ManualReject, ManualRequest
 from tunnel_core.types import Address
@@ -247,34 +248,11 @@ def _start_checks(peer: Peer, ufrag: str, pwd: str, candidates: tuple[str, ...])
     yield Poke(peer.ice.connect)
 
 
-def _client_protocol(source_text: str, target_text: str) -> tuple[Source, str]:
-    """Reference 1.1 quirk: the target picks TCP or UDP (``udp://host:port``; bare host:port is TCP) and the
-    source's scheme must agree."""
-    target = target_text.strip()
-    protocol = "tcp"
-    if "://" in target:
-        scheme, _, rest = target.partition("://")
-        if scheme.lower() not in ("tcp", "udp"):
-            raise _usage(f"Invalid receiver target '{target_text}'")
-        protocol, target = scheme.lower(), rest
-    try:
-        source = parse_source(source_text)
-    except PolicyError as exc:
-        raise _usage(str(exc)) from None
-    if source.protocol != protocol:
-        other = "udp" if protocol == "tcp" else "tcp"
-        raise _usage(
-            f"Source URL must use {protocol}:// scheme for {protocol.upper()} client (got '{source.protocol}://'). "
-            f"Use a {other}:// target (--target {other}://host:port) for {source.protocol}://"
-        )
-    return source, target
-
-
 # ------------------------------------------------------------------------------------------------ client
 
 
 def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> NostrFlow:
-    source, target = _client_protocol(opts.source, opts.target)
+    source, target = client_protocol(opts.source, opts.target)
     try:
         listen_host, listen_port = parse_target(target)
     except PolicyError as exc:

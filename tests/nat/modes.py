@@ -50,8 +50,20 @@ class Proc:
         self.stdout: queue.Queue[str | None] = queue.Queue()
         self.stderr_lines: list[str] = []
         self._changed = threading.Condition()
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
+                         threading.Thread(target=self._read_stderr, daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def settle(self, timeout: float = 2.0) -> int | None:
+        """Give an exiting process a moment to finish writing, so a report shows its last words."""
+        try:
+            code: int | None = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        for thread in self._threads:
+            thread.join(timeout=timeout)
+        return code
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
@@ -185,7 +197,8 @@ class RunningPair:
                                                       str(nbytes), "--timeout", str(timeout)]))
 
     def describe(self) -> str:
-        return f"--- client stderr ---\n{self.client.stderr}\n--- server stderr ---\n{self.server.stderr}"
+        return (f"--- client (exit {self.client.proc.poll()}) stderr ---\n{self.client.stderr}\n"
+                f"--- server (exit {self.server.proc.poll()}) stderr ---\n{self.server.stderr}")
 
     def close(self) -> None:
         for proc in (self.client, self.server, self.echo):
@@ -230,8 +243,11 @@ class ManualMode:
             client.paste(answer)
             pair.answered_at = time.monotonic()
         except BaseException as exc:
+            client.settle(0.5)
+            server.settle(2.0)
+            report = pair.describe()
             pair.close()
-            raise RunError(f"{exc}\n{pair.describe()}") from None
+            raise RunError(f"{exc}\n{report}") from None
         return pair
 
 

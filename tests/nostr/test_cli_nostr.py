@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tests.nostr.conftest import TEST_KIND, LocalRelay
+
 from tunnel_cli.cli import TUNNEL, TUNNEL_RS_ICE, build_options, run
 from tunnel_core.nostr.keys import SecretKey
 from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions

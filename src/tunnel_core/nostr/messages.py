@@ -18,18 +18,15 @@ from typing import Any
 
 import attrs
 
-from tunnel_core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from tunnel_core.errors import LocalProtocolError, RemoteProtocolError
 from tunnel_core.nostr import nip44
+from tunnel_core.nostr.constants import EPHEMERAL_KINDS, KIND
 from tunnel_core.nostr.errors import NostrError
 from tunnel_core.nostr.event import Event, sign_event
 from tunnel_core.nostr.keys import PublicKey, SecretKey
-from tunnel_core.quic.identity import normalize_fingerprint
 from tunnel_core.signal import ManualAnswer, ManualOffer, ManualReject, ManualRequest
 from tunnel_core.wire import dumps_compact
 
-KIND = 24242
-#: Relays do not store events of these kinds (NIP-01), which is what signaling wants.
-EPHEMERAL_KINDS = (20000, 29999)
 TYPE_REQUEST = "tunnel-request"
 TYPE_OFFER = "tunnel-offer"
 TYPE_ANSWER = "tunnel-answer"
@@ -70,10 +67,9 @@ class NostrRequest:
             return cls(request=request)
         if not isinstance(value, str):
             raise NostrError("request carries a malformed quic_fingerprint")
-        try:
-            fingerprint = normalize_fingerprint(value)
-        except ProtocolError:
-            raise NostrError("request carries a malformed quic_fingerprint") from None
+        fingerprint = value.strip().replace(":", "").lower()
+        if len(fingerprint) != 64 or any(c not in "0123456789abcdef" for c in fingerprint):
+            raise NostrError("request carries a malformed quic_fingerprint")
         return cls(request=request, quic_fingerprint=fingerprint)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from tunnel_core.nostr.messages import KIND
+from tunnel_core.nostr.constants import KIND
 from tunnel_core.options import IceOptions
 
 #: Upstream E3's default relays (reference 5.7). Tests always pass their own local relay.

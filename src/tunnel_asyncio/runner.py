@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import signal
 import socket
-import sys
 import threading
-from typing import Any, TextIO
+from typing import Any
 
+import tunnel_os
 from tunnel_asyncio import common
 from tunnel_asyncio.driver import MachineDriver
 from tunnel_asyncio.local import LocalForwarder
@@ -20,25 +20,9 @@ from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
 from tunnel_core.signal import BlockReader
 from tunnel_core.types import Address
+from tunnel_os import Console
 
 CLOSE_GRACE = 2.0
-
-
-class Console:
-    """stdout carries only the blocks a person copies; everything else goes to stderr (upstream's split)."""
-
-    def __init__(self, stdin: TextIO | None = None, stdout: TextIO | None = None,
-                 stderr: TextIO | None = None) -> None:
-        self.stdin = stdin or sys.stdin
-        self.stdout = stdout or sys.stdout
-        self.stderr = stderr or sys.stderr
-
-    def say(self, line: str) -> None:
-        print(line, file=self.stderr, flush=True)
-
-    def block(self, text: str) -> None:
-        self.stdout.write(text)
-        self.stdout.flush()
 
 
 class AsyncioRunner:
@@ -119,12 +103,12 @@ class AsyncioRunner:
         elif isinstance(effect, flows.ReadBlock):
             return await self._stoppable(self._read_block(effect.kind))
         elif isinstance(effect, flows.BindHostSockets):
-            self.sockets = common.bind_host_sockets(effect.wanted)
+            self.sockets = tunnel_os.bind_host_sockets(effect.wanted)
             return list(self.sockets)
         elif isinstance(effect, flows.Resolve):
             return await self._stoppable(common.resolve_all(effect.host, effect.port))
         elif isinstance(effect, flows.NewIdentity):
-            return common.new_identity()
+            return tunnel_os.new_identity()
         elif isinstance(effect, flows.Start):
             self._start(effect.peer)
         elif isinstance(effect, flows.Poke):

@@ -210,7 +210,7 @@ def build_parser(program: Program) -> tuple[_Parser, dict[tuple[str, str | None]
                 _add_ice_args(mode_parser)
             else:
                 mode_parser = modes.add_parser(
-                    mode, aliases=list(aliases), help=f"{mode} mode (not implemented yet in this version)",
+                    mode, aliases=list(aliases), help=f"{mode} mode (see '{mode} --help')",
                 )
             for word in (mode, *aliases):
                 parsers[(role, word)] = mode_parser

@@ -32,7 +32,7 @@ MODE_ALIASES: Mapping[str, str] = {
 }
 
 #: Modes this version can run; the others are recognised so users read "not implemented yet", not "unknown".
-IMPLEMENTED_MODES: frozenset[str] = frozenset({"manual"})
+IMPLEMENTED_MODES: frozenset[str] = frozenset({"manual", "nostr", "iroh"})
 
 #: Section names of each mode in a config file, E3 spelling first (E2 used ``ice-manual``).
 SECTION_NAMES: Mapping[str, tuple[str, ...]] = {

@@ -71,31 +71,6 @@ class Watched:
         self.hub.cancel_waits_close_and_then([self.watcher], SocketClosed, self.sock.close)
 
 
-def bind_udp(ip: str, port: int = 0) -> socket.socket:
-    """A non-blocking UDP socket with large buffers (QUIC bursts), IPv6 sockets IPv6-only as upstream."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
-            except OSError:
-                pass
-        sock.bind((ip, port))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def local_address(sock: socket.socket) -> Address:
-    name = sock.getsockname()
-    return (name[0], name[1])
-
-
 class MachineDriver:
     """Drives one sans-IO machine (a Peer) over a set of UDP sockets keyed by their local address."""
 

@@ -8,88 +8,30 @@ to patch is the embedding program's decision.
 
 from __future__ import annotations
 
-import datetime
 import signal
-import sys
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 import gevent.event
-import ifaddr
-from cryptography.hazmat.primitives.asymmetric import ec
 from gevent import socket
 
 from tunnel_core import flows
 from tunnel_core.errors import ProtocolError
-from tunnel_core.hostaddr import HostCandidateError, select_host_addresses
 from tunnel_core.ice.events import GatheringComplete
 from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
-from tunnel_core.quic.identity import QuicIdentity, make_identity
 from tunnel_core.signal import BlockReader
 from tunnel_core.types import Address
-from tunnel_gevent.driver import MachineDriver, bind_udp, local_address, now
+from tunnel_gevent.driver import MachineDriver, now
 from tunnel_gevent.local import LocalForwarder
+from tunnel_os import Console, bind_host_sockets, new_identity, unique_addresses
 
 CLOSE_GRACE = 2.0
 
 
-class Console:
-    """stdout carries only the blocks a person copies; everything else goes to stderr (upstream's split).
-
-    Embedding programs pass their own text streams (``io.StringIO`` and friends) to supply or capture the blocks.
-    """
-
-    def __init__(self, stdin: TextIO | None = None, stdout: TextIO | None = None,
-                 stderr: TextIO | None = None) -> None:
-        self.stdin = stdin or sys.stdin
-        self.stdout = stdout or sys.stdout
-        self.stderr = stderr or sys.stderr
-
-    def say(self, line: str) -> None:
-        print(line, file=self.stderr, flush=True)
-
-    def block(self, text: str) -> None:
-        self.stdout.write(text)
-        self.stdout.flush()
-
-
 # ------------------------------------------------------------------------------------------------ OS helpers
-
-
-def list_interfaces() -> list[tuple[str, list[str]]]:
-    result = []
-    for adapter in ifaddr.get_adapters():
-        ips = [ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip for ip in adapter.ips]
-        result.append((adapter.nice_name, ips))
-    return result
-
-
-def bind_host_sockets(wanted: Sequence[str]) -> dict[Address, socket.socket]:
-    try:
-        addresses = select_host_addresses(list_interfaces(), wanted)
-    except HostCandidateError as exc:
-        raise TunnelError(str(exc), ExitCode.USAGE) from None
-    sockets: dict[Address, socket.socket] = {}
-    for ip in addresses:
-        try:
-            sock = bind_udp(ip)
-        except OSError:
-            continue  # upstream skips addresses it cannot bind
-        sockets[local_address(sock)] = sock
-    if not sockets:
-        raise TunnelError("Failed to determine local IP for ICE", ExitCode.CONNECT_FAILED)
-    return sockets
-
-
-def new_identity() -> QuicIdentity:
-    """A fresh ECDSA P-256 self-signed certificate per session, as upstream's rcgen default."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    stamp = datetime.datetime.now(datetime.UTC)
-    return make_identity(key, not_before=stamp - datetime.timedelta(days=1),
-                         not_after=stamp + datetime.timedelta(days=30))
 
 
 def resolve_all(host: str, port: int) -> list[str]:
@@ -98,12 +40,7 @@ def resolve_all(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         return []
-    seen: list[str] = []
-    for info in infos:
-        ip = str(info[4][0]).split("%")[0]
-        if ip not in seen:
-            seen.append(ip)
-    return seen
+    return unique_addresses(infos)
 
 
 # ------------------------------------------------------------------------------------------------ the runner

@@ -258,7 +258,8 @@ def test_tunnel_rs_ice_has_the_same_manual_flags() -> None:
         (["server", "nostr", "--relay", "wss://x"], NSEC_REQUIRED),
         (["client", "ice-nostr"], NSEC_REQUIRED),
         (["server", "iroh", "--secret-file", "/nonexistent/k"],
-         "Secret key file not found: /nonexistent/k\nGenerate one with: tunnel generate-iroh-key --output /nonexistent/k"),
+         "Secret key file not found: /nonexistent/k\n"
+         "Generate one with: tunnel generate-iroh-key --output /nonexistent/k"),
         ([], "a command is required: server or client (see 'tunnel --help')"),
         (["relay"], "argument COMMAND: invalid choice: 'relay' (choose from 'server', 'client') "
                     "(see 'tunnel --help')"),

@@ -140,12 +140,6 @@ def test_e2_and_e3_mode_spellings_agree(tmp_path: Path, cli: str, written: str) 
     assert cfg.resolve_mode(None, config, VALID) == "manual"
 
 
-def test_not_implemented_message() -> None:
-    error = cfg.not_implemented("nostr")
-    assert error.exit_code == ExitCode.USAGE
-    assert error.message == "Mode 'nostr' is not implemented yet in this version. Available: manual"
-
-
 # ---------------------------------------------------------------------------------------------- [manual]
 
 SERVER_FILE = """

@@ -16,7 +16,7 @@ from tests.helpers.coturn import run_coturn
 from tunnel_core import assembly
 from tunnel_core.candidate import CandidateType, compute_priority
 from tunnel_core.ice.events import GatheringComplete
-from tunnel_core.peer import IceConnected, Peer, TunnelReady
+from tunnel_core.peer import IceConnected, Peer, TunnelReady, classify
 from tunnel_core.quic.identity import make_identity
 from tunnel_core.turn import TurnServer
 
@@ -111,3 +111,11 @@ def test_relayed_pair_carries_ice_and_quic(tmp_path: Path) -> None:
         finally:
             client.sock.close()
             server.sock.close()
+
+
+def test_classify_routes_everything_from_a_turn_server_to_turn() -> None:
+    channel_data = b"\x40\x00\x00\x04abcd"  # also a plausible QUIC short header (0x40..0x7F)
+    assert classify(channel_data) == "quic"
+    assert classify(channel_data, from_turn_server=True) == "turn"
+    assert classify(b"\x01\x17" + bytes(18), from_turn_server=True) == "turn"  # a Data indication
+    assert classify(b"\x00\x01" + bytes(18)) == "stun"

@@ -248,8 +248,6 @@ def build_options(
     if role is None:
         parser.error("a command is required: server or client")
     word: str | None = namespace.mode
-    if word is not None and cfg.MODE_ALIASES[word] not in cfg.IMPLEMENTED_MODES:
-        raise cfg.not_implemented(word)
     if extras:
         parsers[(role, word)].error(f"unrecognized arguments: {' '.join(extras)}")
 
@@ -265,8 +263,8 @@ def build_options(
     if config is not None:
         cfg.check_role(config, role)
     mode = cfg.resolve_mode(word, config, program.modes)
-    if mode not in cfg.IMPLEMENTED_MODES:
-        raise cfg.not_implemented(config.mode if config is not None and config.mode else mode)
+    if mode != "manual":  # nostr and iroh command lines were claimed above by their own modules
+        raise cfg.usage_error(f"Unknown mode '{mode}'. Valid modes: {', '.join(program.modes)}")
 
     section = (
         cfg.manual_section(config, role, warn=warn, interfaces=interfaces)

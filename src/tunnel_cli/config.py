@@ -31,9 +31,6 @@ MODE_ALIASES: Mapping[str, str] = {
     "iroh": "iroh",
 }
 
-#: Modes this version can run; the others are recognised so users read "not implemented yet", not "unknown".
-IMPLEMENTED_MODES: frozenset[str] = frozenset({"manual", "nostr", "iroh"})
-
 #: Section names of each mode in a config file, E3 spelling first (E2 used ``ice-manual``).
 SECTION_NAMES: Mapping[str, tuple[str, ...]] = {
     "manual": ("manual", "ice-manual"),
@@ -65,12 +62,6 @@ def canonical_mode(name: str, valid: Sequence[str]) -> str:
     if mode is None or mode not in valid:
         raise usage_error(f"Unknown mode '{name}'. Valid modes: {', '.join(valid)}")
     return mode
-
-
-def not_implemented(mode: str) -> TunnelError:
-    """Nostr and iroh exist in the reference; saying so beats pretending the word is unknown."""
-    available = ", ".join(sorted(IMPLEMENTED_MODES))
-    return usage_error(f"Mode '{mode}' is not implemented yet in this version. Available: {available}")
 
 
 def default_config_path(role: str, *, ice: bool = False) -> Path:

@@ -198,6 +198,8 @@ def _start_peer(
     gathered = yield Wait("gathered")
     if isinstance(gathered, TunnelClosed):
         raise failure(gathered)
+    for problem in gathered.relay_errors:
+        yield Say(f"Warning: no relay candidate from {problem}")
     if not gathered.candidates:
         raise TunnelError(dialogue.NO_CANDIDATES, ExitCode.CONNECT_FAILED)
     yield Say(f"Gathered {dialogue.describe_candidates(gathered.candidates)} candidate(s)")

@@ -59,7 +59,7 @@ from tunnel_core.ice.credentials import (
 )
 from tunnel_core.ice.timing import IceTiming
 from tunnel_core.ice.transaction import Purpose, StunTransaction
-from tunnel_core.turn import Allocated, DataReceived, TurnClient, TurnServer, TurnState
+from tunnel_core.turn import Allocated, AllocationFailed, DataReceived, TurnClient, TurnServer, TurnState
 from tunnel_core.types import Address, Transmit
 
 __all__ = ["EARLY_CHECK_LIMIT", "IceAgent", "IceState"]
@@ -119,6 +119,7 @@ class IceAgent:
         self._turn_by_relayed: dict[Address, TurnClient] = {}
         #: non-STUN payloads unwrapped while processing TURN input, for ``receive_from_relay``'s caller
         self._relayed_inbox: list[tuple[bytes, Address, Address]] = []
+        self._relay_errors: list[str] = []
         self.local_ufrag = local_ufrag if local_ufrag is not None else random_ice_string(rng, UFRAG_LENGTH)
         self.local_pwd = local_pwd if local_pwd is not None else random_ice_string(rng, PWD_LENGTH)
         check_credentials(self.local_ufrag, self.local_pwd)
@@ -346,7 +347,11 @@ class IceAgent:
                     self._relayed_inbox.append((tev.data, relayed, tev.peer))
             elif isinstance(tev, Allocated):
                 self._add_relay(client, tev, now)
-            # AllocationFailed only matters for gathering; AllocationLost is caught by consent freshness.
+            elif isinstance(tev, AllocationFailed) and not self.gathering_complete:
+                host, port = client.server
+                where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                self._relay_errors.append(f"TURN server {where}: {tev.reason}")
+            # AllocationLost is caught by consent freshness when the selected pair used it.
         self._maybe_gathering_complete(now)
 
     def _add_relay(self, client: TurnClient, allocated: Allocated, now: float) -> None:
@@ -771,7 +776,11 @@ class IceAgent:
             del self._transactions[tid]
         if self._state is IceState.GATHERING:
             self._state = IceState.NEW
-        self._events.append(ev.GatheringComplete(tuple(self.local_candidates)))
+        errors = list(self._relay_errors)
+        for (_base, server), client in self._turn_by_path.items():
+            if client.state is TurnState.ALLOCATING:
+                errors.append(f"TURN server {server[0]}:{server[1]}: no answer within the gathering time")
+        self._events.append(ev.GatheringComplete(tuple(self.local_candidates), tuple(errors)))
 
     # ------------------------------------------------------------------------------------------ sending
 

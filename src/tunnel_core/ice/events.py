@@ -35,9 +35,13 @@ REASON_TIMEOUT = (
 
 @attrs.frozen
 class GatheringComplete:
-    """Every local candidate we will signal is known (non-trickle: the offer/answer can be written now)."""
+    """Every local candidate we will signal is known (non-trickle: the offer/answer can be written now).
+
+    ``relay_errors`` says why a configured TURN server gave no relay candidate (one line each, no secrets), so the
+    user learns about a wrong password here rather than from a failed connection later."""
 
     candidates: tuple[Candidate, ...]
+    relay_errors: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -141,3 +141,14 @@ def test_relay_grace_lets_a_slower_direct_pair_win(grace: float, relayed: bool) 
     assert net.run_until(lambda: bool(ra.of(PairSelected) and rb.of(PairSelected)), net.clock.now + 40)
     (sa,) = ra.of(PairSelected)[:1]
     assert (CandidateType.RELAY in (sa.local.type, sa.remote.type)) is relayed
+
+
+def test_refused_credentials_are_reported_with_gathering_and_do_not_block_it() -> None:
+    net, _, a, _b, ra, _rb = make(NatType.FULL_CONE, NatType.FULL_CONE)
+    a.turn_servers = [TurnServer(TURN_ADDRESS, "u", "wrong")]
+    a.gather(net.clock.now)
+    assert net.run_until(lambda: bool(ra.of(GatheringComplete)), net.clock.now + 10)
+    (done,) = ra.of(GatheringComplete)
+    assert done.relay_errors == ("TURN server 198.51.100.20:3478: credentials refused (401 Unauthorized)",)
+    assert "wrong" not in done.relay_errors[0]
+    assert [c.type for c in done.candidates] == [CandidateType.HOST, CandidateType.SRFLX]

@@ -172,7 +172,7 @@ class NostrRunner(AsyncioRunner):
         self.inbox: asyncio.Queue[Any] = parent.inbox if parent is not None else asyncio.Queue()
         self.relays: RelayConnections | None = parent.relays if parent is not None else None
         if parent is not None:
-            self.stop = parent.stop
+            self.stopping = parent.stopping
         self.children: set[asyncio.Task[None]] = set()
 
     async def run_nostr(self, flow: Any) -> None:
@@ -187,8 +187,8 @@ class NostrRunner(AsyncioRunner):
     async def _stop_children(self) -> None:
         if not self.children:
             return
-        if not self.stop.done():
-            self.stop.set_result(None)
+        if not self.stopping.done():
+            self.stopping.set_result(None)
         _done, pending = await asyncio.wait(set(self.children), timeout=CLOSE_GRACE + 1.0)
         for task in pending:
             task.cancel()
@@ -232,13 +232,13 @@ class NostrRunner(AsyncioRunner):
             return self.inbox.get_nowait()
         getter = asyncio.ensure_future(self.inbox.get())
         try:
-            done, _ = await asyncio.wait({getter, self.stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({getter, self.stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not getter.done():
                 getter.cancel()
         if getter in done:
             return getter.result()
-        if self.stop in done:
+        if self.stopping in done:
             raise fx_stopped()
         return None
 

@@ -38,7 +38,7 @@ class AsyncioRunner:
         self.milestones: dict[str, asyncio.Future[Any]] = {
             k: self.loop.create_future() for k in ("gathered", "connected", "ready", "closed")
         }
-        self.stop: asyncio.Future[None] = self.loop.create_future()
+        self.stopping: asyncio.Future[None] = self.loop.create_future()
         self._stdin_lines: asyncio.Queue[str] | None = None
 
     # ------------------------------------------------------------------------------------------ flow loop
@@ -81,13 +81,18 @@ class AsyncioRunner:
                 installed.append(sig)
         return installed
 
+    def stop(self) -> None:
+        """Ask the running flow to end: the tunnel closes with code 0 "done" and run() returns (any thread-safe
+        caller on this loop; SIGINT/SIGTERM do the same)."""
+        if not self.stopping.done():
+            self.stopping.set_result(None)
+
     def _on_signal(self) -> None:
-        if not self.stop.done():
-            self.stop.set_result(None)
+        self.stop()
 
     async def _stoppable(self, awaitable: Any) -> Any:
         task = asyncio.ensure_future(awaitable)
-        done, _ = await asyncio.wait({task, self.stop}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({task, self.stopping}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             return task.result()
         task.cancel()
@@ -168,12 +173,12 @@ class AsyncioRunner:
         fut = self.milestones[kind]
         closed = self.milestones["closed"]
         waiters = {fut, closed} if kind != "closed" else {closed}
-        done, _ = await asyncio.wait({*waiters, self.stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({*waiters, self.stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if fut in done:
             return fut.result()
         if closed in done:
             return closed.result()
-        if self.stop in done:
+        if self.stopping in done:
             raise flows.Stopped()
         return None
 

@@ -332,7 +332,7 @@ class TurnClient:
                 self._outbox.append(Transmit(req.data, self.base, self.server))
             elif req.next_send is None and now >= req.expires:
                 del self._requests[req.tid]
-                self._on_failure(req, "no response from the TURN server", now)
+                self._on_failure(req, "no response", now)
                 if self.state in (TurnState.FAILED, TurnState.CLOSED):
                     return
         if self.state is not TurnState.ALLOCATED:
@@ -441,7 +441,7 @@ class TurnClient:
                 first_challenge = self._key is None
                 if code == 401 and not first_challenge:
                     # Our key was already in use and still refused: the credentials are wrong.
-                    self._on_failure(req, f"TURN server refused the credentials ({code} {reason})".strip(), now)
+                    self._on_failure(req, f"credentials refused ({code} {reason})".strip(), now)
                     return
                 if isinstance(realm, str):
                     self._realm = realm
@@ -451,13 +451,13 @@ class TurnClient:
                 self._request(req.kind, req.attributes, now, auth_retries=req.auth_retries + 1,
                               subject=req.subject)
                 return
-        self._on_failure(req, f"TURN {req.kind.name.lower()} failed: {code} {reason}".strip(), now)
+        self._on_failure(req, f"{req.kind.name.lower()} failed: {code} {reason}".strip(), now)
 
     def _on_success(self, req: _Request, msg: stun.StunMessage, now: float) -> None:
         if req.kind is _Kind.ALLOCATE:
             relayed = msg.get(stun.Attr.XOR_RELAYED_ADDRESS)
             if not isinstance(relayed, tuple):
-                self._fail("TURN allocate response without XOR-RELAYED-ADDRESS")
+                self._fail("allocate response without XOR-RELAYED-ADDRESS")
                 return
             mapped = msg.get(stun.Attr.XOR_MAPPED_ADDRESS)
             lifetime = msg.get(stun.Attr.LIFETIME)

@@ -178,7 +178,7 @@ def test_asyncio_program_runs_both_sides() -> None:
             ]
             assert await asyncio.to_thread(client_console.listening.wait, WAIT), client_console.lines
             await asyncio.to_thread(echo_round_trip, port)
-            client.stop.set_result(None)
+            client.stop()
             await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
 
         asyncio.run(main())

@@ -149,8 +149,10 @@ def _resolve_stun(servers: Sequence[str]) -> Generator[Effect, Any, list[Address
     return out
 
 
-def _resolve_turn(ice: IceOptions) -> Generator[Effect, Any, list[TurnServer]]:
-    """Every address of every configured TURN server, each with the shared long-term credentials."""
+def resolve_turn(ice: IceOptions) -> Generator[Effect, Any, list[TurnServer]]:
+    """Every address of every configured TURN server, each with the shared long-term credentials.
+
+    Public so every ICE mode's flow (manual here, nostr in flows_nostr) resolves TURN the same way."""
     out: list[TurnServer] = []
     if not ice.turn_servers or not ice.turn_user or not ice.turn_password:
         return out
@@ -177,7 +179,7 @@ def _start_peer(
     """Bind, build the Peer (ICE -> QUIC -> forwarding), gather; shared by every ICE-mode role."""
     addresses = yield BindHostSockets(ice.host_candidates)
     stun = yield from _resolve_stun(ice.stun_servers)
-    turn = yield from _resolve_turn(ice)
+    turn = yield from resolve_turn(ice)
     agent = assembly.new_agent(controlling=is_client, rng=rng, stun_servers=stun, turn_servers=turn)
     for addr in addresses:
         agent.add_local_address(addr)

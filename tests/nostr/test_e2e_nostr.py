@@ -44,8 +44,7 @@ class Side:
         return self.err.getvalue()
 
     async def stop(self) -> None:
-        if not self.runner.stop.done():
-            self.runner.stop.set_result(None)
+        self.runner.stop()
         try:
             await asyncio.wait_for(self.task, 10)
         except (TunnelError, Stopped):

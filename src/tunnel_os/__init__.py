@@ -48,6 +48,22 @@ class Console:
         self.stdout.flush()
 
 
+class PrefixConsole(Console):
+    """A server session's console: the parent's streams, every progress line tagged with the session.
+
+    Why here: each runtime's nostr server runs sessions as child runners that share one terminal, and the lines of
+    concurrent sessions must stay attributable in the same way on asyncio, trio and gevent.
+    """
+
+    def __init__(self, parent: Console, prefix: str) -> None:
+        super().__init__(parent.stdin, parent.stdout, parent.stderr)
+        self.parent = parent
+        self.prefix = prefix
+
+    def say(self, line: str) -> None:
+        self.parent.say(self.prefix + line)
+
+
 def bind_udp(ip: str, port: int = 0, *, make_socket: SocketFactory = socket.socket) -> Any:
     """A non-blocking UDP socket with large buffers; IPv6 sockets IPv6-only, as upstream binds per family."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET

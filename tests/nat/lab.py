@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -298,6 +299,35 @@ class Lab:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False, timeout=COMMAND_TIMEOUT)
         self._created.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+_PREFIX = re.compile(r"^(tn(\d+)x\d+)-")
+
+
+def reap_stale_labs() -> list[str]:
+    """Tear down labs left behind by a killed run (their creator's pid is gone); returns their prefixes.
+
+    Only namespaces named by ``unique_prefix`` whose pid no longer exists are touched."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    stale: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        m = _PREFIX.match(line)
+        if m is None or int(m.group(2)) == os.getpid() % 100000 or _pid_alive(int(m.group(2))):
+            continue
+        stale.setdefault(m.group(1), []).append(line.split()[0])
+    for prefix, names in stale.items():
+        lab = Lab("prc", "prc", prefix=prefix)
+        lab._created = names
+        lab.down()
+    return sorted(stale)
+
+
+def _pid_alive(pid: int) -> bool:
+    """The prefix holds pid mod 100000, so a live process with that remainder counts as alive (never reap it)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) % 100000 == pid:
+            return True
+    return False
 
 
 def lab_namespaces(prefix: str) -> list[str]:

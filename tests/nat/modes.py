@@ -115,18 +115,27 @@ class Proc:
         """The first stderr line matching ``pattern``; None if the process ended or the time ran out first."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.stderr_lines:
-                    if m := regex.search(line):
-                        return m
+        while True:
+            with self._changed:
+                found = self._scan(regex)
+                if found is not None:
+                    return found
                 left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and self._stderr_done()):
+                if left <= 0:
                     return None
-                self._changed.wait(min(left, 0.2))
+                if self.proc.poll() is None:
+                    self._changed.wait(min(left, 0.2))
+                    continue
+            # The process ended: let the reader take its last words, then look one final time.
+            self._threads[1].join(timeout=2.0)
+            with self._changed:
+                return self._scan(regex)
 
-    def _stderr_done(self) -> bool:
-        return self.proc.stderr is None or self.proc.stderr.closed or self.proc.poll() is not None
+    def _scan(self, regex: re.Pattern[str]) -> re.Match[str] | None:
+        for line in self.stderr_lines:
+            if m := regex.search(line):
+                return m
+        return None
 
     def stop(self) -> None:
         if self.proc.poll() is None:

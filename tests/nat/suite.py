@@ -31,6 +31,7 @@ DIRECT_PATHS = frozenset({"Direct (Host)", "NAT Traversal (Server Reflexive)", "
 RELAY_PATH = "Relay (TURN)"
 WORKERS = int(os.environ.get("TUNNEL_NAT_WORKERS", "4"))
 SMALL_TRANSFER = 256 * 1024
+RELAY_TRANSFER = 5 * 1024 * 1024
 BIG_TRANSFER = 20 * 1024 * 1024
 LOSS_PERCENT = 5
 #: kill -9 of the server is noticed through consent freshness (30 s without an answer) or QUIC's idle timeout.
@@ -99,7 +100,9 @@ def run_matrix_pair(mode: str, nat_a: str, nat_b: str, prefixes: list[str]) -> l
                 ok = False
                 detail = ""
                 if isinstance(outcome, Connected):
-                    verdict = pair.transfer(SMALL_TRANSFER, timeout=20)
+                    # Relayed paths carry more: QUIC through ChannelData must hold up beyond a handshake.
+                    size = RELAY_TRANSFER if outcome.path == RELAY_PATH else SMALL_TRANSFER
+                    verdict = pair.transfer(size, timeout=20)
                     ok = bool(verdict.get("ok"))
                     detail = "" if ok else f"transfer: {verdict}\n{pair.describe()}"
                 else:
@@ -235,6 +238,8 @@ def summary_lines(results: SuiteResults) -> list[str]:
         out.append(f"- server killed with SIGKILL mid-transfer (fullcone / prc): client exited with code "
                    f"{res.exit_code} after {res.seconds_to_exit} s ({res.last_line.removeprefix('Error: ')!r}); "
                    f"its listening port {'was released' if res.port_released else 'was NOT released'}")
+    out.append(f"- every connected pair echoed {SMALL_TRANSFER // 1024} KiB intact, relayed pairs "
+               f"{RELAY_TRANSFER // (1024 * 1024)} MiB")
     out.append(f"- whole suite: {results.seconds} s wall time with {WORKERS} labs at a time")
     return out
 

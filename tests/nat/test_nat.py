@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .lab import NAT_TYPES, is_root, lab_namespaces, tools_missing
+from .lab import NAT_TYPES, is_root, lab_namespaces, reap_stale_labs, tools_missing
 from .modes import MODES, Connected, Failed
 from .suite import (
     DIRECT_PATHS,
@@ -38,6 +38,7 @@ def nat_results() -> Iterator[SuiteResults]:
     if missing:
         pytest.fail(f"the NAT suite needs {', '.join(missing)} (scripts/install.sh --test installs them)",
                     pytrace=False)
+    reap_stale_labs()  # a previous run killed with SIGKILL cannot have cleaned up after itself
     results = run_suite()
     print("\n" + results_table(results) + "\n".join(summary_lines(results)))
     write_doc(results)

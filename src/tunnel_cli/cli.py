@@ -277,7 +277,7 @@ def build_options(
 
 
 def _ice_options(
-    namespace: argparse.Namespace, section: cfg.ManualSection, interfaces: Callable[[], Iterable[str]] | None
+    namespace: argparse.Namespace, section: cfg.IceSection, interfaces: Callable[[], Iterable[str]] | None
 ) -> IceOptions:
     cli_stun: list[str] = getattr(namespace, "stun_server", [])
     no_stun: bool = getattr(namespace, "no_stun", False)

@@ -13,7 +13,7 @@ import ipaddress
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -272,22 +272,15 @@ def manual_section(
             raise config.parse_error(f"[{name}] 'packet_size' must be an integer (got {_show(value)})")
         packet_size = check_packet_size(value, f"[{name}] packet_size")
 
-    turn_servers = _string_list(config, table, name, "turn_servers")
-    for server in turn_servers:
-        check_turn_server(server, f"[{name}] turn_servers")
-    turn_user = _blank_is_none(_string(config, table, name, "turn_user"))
-    turn_password = _string(config, table, name, "turn_password")
-    turn_password_file = _blank_is_none(_string(config, table, name, "turn_password_file"))
-    if turn_password is not None and turn_password_file is not None:
-        raise usage_error(f"[{name}] Use only one of 'turn_password' or 'turn_password_file'.")
+    turn = read_turn_keys(config, table, name)
 
     return ManualSection(
         section=name,
         stun_servers=stun,
-        turn_servers=turn_servers,
-        turn_user=turn_user,
-        turn_password=turn_password,
-        turn_password_file=turn_password_file,
+        turn_servers=turn.turn_servers,
+        turn_user=turn.turn_user,
+        turn_password=turn.turn_password,
+        turn_password_file=turn.turn_password_file,
         allowed_tcp=allowed_tcp,
         allowed_udp=allowed_udp,
         source=source,
@@ -295,6 +288,67 @@ def manual_section(
         host_candidates=hosts,
         packet_size=packet_size,
     )
+
+
+@attrs.frozen
+class TurnKeys:
+    """The TURN keys of any ICE mode's section (``[manual]``, ``[nostr]``), checked the same way everywhere."""
+
+    section: str
+    turn_servers: tuple[str, ...] = ()
+    turn_user: str | None = None
+    turn_password: str | None = attrs.field(default=None, repr=False)
+    turn_password_file: str | None = None
+
+
+def read_turn_keys(config: ConfigFile, table: Mapping[str, Any], name: str) -> TurnKeys:
+    """``turn_servers`` / ``turn_user`` / ``turn_password`` / ``turn_password_file`` of section ``name``."""
+    turn_servers = _string_list(config, table, name, "turn_servers")
+    for server in turn_servers:
+        check_turn_server(server, f"[{name}] turn_servers")
+    turn_password = _string(config, table, name, "turn_password")
+    turn_password_file = _blank_is_none(_string(config, table, name, "turn_password_file"))
+    if turn_password is not None and turn_password_file is not None:
+        raise usage_error(f"[{name}] Use only one of 'turn_password' or 'turn_password_file'.")
+    return TurnKeys(
+        section=name,
+        turn_servers=tuple(turn_servers),
+        turn_user=_blank_is_none(_string(config, table, name, "turn_user")),
+        turn_password=turn_password,
+        turn_password_file=turn_password_file,
+    )
+
+
+class TurnSettings(Protocol):
+    """What credential resolution needs from a mode's config section (ManualSection, the nostr section, ...)."""
+
+    @property
+    def section(self) -> str: ...
+
+    @property
+    def turn_user(self) -> str | None: ...
+
+    @property
+    def turn_password(self) -> str | None: ...
+
+    @property
+    def turn_password_file(self) -> str | None: ...
+
+
+class IceSection(TurnSettings, Protocol):
+    """The ICE keys every ICE mode's section carries, so the CLI core builds IceOptions for any of them."""
+
+    @property
+    def stun_servers(self) -> tuple[str, ...] | None: ...
+
+    @property
+    def host_candidates(self) -> tuple[str, ...]: ...
+
+    @property
+    def packet_size(self) -> int | None: ...
+
+    @property
+    def turn_servers(self) -> tuple[str, ...]: ...
 
 
 def _string(config: ConfigFile, table: Mapping[str, Any], where: str, key: str) -> str | None:
@@ -440,7 +494,7 @@ def read_password_file(path: str, where: str) -> str:
 
 def resolve_turn_credentials(
     *, servers: Sequence[str], cli_user: str | None, cli_password: str | None, cli_password_file: str | None,
-    section: ManualSection,
+    section: TurnSettings,
 ) -> tuple[str | None, str | None]:
     """CLI user/password (inline or file) replace the config's; TURN servers need both, credentials need a server.
 

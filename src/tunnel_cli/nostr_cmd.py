@@ -192,10 +192,10 @@ class NostrSection:
     packet_size: int | None = None
     event_kind: int | None = None
     plaintext: bool = False
-    # TURN keys (read by the CLI core's credential resolution; TURN config keys are the manual section's)
+    # TURN keys, checked by tunnel_cli.config.read_turn_keys like [manual]'s; resolved by the CLI core
     turn_servers: tuple[str, ...] = ()
     turn_user: str | None = None
-    turn_password: str | None = None
+    turn_password: str | None = attrs.field(default=None, repr=False)
     turn_password_file: str | None = None
 
     @property
@@ -282,6 +282,7 @@ def nostr_section(
     plaintext = table.get("plaintext", False)
     if not isinstance(plaintext, bool):
         raise config.parse_error(f"[{name}] 'plaintext' must be a boolean")
+    turn = cfg.read_turn_keys(config, table, name)
     return NostrSection(
         name=name,
         relays=_strs(config, table, name, "relays"),
@@ -298,10 +299,10 @@ def nostr_section(
         packet_size=packet_size,
         event_kind=_int(config, table, name, "event_kind"),
         plaintext=plaintext,
-        turn_servers=_strs(config, table, name, "turn_servers"),
-        turn_user=_str(config, table, name, "turn_user"),
-        turn_password=_str(config, table, name, "turn_password"),
-        turn_password_file=_str(config, table, name, "turn_password_file"),
+        turn_servers=turn.turn_servers,
+        turn_user=turn.turn_user,
+        turn_password=turn.turn_password,
+        turn_password_file=turn.turn_password_file,
     )
 
 
@@ -399,7 +400,7 @@ def _ice(namespace: argparse.Namespace, section: NostrSection,
     """The same ICE flags as manual mode (STUN, host candidates, packet size, TURN), built by the CLI core."""
     from tunnel_cli.cli import _ice_options
 
-    return _ice_options(namespace, section, interfaces)  # type: ignore[arg-type]
+    return _ice_options(namespace, section, interfaces)
 
 
 def _build(

@@ -36,6 +36,7 @@ from tunnel_core.flows import (
     _resolve_stun,
     _until_up,
     failure,
+    resolve_turn,
 )
 from tunnel_core.ice.events import GatheringComplete
 from tunnel_core.nostr.errors import NostrError
@@ -203,7 +204,8 @@ def _start_peer(
     pinning goes both ways (the server requests the client's certificate when the request named one)."""
     addresses = yield BindHostSockets(ice.host_candidates)
     stun = yield from _resolve_stun(ice.stun_servers)
-    agent = assembly.new_agent(controlling=not is_client, rng=rng, stun_servers=stun)
+    turn = yield from resolve_turn(ice)
+    agent = assembly.new_agent(controlling=not is_client, rng=rng, stun_servers=stun, turn_servers=turn)
     for addr in addresses:
         agent.add_local_address(addr)
 
@@ -233,6 +235,8 @@ def _start_peer(
     gathered = yield Wait("gathered")
     if isinstance(gathered, TunnelClosed):
         raise failure(gathered)
+    for problem in gathered.relay_errors:
+        yield Say(f"Warning: no relay candidate from {problem}")
     if not gathered.candidates:
         raise TunnelError(dialogue.NO_CANDIDATES, ExitCode.CONNECT_FAILED)
     yield Say(f"Gathered {dialogue.describe_candidates(gathered.candidates)} candidate(s)")

@@ -79,12 +79,17 @@ class MachineDriver:
         self.sockets = {addr: Watched(sock) for addr, sock in sockets.items()}
         self.on_event = on_event
         self._deadline: float | None = None
+        #: Never hand the machine a time before a timer we fired early (see _timer_loop).
+        self._floor = 0.0
         self._timer_wake = gevent.event.Event()
         self._flush_wanted = gevent.event.Event()
         self._closed = False
         self._greenlets: list[gevent.Greenlet] = []
 
-    now = staticmethod(now)
+    def now(self) -> float:
+        """The monotonic clock, but never behind a timer fired early: machines need monotonic time."""
+        t = now()
+        return t if t > self._floor else self._floor
 
     def start(self) -> None:
         for addr, watched in self.sockets.items():
@@ -98,7 +103,7 @@ class MachineDriver:
         receive = self.machine.receive_datagram
         sock = watched.sock
         while not self._closed and watched.wait_readable():
-            t = now()
+            t = self.now()
             for _ in range(DRAIN_LIMIT):
                 try:
                     data, remote = sock.recvfrom(65536)
@@ -124,25 +129,29 @@ class MachineDriver:
             self.flush()
 
     def flush(self) -> None:
+        """Hand every pending event to the adapter, then send everything the machine has, once.
+
+        Event handlers may feed the machine (local data, credit), so the pair repeats only while handlers ran:
+        in the common case datagrams_to_send is called exactly once per flush.
+        """
         if self._closed:
             return
-        for _ in range(16):
-            self._drain_events()
-            sent = self._send(self.machine.datagrams_to_send(now()))
-            if not sent and not self._has_pending_events():
-                break
         self._drain_events()
+        for _ in range(16):
+            self._send(self.machine.datagrams_to_send(self.now()))
+            if not self._drain_events():
+                break
         self._rearm()
 
-    def _has_pending_events(self) -> bool:
-        return bool(getattr(self.machine, "_events", None))
-
-    def _drain_events(self) -> None:
+    def _drain_events(self) -> int:
+        handled = 0
         while not self._closed:
             ev = self.machine.next_event()
             if ev is None:
-                return
+                break
             self.on_event(ev)
+            handled += 1
+        return handled
 
     def _send(self, transmits: list[Any]) -> int:
         n = 0
@@ -170,18 +179,23 @@ class MachineDriver:
     def _timer_loop(self) -> None:
         while not self._closed:
             when = self._deadline
-            timeout = None if when is None else when - now()
+            timeout = None if when is None else when - self.now()
             if timeout is None or timeout >= TIMER_SLACK:
                 if self._timer_wake.wait(timeout):
                     self._timer_wake.clear()
                     continue  # re-armed earlier: recompute
                 if self._closed:
                     return
-                if self._deadline is None or self._deadline - now() >= TIMER_SLACK:
+                if self._deadline is None or self._deadline - self.now() >= TIMER_SLACK:
                     continue  # cleared or moved later while we slept
             self._timer_wake.clear()
-            self._deadline = None
-            self.machine.handle_timer(now())
+            when, self._deadline = self._deadline, None
+            if when is not None and when > self._floor:
+                # A timer less than TIMER_SLACK away fires now, as if its moment had come: sleeping for it would
+                # cost a hub wake-up, and handing the machine a time before it would leave it not due, the timer
+                # re-armed at once - a spin.
+                self._floor = when
+            self.machine.handle_timer(self.now())
             self.flush()  # re-arms self._deadline
             gevent.idle()
 

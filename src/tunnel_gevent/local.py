@@ -159,9 +159,12 @@ class _TcpFlow:
 class LocalForwarder:
     """Carries out forwarding events on gevent sockets and reports back to the session."""
 
-    def __init__(self, session: Callable[[], Any], kick: Callable[[], None]) -> None:
+    def __init__(self, session: Callable[[], Any], kick: Callable[[], None],
+                 now: Callable[[], float] = now) -> None:
         self.session = session
         self.kick = kick
+        #: The driver's clock (monotonic past timers it fired early), so the session never sees time go back.
+        self.now = now
         self.tcp: dict[int, _TcpFlow] = {}
         self.dials: dict[int, gevent.Greenlet] = {}
         self.udp_flows: dict[int, Watched] = {}
@@ -169,8 +172,6 @@ class LocalForwarder:
         self.tcp_listener: Watched | None = None
         self._greenlets: set[gevent.Greenlet] = set()
         self._closed = False
-
-    now = staticmethod(now)
 
     def _spawn(self, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet:
         g = gevent.spawn(fn, *args)

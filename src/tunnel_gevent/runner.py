@@ -148,8 +148,8 @@ class GeventRunner:
         elif isinstance(effect, flows.Start):
             self._start(effect.peer)
         elif isinstance(effect, flows.Poke):
-            effect.fn(now())
             assert self.driver is not None
+            effect.fn(self.driver.now())
             self.driver.flush()
         elif isinstance(effect, flows.Wait):
             return self._wait(effect.kind, effect.timeout)
@@ -196,7 +196,7 @@ class GeventRunner:
     def _start(self, peer: Any) -> None:
         self.peer = peer
         self.driver = MachineDriver(peer, self.sockets, self._on_event)
-        self.local = LocalForwarder(lambda: peer.session, self.driver.schedule_flush)
+        self.local = LocalForwarder(lambda: peer.session, self.driver.schedule_flush, self.driver.now)
         self.driver.start()
 
     def _on_event(self, ev: Any) -> None:
@@ -222,7 +222,7 @@ class GeventRunner:
         """Orderly stop: CONNECTION_CLOSE(0, "done"), a short grace for it to leave, then release everything."""
         peer, driver = self.peer, self.driver
         if peer is not None and driver is not None and not peer.closed:
-            peer.close(now(), "done")
+            peer.close(driver.now(), "done")
             driver.flush()
             deadline = now() + CLOSE_GRACE
             while "closed" not in self.results and not peer.closed and now() < deadline:

@@ -56,12 +56,17 @@ class MachineDriver:
         self._scope = trio.CancelScope()
         self._timer_scope: trio.CancelScope | None = None
         self._deadline = math.inf
+        #: The machine's timer the timer task will fire (``_deadline`` may say "at once" instead).
+        self._timer_at: float | None = None
+        #: Never hand the machine a time before a timer we fired early (see _timer_task).
+        self._floor = -math.inf
         self._flush_wanted = trio.Event()
         self._closed = False
 
-    @staticmethod
-    def now() -> float:
-        return trio.current_time()
+    def now(self) -> float:
+        """trio's clock, but never behind a timer fired early: machines need monotonic time."""
+        t = trio.current_time()
+        return t if t > self._floor else self._floor
 
     def start(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._run)
@@ -83,7 +88,7 @@ class MachineDriver:
                 await trio.lowlevel.wait_readable(sock)
             except (trio.ClosedResourceError, OSError):
                 return  # keep_only/close closed this socket under us
-            now = trio.current_time()
+            now = self.now()
             for _ in range(DRAIN_LIMIT):
                 try:
                     data, remote = sock.recvfrom(65536)
@@ -110,25 +115,29 @@ class MachineDriver:
             self.flush()
 
     def flush(self) -> None:
+        """Hand every pending event to the adapter, then send everything the machine has, once.
+
+        Event handlers may feed the machine (local data, credit), so the pair repeats only while handlers ran:
+        in the common case datagrams_to_send is called exactly once per flush.
+        """
         if self._closed:
             return
-        for _ in range(16):
-            self._drain_events()
-            sent = self._send(self.machine.datagrams_to_send(trio.current_time()))
-            if not sent and not self._has_pending_events():
-                break
         self._drain_events()
+        for _ in range(16):
+            self._send(self.machine.datagrams_to_send(self.now()))
+            if not self._drain_events():
+                break
         self._rearm()
 
-    def _has_pending_events(self) -> bool:
-        return bool(getattr(self.machine, "_events", None))
-
-    def _drain_events(self) -> None:
+    def _drain_events(self) -> int:
+        handled = 0
         while not self._closed:
             ev = self.machine.next_event()
             if ev is None:
-                return
+                break
             self.on_event(ev)
+            handled += 1
+        return handled
 
     def _send(self, transmits: list[Any]) -> int:
         n = 0
@@ -148,9 +157,10 @@ class MachineDriver:
 
     def _rearm(self) -> None:
         when = self.machine.get_timer()
+        self._timer_at = when
         if when is None:
             deadline = math.inf
-        elif when - trio.current_time() < TIMER_SLACK:
+        elif when - self.now() < TIMER_SLACK:
             deadline = -math.inf  # due now: the timer task fires at its next checkpoint
         else:
             deadline = when
@@ -166,8 +176,14 @@ class MachineDriver:
             self._timer_scope = None
             if self._closed:
                 return
+            when, self._timer_at = self._timer_at, None
             self._deadline = math.inf
-            self.machine.handle_timer(trio.current_time())
+            if when is not None and when > self._floor:
+                # A timer less than TIMER_SLACK away fires now, as if its moment had come: waiting for it would
+                # cost a scheduler wake-up and handing the machine a time before it would leave it not due, the
+                # timer re-armed at once - a spin.
+                self._floor = when
+            self.machine.handle_timer(self.now())
             self.flush()  # re-arms self._deadline
 
     # ---------------------------------------------------------------------------------------- lifetime

@@ -182,10 +182,13 @@ class _TcpFlow:
 class LocalForwarder:
     """Carries out forwarding events on trio-waited sockets and reports back to the session."""
 
-    def __init__(self, session: Callable[[], Any], kick: Callable[[], None]) -> None:
+    def __init__(self, session: Callable[[], Any], kick: Callable[[], None],
+                 now: Callable[[], float] = trio.current_time) -> None:
         self.nursery: trio.Nursery | None = None
         self.session = session
         self.kick = kick
+        #: The driver's clock (monotonic past timers it fired early), so the session never sees time go back.
+        self.now = now
         self.tcp: dict[int, _TcpFlow] = {}
         self.dials: dict[int, trio.CancelScope] = {}
         self.udp_flows: dict[int, tuple[socket.socket, trio.CancelScope]] = {}
@@ -193,9 +196,6 @@ class LocalForwarder:
         self.tcp_listener: socket.socket | None = None
         self._closed = False
 
-    @staticmethod
-    def now() -> float:
-        return trio.current_time()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery of every local task, so ``close`` can cancel them all at once."""

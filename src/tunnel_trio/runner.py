@@ -159,8 +159,8 @@ class TrioRunner:
         elif isinstance(effect, flows.Start):
             await self._start(effect.peer)
         elif isinstance(effect, flows.Poke):
-            effect.fn(trio.current_time())
             assert self.driver is not None
+            effect.fn(self.driver.now())
             self.driver.flush()
         elif isinstance(effect, flows.Wait):
             return await self._wait(effect.kind, effect.timeout)
@@ -205,7 +205,7 @@ class TrioRunner:
         assert self._nursery is not None
         self.peer = peer
         self.driver = MachineDriver(peer, self.sockets, self._on_event)
-        self.local = LocalForwarder(lambda: peer.session, self.driver.schedule_flush)
+        self.local = LocalForwarder(lambda: peer.session, self.driver.schedule_flush, self.driver.now)
         await self._nursery.start(self.local.serve)
         self.driver.start(self._nursery)
 
@@ -236,7 +236,7 @@ class TrioRunner:
         """
         peer, driver = self.peer, self.driver
         if peer is not None and driver is not None and not peer.closed:
-            peer.close(trio.current_time(), "done")
+            peer.close(driver.now(), "done")
             driver.flush()
             with trio.move_on_after(CLOSE_GRACE):
                 while "closed" not in self.results and not peer.closed:
@@ -244,7 +244,7 @@ class TrioRunner:
                     with trio.move_on_at(math.inf if when is None else when):
                         await self._changed.wait()
                     if when is not None and trio.current_time() >= when:
-                        peer.handle_timer(trio.current_time())
+                        peer.handle_timer(driver.now())
                         driver.flush()
         if self.local is not None:
             self.local.close()

@@ -119,6 +119,96 @@ tcp = ["127.0.0.0/8"]
         build_options(["client", "-c", str(conf)], program=TUNNEL_RS_ICE)
 
 
+def test_turn_flags(tmp_path: Path) -> None:
+    secret = tmp_path / "turn-password"
+    secret.write_text("s3cret\nignored second line\n")
+    turn = ["--turn-server", "turn:127.0.0.1:3478", "--turn-server", "turn:localhost:3479", "--turn-user", "u"]
+    _, opts = build_options([*BASE_SERVER, "--allowed-tcp", "127.0.0.0/8", *turn, "--turn-password-file",
+                             str(secret)], program=TUNNEL)
+    assert isinstance(opts, NostrServerOptions)
+    assert opts.ice.turn_servers == ("turn:127.0.0.1:3478", "turn:localhost:3479")
+    assert (opts.ice.turn_user, opts.ice.turn_password) == ("u", "s3cret")
+    _, copts = build_options([*BASE_CLIENT, "--target", "127.0.0.1:2222", "--source", "tcp://127.0.0.1:22", *turn,
+                              "--turn-password", "inline"], program=TUNNEL_RS_ICE)
+    assert isinstance(copts, NostrClientOptions)
+    assert (copts.ice.turn_user, copts.ice.turn_password) == ("u", "inline")
+    _, plain = build_options([*BASE_SERVER, "--allowed-tcp", "127.0.0.0/8"], program=TUNNEL)
+    assert isinstance(plain, NostrServerOptions)
+    assert (plain.ice.turn_servers, plain.ice.turn_user, plain.ice.turn_password) == ((), None, None)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--turn-server", "stun:127.0.0.1:3478", "--turn-user", "u", "--turn-password", "p"],
+     "Invalid TURN server 'stun:127.0.0.1:3478' in --turn-server. Expected format: turn:HOST:PORT"),
+    (["--turn-server", "turn:127.0.0.1:3478"], "--turn-server requires credentials"),
+    (["--turn-server", "turn:127.0.0.1:3478", "--turn-user", "u"], "--turn-server requires credentials"),
+    (["--turn-user", "u", "--turn-password", "p"], "--turn-user/--turn-password need at least one --turn-server"),
+    (["--turn-server", "turn:127.0.0.1:3478", "--turn-user", "u", "--turn-password", "p", "--turn-password-file",
+      "/x"], "Cannot use both --turn-password and --turn-password-file"),
+    (["--turn-server", "turn:127.0.0.1:3478", "--turn-user", "u", "--turn-password-file", "/nonexistent/pw"],
+     "Cannot read --turn-password-file '/nonexistent/pw'"),
+])
+def test_turn_flag_errors(extra: list[str], message: str) -> None:
+    with pytest.raises(TunnelError) as info:
+        build_options([*BASE_SERVER, "--allowed-tcp", "127.0.0.0/8", *extra], program=TUNNEL)
+    assert message in info.value.message
+    assert "secret-password" not in info.value.message
+
+
+def _nostr_config(tmp_path: Path, turn_lines: str) -> Path:
+    conf = tmp_path / "client.toml"
+    conf.write_text(f'''role = "client"
+mode = "nostr"
+[nostr]
+nsec = "{CLIENT.nsec}"
+peer_npub = "{SERVER.public_key.npub}"
+relays = ["ws://127.0.0.1:7777"]
+stun_servers = []
+source = "tcp://127.0.0.1:22"
+target = "127.0.0.1:2222"
+{turn_lines}
+''')
+    return conf
+
+
+def test_turn_config_keys(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("from-file\n")
+    conf = _nostr_config(tmp_path, f'turn_servers = ["turn:127.0.0.1:3478"]\nturn_user = "cfg"\n'
+                                   f'turn_password_file = "{pw}"')
+    _, opts = build_options(["client", "-c", str(conf)], program=TUNNEL)
+    assert isinstance(opts, NostrClientOptions)
+    assert opts.ice.turn_servers == ("turn:127.0.0.1:3478",)
+    assert (opts.ice.turn_user, opts.ice.turn_password) == ("cfg", "from-file")
+    # The command line replaces the config's servers and credentials.
+    _, over = build_options(["client", "-c", str(conf), "--turn-server", "turn:127.0.0.2:3478", "--turn-user",
+                             "cli", "--turn-password", "cli-pw"], program=TUNNEL)
+    assert isinstance(over, NostrClientOptions)
+    assert (over.ice.turn_servers, over.ice.turn_user, over.ice.turn_password) == (
+        ("turn:127.0.0.2:3478",), "cli", "cli-pw")
+    inline = _nostr_config(tmp_path, 'turn_servers = ["turn:127.0.0.1:3478"]\nturn_user = "cfg"\n'
+                                     'turn_password = "in-config"')
+    _, opts2 = build_options(["client", "-c", str(inline)], program=TUNNEL)
+    assert isinstance(opts2, NostrClientOptions) and opts2.ice.turn_password == "in-config"
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ('turn_servers = ["turn:host:99999"]\nturn_user = "u"\nturn_password = "p"',
+     "Invalid TURN server 'turn:host:99999' in [nostr] turn_servers"),
+    ('turn_servers = ["turn:127.0.0.1:3478"]\nturn_user = "u"\nturn_password = "secret-password"\n'
+     'turn_password_file = "/x"', "[nostr] Use only one of 'turn_password' or 'turn_password_file'."),
+    ('turn_servers = ["turn:127.0.0.1:3478"]\nturn_user = "u"', "--turn-server requires credentials"),
+    ('turn_servers = "turn:127.0.0.1:3478"', "'turn_servers' must be a list"),
+    ('turn_servers = ["turn:127.0.0.1:3478"]\nturn_user = "u"\nturn_password_file = "/nonexistent/pw"',
+     "Cannot read [nostr] turn_password_file '/nonexistent/pw'"),
+])
+def test_turn_config_errors(tmp_path: Path, lines: str, message: str) -> None:
+    with pytest.raises(TunnelError) as info:
+        build_options(["client", "-c", str(_nostr_config(tmp_path, lines))], program=TUNNEL)
+    assert message in info.value.message
+    assert "secret-password" not in info.value.message
+
+
 # ---------------------------------------------------------------------------------------------- processes
 
 

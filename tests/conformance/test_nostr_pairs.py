@@ -81,7 +81,7 @@ def test_tcp_echo_every_client_runtime(relay: LocalRelay, server_rt: str) -> Non
             server.wait_stderr(r"Waiting for tunnel requests \(max sessions: 3\)")
             clients = {rt: client(rt, ports[rt]) for rt in RUNTIMES}
             with supervised(server, *clients.values()):
-                for rt, proc in clients.items():
+                for proc in clients.values():
                     proc.wait_stderr(r"Listening on TCP")
                 server.wait_stderr(r"\(3 active\)")
                 payloads = {rt: os.urandom(PAYLOAD) for rt in RUNTIMES}

@@ -7,6 +7,7 @@ import random
 import pytest
 from tests.helpers.fake_turn import FakeTurnServer
 
+from tunnel_core import stun
 from tunnel_core.candidate import CandidateType, compute_priority, local_preference
 from tunnel_core.ice import GatheringComplete, IceAgent, IceFailed, PairSelected
 from tunnel_core.ice.timing import IceTiming
@@ -152,3 +153,37 @@ def test_refused_credentials_are_reported_with_gathering_and_do_not_block_it() -
     assert done.relay_errors == ("TURN server 198.51.100.20:3478: credentials refused (401 Unauthorized)",)
     assert "wrong" not in done.relay_errors[0]
     assert [c.type for c in done.candidates] == [CandidateType.HOST, CandidateType.SRFLX]
+
+
+class StunAndTurnServer(FakeTurnServer):
+    """Like coturn: one address answers unauthenticated Binding requests and serves TURN."""
+
+    def receive_datagram(self, data: bytes, local: tuple[str, int], remote: tuple[str, int], now: float) -> None:
+        if local == self.address and stun.is_stun(data):
+            msg = stun.decode(data)
+            if msg.method == stun.Method.BINDING and msg.message_class == stun.MessageClass.REQUEST:
+                reply = stun.StunMessage(stun.Method.BINDING, stun.MessageClass.SUCCESS, msg.transaction_id,
+                                         ((stun.Attr.XOR_MAPPED_ADDRESS, remote),))
+                self._out.append(Transmit(stun.encode(reply, fingerprint=True), self.address, remote))
+                return
+        super().receive_datagram(data, local, remote, now)
+
+
+def test_gathering_ends_at_once_when_the_stun_server_is_also_the_turn_server() -> None:
+    # The Binding answer arrives from the TURN server's address; it must complete the gathering transaction
+    # rather than be fed to the TURN client (which would leave gathering to its 3 s timeout).
+    net = Network(VirtualClock(1000.0), random.Random(3), delay=0.01)
+    net.add_host(TURN_ADDRESS[0])
+    StunAndTurnServer(net, TURN_ADDRESS)
+    host = net.add_host("10.0.1.2", net.add_nat("198.51.100.101", NatType.PORT_RESTRICTED_CONE))
+    agent = IceAgent(controlling=True, rng=random.Random(4).randbytes, stun_servers=[TURN_ADDRESS],
+                     turn_servers=[TurnServer(TURN_ADDRESS, "u", "p")])
+    recorder = Recorder(agent)
+    agent.add_local_address(host.bind(recorder, 5000))
+    started = net.clock.now
+    agent.gather(started)
+    assert net.run_until(lambda: bool(recorder.of(GatheringComplete)), started + 10)
+    assert net.clock.now - started < IceTiming().gather_timeout / 2
+    (done,) = recorder.of(GatheringComplete)
+    assert done.relay_errors == ()
+    assert sorted(c.type.value for c in done.candidates) == ["host", "relay", "srflx"]

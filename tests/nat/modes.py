@@ -1,10 +1,12 @@
 """How each tunnel mode's two sides are started inside a lab, in one place.
 
-A mode is a class with ``name`` and ``start(lab, ...) -> RunningPair``; the suite is parametrised over ``MODES``,
-so nostr and iroh join by adding a class here (nostr: a relay in the server namespace on the public side; iroh:
-``tunnel relay`` there) without touching the tests. The client always runs behind router A (namespace pA), the
-server behind router B (pB); the service being forwarded is an echo server on pB's loopback and the client's
-local end listens on pA's loopback, so the test reaches both only through probes run inside those namespaces.
+A mode is a class with ``name``, ``turn_variants`` (with / without TURN for the ICE modes; iroh has no TURN) and
+``start(lab, ...) -> RunningPair``; the suite is parametrised over ``MODES``. Manual mode pastes the offer and
+answer across; nostr mode runs a Nostr relay (nostr_relay.py) in the lab's public-side namespace; iroh mode runs
+the project's own ``tunnel relay`` there, with ``--dns-server none`` so nothing looks for n0's infrastructure.
+The client always runs behind router A (namespace pA), the server behind router B (pB); the service being
+forwarded is an echo server on pB's loopback and the client's local end listens on pA's loopback, so the test
+reaches both only through probes run inside those namespaces.
 
 The process plumbing is a trimmed copy of tests/e2e/harness.py's idea (stdout lines to a queue, stderr collected
 by threads, the OFFER/ANSWER blocks piped across): copied rather than imported so the two suites can evolve apart.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import re
 import subprocess
@@ -25,14 +28,19 @@ from pathlib import Path
 
 import attrs
 
-from .lab import TURN_PASSWORD, TURN_USER, Lab
+from .lab import NAT_TYPES, SRV_IP, TURN_PASSWORD, TURN_USER, Lab
 
 PROBE = str(Path(__file__).with_name("probe.py"))
+NOSTR_RELAY = str(Path(__file__).with_name("nostr_relay.py"))
+#: nostr-sdk's LocalRelay refuses kind 24242 (Blossom authorization), so both sides agree on another ephemeral kind.
+NOSTR_KIND = "24243"
+ALL_PAIRS: tuple[tuple[str, str], ...] = tuple((a, b) for a in NAT_TYPES for b in NAT_TYPES)
 ECHO_PORT = 7000
 LISTEN_PORT = 7100
 #: ICE gives up after 30 s; the failure line must come within that plus start-up and QUIC slack.
 CONNECT_DEADLINE = 50.0
 PYTHON = sys.executable
+CLI = [PYTHON, "-m", "tunnel_asyncio.cli"]
 
 
 class RunError(AssertionError):
@@ -49,6 +57,8 @@ class Proc:
                                      stderr=subprocess.PIPE, text=True, bufsize=1, errors="replace")
         self.stdout: queue.Queue[str | None] = queue.Queue()
         self.stderr_lines: list[str] = []
+        self.stderr_times: list[float] = []  # monotonic time each stderr line was read (connect times)
+        self.started_at = time.monotonic()
         self._changed = threading.Condition()
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
@@ -78,6 +88,7 @@ class Proc:
             for line in self.proc.stderr:
                 with self._changed:
                     self.stderr_lines.append(line.rstrip("\n"))
+                    self.stderr_times.append(time.monotonic())
                     self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
@@ -137,6 +148,25 @@ class Proc:
                 return m
         return None
 
+    def line_time(self, pattern: str) -> float | None:
+        """When the first stderr line matching ``pattern`` was read (monotonic), None if there is none yet."""
+        regex = re.compile(pattern)
+        with self._changed:
+            for line, when in zip(self.stderr_lines, self.stderr_times, strict=True):
+                if regex.search(line):
+                    return when
+        return None
+
+    def wait_ready(self, what: str, timeout: float = 20.0) -> None:
+        """A helper program's "ready" line on stdout (echo server, Nostr relay)."""
+        try:
+            line = self.stdout.get(timeout=timeout)
+        except queue.Empty:
+            line = ""
+        if line != "ready\n":
+            self.stop()
+            raise RunError(f"{what} did not start\n{self.stderr}")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -154,7 +184,15 @@ class Proc:
 @attrs.frozen
 class Connected:
     path: str  # the CLI's "Connection:" text, e.g. "Relay (TURN)"
-    seconds: float  # answer pasted -> client listening
+    seconds: float  # the mode's start mark (manual: answer pasted) -> client listening
+
+
+@attrs.frozen
+class PathChange:
+    """A path the client reported after connecting (iroh: relayed first, maybe direct later)."""
+
+    path: str
+    seconds: float  # since the client's listening line
 
 
 @attrs.frozen
@@ -174,16 +212,40 @@ class RunningPair:
     echo: Proc
     listen_port: int
     answered_at: float = 0.0
+    #: Programs on the public side this pair needs (the Nostr relay, the iroh relay); stopped with the pair.
+    helpers: list[Proc] = attrs.Factory(list)
+    listening: str = r"^Listening on "
+    path_pattern: str = r"Connection: (.+)$"
+    #: A client stderr line the connect time is measured from; None: from ``answered_at``.
+    start_pattern: str | None = None
+
+    def _start(self) -> float:
+        if self.start_pattern is not None:
+            mark = self.client.line_time(self.start_pattern)
+            if mark is not None:
+                return mark
+        return self.answered_at
 
     def wait_connected(self, timeout: float = CONNECT_DEADLINE) -> Connected | Failed:
-        listening = self.client.wait_line(r"^Listening on ", timeout)
-        seconds = time.monotonic() - self.answered_at
+        listening = self.client.wait_line(self.listening, timeout)
         if listening is None:
+            seconds = time.monotonic() - self._start()
             code = self._exit_code(5.0)
             last = self.client.stderr_lines[-1] if self.client.stderr_lines else ""
             return Failed(exit_code=code, message=last, seconds=round(seconds, 2))
-        connection = self.client.wait_line(r"Connection: (.+)$", 1.0)
-        return Connected(path=connection.group(1).strip() if connection else "?", seconds=round(seconds, 2))
+        listened_at = self.client.line_time(self.listening) or time.monotonic()
+        connection = self.client.wait_line(self.path_pattern, 1.0)
+        return Connected(path=connection.group(1).strip() if connection else "?",
+                         seconds=round(listened_at - self._start(), 2))
+
+    def wait_path(self, pattern: str, timeout: float) -> PathChange | None:
+        """A later path line (e.g. iroh's ``Connection: Direct ...``) within ``timeout``; None if none came."""
+        found = self.client.wait_line(pattern, timeout)
+        if found is None:
+            return None
+        at = self.client.line_time(pattern) or time.monotonic()
+        listened = self.client.line_time(self.listening) or at
+        return PathChange(found.group(1).strip(), round(max(0.0, at - listened), 2))
 
     def _exit_code(self, timeout: float) -> int | None:
         try:
@@ -210,39 +272,52 @@ class RunningPair:
                 f"--- server (exit {self.server.proc.poll()}) stderr ---\n{self.server.stderr}")
 
     def close(self) -> None:
-        for proc in (self.client, self.server, self.echo):
+        for proc in (self.client, self.server, self.echo, *self.helpers):
             proc.stop()
+
+
+def start_echo(lab: Lab, echo_port: int) -> Proc:
+    echo = Proc("echo", lab.in_ns("pB", [PYTHON, PROBE, "echo", str(echo_port)]))
+    echo.wait_ready("echo server", 10)
+    return echo
+
+
+def ice_args(lab: Lab, side: str, turn: bool) -> list[str]:
+    """The ICE flags every ICE mode shares: the peer's LAN address, the lab's STUN server, TURN when asked."""
+    args = ["--host-candidate", lab.lan_ip(side), "--stun-server", lab.stun_server]
+    if turn:
+        password_file = lab.workdir / "turn-password"
+        password_file.write_text(TURN_PASSWORD + "\n")
+        args += ["--turn-server", lab.turn_url, "--turn-user", TURN_USER, "--turn-password-file", str(password_file)]
+    return args
+
+
+def _abort(pair: RunningPair, exc: BaseException) -> RunError:
+    """Stop a half-started pair and say why, with both sides' stderr."""
+    pair.client.settle(0.5)
+    pair.server.settle(2.0)
+    report = pair.describe()
+    pair.close()
+    return RunError(f"{exc}\n{report}")
 
 
 class ManualMode:
     """``tunnel server|client manual``: the offer and answer are pasted across by the test, as a person would."""
 
     name = "manual"
-
-    def ice_args(self, lab: Lab, side: str, turn: bool) -> list[str]:
-        args = ["--host-candidate", lab.lan_ip(side), "--stun-server", lab.stun_server]
-        if turn:
-            password_file = lab.workdir / "turn-password"
-            password_file.write_text(TURN_PASSWORD + "\n")
-            args += ["--turn-server", lab.turn_url, "--turn-user", TURN_USER,
-                     "--turn-password-file", str(password_file)]
-        return args
+    turn_variants: tuple[bool, ...] = (True, False)
+    pairs = ALL_PAIRS
+    #: What "connect" is measured from, for the docs.
+    connect_from = "answer pasted into the client"
 
     def start(self, lab: Lab, *, turn: bool, listen_port: int = LISTEN_PORT, echo_port: int = ECHO_PORT,
               extra: Sequence[str] = ()) -> RunningPair:
-        echo = Proc("echo", lab.in_ns("pB", [PYTHON, PROBE, "echo", str(echo_port)]))
-        try:
-            if echo.stdout.get(timeout=10) != "ready\n":
-                raise RunError(f"echo server did not start\n{echo.stderr}")
-        except queue.Empty:
-            echo.stop()
-            raise RunError("echo server did not start") from None
-        cli = [PYTHON, "-m", "tunnel_asyncio.cli"]
-        server = Proc("server", lab.in_ns("pB", [*cli, "server", "manual", "--allowed-tcp", "127.0.0.0/8",
-                                                 *self.ice_args(lab, "B", turn), *extra]))
-        client = Proc("client", lab.in_ns("pA", [*cli, "client", "manual", "--source",
+        echo = start_echo(lab, echo_port)
+        server = Proc("server", lab.in_ns("pB", [*CLI, "server", "manual", "--allowed-tcp", "127.0.0.0/8",
+                                                 *ice_args(lab, "B", turn), *extra]))
+        client = Proc("client", lab.in_ns("pA", [*CLI, "client", "manual", "--source",
                                                  f"tcp://127.0.0.1:{echo_port}", "--target",
-                                                 f"127.0.0.1:{listen_port}", *self.ice_args(lab, "A", turn),
+                                                 f"127.0.0.1:{listen_port}", *ice_args(lab, "A", turn),
                                                  *extra]))
         pair = RunningPair(lab=lab, client=client, server=server, echo=echo, listen_port=listen_port)
         try:
@@ -252,13 +327,111 @@ class ManualMode:
             client.paste(answer)
             pair.answered_at = time.monotonic()
         except BaseException as exc:
-            client.settle(0.5)
-            server.settle(2.0)
-            report = pair.describe()
-            pair.close()
-            raise RunError(f"{exc}\n{report}") from None
+            raise _abort(pair, exc) from None
         return pair
 
 
-#: Every mode the suite runs; nostr and iroh are added here when they exist.
-MODES: dict[str, ManualMode] = {"manual": ManualMode()}
+class NostrMode:
+    """``tunnel server|client nostr``: signaling through a Nostr relay on the lab's public side.
+
+    The server is started first and must be subscribed ("Waiting for tunnel requests") before the client
+    publishes: the signaling events are ephemeral, a relay does not keep them for late subscribers."""
+
+    name = "nostr"
+    turn_variants: tuple[bool, ...] = (True, False)
+    pairs = ALL_PAIRS
+    connect_from = "client's request published (`Session ...: requesting`)"
+
+    def start(self, lab: Lab, *, turn: bool, listen_port: int = LISTEN_PORT, echo_port: int = ECHO_PORT,
+              extra: Sequence[str] = ()) -> RunningPair:
+        from tunnel_core.nostr.keys import SecretKey
+
+        relay_port = listen_port + 1000
+        keys = {side: SecretKey.generate(os.urandom) for side in "AB"}
+        files = {}
+        for side, key in keys.items():
+            files[side] = lab.workdir / f"nostr-{side}-{listen_port}.nsec"
+            files[side].write_text(key.nsec)
+            files[side].chmod(0o600)
+        signaling = ["--relay", f"ws://{SRV_IP}:{relay_port}", "--event-kind", NOSTR_KIND]
+        echo = start_echo(lab, echo_port)
+        relay = Proc("nostr-relay", lab.in_ns("srv", [PYTHON, NOSTR_RELAY, SRV_IP, str(relay_port)]))
+        try:
+            relay.wait_ready("Nostr relay", 20)
+        except BaseException:
+            echo.stop()
+            raise
+        server = Proc("server", lab.in_ns("pB", [*CLI, "server", "nostr", "--nsec-file", str(files["B"]),
+                                                 "--peer-npub", keys["A"].public_key.npub, "--allowed-tcp",
+                                                 "127.0.0.0/8", *signaling, *ice_args(lab, "B", turn), *extra]))
+        pair = RunningPair(lab=lab, client=server, server=server, echo=echo, listen_port=listen_port,
+                           helpers=[relay], start_pattern=r"Session \S+: requesting")
+        try:
+            if server.wait_line(r"Waiting for tunnel requests", 20) is None:
+                raise RunError("nostr server did not subscribe")
+            pair.client = Proc("client", lab.in_ns("pA", [
+                *CLI, "client", "nostr", "--nsec-file", str(files["A"]), "--peer-npub", keys["B"].public_key.npub,
+                "--source", f"tcp://127.0.0.1:{echo_port}", "--target", f"127.0.0.1:{listen_port}", *signaling,
+                *ice_args(lab, "A", turn), *extra]))
+            pair.answered_at = time.monotonic()
+        except BaseException as exc:
+            raise _abort(pair, exc) from None
+        return pair
+
+
+class IrohMode:
+    """``tunnel server|client iroh`` with the project's relay (``tunnel relay``) on the lab's public side.
+
+    ``--dns-server none``: no discovery at all, the client finds the server only through the relay URL (the
+    server's home relay). Our relay has no QUIC address discovery, so the endpoints never learn their public
+    addresses; whether they still move to a direct path is what the suite records (``Connection:`` lines)."""
+
+    name = "iroh"
+    turn_variants: tuple[bool, ...] = (False,)
+    pairs = ALL_PAIRS
+    connect_from = "client process started"
+    #: How long after connecting the suite waits for iroh to report a direct path.
+    direct_wait = 8.0
+    direct_pattern = r"Connection: (Direct \S+) \(rtt"
+
+    def start(self, lab: Lab, *, turn: bool, listen_port: int = LISTEN_PORT, echo_port: int = ECHO_PORT,
+              extra: Sequence[str] = ()) -> RunningPair:
+        from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id, format_secret_key
+
+        relay_port = listen_port + 1000
+        relay_url = f"http://{SRV_IP}:{relay_port}"
+        ids: dict[str, str] = {}
+        files: dict[str, Path] = {}
+        for side in "AB":
+            secret = os.urandom(32)
+            files[side] = lab.workdir / f"iroh-{side}-{listen_port}.key"
+            files[side].write_text(format_secret_key(secret))
+            files[side].chmod(0o600)
+            ids[side] = format_endpoint_id(endpoint_id_from_secret(secret))
+        network = ["--relay-url", relay_url, "--dns-server", "none"]
+        echo = start_echo(lab, echo_port)
+        relay = Proc("iroh-relay", lab.in_ns("srv", [*CLI, "relay", "--bind", f"{SRV_IP}:{relay_port}"]))
+        server = Proc("server", lab.in_ns("pB", [*CLI, "server", "iroh", "--secret-file", str(files["B"]),
+                                                 "--allowed-tcp", "127.0.0.0/8", "--allowed-clients", ids["A"],
+                                                 *network, *extra]))
+        pair = RunningPair(lab=lab, client=server, server=server, echo=echo, listen_port=listen_port,
+                           helpers=[relay], listening=r"Listening on TCP ",
+                           path_pattern=r"Connection: ((?:Relay|Direct) \S+?)/? \(rtt")
+        try:
+            if relay.wait_line(r"(?i)relay listening on", 20) is None:
+                raise RunError(f"tunnel relay did not start\n{relay.stderr}")
+            if server.wait_line(r"Listening on", 30) is None:
+                raise RunError("iroh server did not start")
+            pair.client = Proc("client", lab.in_ns("pA", [
+                *CLI, "client", "iroh", "--secret-file", str(files["A"]), "-n", ids["B"], "-s",
+                f"tcp://127.0.0.1:{echo_port}", "-t", f"127.0.0.1:{listen_port}", *network, *extra]))
+            pair.answered_at = pair.client.started_at
+        except BaseException as exc:
+            raise _abort(pair, exc) from None
+        return pair
+
+
+Mode = ManualMode | NostrMode | IrohMode
+
+#: Every mode the suite runs.
+MODES: dict[str, Mode] = {"manual": ManualMode(), "nostr": NostrMode(), "iroh": IrohMode()}

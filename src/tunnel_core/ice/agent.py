@@ -329,6 +329,11 @@ class IceAgent:
         if client is None:
             return []
         self._now = max(self._now, now)
+        if stun.is_stun(data) and data[8:20] in self._transactions:
+            # The TURN server is often our STUN server too (coturn is both): the answer to our own Binding
+            # request must reach the gathering, or it waits out gather_timeout for a reply the TURN client ate.
+            self._receive_stun(data, local, remote, now)
+            return []
         client.receive_datagram(data, now)
         self._drain_turn(client, now)
         out, self._relayed_inbox = self._relayed_inbox, []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,6 +42,17 @@ READ_SIZE = 65536
 #: How long leaving the relays may take (CLOSE and close frames going out) before the sockets are cut.
 RELAY_CLOSE_GRACE = 1.0
 _STREAM_ERRORS = (OSError, TimeoutError, WebSocketError)
+
+
+def _tls_context() -> gevent.ssl.SSLContext:
+    """The default verification (system CAs, hostname check) on gevent's cooperative SSLContext.
+
+    Not ``gevent.ssl.create_default_context``: that is the standard library's function and builds a *blocking*
+    stdlib context, whose reads would stall the whole hub.
+    """
+    context = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_default_certs()
+    return context
 
 
 class _Conn:
@@ -131,7 +143,7 @@ class RelayConnections:
             with gevent.Timeout(CONNECT_TIMEOUT, TimeoutError):
                 sock = socket.create_connection((target.host, target.port))
                 if target.tls:
-                    sock = gevent.ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
+                    sock = _tls_context().wrap_socket(sock, server_hostname=target.host)
                 sock.sendall(link.data_to_send())
                 while link.connecting:
                     link.receive(sock.recv(READ_SIZE), now())

@@ -176,9 +176,14 @@ class MachineDriver:
             self._timer_scope = None
             if self._closed:
                 return
-            when, self._timer_at = self._timer_at, None
+            when = self._timer_at
+            if when is None or when - self.now() >= TIMER_SLACK:
+                # Re-armed later (or cleared) between the deadline passing and this task running: not due. Only a
+                # due timer may move the floor, or the machine would see time jump ahead (spurious losses).
+                continue
+            self._timer_at = None
             self._deadline = math.inf
-            if when is not None and when > self._floor:
+            if when > self._floor:
                 # A timer less than TIMER_SLACK away fires now, as if its moment had come: waiting for it would
                 # cost a scheduler wake-up and handing the machine a time before it would leave it not due, the
                 # timer re-armed at once - a spin.

@@ -17,13 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from tunnel_core.types import Address
+from tunnel_os import TIMER_SLACK
 
 log = logging.getLogger("tunnel")
 
-#: Timers closer than this fire at once: asyncio's timer granularity would otherwise throttle aioquic's pacer. It is
-#: kept below aioquic's 1 ms ACK delay: firing that timer early sends an ACK-only packet the peer must process, where
-#: waiting lets the ACK ride on the next data packet (about one packet less per round trip of a request/response).
-TIMER_SLACK = 0.0005
 #: Errors that mean "this path does not work right now" rather than "the program is broken" (upstream ignores them).
 _TRANSIENT_SEND_ERRORS = {
     errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ECONNREFUSED, errno.EADDRNOTAVAIL,

@@ -24,11 +24,10 @@ import gevent.event
 from gevent import socket
 
 from tunnel_core.types import Address
+from tunnel_os import TIMER_SLACK
 
 log = logging.getLogger("tunnel")
 
-#: Timers closer than this fire at once: timer granularity would otherwise throttle aioquic's pacer.
-TIMER_SLACK = 0.001
 #: Datagrams read per wake-up before flushing, so one busy socket cannot starve the timer and the others.
 DRAIN_LIMIT = 256
 _TRANSIENT_SEND_ERRORS = {

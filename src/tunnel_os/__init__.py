@@ -25,6 +25,12 @@ from tunnel_core.types import Address
 #: Large enough for QUIC bursts at 16 KB packets; the kernel clamps it to net.core.[rw]mem_max.
 SOCKET_BUFFER = 4 * 1024 * 1024
 
+#: Every driver fires a timer closer than this at once, as if due: the runtime's timer granularity would otherwise
+#: throttle aioquic's pacer. It stays below aioquic's 1 ms ACK delay: firing that timer early sends an ACK-only
+#: packet the peer must process, where waiting lets the ACK ride on the next data packet (about one packet less
+#: per round trip of a request/response exchange).
+TIMER_SLACK = 0.0005
+
 SocketFactory = Callable[[int, int], Any]
 
 

@@ -20,11 +20,10 @@ from typing import Any
 import trio
 
 from tunnel_core.types import Address
+from tunnel_os import TIMER_SLACK
 
 log = logging.getLogger("tunnel")
 
-#: Timers closer than this fire at once: timer granularity would otherwise throttle aioquic's pacer.
-TIMER_SLACK = 0.001
 #: Datagrams read per wake-up before flushing, so one busy socket cannot starve the timer and the others.
 DRAIN_LIMIT = 256
 #: Errors that mean "this path does not work right now" rather than "the program is broken" (upstream ignores them).

@@ -52,11 +52,15 @@ def new_quic(
     expected_fingerprint: str | None,
     packet_size: int,
 ) -> TunnelQuicConnection:
+    """The QUIC end of a tunnel. ``expected_fingerprint`` pins the peer: on the client the server's certificate
+    (always, ICE modes); on the server the client's, when the mode has one to pin (ice-nostr's mutual pinning) -
+    the server then asks the client for its certificate."""
     config = make_configuration(is_client=is_client, identity=identity, packet_size=packet_size)
     if is_client:
         return TunnelQuicConnection(configuration=config, expected_peer_fingerprint=expected_fingerprint)
     return TunnelQuicConnection(configuration=config, original_destination_connection_id=odcid,
-                                expected_peer_fingerprint=expected_fingerprint)
+                                expected_peer_fingerprint=expected_fingerprint,
+                                request_client_certificate=expected_fingerprint is not None)
 
 
 def new_session(quic: TunnelQuicConnection, *, is_client: bool, protocol: Literal["tcp", "udp"],

@@ -167,7 +167,7 @@ def resolve_turn(ice: IceOptions) -> Generator[Effect, Any, list[TurnServer]]:
     return out
 
 
-def _start_peer(
+def start_peer(
     ice: IceOptions,
     *,
     rng: Callable[[int], bytes],
@@ -175,18 +175,26 @@ def _start_peer(
     identity: QuicIdentity | None,
     pins: dict[str, str],
     session_spec: dict[str, Any],
+    controlling: bool | None = None,
 ) -> Generator[Effect, Any, tuple[Peer, GatheringComplete]]:
-    """Bind, build the Peer (ICE -> QUIC -> forwarding), gather; shared by every ICE-mode role."""
+    """Bind, build the Peer (ICE -> QUIC -> forwarding), gather; shared by every ICE-mode role.
+
+    ``is_client`` is the QUIC/forwarding role. ICE's controlling role defaults to it (manual mode); ice-nostr
+    passes the opposite. ``pins`` is read when QUIC starts (the answer arrives after gathering): "server" pins the
+    server's certificate on the client, "client" the client's on the server.
+    """
     addresses = yield BindHostSockets(ice.host_candidates)
     stun = yield from _resolve_stun(ice.stun_servers)
     turn = yield from resolve_turn(ice)
-    agent = assembly.new_agent(controlling=is_client, rng=rng, stun_servers=stun, turn_servers=turn)
+    agent = assembly.new_agent(controlling=is_client if controlling is None else controlling, rng=rng,
+                               stun_servers=stun, turn_servers=turn)
     for addr in addresses:
         agent.add_local_address(addr)
 
     def quic_factory(odcid: bytes | None, local: Address, remote: Address) -> Any:
         return assembly.new_quic(
-            is_client=is_client, odcid=odcid, identity=identity, expected_fingerprint=pins.get("server"),
+            is_client=is_client, odcid=odcid, identity=identity,
+            expected_fingerprint=pins.get("server" if is_client else "client"),
             packet_size=assembly.packet_size_for(ice.packet_size, local, remote),
         )
 
@@ -246,7 +254,7 @@ def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -
     listen_ip = yield from _listen_ip(listen_host, listen_port, opts.target)
     yield Say(dialogue.CLIENT_BANNER)
     pins: dict[str, str] = {}
-    peer, _ = yield from _start_peer(opts.ice, rng=rng, is_client=True, identity=None, pins=pins,
+    peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, identity=None, pins=pins,
                                      session_spec={"protocol": source.protocol})
     yield Say(dialogue.OFFER_TITLE)
     yield PrintBlock(encode_block("OFFER", dialogue.make_offer(peer.ice, source.url())))
@@ -279,7 +287,7 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
     identity = yield NewIdentity()
     spec: dict[str, Any] = {}
     # Gather before reading the offer (as upstream), so the answer can be printed at once.
-    peer, _ = yield from _start_peer(opts.ice, rng=rng, is_client=False, identity=identity, pins={},
+    peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=False, identity=identity, pins={},
                                      session_spec=spec)
     yield Say(dialogue.PROMPT_FOR_OFFER)
     text = yield ReadBlock("OFFER")

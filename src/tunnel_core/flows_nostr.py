@@ -18,27 +18,22 @@ from typing import Any
 
 import attrs
 
-from tunnel_core import assembly
 from tunnel_core import manual as dialogue
 from tunnel_core.candidate import CandidateError
 from tunnel_core.flows import (
     QUIC_CONNECT_TIMEOUT,
-    BindHostSockets,
     Effect,
     Listen,
     NewIdentity,
     Poke,
     Say,
-    Start,
     Wait,
     _decide,
     _listen_ip,
-    _resolve_stun,
     _until_up,
     failure,
-    resolve_turn,
+    start_peer,
 )
-from tunnel_core.ice.events import GatheringComplete
 from tunnel_core.nostr.errors import NostrError
 from tunnel_core.nostr.event import Event
 from tunnel_core.nostr.keys import PublicKey, SecretKey
@@ -53,12 +48,11 @@ from tunnel_core.nostr.messages import (
 from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
 from tunnel_core.nostr.pool import RelayPool
 from tunnel_core.nostr.target import client_protocol
-from tunnel_core.options import ExitCode, IceOptions, TunnelError
-from tunnel_core.peer import Peer, TunnelClosed
+from tunnel_core.options import ExitCode, TunnelError
+from tunnel_core.peer import Peer
 from tunnel_core.policy import AccessPolicy, PolicyError, parse_source, parse_target
 from tunnel_core.quic.identity import QuicIdentity
 from tunnel_core.signal import ManualOffer, ManualReject, ManualRequest
-from tunnel_core.types import Address
 
 #: Reference 5.5: requests older than this are replays (some relays store ephemeral events anyway).
 MAX_REQUEST_AGE = 30
@@ -191,58 +185,6 @@ def request_age(timestamp: int, wall_now: int) -> int:
     return max(0, wall_now - timestamp)
 
 
-def _start_peer(
-    ice: IceOptions,
-    *,
-    rng: Callable[[int], bytes],
-    is_client: bool,
-    identity: QuicIdentity | None,
-    pins: dict[str, str],
-    session_spec: dict[str, Any],
-) -> Generator[Any, Any, tuple[Peer, GatheringComplete]]:
-    """Like tunnel_core.flows' helper, with nostr's roles: the server (QUIC server) is ICE *controlling*, and
-    pinning goes both ways (the server requests the client's certificate when the request named one)."""
-    addresses = yield BindHostSockets(ice.host_candidates)
-    stun = yield from _resolve_stun(ice.stun_servers)
-    turn = yield from resolve_turn(ice)
-    agent = assembly.new_agent(controlling=not is_client, rng=rng, stun_servers=stun, turn_servers=turn)
-    for addr in addresses:
-        agent.add_local_address(addr)
-
-    def quic_factory(odcid: bytes | None, local: Address, remote: Address) -> Any:
-        from tunnel_core.quic.config import make_configuration
-        from tunnel_core.quic.connection import TunnelQuicConnection
-
-        size = assembly.packet_size_for(ice.packet_size, local, remote)
-        config = make_configuration(is_client=is_client, identity=identity, packet_size=size)
-        if is_client:
-            return TunnelQuicConnection(configuration=config, expected_peer_fingerprint=pins.get("server"))
-        client_pin = pins.get("client")
-        return TunnelQuicConnection(
-            configuration=config,
-            original_destination_connection_id=odcid,
-            expected_peer_fingerprint=client_pin,
-            request_client_certificate=client_pin is not None,
-        )
-
-    def session_factory(quic: Any) -> Any:
-        return assembly.new_session(quic, is_client=is_client, protocol=session_spec["protocol"],
-                                    targets=session_spec.get("addresses", ()))
-
-    peer = assembly.new_peer(agent, is_client=is_client, quic_factory=quic_factory, session_factory=session_factory)
-    yield Start(peer)
-    yield Poke(agent.gather)
-    gathered = yield Wait("gathered")
-    if isinstance(gathered, TunnelClosed):
-        raise failure(gathered)
-    for problem in gathered.relay_errors:
-        yield Say(f"Warning: no relay candidate from {problem}")
-    if not gathered.candidates:
-        raise TunnelError(dialogue.NO_CANDIDATES, ExitCode.CONNECT_FAILED)
-    yield Say(f"Gathered {dialogue.describe_candidates(gathered.candidates)} candidate(s)")
-    return peer, gathered
-
-
 def _start_checks(peer: Peer, ufrag: str, pwd: str, candidates: tuple[str, ...]) -> Generator[Any, Any, None]:
     try:
         parsed = dialogue.parse_candidates(candidates)
@@ -275,7 +217,7 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
 
     identity: QuicIdentity | None = None if opts.plaintext else (yield NewIdentity())
     pins: dict[str, str] = {}
-    peer, _ = yield from _start_peer(opts.ice, rng=rng, is_client=True, identity=identity, pins=pins,
+    peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, controlling=False, identity=identity, pins=pins,
                                      session_spec={"protocol": source.protocol})
     times: Times = yield Clock()
     sid = session_id(rng)
@@ -452,7 +394,7 @@ def server_session_flow(
         yield from reject(reason)
         raise TunnelError(reason, ExitCode.AUTH)
     spec = {"protocol": source.protocol, "addresses": decision.addresses}
-    peer, _ = yield from _start_peer(opts.ice, rng=rng, is_client=False, identity=identity, pins=pins,
+    peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=False, controlling=True, identity=identity, pins=pins,
                                      session_spec=spec)
     offer = ManualOffer(
         ice_ufrag=peer.ice.local_ufrag,

@@ -150,7 +150,10 @@ def build_parser(program: Program) -> tuple[_Parser, dict[tuple[str, str | None]
         prog=name,
         description="Secure peer-to-peer TCP/UDP port forwarding with NAT traversal (ICE + QUIC).",
         epilog=f"Run '{name} server --help' or '{name} client --help' for the modes and their flags."
-        + ("\nRun 'tunnel relay --help' to run an iroh-compatible relay server." if not program.ice else ""),
+        + ("\nRun 'tunnel relay --help' to run an iroh-compatible relay server." if not program.ice else "")
+        + f"\nKey tools: {program.name} generate-nostr-key --output PATH, {program.name} show-npub --nsec-file PATH"
+        + (f", {program.name} generate-iroh-key --output PATH, {program.name} show-iroh-node-id --secret-file PATH"
+           if not program.ice else ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")

@@ -81,16 +81,24 @@ class MachineDriver:
         """Hand every pending event to the adapter, then send everything the machine has, once.
 
         Event handlers may feed the machine (local data, credit), so the pair repeats only while handlers ran:
-        in the common case datagrams_to_send is called exactly once per flush.
+        in the common case datagrams_to_send is called exactly once per flush. Kicks from those handlers are
+        absorbed (the loop covers them) instead of costing another loop iteration and another flush.
         """
-        self._flush_scheduled = False
         if self._closed:
+            self._flush_scheduled = False
             return
-        self._drain_events()
-        for _ in range(16):
-            self._send(self.machine.datagrams_to_send(self.now()))
-            if not self._drain_events():
-                break
+        self._flush_scheduled = True
+        try:
+            handled = self._drain_events()
+            for _ in range(16):
+                self._send(self.machine.datagrams_to_send(self.now()))
+                handled = self._drain_events()
+                if not handled:
+                    break
+        finally:
+            self._flush_scheduled = False
+        if handled:
+            self.schedule_flush()  # the bound was reached: carry on in the next loop iteration
         self._rearm()
 
     def _drain_events(self) -> int:

@@ -1,9 +1,11 @@
 """ice-nostr mode on asyncio: relay WebSockets for the sans-IO RelayPool, and the nostr effects of
 tunnel_core.flows_nostr on top of the ordinary flow interpreter.
 
-The pool decides (which relay to (re)connect, what to send, which events are new); this module only moves bytes
-between asyncio streams, the sans-IO WebSocket client and the pool. Server sessions run as child runners, each with
-its own sockets, peer and local forwarding, sharing the parent's relays and its stop signal.
+The pool decides (which relay to (re)connect, what to send, which events are new) and tunnel_core.nostr.links glues
+it to the sans-IO WebSocket client; this module only moves bytes between asyncio streams and those links. One task
+per relay reads; writes need no task of their own, since ``StreamWriter.write`` buffers synchronously. Server sessions
+run as child runners, each with its own sockets, peer and local forwarding, sharing the parent's relays and its stop
+signal.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import ssl
 import time
 from typing import Any
 
-from tunnel_asyncio.runner import CLOSE_GRACE, AsyncioRunner, Console
+from tunnel_asyncio.runner import CLOSE_GRACE, AsyncioRunner
+from tunnel_core import flows
 from tunnel_core import flows_nostr as fx
+from tunnel_core.nostr.links import RelayLink, RelayLinks
 from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
-from tunnel_core.nostr.pool import EventReceived, RelayPool
+from tunnel_core.nostr.pool import RelayPool
 from tunnel_core.options import TunnelError
-from tunnel_core.websocket import ClosedByPeer, Message, WebSocketClient, WebSocketError, WsState, parse_ws_url
+from tunnel_core.websocket import WebSocketError
+from tunnel_os import Console, PrefixConsole
 
 log = logging.getLogger("tunnel_asyncio.nostr")
 
@@ -30,9 +35,16 @@ READ_SIZE = 65536
 
 
 class _Conn:
-    def __init__(self, ws: WebSocketClient, writer: asyncio.StreamWriter) -> None:
-        self.ws = ws
+    """One open relay stream: the link, and the writer its bytes go to (asyncio buffers writes, so no writer task)."""
+
+    def __init__(self, link: RelayLink, writer: asyncio.StreamWriter) -> None:
+        self.link = link
         self.writer = writer
+
+    def write(self) -> None:
+        data = self.link.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
 
 
 class RelayConnections:
@@ -40,6 +52,7 @@ class RelayConnections:
 
     def __init__(self, pool: RelayPool, inbox: asyncio.Queue[Any], loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
+        self.links = RelayLinks(pool, os.urandom)
         self.inbox = inbox
         self.loop = loop
         self.conns: dict[str, _Conn] = {}
@@ -49,36 +62,24 @@ class RelayConnections:
         self._closed = False
 
     def flush(self) -> None:
-        now = self.loop.time()
-        for url in self.pool.connections_wanted(now):
+        step = self.links.step(self.loop.time())
+        for url in step.connect:
             task = self.loop.create_task(self._connection(url))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        for url, text in self.pool.texts_to_send():
-            conn = self.conns.get(url)
-            if conn is None or conn.ws.state is not WsState.OPEN:
-                continue
-            conn.ws.send_text(text)
-            self._write(conn)
-        for url in self.pool.connections_to_close():
-            conn = self.conns.get(url)
+        for conn in self.conns.values():
+            conn.write()
+        for link in step.close:
+            conn = self.conns.get(link.url)
             if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.ws.close()
-                    self._write(conn)
-                    conn.writer.close()
-        while (ev := self.pool.next_event()) is not None:
-            if isinstance(ev, EventReceived):
-                self.inbox.put_nowait(ev.event)
-            else:
-                log.debug("relay pool: %s", ev)
+                conn.writer.close()  # after the CLOSE and the close frame written just above
+        for ev in step.received:
+            self.inbox.put_nowait(ev.event)
+        for other in step.other:
+            log.debug("relay pool: %s", other)
+        if step.received or step.other:
             self.changed.set()
         self._rearm()
-
-    def _write(self, conn: _Conn) -> None:
-        data = conn.ws.data_to_send()
-        if data and not conn.writer.is_closing():
-            conn.writer.write(data)
 
     def _rearm(self) -> None:
         if self._timer is not None:
@@ -97,28 +98,23 @@ class RelayConnections:
         reason = "closed"
         writer: asyncio.StreamWriter | None = None
         try:
-            target = parse_ws_url(url)
+            link = self.links.new_link(url)
+            target = link.target
             context = ssl.create_default_context() if target.tls else None
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(target.host, target.port, ssl=context,
                                         server_hostname=target.host if target.tls else None),
                 CONNECT_TIMEOUT,
             )
-            ws = WebSocketClient(target, os.urandom(16))
-            writer.write(ws.data_to_send())
+            writer.write(link.data_to_send())
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                while ws.state is WsState.CONNECTING:
-                    ws.receive_data(await reader.read(READ_SIZE))
-            conn = _Conn(ws, writer)
-            self.conns[url] = conn
-            self.pool.connected(url, self.loop.time())
-            self._deliver(url, conn)
+                while link.connecting:
+                    link.receive(await reader.read(READ_SIZE), self.loop.time())
+            self.conns[url] = _Conn(link, writer)
             self.flush()
-            while ws.state is WsState.OPEN:
+            while link.open:
                 data = await reader.read(READ_SIZE)
-                ws.receive_data(data)
-                self._deliver(url, conn)
-                self._write(conn)
+                link.receive(data, self.loop.time())
                 self.flush()
                 if not data:
                     break
@@ -129,17 +125,9 @@ class RelayConnections:
             if writer is not None:
                 writer.close()
             if not self._closed:
-                self.pool.disconnected(url, self.loop.time(), reason)
+                self.links.lost(url, self.loop.time(), reason)
                 self.flush()
             self.changed.set()
-
-    def _deliver(self, url: str, conn: _Conn) -> None:
-        now = self.loop.time()
-        while (msg := conn.ws.next_message()) is not None:
-            if isinstance(msg, Message) and isinstance(msg.data, str):
-                self.pool.receive_text(url, msg.data, now)
-            elif isinstance(msg, ClosedByPeer):
-                break
 
     def close(self) -> None:
         """Unsubscribe, close every connection, stop reconnecting."""
@@ -152,15 +140,6 @@ class RelayConnections:
             self._timer.cancel()
         for task in list(self.tasks):
             task.cancel()
-
-
-class _PrefixConsole(Console):
-    def __init__(self, parent: Console, prefix: str) -> None:
-        super().__init__(parent.stdin, parent.stdout, parent.stderr)
-        self.prefix = prefix
-
-    def say(self, line: str) -> None:
-        super().say(self.prefix + line)
 
 
 class NostrRunner(AsyncioRunner):
@@ -239,11 +218,11 @@ class NostrRunner(AsyncioRunner):
         if getter in done:
             return getter.result()
         if self.stopping in done:
-            raise fx_stopped()
+            raise flows.Stopped()
         return None
 
     def _spawn(self, effect: fx.Spawn) -> None:
-        child = NostrRunner(_PrefixConsole(self.console, effect.label), parent=self)
+        child = NostrRunner(PrefixConsole(self.console, effect.label), parent=self)
 
         async def run_child() -> None:
             error: str | None = None
@@ -259,12 +238,6 @@ class NostrRunner(AsyncioRunner):
         task = self.loop.create_task(run_child())
         self.children.add(task)
         task.add_done_callback(self.children.discard)
-
-
-def fx_stopped() -> Exception:
-    from tunnel_core.flows import Stopped
-
-    return Stopped()
 
 
 def run_nostr_flow(flow: Any, console: Console | None = None) -> None:

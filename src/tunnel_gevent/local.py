@@ -77,7 +77,7 @@ class _TcpFlow:
             if session is not None:
                 session.flow_data(self.flow_id, data)
                 self.fwd.kick()
-            gevent.idle()
+            gevent.sleep(0)
 
     # ------------------------------------------------------------------------------------------ writing
 

@@ -60,6 +60,7 @@ class MachineDriver:
         #: Never hand the machine a time before a timer we fired early (see _timer_task).
         self._floor = -math.inf
         self._flush_wanted = trio.Event()
+        self._flushing = False
         self._closed = False
 
     def now(self) -> float:
@@ -103,8 +104,9 @@ class MachineDriver:
             await trio.lowlevel.checkpoint()
 
     def schedule_flush(self) -> None:
-        """Coalesce many inputs (local socket tasks) into one flush after the current scheduling batch."""
-        if not self._closed:
+        """Coalesce many inputs (local socket tasks) into one flush after the current scheduling batch; a kick from
+        an event handler inside a flush is absorbed by that flush's own loop."""
+        if not self._closed and not self._flushing:
             self._flush_wanted.set()
 
     async def _flush_task(self) -> None:
@@ -121,11 +123,18 @@ class MachineDriver:
         """
         if self._closed:
             return
-        self._drain_events()
-        for _ in range(16):
-            self._send(self.machine.datagrams_to_send(self.now()))
-            if not self._drain_events():
-                break
+        self._flushing = True
+        try:
+            handled = self._drain_events()
+            for _ in range(16):
+                self._send(self.machine.datagrams_to_send(self.now()))
+                handled = self._drain_events()
+                if not handled:
+                    break
+        finally:
+            self._flushing = False
+        if handled:
+            self.schedule_flush()  # the bound was reached: carry on after this batch
         self._rearm()
 
     def _drain_events(self) -> int:

@@ -77,7 +77,11 @@ class _TcpFlow:
             if session is not None:
                 session.flow_data(self.flow_id, data)
                 self.fwd.kick()
-            gevent.sleep(0)
+            # gevent's recv returns without switching while the socket holds data, so without this a local sender
+            # faster than one loop turn per chunk keeps this greenlet running: the flush that carries PauseReading
+            # (and sends QUIC) never runs, the stream's send buffer grows without bound and the tunnel stalls.
+            # idle() lets the flush and the UDP readers run first; a pause then stops the next read.
+            gevent.idle()
 
     # ------------------------------------------------------------------------------------------ writing
 

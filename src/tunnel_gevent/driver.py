@@ -82,6 +82,7 @@ class MachineDriver:
         self._floor = 0.0
         self._timer_wake = gevent.event.Event()
         self._flush_wanted = gevent.event.Event()
+        self._flushing = False
         self._closed = False
         self._greenlets: list[gevent.Greenlet] = []
 
@@ -117,8 +118,9 @@ class MachineDriver:
             gevent.idle()  # let other greenlets run even when this socket never runs dry
 
     def schedule_flush(self) -> None:
-        """Coalesce many inputs (local socket greenlets) into one flush on the next turn of the loop."""
-        if not self._closed:
+        """Coalesce many inputs (local socket greenlets) into one flush on the next turn of the loop; a kick from an
+        event handler inside a flush is absorbed by that flush's own loop."""
+        if not self._closed and not self._flushing:
             self._flush_wanted.set()
 
     def _flush_loop(self) -> None:
@@ -135,11 +137,18 @@ class MachineDriver:
         """
         if self._closed:
             return
-        self._drain_events()
-        for _ in range(16):
-            self._send(self.machine.datagrams_to_send(self.now()))
-            if not self._drain_events():
-                break
+        self._flushing = True
+        try:
+            handled = self._drain_events()
+            for _ in range(16):
+                self._send(self.machine.datagrams_to_send(self.now()))
+                handled = self._drain_events()
+                if not handled:
+                    break
+        finally:
+            self._flushing = False
+        if handled:
+            self.schedule_flush()  # the bound was reached: carry on on the next turn
         self._rearm()
 
     def _drain_events(self) -> int:

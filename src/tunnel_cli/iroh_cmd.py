@@ -29,15 +29,15 @@ if TYPE_CHECKING:
 # must stay fast (tests/test_cli.py checks what validation imports).
 DEFAULT_MAX_SESSIONS = 100
 
-KEY_TOOLS = ("generate-iroh-key", "show-iroh-node-id")
+KEY_TOOLS = ("generate-iroh-key", "show-iroh-node-id", "generate-auth-key")
 
 SERVER_KEYS = frozenset({
     "secret", "secret_file", "relay_urls", "dns_server", "allowed_sources", "max_sessions", "allowed_clients",
-    "allowed_clients_file", "socks5_proxy", "bind_addr",
+    "allowed_clients_file", "socks5_proxy", "bind_addr", "protocol", "authorized_keys_file",
 })
 CLIENT_KEYS = frozenset({
     "secret", "secret_file", "relay_urls", "dns_server", "server_node_id", "node_id", "request_source", "source",
-    "target", "socks5_proxy", "server_addrs", "bind_addr",
+    "target", "socks5_proxy", "server_addrs", "bind_addr", "protocol", "private_key_file",
 })
 
 DNS_SERVER_UNSUPPORTED = (
@@ -57,12 +57,21 @@ class ShowNodeId:
     secret_file: str
 
 
-IrohCommand = "IrohServerOptions | IrohClientOptions | GenerateKey | ShowNodeId"
+@attrs.frozen
+class GenerateAuthKey:
+    """E4 client key: the private file is written 0600, the public line printed for the server's keys file."""
+
+    output: str
+    comment: str | None = None
+    force: bool = False
+
+
+IrohCommand = "IrohServerOptions | IrohClientOptions | GenerateKey | ShowNodeId | GenerateAuthKey"
 
 
 def handles(options: object) -> bool:
     """True for the option values this module builds (the CLI core dispatches them here)."""
-    if isinstance(options, GenerateKey | ShowNodeId):
+    if isinstance(options, GenerateKey | ShowNodeId | GenerateAuthKey):
         return True
     return type(options).__module__ == "tunnel_core.iroh_session.options"
 
@@ -156,6 +165,9 @@ def _network_flags(p: argparse.ArgumentParser) -> None:
                    help="[Experimental] SOCKS5 proxy (Tor) used only for .onion relay URLs, e.g. socks5h://127.0.0.1:9050")
     p.add_argument("--bind-addr", metavar="IP:PORT",
                    help="local UDP address of the iroh endpoint, e.g. 127.0.0.1:0 (project extension)")
+    p.add_argument("--protocol", metavar="e2|e4",
+                   help="wire protocol: e2 (NodeId allowlist, ALPN multi-forward/1; default) or e4 (current "
+                        "tunnel-rs: ALPN mf/4, Ed25519 challenge-response)")
 
 
 def _server_flags(p: argparse.ArgumentParser) -> None:
@@ -168,6 +180,8 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allowed-clients-file", metavar="FILE",
                    help="file of allowed client EndpointIds, one per line, '#' comments allowed")
     p.add_argument("--max-sessions", metavar="N", help=f"concurrent forwarded streams (default {DEFAULT_MAX_SESSIONS})")
+    p.add_argument("--authorized-keys-file", metavar="FILE",
+                   help="--protocol e4: file of client public keys, 'ed25519-pub:<b64url>[ comment]' per line")
     _network_flags(p)
 
 
@@ -177,6 +191,8 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--target", metavar="HOST:PORT", help="local address to listen on, e.g. 127.0.0.1:2222")
     p.add_argument("--server-addr", metavar="IP:PORT", action="append", default=[],
                    help="dial the server directly at this address (repeatable; LAN or offline use)")
+    p.add_argument("--private-key-file", metavar="FILE",
+                   help="--protocol e4: this client's Ed25519 key ('ed25519-sec:...', see generate-auth-key)")
     _network_flags(p)
 
 
@@ -203,6 +219,11 @@ def build_parser(program: Any) -> _Parser:
     gen.add_argument("--force", action="store_true", help="overwrite an existing file")
     show = commands.add_parser("show-iroh-node-id", help="print the EndpointId of a secret key file")
     show.add_argument("-s", "--secret-file", metavar="PATH", required=True, help="the secret key file")
+    auth = commands.add_parser("generate-auth-key",
+                               help="--protocol e4: create an Ed25519 client key file and print its public line")
+    auth.add_argument("-o", "--output", metavar="PATH", required=True, help="private key file to write (0600)")
+    auth.add_argument("--comment", metavar="TEXT", help="comment appended to the public key line")
+    auth.add_argument("--force", action="store_true", help="overwrite an existing file")
     return parser
 
 
@@ -280,6 +301,11 @@ def _build(argv: Sequence[str], program: Any, warn: Callable[[str], None] | None
         return command, GenerateKey(output=ns.output, force=bool(ns.force))
     if command == "show-iroh-node-id":
         return command, ShowNodeId(secret_file=ns.secret_file)
+    if command == "generate-auth-key":
+        comment = _given(ns.comment)
+        if comment is not None and ("\n" in comment or "\r" in comment):
+            raise cfg.usage_error("--comment must be a single line")
+        return command, GenerateAuthKey(output=ns.output, comment=comment, force=bool(ns.force))
     role = command
     config_file = getattr(ns, "config", None)
     if config_file is not None and getattr(ns, "default_config", False):
@@ -297,9 +323,17 @@ def _build(argv: Sequence[str], program: Any, warn: Callable[[str], None] | None
             raise cfg.usage_error(f'Config file has mode = "{config.mode}", but running with iroh')
         section = _iroh_section(config, role)
     network = _network(ns, section)
+    protocol = _protocol(ns, section)
     if role == "server":
-        return "server iroh", _server(ns, section, network, warn)
-    return "client iroh", _client(ns, section, network)
+        return "server iroh", _server(ns, section, network, warn, protocol)
+    return "client iroh", _client(ns, section, network, protocol)
+
+
+def _protocol(ns: argparse.Namespace, section: IrohSection) -> str:
+    value = _given(_flag(ns, "protocol")) or _cfg_str(section, "protocol") or "e2"
+    if value.lower() not in ("e2", "e4"):
+        raise cfg.usage_error(f"Invalid --protocol '{value}'. Expected e2 or e4")
+    return value.lower()
 
 
 def _flag(ns: argparse.Namespace, name: str) -> Any:
@@ -412,7 +446,8 @@ def _secret(ns: argparse.Namespace, section: IrohSection) -> bytes | None:
 
 
 def _server(
-    ns: argparse.Namespace, section: IrohSection, network: IrohNetwork, warn: Callable[[str], None] | None
+    ns: argparse.Namespace, section: IrohSection, network: IrohNetwork, warn: Callable[[str], None] | None,
+    protocol: str = "e2",
 ) -> IrohServerOptions:
     from tunnel_core.iroh_session.options import IrohServerOptions
 
@@ -436,7 +471,15 @@ def _server(
             "At least one --allowed-tcp or --allowed-udp network must be specified.\n"
             "Example: --allowed-tcp 127.0.0.0/8 --allowed-udp 10.0.0.0/8"
         )
-    clients = _allowed_clients(ns, section, warn)
+    keys_file = _given(_flag(ns, "authorized_keys_file")) or _cfg_str(section, "authorized_keys_file")
+    clients: tuple[bytes, ...] = ()
+    keys: tuple[bytes, ...] = ()
+    if protocol == "e4":
+        keys = _authorized_keys(keys_file)
+    else:
+        if _given(_flag(ns, "authorized_keys_file")) is not None:  # a config value is just unused under e2
+            raise cfg.usage_error("--authorized-keys-file needs --protocol e4 (e2 uses --allowed-clients)")
+        clients = _allowed_clients(ns, section, warn)
     max_text = _flag(ns, "max_sessions")
     max_value: Any = max_text if max_text is not None else section.values.get("max_sessions", DEFAULT_MAX_SESSIONS)
     if isinstance(max_value, bool):
@@ -448,7 +491,35 @@ def _server(
     if max_sessions < 1:
         raise cfg.usage_error(f"Invalid --max-sessions value '{max_value}': expected a whole number of at least 1")
     return IrohServerOptions(secret_key=secret, allowed_clients=clients, allowed_tcp=tcp, allowed_udp=udp,
-                             max_sessions=max_sessions, network=network)
+                             max_sessions=max_sessions, network=network, protocol=protocol,
+                             authorized_keys=keys)
+
+
+def _authorized_keys(path: str | None) -> tuple[bytes, ...]:
+    from tunnel_core.iroh_session.authkeys import parse_authorized_keys
+    from tunnel_core.keys import KeyFormatError
+
+    if path is None:
+        raise cfg.usage_error("Authentication requires --authorized-keys-file or [iroh].authorized_keys_file.")
+    text = _read_text(path, f"Authorized keys file not found: {path}")
+    try:
+        return parse_authorized_keys(text, path)
+    except KeyFormatError as exc:
+        raise cfg.usage_error(str(exc)) from None
+
+
+def _private_key(path: str | None) -> bytes:
+    from tunnel_core.iroh_session.authkeys import parse_private_key
+    from tunnel_core.keys import KeyFormatError
+
+    if path is None:
+        raise cfg.usage_error("Authentication requires --private-key-file or [iroh].private_key_file.")
+    text = _read_text(path, f"Private key file not found: {path}\nGenerate one with: "
+                            f"tunnel generate-auth-key --output {path}")
+    try:
+        return parse_private_key(text, path)
+    except KeyFormatError as exc:
+        raise cfg.usage_error(str(exc)) from None
 
 
 def _allowed_clients(
@@ -483,7 +554,9 @@ def _allowed_clients(
     return tuple(dict.fromkeys(ids))
 
 
-def _client(ns: argparse.Namespace, section: IrohSection, network: IrohNetwork) -> IrohClientOptions:
+def _client(
+    ns: argparse.Namespace, section: IrohSection, network: IrohNetwork, protocol: str = "e2"
+) -> IrohClientOptions:
     from tunnel_core.iroh_session.options import IrohClientOptions
     from tunnel_core.keys import KeyFormatError, parse_endpoint_id
 
@@ -519,9 +592,14 @@ def _client(ns: argparse.Namespace, section: IrohSection, network: IrohNetwork) 
     if not addrs and not network.discovery and (network.relays_disabled or not network.relay_urls):
         raise cfg.usage_error("No way to reach the server: give --server-addr or --relay-url "
                               "(discovery is off with --dns-server none)")
+    key_file = _given(_flag(ns, "private_key_file")) or _cfg_str(section, "private_key_file")
+    seed = None
+    if protocol == "e4":
+        seed = _private_key(key_file)
+    elif _given(_flag(ns, "private_key_file")) is not None:  # a config value is just unused under e2
+        raise cfg.usage_error("--private-key-file needs --protocol e4 (e2 identifies clients by --secret-file)")
     return IrohClientOptions(server_id=server_id, source=source, target=target, secret_key=_secret(ns, section),
-                             server_addrs=addrs,
-                             network=network)
+                             server_addrs=addrs, network=network, protocol=protocol, auth_seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------- key tools
@@ -553,6 +631,30 @@ def generate_key(command: GenerateKey, *, rng: Callable[[int], bytes] = os.urand
     print(f"EndpointId: {endpoint_id}", flush=True)
 
 
+def _write_private(output: str, text: str, force: bool) -> None:
+    path = cfg.expand_path(output)
+    if path.exists() and not force:
+        raise TunnelError(f"File already exists: {output}. Use --force to overwrite.", ExitCode.USAGE)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise TunnelError(f"Failed to write {output}: {exc.strerror or exc}", ExitCode.GENERAL) from None
+
+
+def generate_auth_key(command: GenerateAuthKey, *, rng: Callable[[int], bytes] = os.urandom) -> None:
+    from tunnel_core.iroh_session.auth import public_key_from_seed
+    from tunnel_core.iroh_session.authkeys import format_private_key, format_public_key
+
+    seed = rng(32)
+    _write_private(command.output, format_private_key(seed, command.comment), command.force)
+    print(f"Private key saved to: {command.output}", file=sys.stderr, flush=True)
+    print(format_public_key(public_key_from_seed(seed), command.comment), flush=True)
+
+
 def show_node_id(command: ShowNodeId) -> None:
     from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id
 
@@ -570,6 +672,9 @@ def dispatch(options: IrohCommand, runtime: str) -> None:
         return
     if isinstance(options, ShowNodeId):
         show_node_id(options)
+        return
+    if isinstance(options, GenerateAuthKey):
+        generate_auth_key(options)
         return
     from tunnel_core.iroh_session.options import IrohServerOptions
 

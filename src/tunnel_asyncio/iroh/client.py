@@ -26,12 +26,17 @@ from tunnel_asyncio.iroh.endpoint import PathWatch, bind_endpoint, connect, endp
 from tunnel_asyncio.iroh.socks import OnionBridges
 from tunnel_core.iroh_session import (
     ALPN_E2,
+    ALPN_E4,
     CLOSE_DONE,
     CLOSE_UNAUTHORIZED,
+    PROTOCOL_VERSION_E2,
+    PROTOCOL_VERSION_E4,
     ClientStream,
+    SendBytes,
     SourceAccepted,
     SourceRejected,
 )
+from tunnel_core.iroh_session.auth import AuthClient, AuthOk, AuthRefused
 from tunnel_core.iroh_session.options import IrohClientOptions
 from tunnel_core.keys import format_endpoint_id
 from tunnel_core.options import ExitCode, TunnelError
@@ -63,21 +68,26 @@ class IrohClient:
         self._watch: PathWatch | None = None
         self._established = False
         self._closing = False
+        self.e4 = options.protocol == "e4"
+        self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
+        self.alpn = ALPN_E4 if self.e4 else ALPN_E2
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         opts = self.options
         relay_urls = await self._bridges.rewrite(opts.network.relay_urls)
-        self.endpoint = await bind_endpoint(opts.network, secret_key=opts.secret_key, alpns=[ALPN_E2],
+        self.endpoint = await bind_endpoint(opts.network, secret_key=opts.secret_key, alpns=[self.alpn],
                                             relay_urls=relay_urls)
         self.client_id = format_endpoint_id(endpoint_id_bytes(self.endpoint))
         kind = "persistent" if opts.secret_key is not None else "ephemeral"
         log.info("Client EndpointId: %s (%s)", self.client_id, kind)
         relays = () if opts.network.relays_disabled else relay_urls
-        self.conn = await connect(self.endpoint, opts.server_id, alpn=ALPN_E2, relay_urls=relays,
+        self.conn = await connect(self.endpoint, opts.server_id, alpn=self.alpn, relay_urls=relays,
                                   server_addrs=opts.server_addrs)
         log.info("Connected to server %s", format_endpoint_id(opts.server_id))
+        if self.e4:
+            await self._authenticate()
         self._watch = PathWatch(self.conn)
         self._watch.start()
         host, port = parse_target(opts.target)
@@ -129,6 +139,49 @@ class IrohClient:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def _authenticate(self) -> None:
+        """E4: prove the Ed25519 key on the first bi-stream before any listener is bound (exit 3 when refused)."""
+        f = ffi.load()
+        seed = self.options.auth_seed
+        if seed is None:
+            raise TunnelError("Authentication requires --private-key-file or [iroh].private_key_file.",
+                              ExitCode.USAGE)
+        loop = asyncio.get_running_loop()
+        machine = AuthClient(seed, now=loop.time())
+        try:
+            bi = await self.conn.open_bi()
+            send, recv = bi.send(), bi.recv()
+            await send.write_all(machine.init_bytes())
+            while True:
+                event = machine.next_event()
+                if event is None:
+                    try:
+                        data = await asyncio.wait_for(recv.read(READ_LIMIT), max(0.0, machine.deadline - loop.time()))
+                    except TimeoutError:
+                        machine.on_timer(loop.time())
+                        continue
+                    if data:
+                        machine.feed(data)
+                    else:
+                        machine.feed_eof()
+                elif isinstance(event, SendBytes):
+                    await send.write_all(event.data)
+                    if event.finish:
+                        await send.finish()
+                elif isinstance(event, AuthRefused):
+                    raise TunnelError(event.message, ExitCode.AUTH)
+                elif isinstance(event, AuthOk):
+                    log.info("Authenticated with the server")
+                    return
+        except WireError as exc:
+            raise TunnelError(f"Authentication failed: {exc}", ExitCode.AUTH) from None
+        except f.IrohError as exc:
+            text = ffi.error_text(exc)
+            if "auth_failed" in text or "auth_timeout" in text:
+                reason = "auth_failed" if "auth_failed" in text else "auth_timeout"
+                raise TunnelError(f"Authentication rejected: {reason}", ExitCode.AUTH) from None
+            raise TunnelError(f"Auth stream failed: {text}", ExitCode.CONNECT_FAILED) from None
+
     # ------------------------------------------------------------------------------------------ streams
 
     async def open_source_stream(self) -> tuple[Any, Any, bytes]:
@@ -146,7 +199,7 @@ class IrohClient:
                 await asyncio.sleep(OPEN_BACKOFF * (2**attempt))
         assert bi is not None
         send, recv = bi.send(), bi.recv()
-        machine = ClientStream(self.options.source)
+        machine = ClientStream(self.options.source, version=self.version)
         await send.write_all(machine.request_bytes())
         try:
             async with asyncio.timeout(RESPONSE_TIMEOUT):

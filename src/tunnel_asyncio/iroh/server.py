@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from typing import Any
 
@@ -23,12 +24,16 @@ from tunnel_asyncio.iroh.bridge import (
     read_frames,
     tune_tcp,
 )
+from tunnel_asyncio.iroh.dial import DialFailed, happy_eyeballs
 from tunnel_asyncio.iroh.endpoint import PathWatch, bind_endpoint, direct_addresses, endpoint_id_bytes
 from tunnel_asyncio.iroh.socks import OnionBridges
 from tunnel_core.iroh_session import (
     ALPN_E2,
+    ALPN_E4,
     CLOSE_DONE,
     CLOSE_UNAUTHORIZED,
+    PROTOCOL_VERSION_E2,
+    PROTOCOL_VERSION_E4,
     ClientAllowlist,
     ResolveHost,
     SendBytes,
@@ -39,6 +44,8 @@ from tunnel_core.iroh_session import (
     StreamFailed,
     StreamRejected,
 )
+from tunnel_core.iroh_session.auth import AuthAccepted, AuthDenied, AuthServer
+from tunnel_core.iroh_session.authkeys import format_public_key
 from tunnel_core.iroh_session.options import IrohServerOptions
 from tunnel_core.keys import format_endpoint_id
 from tunnel_core.policy import AccessPolicy
@@ -49,6 +56,8 @@ log = logging.getLogger("tunnel_asyncio.iroh")
 #: A client that opens a stream and never sends its request must not hold a session permit forever.
 REQUEST_TIMEOUT = 10.0
 DIAL_TIMEOUT = 10.0
+#: After a rejection, how long the refusal may take to reach the client before the connection is closed.
+REJECT_DELIVERY = 2.0
 
 
 class IrohServer:
@@ -59,6 +68,8 @@ class IrohServer:
         self.policy = AccessPolicy.from_strings(options.allowed_tcp, options.allowed_udp)
         self.allowlist = ClientAllowlist(options.allowed_clients)
         self.limiter = SessionLimiter(options.max_sessions)
+        self.e4 = options.protocol == "e4"
+        self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
         self.endpoint: Any = None
         self._bridges = OnionBridges(options.network.socks5_proxy)
         self._connections: set[Any] = set()
@@ -70,10 +81,15 @@ class IrohServer:
     async def start(self) -> None:
         relay_urls = await self._bridges.rewrite(self.options.network.relay_urls)
         self.endpoint = await bind_endpoint(
-            self.options.network, secret_key=self.options.secret_key, alpns=[ALPN_E2], relay_urls=relay_urls
+            self.options.network, secret_key=self.options.secret_key, alpns=[ALPN_E4 if self.e4 else ALPN_E2],
+            relay_urls=relay_urls,
         )
         log.info("Server EndpointId: %s", self.endpoint_id)
         log.info("Listening on %s", ", ".join(direct_addresses(self.endpoint)))
+        if self.e4:
+            log.info("Protocol e4 (ALPN mf/4, Ed25519 auth): %d authorized keys; max sessions: %d",
+                     len(self.options.authorized_keys), self.limiter.max_sessions)
+            return
         if not len(self.allowlist):
             log.warning("The allowed-clients list is empty: every client will be refused")
         log.info("Allowed clients: %d; max sessions: %d", len(self.allowlist), self.limiter.max_sessions)
@@ -131,7 +147,12 @@ class IrohServer:
             return
         remote = endpoint_id_bytes(conn.remote_id())
         remote_text = format_endpoint_id(remote)
-        if not self.allowlist.allows(remote):
+        if self.e4:
+            key = await self._authenticate(conn, remote_text)
+            if key is None:
+                return
+            log.info("Client %s authenticated as %s", remote_text, format_public_key(key))
+        elif not self.allowlist.allows(remote):
             log.warning("Rejected unauthorized client: %s", remote_text)
             conn.close(CLOSE_UNAUTHORIZED.code, CLOSE_UNAUTHORIZED.reason)
             return
@@ -160,12 +181,56 @@ class IrohServer:
             self._connections.discard(conn)
             await watch.stop()
 
+    async def _authenticate(self, conn: Any, client: str) -> bytes | None:
+        """Run the E4 auth stream (the client's first bi-stream); None means the connection was closed."""
+        f = ffi.load()
+        loop = asyncio.get_running_loop()
+        machine = AuthServer(self.options.authorized_keys, rng=os.urandom, now=loop.time())
+        send: Any = None
+        recv: Any = None
+        try:
+            while True:
+                event = machine.next_event()
+                if event is None:
+                    remaining = max(0.0, machine.deadline - loop.time())
+                    try:
+                        if recv is None:
+                            bi = await asyncio.wait_for(conn.accept_bi(), remaining)
+                            send, recv = bi.send(), bi.recv()
+                            continue
+                        data = await asyncio.wait_for(recv.read(READ_LIMIT), remaining)
+                    except TimeoutError:
+                        machine.on_timer(loop.time())
+                        continue
+                    if data:
+                        machine.feed(data)
+                    else:
+                        machine.feed_eof()
+                elif isinstance(event, SendBytes):
+                    await send.write_all(event.data)
+                    if event.finish:
+                        await send.finish()
+                elif isinstance(event, AuthAccepted):
+                    return event.public_key
+                elif isinstance(event, AuthDenied):
+                    log.warning("Client %s: authentication failed: %s", client, event.error)
+                    if send is not None:
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(send.stopped(), REJECT_DELIVERY)
+                    conn.close(event.close.code, event.close.reason)
+                    return None
+        except f.IrohError as exc:
+            log.info("Client %s: auth stream failed: %s", client, ffi.error_text(exc))
+            with contextlib.suppress(Exception):
+                conn.close(CLOSE_DONE.code, CLOSE_DONE.reason)
+            return None
+
     # ------------------------------------------------------------------------------------------ streams
 
     async def _handle_stream(self, bi: Any, client: str) -> None:
         permit = self.limiter.try_acquire()
         try:
-            await self._drive_stream(bi, ServerStream(self.policy, permit=permit), client)
+            await self._drive_stream(bi, ServerStream(self.policy, permit=permit, version=self.version), client)
         finally:
             if permit:
                 self.limiter.release()
@@ -220,23 +285,17 @@ class IrohServer:
             log.debug("stream ended: %s", ffi.error_text(exc))
 
     async def _forward_tcp(self, start: StartForwarding, send: Any, recv: Any) -> None:
-        errors = []
-        for host, port in start.addresses:
-            try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port, limit=TCP_LIMIT), DIAL_TIMEOUT
-                )
-            except (OSError, TimeoutError) as exc:
-                errors.append(f"{host}:{port}: {exc or 'timed out'}")
-                continue
-            tune_tcp(writer)
-            await bridge_tcp(reader, writer, send, recv, first=start.payload)
+        try:
+            reader, writer = await happy_eyeballs(start.addresses, limit=TCP_LIMIT, timeout=DIAL_TIMEOUT)
+        except DialFailed as exc:
+            log.warning("Failed to connect to %s: %s", start.source.url(), exc)
+            with contextlib.suppress(Exception):
+                await send.finish()
+            with contextlib.suppress(Exception):
+                await recv.stop(0)
             return
-        log.warning("Failed to connect to %s: %s", start.source.url(), "; ".join(errors))
-        with contextlib.suppress(Exception):
-            await send.finish()
-        with contextlib.suppress(Exception):
-            await recv.stop(0)
+        tune_tcp(writer)
+        await bridge_tcp(reader, writer, send, recv, first=start.payload)
 
     async def _forward_udp(self, start: StartForwarding, send: Any, recv: Any) -> None:
         loop = asyncio.get_running_loop()

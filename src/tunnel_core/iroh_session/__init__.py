@@ -1,4 +1,4 @@
-"""The sans-IO side of iroh mode (reference 3.2, E2 NodeId-allowlist generation).
+"""The sans-IO side of iroh mode (reference 3.2: E2 NodeId allowlist, E4 Ed25519 auth in .auth).
 
 iroh itself (QUIC, TLS, hole punching, relays) is a binary library driven by the adapter; what is ours is the
 dialogue on each bidirectional stream, the connection gate, the session limit and the path messages. Those live
@@ -10,11 +10,14 @@ from __future__ import annotations
 from tunnel_core.iroh_session.client import ClientStream, ClientStreamState, SourceAccepted, SourceRejected
 from tunnel_core.iroh_session.constants import (
     ALPN_E2,
+    ALPN_E4,
     CLOSE_DONE,
     CLOSE_UNAUTHORIZED,
     DEFAULT_MAX_SESSIONS,
     INVALID_PROTOCOL_REASON,
     PROTOCOL_VERSION_E2,
+    PROTOCOL_VERSION_E4,
+    PROTOCOLS,
     SESSION_LIMIT_REASON,
     CloseCode,
 )
@@ -33,11 +36,14 @@ from tunnel_core.iroh_session.server import (
 
 __all__ = [
     "ALPN_E2",
+    "ALPN_E4",
     "CLOSE_DONE",
     "CLOSE_UNAUTHORIZED",
     "DEFAULT_MAX_SESSIONS",
     "INVALID_PROTOCOL_REASON",
+    "PROTOCOLS",
     "PROTOCOL_VERSION_E2",
+    "PROTOCOL_VERSION_E4",
     "SESSION_LIMIT_REASON",
     "ClientAllowlist",
     "ClientStream",

@@ -1,4 +1,4 @@
-"""Wire constants of the NodeId-allowlist generation (E2) of iroh mode, in one place so both roles agree."""
+"""Wire constants of iroh mode (E2 NodeId allowlist and E4 Ed25519 generations), in one place so both roles agree."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import attrs
 ALPN_E2 = b"multi-forward/1"
 #: SourceRequest/SourceResponse "version" of the pre-token codec (reference 3.2 step 3).
 PROTOCOL_VERSION_E2 = 1
+#: ALPN of the current upstream (E4); "not a secret, grants nothing": the Ed25519 auth stream does the gating.
+ALPN_E4 = b"mf/4"
+#: Message version of the E4 Ed25519 codec (auth stream and SourceRequest alike).
+PROTOCOL_VERSION_E4 = 4
+#: ``--protocol`` values: which upstream generation's wire protocol to speak.
+PROTOCOLS = ("e2", "e4")
 #: Upstream's default of --max-sessions: a global cap on concurrently forwarded streams.
 DEFAULT_MAX_SESSIONS = 100
 

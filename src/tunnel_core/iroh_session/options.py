@@ -34,6 +34,10 @@ class IrohServerOptions:
     allowed_udp: tuple[str, ...] = ()
     max_sessions: int = DEFAULT_MAX_SESSIONS
     network: IrohNetwork = IrohNetwork()
+    #: "e2" (NodeId allowlist, ALPN multi-forward/1) or "e4" (Ed25519 challenge-response, ALPN mf/4).
+    protocol: str = "e2"
+    #: E4 only: the Ed25519 public keys whose holders may connect (``allowed_clients`` is unused then).
+    authorized_keys: tuple[bytes, ...] = ()
 
 
 @attrs.frozen
@@ -48,3 +52,7 @@ class IrohClientOptions:
     #: ``ip:port`` addresses of the server to dial directly (no discovery needed).
     server_addrs: tuple[str, ...] = ()
     network: IrohNetwork = IrohNetwork()
+    #: "e2" or "e4", as on the server.
+    protocol: str = "e2"
+    #: E4 only: the 32-byte Ed25519 seed used to answer the server's challenge.
+    auth_seed: bytes | None = None

@@ -1,0 +1,79 @@
+"""Offline e2e of ``--protocol e4`` (ALPN mf/4, Ed25519 challenge-response) through the real CLI and iroh.
+
+Everything stays on 127.0.0.1 (``--no-relay --dns-server none``, clients dial ``--server-addr``).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from tests.e2e.programs import TcpEchoServer, UdpEchoServer, udp_exchange, udp_socket
+from tests.iroh_mode.tunnels import OFFLINE, IrohServerProc, Proc, make_key
+
+from tunnel_core.iroh_session.auth import public_key_from_seed
+from tunnel_core.iroh_session.authkeys import format_private_key, format_public_key
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+GOOD_SEED = bytes([0x2A] * 32)
+BAD_SEED = bytes([0x07] * 32)
+
+
+def e4_client(server: IrohServerProc, key: Path, source: str, *extra: str) -> Proc:
+    return Proc("client", "iroh", "--protocol", "e4", "-n", server.node_id, "-s", source, "-t", "127.0.0.1:0",
+                "--server-addr", server.addr, "--private-key-file", str(key), *OFFLINE, *extra)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict[str, Path]:
+    server_key, _ = make_key(tmp_path, "server.key", 1)
+    good, bad = tmp_path / "good.key", tmp_path / "bad.key"
+    good.write_text(format_private_key(GOOD_SEED, "good"))
+    bad.write_text(format_private_key(BAD_SEED, "bad"))
+    keys = tmp_path / "authorized_keys"
+    keys.write_text(f"# who may connect\n{format_public_key(public_key_from_seed(GOOD_SEED), 'e2e client')}\n")
+    return {"server": server_key, "good": good, "bad": bad, "keys": keys}
+
+
+def _echo(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def test_authorised_key_forwards_tcp_and_udp(setup: dict[str, Path]) -> None:
+    payload = bytes(range(256)) * 4096
+    with TcpEchoServer() as echo, UdpEchoServer(prefix=b"echo:") as uecho, \
+            IrohServerProc(setup["server"], "--protocol", "e4", "--authorized-keys-file", str(setup["keys"]),
+                           "--allowed-tcp", "127.0.0.0/8", "--allowed-udp", "127.0.0.0/8") as server:
+        server.wait_for(r"Protocol e4 \(ALPN mf/4")
+        with e4_client(server, setup["good"], f"tcp://127.0.0.1:{echo.port}") as client:
+            port = int(client.wait_for(r"Listening on TCP 127\.0\.0\.1:(\d+)").group(1))
+            assert "Authenticated with the server" in client.stderr
+            assert _echo(port, payload) == payload
+            server.wait_for(r"authenticated as ed25519-pub:GX9rI-FshTLGq8g4-s1ep4m-DHaykgM0A5v6iz02jWE")
+        with e4_client(server, setup["good"], f"udp://127.0.0.1:{uecho.port}") as uclient, udp_socket() as sock:
+            port = int(uclient.wait_for(r"Listening on UDP 127\.0\.0\.1:(\d+)").group(1))
+            assert udp_exchange(sock, ("127.0.0.1", port), b"hello") == b"echo:hello"
+
+
+def test_unauthorised_key_exits_3_with_the_reason(setup: dict[str, Path]) -> None:
+    with TcpEchoServer() as echo, \
+            IrohServerProc(setup["server"], "--protocol", "e4", "--authorized-keys-file", str(setup["keys"]),
+                           "--allowed-tcp", "127.0.0.0/8") as server:
+        with e4_client(server, setup["bad"], f"tcp://127.0.0.1:{echo.port}") as client:
+            assert client.wait_exit(30) == 3
+            assert "Error: Authentication rejected: Invalid authentication proof" in client.stderr
+            assert "Listening on TCP" not in client.stderr
+        server.wait_for(r"authentication failed: Invalid authentication proof \(unknown public key\)")
+        # An E2 client speaks another ALPN: the handshake itself fails, nothing is forwarded.
+        with Proc("client", "iroh", "-n", server.node_id, "-s", f"tcp://127.0.0.1:{echo.port}", "-t",
+                  "127.0.0.1:0", "--server-addr", server.addr, *OFFLINE) as e2:
+            assert e2.wait_exit(30) not in (0, None)
+            assert "Listening on TCP" not in e2.stderr

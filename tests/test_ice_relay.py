@@ -187,3 +187,18 @@ def test_gathering_ends_at_once_when_the_stun_server_is_also_the_turn_server() -
     (done,) = recorder.of(GatheringComplete)
     assert done.relay_errors == ()
     assert sorted(c.type.value for c in done.candidates) == ["host", "relay", "srflx"]
+
+
+def test_closing_the_agent_releases_its_turn_allocation() -> None:
+    # A dead tunnel must not hold relay ports on the TURN server until the allocation's lifetime runs out.
+    net, server, a, b, ra, rb = make(NatType.SYMMETRIC, NatType.SYMMETRIC)
+    connect(net, a, b, ra, rb)
+    (selected,) = ra.of(PairSelected)[:1]
+    assert selected.local.type is CandidateType.RELAY or selected.remote.type is CandidateType.RELAY
+    holders = set(server.allocations)
+    assert holders, "the relayed pair needs a live allocation"
+    a.close(net.clock.now)
+    b.close(net.clock.now)
+    net.run_for(1.0)
+    assert set(server.released) == holders
+    assert server.allocations == {}

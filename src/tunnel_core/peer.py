@@ -185,7 +185,7 @@ class Peer:
         if self.quic is not None:
             self.quic.close(error_code=error_code, reason_phrase=reason)
         else:
-            self._finish(TunnelClosed(reason=reason, was_up=False, by_peer=False, error_code=error_code))
+            self._finish(TunnelClosed(reason=reason, was_up=False, by_peer=False, error_code=error_code), now)
 
     # ------------------------------------------------------------------------------------------ outputs
 
@@ -292,12 +292,12 @@ class Peer:
                     if (local, remote) == self.selected:
                         self._feed_quic(data, now)
         elif isinstance(ev, ice_events.IceFailed):
-            self._finish(TunnelClosed(reason=ev.reason, was_up=False, by_peer=False))
+            self._finish(TunnelClosed(reason=ev.reason, was_up=False, by_peer=False), now)
         elif isinstance(ev, ice_events.ConsentLost):
             reason = "ICE consent lost - the peer stopped answering connectivity checks"
             if self.quic is not None:
                 self.quic.close(error_code=0, reason_phrase="ice disconnected")
-            self._finish(TunnelClosed(reason=reason, was_up=self._ready, by_peer=True))
+            self._finish(TunnelClosed(reason=reason, was_up=self._ready, by_peer=True), now)
         else:
             # Gathering results and role changes are for the adapter (it prints them or waits on them).
             self._events.append(ev)
@@ -316,21 +316,19 @@ class Peer:
                     was_up=self._ready,
                     by_peer=by_peer,
                     error_code=ev.error_code,
-                )
-            )
+                ), now)
         elif isinstance(ev, PeerVerificationFailed):
             self._finish(
-                TunnelClosed(reason=ev.reason, was_up=False, by_peer=False, error_code=0, auth_failed=True)
-            )
+                TunnelClosed(reason=ev.reason, was_up=False, by_peer=False, error_code=0, auth_failed=True), now)
         elif self.session is not None:
             self.session.handle_quic_event(ev, now)
 
-    def _finish(self, ev: TunnelClosed) -> None:
+    def _finish(self, ev: TunnelClosed, now: float) -> None:
         if self._closed:
             return
         self._closed = True
         self._events.append(ev)
-        self.ice.close()
+        self.ice.close(now)  # also releases TURN allocations; the next flush sends the releases
 
 
 def _close_reason(code: int) -> str:

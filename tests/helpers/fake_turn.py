@@ -27,6 +27,7 @@ class FakeTurnServer:
         self._out: list[Transmit] = []
         #: client 5-tuple (as seen from outside) -> relayed address, and back
         self.allocations: dict[Address, Address] = {}
+        self.released: list[Address] = []
         self._client_of: dict[Address, Address] = {}
         self.permissions: dict[Address, set[str]] = {}
         self.channels: dict[Address, dict[int, Address]] = {}
@@ -86,7 +87,11 @@ class FakeTurnServer:
         elif remote not in self.allocations:
             self._error(msg, remote, 437, "Allocation Mismatch")
         elif msg.method == stun.Method.REFRESH:
-            self._ok(msg, remote, ((stun.Attr.LIFETIME, msg.get(stun.Attr.LIFETIME, 600)),))
+            lifetime = msg.get(stun.Attr.LIFETIME, 600)
+            self._ok(msg, remote, ((stun.Attr.LIFETIME, lifetime),))
+            if lifetime == 0:  # a release (RFC 8656 7.3): the allocation is gone
+                del self.allocations[remote]
+                self.released.append(remote)
         elif msg.method == stun.Method.CREATE_PERMISSION:
             peer = msg.get(stun.Attr.XOR_PEER_ADDRESS)
             self.permissions[remote].add(peer[0])

@@ -279,13 +279,20 @@ class IceAgent:
         for (local, remote), (priority, use_candidate) in early.items():
             self._on_check(local, remote, priority, use_candidate, now)
 
-    def close(self) -> None:
-        """Stop everything: no more output, no more events besides those already queued."""
+    def close(self, now: float | None = None) -> None:
+        """Stop everything: no more checks, no more events besides those already queued.
+
+        With ``now``, TURN allocations are released (Refresh with LIFETIME 0): the next datagrams_to_send still
+        carries those releases, so a relay does not hold a dead tunnel's ports until the lifetime runs out.
+        """
         self._state = IceState.CLOSED
         self._transactions.clear()
         self._triggered.clear()
         self._gather_queue.clear()
         self._outbox.clear()
+        if now is not None:
+            for client in self._turn_by_path.values():
+                client.close(now)
 
     # ------------------------------------------------------------------------------------------ outputs
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from tunnel_cli import config as cfg
+from tunnel_cli.keyfiles import write_secret_file
 from tunnel_core.options import ExitCode, TunnelError
 
 if TYPE_CHECKING:
@@ -616,33 +617,9 @@ def generate_key(command: GenerateKey, *, rng: Callable[[int], bytes] = os.urand
         sys.stdout.flush()
         print(f"EndpointId: {endpoint_id}", file=sys.stderr, flush=True)
         return
-    path = cfg.expand_path(command.output)
-    if path.exists() and not command.force:
-        raise TunnelError(f"File already exists: {command.output}. Use --force to overwrite.", ExitCode.USAGE)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(text)
-        os.chmod(path, 0o600)  # an existing file (--force) keeps its old mode through O_CREAT
-    except OSError as exc:
-        raise TunnelError(f"Failed to write {command.output}: {exc.strerror or exc}", ExitCode.GENERAL) from None
+    write_secret_file(command.output, text, force=command.force)
     print(f"Secret key saved to: {command.output}", file=sys.stderr, flush=True)
     print(f"EndpointId: {endpoint_id}", flush=True)
-
-
-def _write_private(output: str, text: str, force: bool) -> None:
-    path = cfg.expand_path(output)
-    if path.exists() and not force:
-        raise TunnelError(f"File already exists: {output}. Use --force to overwrite.", ExitCode.USAGE)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(path, 0o600)
-    except OSError as exc:
-        raise TunnelError(f"Failed to write {output}: {exc.strerror or exc}", ExitCode.GENERAL) from None
 
 
 def generate_auth_key(command: GenerateAuthKey, *, rng: Callable[[int], bytes] = os.urandom) -> None:
@@ -650,7 +627,7 @@ def generate_auth_key(command: GenerateAuthKey, *, rng: Callable[[int], bytes] =
     from tunnel_core.iroh_session.authkeys import format_private_key, format_public_key
 
     seed = rng(32)
-    _write_private(command.output, format_private_key(seed, command.comment), command.force)
+    write_secret_file(command.output, format_private_key(seed, command.comment), force=command.force)
     print(f"Private key saved to: {command.output}", file=sys.stderr, flush=True)
     print(format_public_key(public_key_from_seed(seed), command.comment), flush=True)
 

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from tunnel_cli import config as cfg
+from tunnel_cli.keyfiles import write_secret_file
 from tunnel_core.nostr.constants import EPHEMERAL_KINDS, KIND
 from tunnel_core.nostr.options import (
     DEFAULT_CLIENT_REPUBLISH,
@@ -503,17 +504,7 @@ def generate_key(cmd: GenerateNostrKey) -> None:
         print(key.nsec, flush=True)
         print(f"npub: {npub}", file=sys.stderr, flush=True)
         return
-    path = cfg.expand_path(cmd.output)
-    if path.exists() and not cmd.force:
-        raise TunnelError(f"File already exists: {cmd.output}. Use --force to overwrite.", ExitCode.GENERAL)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(key.nsec)
-        os.chmod(path, 0o600)
-    except OSError as exc:
-        raise TunnelError(f"Failed to write {cmd.output}: {exc.strerror or exc}", ExitCode.GENERAL) from None
+    write_secret_file(cmd.output, key.nsec, force=cmd.force)
     print(f"nsec saved to: {Path(cmd.output)}", file=sys.stderr, flush=True)
     print(f"npub: {npub}", flush=True)
 

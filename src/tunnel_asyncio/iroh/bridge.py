@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from tunnel_asyncio.iroh import ffi
 from tunnel_core.types import Address
@@ -166,8 +166,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)  # duck-typed: uvloop's do not subclass asyncio's
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self._on_datagram(data, (addr[0], addr[1]))

@@ -15,6 +15,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable
+from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -216,10 +217,9 @@ class _RelayConnection(asyncio.Protocol):
     # ----------------------------------------------------------------------------------------------- transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # duck-typed: uvloop's do not subclass asyncio's
         self.service._all.add(self)
-        transport.set_write_buffer_limits(high=256 * 1024)
+        self.transport.set_write_buffer_limits(high=256 * 1024)
         self._set_timeout(HTTP_IDLE_TIMEOUT)
 
     def connection_lost(self, exc: Exception | None) -> None:

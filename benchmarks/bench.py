@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -96,6 +97,21 @@ def run(args: argparse.Namespace) -> list[PathResult]:
                 yield local
 
         @contextlib.contextmanager
+        def py_relay(port: int) -> Iterator[int]:
+            # Two Python processes, the tunnel's shape without QUIC: what being written in Python costs by itself.
+            entry, middle = programs.free_port(), programs.free_port()
+            script = str(Path(__file__).resolve().parent / "py_relay.py")
+            procs = [subprocess.Popen([sys.executable, script, "exit", str(middle), str(port)]),
+                     subprocess.Popen([sys.executable, script, "entry", str(entry), str(middle)])]
+            try:
+                programs.wait_tcp_listening(middle, proc=procs[0])
+                programs.wait_tcp_listening(entry, proc=procs[1])
+                yield entry
+            finally:
+                for proc in procs:
+                    programs.stop_process(proc)  # type: ignore[arg-type]
+
+        @contextlib.contextmanager
         def ssh_forward(port: int) -> Iterator[int]:
             local = programs.free_port()
             with sshd.forward(local, port):
@@ -132,6 +148,7 @@ def run(args: argparse.Namespace) -> list[PathResult]:
             ("direct", direct),
             ("socat", socat),
             ("ssh -L", ssh_forward),
+            ("python relay x2", py_relay),
             (f"tunnel ({args.runtime})", tunnel),
         ]
         if not args.no_iroh:
@@ -157,7 +174,7 @@ def ratio(value: float, base: float | None) -> str:
     return f"{value / base:.2f}x" if base else "-"
 
 
-def report(results: list[PathResult]) -> str:
+def report(results: list[PathResult], quic_us: float | None = None) -> str:
     by_name = {r.name: r for r in results}
     direct = by_name.get("direct")
     ssh = by_name.get("ssh -L")
@@ -190,6 +207,17 @@ def report(results: list[PathResult]) -> str:
                 f"{t.name}: target added latency <= ssh -L: {verdict} "
                 f"(tunnel +{added:.1f} µs, ssh -L +{ssh_added:.1f} µs)"
             )
+    relay = by_name.get("python relay x2")
+    if relay and direct:
+        lines.append(
+            f"floor, two Python processes without QUIC (python relay x2): "
+            f"+{relay.rtt_median_us - direct.rtt_median_us:.1f} µs"
+        )
+    if quic_us is not None:
+        lines.append(
+            "floor, QUIC protocol work alone (aioquic, both ends, one process, no I/O): "
+            f"{quic_us:.1f} µs per round trip"
+        )
     return "\n".join(lines)
 
 
@@ -218,7 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-iroh", action="store_true", help="skip the iroh-mode row")
     args = parser.parse_args(argv)
     results = run(args)
-    print(report(results))
+    quic_us = None
+    if any(r.name.startswith("tunnel (") and "iroh" not in r.name for r in results) and args.runtime != FAKE_RUNTIME:
+        from benchmarks.quic_cost import round_trip_cost
+
+        print("measuring QUIC protocol cost in-process", file=sys.stderr, flush=True)
+        quic_us = min(round_trip_cost(1000 if args.quick else 3000, args.packet_size or 1350) for _ in range(3))
+    print(report(results, quic_us))
     if args.json:
         args.json.write_text(json.dumps([attrs.asdict(r) for r in results], indent=2))
     return 0

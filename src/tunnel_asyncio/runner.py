@@ -185,7 +185,7 @@ class AsyncioRunner:
     def _start(self, peer: Any) -> None:
         self.peer = peer
         self.driver = MachineDriver(peer, self.sockets, self._on_event, self.loop)
-        self.local = LocalForwarder(self.loop, lambda: peer.session, self.driver.schedule_flush)
+        self.local = LocalForwarder(self.loop, lambda: peer.session, self.driver.kick_now)
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, GatheringComplete):

@@ -205,15 +205,19 @@ class Peer:
         return out
 
     def get_timer(self) -> float | None:
-        timers = []
+        # Called after every flush: no temporary lists on this path.
+        best: float | None = None
         if not self._closed:
-            timers.append(self.ice.get_timer())
+            best = self.ice.get_timer()
             if self.session is not None:
-                timers.append(self.session.get_timer())
+                t = self.session.get_timer()
+                if t is not None and (best is None or t < best):
+                    best = t
         if self.quic is not None and not self._quic_done:
-            timers.append(self.quic.get_timer())
-        present = [t for t in timers if t is not None]
-        return min(present) if present else None
+            t = self.quic.get_timer()
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
 
     def next_event(self) -> Any:
         """Peer events (IceConnected, TunnelReady, TunnelClosed) and forwarding events, in the order they arose."""

@@ -196,7 +196,7 @@ class GeventRunner:
     def _start(self, peer: Any) -> None:
         self.peer = peer
         self.driver = MachineDriver(peer, self.sockets, self._on_event)
-        self.local = LocalForwarder(lambda: peer.session, self.driver.schedule_flush, self.driver.now)
+        self.local = LocalForwarder(lambda: peer.session, self.driver.kick_now, self.driver.now)
         self.driver.start()
 
     def _on_event(self, ev: Any) -> None:

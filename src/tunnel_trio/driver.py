@@ -103,6 +103,16 @@ class MachineDriver:
             # Let other tasks run even when this socket never runs dry.
             await trio.lowlevel.checkpoint()
 
+    def kick_now(self) -> None:
+        """Flush at once for input from a local socket, unless a flush is running (it absorbs the kick).
+
+        Why not schedule_flush: waking the flush task costs one more scheduling round between a local read and the
+        datagram that carries it, added round-trip latency for every interactive byte (benchmarks/README.md).
+        Bulk reads are large, so flushing per read does not shrink packets.
+        """
+        if not self._closed and not self._flushing:
+            self.flush()
+
     def schedule_flush(self) -> None:
         """Coalesce many inputs (local socket tasks) into one flush after the current scheduling batch; a kick from
         an event handler inside a flush is absorbed by that flush's own loop."""

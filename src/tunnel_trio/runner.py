@@ -205,7 +205,7 @@ class TrioRunner:
         assert self._nursery is not None
         self.peer = peer
         self.driver = MachineDriver(peer, self.sockets, self._on_event)
-        self.local = LocalForwarder(lambda: peer.session, self.driver.schedule_flush, self.driver.now)
+        self.local = LocalForwarder(lambda: peer.session, self.driver.kick_now, self.driver.now)
         await self._nursery.start(self.local.serve)
         self.driver.start(self._nursery)
 

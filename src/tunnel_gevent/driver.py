@@ -118,12 +118,8 @@ class MachineDriver:
             gevent.idle()  # let other greenlets run even when this socket never runs dry
 
     def kick_now(self) -> None:
-        """Flush at once for input from a local socket, unless a flush is running (it absorbs the kick).
-
-        Why not schedule_flush: waking the flush greenlet costs one more scheduling round between a local read and the
-        datagram that carries it, added round-trip latency for every interactive byte (benchmarks/README.md).
-        Bulk reads are large, so flushing per read does not shrink packets.
-        """
+        """Flush in the reading greenlet itself (see tunnel_trio's driver for why): waking the flush greenlet would
+        cost a loop turn per interactive byte. A running flush absorbs the kick."""
         if not self._closed and not self._flushing:
             self.flush()
 

@@ -8,6 +8,7 @@ to patch is the embedding program's decision.
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 
 import gevent
 import gevent.event
-from gevent import socket
+from gevent import monkey, socket
 
 from tunnel_core import flows
 from tunnel_core.errors import ProtocolError
@@ -163,13 +164,16 @@ class GeventRunner:
         return None
 
     def _read_block(self, kind: str) -> str:
-        """Lines from stdin in gevent's thread pool, so the hub (and ICE answering checks) never blocks."""
+        """Lines from stdin without blocking the hub (ICE must keep answering checks meanwhile)."""
         reader = BlockReader(kind)  # type: ignore[arg-type]
         lines: list[str] = []
-        pool = gevent.get_hub().threadpool
+        readline = self.console.stdin.readline
+        if not _cooperative(self.console.stdin):
+            pool = gevent.get_hub().threadpool
+            readline = functools.partial(pool.apply, readline)
         try:
             while True:
-                line = pool.apply(self.console.stdin.readline)
+                line = readline()
                 if line == "":
                     reader.feed_eof()
                     raise TunnelError("Missing BEGIN marker", ExitCode.USAGE)
@@ -242,3 +246,17 @@ def run_flow(flow: flows.Flow, console: Console | None = None) -> None:
 
 
 __all__ = ["CLOSE_GRACE", "Console", "GeventRunner", "run_flow"]
+
+
+def _cooperative(stdin: Any) -> bool:
+    """Whether ``stdin.readline`` may run in a greenlet: an in-memory object in a monkey-patched program.
+
+    Why it matters: a real file blocks the whole hub, so it is read in gevent's thread pool (a native thread); but
+    an object built on patched primitives (a queue, an Event) only works from greenlets of the hub's thread, and
+    in a program that did not patch, such an object blocks natively - the thread pool again.
+    """
+    try:
+        stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        return monkey.is_module_patched("threading")
+    return False

@@ -137,7 +137,8 @@ def test_trio_program_runs_both_sides() -> None:
     check_transcripts(client_console, server_console)
 
 
-def test_gevent_program_runs_both_sides() -> None:
+def run_gevent_program(wait_listening: Callable[[Any], bool], exchange: Callable[[int], None]) -> None:
+    """The gevent embedding of docs/embedding.md; the caller says how to wait and talk (thread pool or greenlet)."""
     import gevent
 
     from tunnel_gevent.runner import Console, GeventRunner
@@ -151,15 +152,24 @@ def test_gevent_program_runs_both_sides() -> None:
             gevent.spawn(client.run, manual_client_flow(client_opts, os.urandom)),
             gevent.spawn(server.run, manual_server_flow(server_opts, os.urandom)),
         ]
-        pool = gevent.get_hub().threadpool
-        assert pool.apply(client_console.listening.wait, (WAIT,)), client_console.lines
-        pool.apply(echo_round_trip, (port,))
+        assert wait_listening(client_console), client_console.lines
+        exchange(port)
         client.stop()
         gevent.joinall(tasks, timeout=WAIT)
         for task in tasks:
             assert task.ready(), "runner did not return after stop()"
             task.get()  # re-raises a failure
     check_transcripts(client_console, server_console)
+
+
+def test_gevent_program_runs_both_sides() -> None:
+    import gevent
+
+    pool = gevent.get_hub().threadpool
+    run_gevent_program(
+        lambda console: bool(pool.apply(console.listening.wait, (WAIT,))),
+        lambda port: pool.apply(echo_round_trip, (port,)),
+    )
 
 
 def test_asyncio_program_runs_both_sides() -> None:

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from tunnel_cli import config as cfg
+from tunnel_cli import iroh_env
+from tunnel_cli.iroh_env import IrohEnv
 from tunnel_cli.keyfiles import write_secret_file
 from tunnel_core.options import ExitCode, TunnelError
 
@@ -34,12 +36,21 @@ KEY_TOOLS = ("generate-iroh-key", "show-iroh-node-id", "generate-auth-key")
 
 SERVER_KEYS = frozenset({
     "secret", "secret_file", "relay_urls", "dns_server", "allowed_sources", "max_sessions", "allowed_clients",
-    "allowed_clients_file", "socks5_proxy", "bind_addr", "protocol", "authorized_keys_file",
+    "allowed_clients_file", "socks5_proxy", "bind_addr", "protocol", "authorized_keys_file", "authorized_keys",
 })
 CLIENT_KEYS = frozenset({
     "secret", "secret_file", "relay_urls", "dns_server", "server_node_id", "node_id", "request_source", "source",
-    "target", "socks5_proxy", "server_addrs", "bind_addr", "protocol", "private_key_file",
+    "target", "socks5_proxy", "server_addrs", "bind_addr", "protocol", "private_key_file", "private_key",
 })
+
+AUTH_KEYS_REQUIRED = (
+    f"Authentication requires --authorized-keys-file, {iroh_env.AUTHORIZED_KEYS_FILE}, [iroh].authorized_keys_file, "
+    "or [iroh].authorized_keys."
+)
+PRIVATE_KEY_REQUIRED = (
+    f"Authentication requires --private-key-file, {iroh_env.PRIVATE_KEY_FILE}, [iroh].private_key_file, "
+    "or [iroh].private_key."
+)
 
 DNS_SERVER_UNSUPPORTED = (
     "--dns-server with a URL is not supported: the iroh binding (PyPI iroh) cannot use a custom pkarr/DNS server. "
@@ -263,8 +274,10 @@ def _iroh_section(config: cfg.ConfigFile, role: str) -> IrohSection:
     for key in table:
         if key not in known and key != "transport":
             raise config.parse_error(f"unknown field '{key}' in [iroh]")
-    if "secret" in table and "secret_file" in table:
-        raise cfg.usage_error("[iroh] Use only one of 'secret' or 'secret_file'.")
+    for inline, file in (("secret", "secret_file"), ("authorized_keys", "authorized_keys_file"),
+                         ("private_key", "private_key_file")):
+        if inline in table and file in table:
+            raise cfg.usage_error(f"[iroh] Use only one of '{inline}' or '{file}'.")
     return IrohSection(values=dict(table), path=config.path)
 
 
@@ -325,9 +338,15 @@ def _build(argv: Sequence[str], program: Any, warn: Callable[[str], None] | None
         section = _iroh_section(config, role)
     network = _network(ns, section)
     protocol = _protocol(ns, section)
+    # The TUNNEL_RS_* variables belong to upstream's E4 CLI; an e2 run (the NodeId-allowlist generation, which
+    # never had them) ignores them so a shell prepared for e4 cannot change what an e2 command means.
+    env = IrohEnv.read() if protocol == "e4" else IrohEnv()
+    if env.relay_auth_token is not None and warn is not None:
+        warn(f"{iroh_env.RELAY_AUTH_TOKEN} is set but ignored: this implementation has no relay "
+             "authentication (--relay-auth-token)")
     if role == "server":
-        return "server iroh", _server(ns, section, network, warn, protocol)
-    return "client iroh", _client(ns, section, network, protocol)
+        return "server iroh", _server(ns, section, network, warn, protocol, env)
+    return "client iroh", _client(ns, section, network, protocol, env)
 
 
 def _protocol(ns: argparse.Namespace, section: IrohSection) -> str:
@@ -424,12 +443,18 @@ def load_secret_file(path: str) -> bytes:
         raise cfg.usage_error(f"{exc} (in {path})") from None
 
 
-def _secret(ns: argparse.Namespace, section: IrohSection) -> bytes | None:
+def _secret(ns: argparse.Namespace, section: IrohSection, env_secret: str | None = None) -> bytes | None:
+    """CLI pair, else ``TUNNEL_RS_SECRET`` (server, e4), else the config pair; one pair is never mixed with another."""
     from tunnel_core.keys import KeyFormatError, parse_secret_key
 
     cli_inline, cli_file = _flag(ns, "secret"), _given(_flag(ns, "secret_file"))
     if cli_inline is not None or cli_file is not None:
         inline, file = cli_inline, cli_file
+    elif env_secret is not None:
+        try:
+            return parse_secret_key(env_secret)
+        except KeyFormatError as exc:  # fixed wording: never the value itself
+            raise cfg.usage_error(f"Invalid {iroh_env.SECRET}: {exc}") from None
     else:
         inline, file = section.values.get("secret"), _cfg_str(section, "secret_file")
     if inline is not None and file is not None:
@@ -448,11 +473,12 @@ def _secret(ns: argparse.Namespace, section: IrohSection) -> bytes | None:
 
 def _server(
     ns: argparse.Namespace, section: IrohSection, network: IrohNetwork, warn: Callable[[str], None] | None,
-    protocol: str = "e2",
+    protocol: str = "e2", env: IrohEnv | None = None,
 ) -> IrohServerOptions:
     from tunnel_core.iroh_session.options import IrohServerOptions
 
-    secret = _secret(ns, section)
+    env = env or IrohEnv()
+    secret = _secret(ns, section, env.secret)
     if secret is None:
         raise cfg.usage_error(
             "Server identity is required. Generate a key with:\n tunnel generate-iroh-key --output ./server.key\n"
@@ -472,11 +498,10 @@ def _server(
             "At least one --allowed-tcp or --allowed-udp network must be specified.\n"
             "Example: --allowed-tcp 127.0.0.0/8 --allowed-udp 10.0.0.0/8"
         )
-    keys_file = _given(_flag(ns, "authorized_keys_file")) or _cfg_str(section, "authorized_keys_file")
     clients: tuple[bytes, ...] = ()
     keys: tuple[bytes, ...] = ()
     if protocol == "e4":
-        keys = _authorized_keys(keys_file)
+        keys = _authorized_keys(ns, section, env)
     else:
         if _given(_flag(ns, "authorized_keys_file")) is not None:  # a config value is just unused under e2
             raise cfg.usage_error("--authorized-keys-file needs --protocol e4 (e2 uses --allowed-clients)")
@@ -496,29 +521,75 @@ def _server(
                              authorized_keys=keys)
 
 
-def _authorized_keys(path: str | None) -> tuple[bytes, ...]:
+def _cfg_lines(section: IrohSection, key: str) -> str | None:
+    """An inline key list: TOML/JSON list of lines (upstream's shape) or one multi-line string (a pasted file)."""
+    value = section.values.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    raise cfg.usage_error(f"Failed to parse config file: {section.path}: [iroh] '{key}' must be a list of strings")
+
+
+def _key_path(
+    cli: Any, env_value: str | None, env_name: str, section: IrohSection, key: str
+) -> tuple[str | None, str]:
+    """CLI > environment > config for a key file path; the suffix names the variable so a "not found" error says
+    where a path the user never typed came from."""
+    cli_path = _given(cli)
+    if cli_path is not None:
+        return cli_path, ""
+    if env_value is not None:
+        return env_value, f" (from {env_name})"
+    return _cfg_str(section, key), ""
+
+
+def _authorized_keys(ns: argparse.Namespace, section: IrohSection, env: IrohEnv) -> tuple[bytes, ...]:
+    """--authorized-keys-file > TUNNEL_RS_AUTHORIZED_KEYS_FILE > [iroh].authorized_keys_file / authorized_keys."""
     from tunnel_core.iroh_session.authkeys import parse_authorized_keys
     from tunnel_core.keys import KeyFormatError
 
-    if path is None:
-        raise cfg.usage_error("Authentication requires --authorized-keys-file or [iroh].authorized_keys_file.")
-    text = _read_text(path, f"Authorized keys file not found: {path}")
+    path, where = _key_path(
+        _flag(ns, "authorized_keys_file"), env.authorized_keys_file, iroh_env.AUTHORIZED_KEYS_FILE,
+        section, "authorized_keys_file",
+    )
+    if path is not None:
+        text, origin = _read_text(path, f"Authorized keys file not found: {path}{where}"), path
+    else:
+        inline = _cfg_lines(section, "authorized_keys")
+        if inline is None:
+            raise cfg.usage_error(AUTH_KEYS_REQUIRED)
+        text, origin = inline, "[iroh].authorized_keys"
     try:
-        return parse_authorized_keys(text, path)
+        return parse_authorized_keys(text, origin)
     except KeyFormatError as exc:
         raise cfg.usage_error(str(exc)) from None
 
 
-def _private_key(path: str | None) -> bytes:
+def _private_key(ns: argparse.Namespace, section: IrohSection, env: IrohEnv) -> bytes:
+    """--private-key-file > TUNNEL_RS_PRIVATE_KEY_FILE > [iroh].private_key_file / private_key. Errors name where
+    the key came from, never its content (authkeys' messages carry no key material)."""
     from tunnel_core.iroh_session.authkeys import parse_private_key
     from tunnel_core.keys import KeyFormatError
 
-    if path is None:
-        raise cfg.usage_error("Authentication requires --private-key-file or [iroh].private_key_file.")
-    text = _read_text(path, f"Private key file not found: {path}\nGenerate one with: "
-                            f"tunnel generate-auth-key --output {path}")
+    path, where = _key_path(
+        _flag(ns, "private_key_file"), env.private_key_file, iroh_env.PRIVATE_KEY_FILE, section, "private_key_file"
+    )
+    if path is not None:
+        text = _read_text(path, f"Private key file not found: {path}{where}\nGenerate one with: "
+                                f"tunnel generate-auth-key --output {path}")
+        origin = path
+    else:
+        inline = section.values.get("private_key")
+        if inline is None:
+            raise cfg.usage_error(PRIVATE_KEY_REQUIRED)
+        if not isinstance(inline, str):
+            raise cfg.usage_error(f"Failed to parse config file: {section.path}: [iroh] 'private_key' must be a string")
+        text, origin = inline, "[iroh].private_key"
     try:
-        return parse_private_key(text, path)
+        return parse_private_key(text, origin)
     except KeyFormatError as exc:
         raise cfg.usage_error(str(exc)) from None
 
@@ -556,7 +627,8 @@ def _allowed_clients(
 
 
 def _client(
-    ns: argparse.Namespace, section: IrohSection, network: IrohNetwork, protocol: str = "e2"
+    ns: argparse.Namespace, section: IrohSection, network: IrohNetwork, protocol: str = "e2",
+    env: IrohEnv | None = None,
 ) -> IrohClientOptions:
     from tunnel_core.iroh_session.options import IrohClientOptions
     from tunnel_core.keys import KeyFormatError, parse_endpoint_id
@@ -593,10 +665,9 @@ def _client(
     if not addrs and not network.discovery and (network.relays_disabled or not network.relay_urls):
         raise cfg.usage_error("No way to reach the server: give --server-addr or --relay-url "
                               "(discovery is off with --dns-server none)")
-    key_file = _given(_flag(ns, "private_key_file")) or _cfg_str(section, "private_key_file")
     seed = None
     if protocol == "e4":
-        seed = _private_key(key_file)
+        seed = _private_key(ns, section, env or IrohEnv())
     elif _given(_flag(ns, "private_key_file")) is not None:  # a config value is just unused under e2
         raise cfg.usage_error("--private-key-file needs --protocol e4 (e2 identifies clients by --secret-file)")
     return IrohClientOptions(server_id=server_id, source=source, target=target, secret_key=_secret(ns, section),

@@ -23,7 +23,7 @@ from tests.e2e.programs import (
     udp_exchange,
     udp_socket,
 )
-from tests.iroh_mode.tunnels import IrohClientProc, IrohServerProc, make_key
+from tests.iroh_mode.tunnels import IrohClientProc, IrohServerProc, echo_through, make_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -31,16 +31,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     return {name: make_key(tmp_path, f"{name}.key", seed) for seed, name in enumerate(("server", "a", "b", "c", "x"))}
-
-
-def _echo(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while data := sock.recv(65536):
-            chunks.append(data)
-    return b"".join(chunks)
 
 
 def test_ssh_and_100mb_upload_download_through_one_server(tmp_path: Path, keys: dict[str, tuple[Path, str]]) -> None:
@@ -97,8 +87,8 @@ def test_three_clients_with_own_keys_choose_own_sources_and_strangers_are_refuse
         with IrohClientProc(server, keys["a"][0], f"tcp://127.0.0.1:{e1.port}") as ca, \
                 IrohClientProc(server, keys["b"][0], f"tcp://127.0.0.1:{e2.port}") as cb, \
                 IrohClientProc(server, keys["c"][0], f"udp://127.0.0.1:{u3.port}") as cc:
-            assert _echo(ca.port, b"from alice") == b"from alice"
-            assert _echo(cb.port, b"from bob") == b"from bob"
+            assert echo_through(ca.port, b"from alice") == b"from alice"
+            assert echo_through(cb.port, b"from bob") == b"from bob"
             with udp_socket() as sock:
                 assert udp_exchange(sock, ("127.0.0.1", cc.port), b"carol") == b"u:carol"
             for client_id in (keys["a"][1], keys["b"][1], keys["c"][1]):
@@ -140,7 +130,7 @@ def test_source_outside_allowlist_is_rejected_with_reason_and_session_limit_hold
             # the permit comes back once the first stream ends
             for _ in range(50):
                 try:
-                    assert _echo(client.port, b"again") == b"again"
+                    assert echo_through(client.port, b"again") == b"again"
                     break
                 except (AssertionError, OSError):
                     time.sleep(0.1)
@@ -169,5 +159,5 @@ def test_client_reaches_server_through_the_projects_relay_then_goes_direct(
                       "--secret-file", str(keys["a"][0]), *via_relay) as client:
                 local = int(client.wait_for(r"Listening on TCP 127\.0\.0\.1:(\d+)").group(1))
                 client.wait_for(rf"Connection: Relay {relay_url}/? \(rtt")
-                assert _echo(local, b"via relay") == b"via relay"
+                assert echo_through(local, b"via relay") == b"via relay"
                 client.wait_for(r"Connection: Direct 127\.0\.0\.1:\d+ \(rtt")

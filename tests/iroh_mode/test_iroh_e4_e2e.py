@@ -5,12 +5,11 @@ Everything stays on 127.0.0.1 (``--no-relay --dns-server none``, clients dial ``
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 from tests.e2e.programs import TcpEchoServer, UdpEchoServer, udp_exchange, udp_socket
-from tests.iroh_mode.tunnels import OFFLINE, IrohServerProc, Proc, make_key
+from tests.iroh_mode.tunnels import OFFLINE, IrohServerProc, Proc, echo_through, make_key
 
 from tunnel_core.iroh_session.auth import public_key_from_seed
 from tunnel_core.iroh_session.authkeys import format_private_key, format_public_key
@@ -37,16 +36,6 @@ def setup(tmp_path: Path) -> dict[str, Path]:
     return {"server": server_key, "good": good, "bad": bad, "keys": keys}
 
 
-def _echo(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while data := sock.recv(65536):
-            chunks.append(data)
-    return b"".join(chunks)
-
-
 def test_authorised_key_forwards_tcp_and_udp(setup: dict[str, Path]) -> None:
     payload = bytes(range(256)) * 4096
     with TcpEchoServer() as echo, UdpEchoServer(prefix=b"echo:") as uecho, \
@@ -56,7 +45,7 @@ def test_authorised_key_forwards_tcp_and_udp(setup: dict[str, Path]) -> None:
         with e4_client(server, setup["good"], f"tcp://127.0.0.1:{echo.port}") as client:
             port = int(client.wait_for(r"Listening on TCP 127\.0\.0\.1:(\d+)").group(1))
             assert "Authenticated with the server" in client.stderr
-            assert _echo(port, payload) == payload
+            assert echo_through(port, payload) == payload
             server.wait_for(r"authenticated as ed25519-pub:GX9rI-FshTLGq8g4-s1ep4m-DHaykgM0A5v6iz02jWE")
         with e4_client(server, setup["good"], f"udp://127.0.0.1:{uecho.port}") as uclient, udp_socket() as sock:
             port = int(uclient.wait_for(r"Listening on UDP 127\.0\.0\.1:(\d+)").group(1))

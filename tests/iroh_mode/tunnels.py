@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,17 @@ from types import TracebackType
 from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id, format_secret_key
 
 OFFLINE = ("--no-relay", "--dns-server", "none", "--bind-addr", "127.0.0.1:0")
+
+
+def echo_through(port: int, payload: bytes) -> bytes:
+    """Send ``payload`` to a tunnel's local port, half-close, and return everything that came back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+    return b"".join(chunks)
 
 
 def make_key(directory: Path, name: str, seed: int) -> tuple[Path, str]:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 from tests.nostr.conftest import TEST_KIND, LocalRelay
+from tests.nostr.procs import Proc
 
 from tunnel_cli.cli import TUNNEL, TUNNEL_RS_ICE, build_options, run
 from tunnel_core.nostr.keys import SecretKey
@@ -218,41 +216,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class _Proc:
-    def __init__(self, argv: list[str]) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-c", "import sys; from tunnel_asyncio.cli import main; "
-                                      "sys.exit(main())", *argv], stderr=subprocess.PIPE, text=True, env=env)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, needle: str, timeout: float = 15.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if needle in line:
-                    return line
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"{needle!r} not seen:\n{''.join(self.lines)}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
-
-
 @pytest.mark.timeout(60)
 def test_processes_tcp_tunnel(relay: LocalRelay, dead_relay_url: str) -> None:
     echo = socket.socket()
@@ -269,14 +232,14 @@ def test_processes_tcp_tunnel(relay: LocalRelay, dead_relay_url: str) -> None:
     threading.Thread(target=serve, daemon=True).start()
     common = ["--relay", dead_relay_url, "--relay", relay.url, "--no-stun", "--host-candidate", "127.0.0.1",
               "--event-kind", str(TEST_KIND)]
-    server = _Proc(["server", "nostr", "--nsec", SERVER.nsec, "--peer-npub", CLIENT.public_key.npub,
+    server = Proc(["server", "nostr", "--nsec", SERVER.nsec, "--peer-npub", CLIENT.public_key.npub,
                     "--allowed-tcp", "127.0.0.0/8", *common])
     client = None
     try:
         server.wait_for("Waiting for tunnel requests (max sessions: 10)...")
         port = _free_port()
         started = time.monotonic()
-        client = _Proc(["client", "nostr", "--nsec", CLIENT.nsec, "--peer-npub", SERVER.public_key.npub,
+        client = Proc(["client", "nostr", "--nsec", CLIENT.nsec, "--peer-npub", SERVER.public_key.npub,
                         "--source", f"tcp://127.0.0.1:{eport}", "--target", f"127.0.0.1:{port}", *common])
         client.wait_for("Listening on TCP")
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -290,4 +253,4 @@ def test_processes_tcp_tunnel(relay: LocalRelay, dead_relay_url: str) -> None:
     finally:
         codes = [client.stop() if client else 0, server.stop()]
         echo.close()
-    assert codes == [0, 0], "".join(server.lines)
+    assert codes == [0, 0], server.text

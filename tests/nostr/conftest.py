@@ -21,10 +21,10 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 class LocalRelay:
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         import nostr_sdk
 
-        self.port = free_port()
+        self.port = port or free_port()  # a fixed port lets a test bring "the same" relay back after stopping it
         self.url = f"ws://127.0.0.1:{self.port}"
         self._ready = threading.Event()
         self._stop = threading.Event()

@@ -78,8 +78,9 @@ class RestartResult:
 @attrs.define
 class SuiteResults:
     matrix: dict[tuple[str, str, str, bool], MatrixResult] = attrs.Factory(dict)
-    impair: ImpairResult | None = None
-    restart: RestartResult | None = None
+    #: Per mode: the 5 % loss run and the killed-server run.
+    impair: dict[str, ImpairResult] = attrs.Factory(dict)
+    restart: dict[str, RestartResult] = attrs.Factory(dict)
     prefixes: list[str] = attrs.Factory(list)
     seconds: float = 0.0
 
@@ -204,15 +205,15 @@ def run_suite(modes: tuple[str, ...] = SELECTED_MODES) -> SuiteResults:
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS) as pool:
         # Longest jobs first: the restart waits out the consent timeout, the failing pairs the ICE deadline.
-        restart = pool.submit(run_restart, "manual", results.prefixes) if "manual" in modes else None
-        impair = pool.submit(run_impairment, "manual", results.prefixes) if "manual" in modes else None
+        restart = {m: pool.submit(run_restart, m, results.prefixes) for m in modes}
+        impair = {m: pool.submit(run_impairment, m, results.prefixes) for m in modes}
         jobs = sorted(((m, a, b) for m in modes for a, b in MODES[m].pairs), key=lambda job: -_job_cost(*job))
         futures = [pool.submit(run_matrix_pair, m, a, b, results.prefixes) for m, a, b in jobs]
         for future in futures:
             for entry in future.result():
                 results.matrix[(entry.mode, entry.nat_a, entry.nat_b, entry.turn)] = entry
-        results.restart = restart.result() if restart is not None else None
-        results.impair = impair.result() if impair is not None else None
+        results.restart = {m: f.result() for m, f in restart.items()}
+        results.impair = {m: f.result() for m, f in impair.items()}
     results.seconds = round(time.monotonic() - started, 1)
     return results
 
@@ -268,18 +269,17 @@ def results_table(results: SuiteResults) -> str:
 
 def summary_lines(results: SuiteResults) -> list[str]:
     out = []
-    imp = results.impair
-    if imp is not None:
+    for mode, imp in results.impair.items():
         verdict = imp.transfer
         path = imp.outcome.path if isinstance(imp.outcome, Connected) else "not connected"
-        out.append(f"- manual mode, {LOSS_PERCENT} % random loss on the client's router (prc / prc, {path}): "
+        out.append(f"- {mode} mode, {LOSS_PERCENT} % random loss on the client's router (prc / prc, {path}): "
                    f"{BIG_TRANSFER // (1024 * 1024)} MiB echoed {'intact' if verdict.get('ok') else 'NOT intact'} "
                    f"in {verdict.get('seconds', '?')} s")
-    res = results.restart
-    if res is not None:
-        out.append(f"- manual mode, server killed with SIGKILL mid-transfer (fullcone / prc): client exited with code "
-                   f"{res.exit_code} after {res.seconds_to_exit} s ({res.last_line.removeprefix('Error: ')!r}); "
-                   f"its listening port {'was released' if res.port_released else 'was NOT released'}")
+    for mode, res in results.restart.items():
+        out.append(f"- {mode} mode, server killed with SIGKILL mid-transfer (fullcone / prc): client exited with "
+                   f"code {res.exit_code} after {res.seconds_to_exit} s "
+                   f"({res.last_line.removeprefix('Error: ')!r}); its listening port "
+                   f"{'was released' if res.port_released else 'was NOT released'}")
     out.append(f"- every connected pair echoed {SMALL_TRANSFER // 1024} KiB intact, relayed pairs (TURN, iroh relay) "
                f"{RELAY_TRANSFER // (1024 * 1024)} MiB")
     counts = "; ".join(

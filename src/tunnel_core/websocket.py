@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 import attrs
 import h11
-from websockets.exceptions import ProtocolError as WsProtocolError
 from websockets.frames import Opcode
 from websockets.protocol import Protocol, Side, State
 
@@ -211,8 +210,10 @@ class WebSocketClient:
         if self._ws.state is State.CLOSED and self.state is not WsState.CLOSED:
             self.state = WsState.CLOSED
             self._messages.append(ClosedByPeer(self._ws.close_code, self._ws.close_reason or ""))
-        exc = self._ws.parser_exc if hasattr(self._ws, "parser_exc") else None
-        if isinstance(exc, WsProtocolError):
+        if self._ws.parser_exc is not None:
+            # Any parser failure (a protocol error, but also an oversized message or a close reason that is not
+            # UTF-8) has failed the connection inside websockets, which refuses to send from then on: the client
+            # must stop reporting OPEN, or the next send_text raises websockets' InvalidState.
             self.state = WsState.CLOSED
 
     def _deliver(self, op: Opcode, data: bytes) -> None:

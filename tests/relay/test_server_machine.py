@@ -117,6 +117,14 @@ def test_token_and_allowlist() -> None:
     assert sum(isinstance(e, ClientDenied) for e in h.events) == 3
 
 
+def test_token_with_lone_surrogate_is_denied_not_a_crash() -> None:
+    # An adapter decoding headers with surrogateescape hands such a token over; it is just a wrong token.
+    h = Harness(tokens=frozenset({"s3cret"}))
+    odd = h.join(1, token="s3\udcffcret")
+    (deny,) = h.frames(odd)
+    assert isinstance(deny, fr.ServerDeniesAuth) and "not authorized" in deny.reason
+
+
 def test_garbage_closes_only_that_client() -> None:
     h = Harness()
     a, b, c = h.join(1), h.join(2), h.join(3)

@@ -293,7 +293,8 @@ class RelayServer:
     def _token_ok(self, token: str | None) -> bool:
         if token is None:
             return False
-        given = token.encode()
+        # surrogateescape: whatever an adapter decoded the header with, a strange token is a wrong token, not a crash.
+        given = token.encode("utf-8", "surrogateescape")
         # Compare against every token without stopping early, so timing reveals nothing about which is close.
         return any([hmac.compare_digest(given, t.encode()) for t in self.policy.tokens])
 

@@ -209,6 +209,7 @@ class Tunnel:
         low_water: int = 256 << 10,
         udp_idle_timeout: float = 120.0,
         max_flows: int = 0,
+        max_udp_peers: int = 256,
         dial_ok: bool = True,
         dial_delay: float = 0.01,
         **pair_kwargs: Any,
@@ -216,7 +217,8 @@ class Tunnel:
         self.pair = Pair(packet_size=packet_size, **pair_kwargs)
         self.protocol = protocol
         self.session_kwargs: dict[str, Any] = dict(
-            high_water=high_water, low_water=low_water, udp_idle_timeout=udp_idle_timeout
+            high_water=high_water, low_water=low_water, udp_idle_timeout=udp_idle_timeout,
+            max_udp_peers=max_udp_peers,
         )
         self.max_flows = max_flows
         self.dial_ok = dial_ok

@@ -326,6 +326,43 @@ def test_max_flows_applies_to_udp_peers() -> None:
     assert ("127.0.0.1", 2) not in t.client.udp_inbox
 
 
+def test_udp_peers_over_the_cap_retire_the_least_recently_active() -> None:
+    t = Tunnel("udp", max_udp_peers=3).start()
+    peers = [("127.0.0.1", 43000 + i) for i in range(4)]
+    for i, peer in enumerate(peers[:3]):
+        t.client.send_udp(peer, f"hello {i}".encode())
+        t.idle(0.1)
+    t.run(lambda: len(t.client.udp_inbox) == 3)
+    t.client.send_udp(peers[0], b"peer 0 again")  # peer 1 is now the least recently active
+    t.idle(0.1)
+    t.client.send_udp(peers[3], b"newcomer")
+    t.run(lambda: peers[3] in t.client.udp_inbox)
+    assert t.client.session.flows == 3
+    # Peer 1's flow ended cleanly on both sides: its server socket is closed, the others are open.
+    t.run(lambda: sum(flow.closed for flow in t.server.udp.values()) == 1)
+    (closed,) = [flow for flow in t.server.udp.values() if flow.closed]
+    assert closed.sent == [b"hello 1"]
+    assert not any(isinstance(e, qe.StreamReset) for e in t.quic_events["server"])
+    # A retired peer that speaks again simply gets a fresh flow (retiring the next least recent, peer 2).
+    t.client.send_udp(peers[1], b"back")
+    t.run(lambda: t.client.udp_inbox[peers[1]][-1] == b"re:back")
+    assert t.client.session.flows == 3 and len(t.server.udp) == 5
+
+
+def test_hundreds_of_concurrent_streams_are_granted_up_front() -> None:
+    # aioquic's default grant (128 bidirectional streams) would hold the 129th open connection back until another
+    # closed; a tunnel grants MAX_CONCURRENT_STREAMS.
+    t = Tunnel("tcp").start()
+    socks = [t.client.connect(b"x")[1] for _ in range(300)]
+    t.run(lambda: sum(isinstance(e, DialTcp) for e in t.server.events) == 300)
+    assert not any(sock.aborted for sock in socks)
+
+
+def test_max_udp_peers_must_be_positive() -> None:
+    with pytest.raises(LocalProtocolError):
+        Tunnel("udp", max_udp_peers=0).start()
+
+
 def test_client_resets_streams_the_server_opens() -> None:
     t = Tunnel("tcp").start()
     server_quic = t.pair.conn("server")

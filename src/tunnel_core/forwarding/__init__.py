@@ -17,6 +17,7 @@ from tunnel_core.forwarding.events import (
 from tunnel_core.forwarding.session import (
     DEFAULT_HIGH_WATER,
     DEFAULT_LOW_WATER,
+    DEFAULT_MAX_UDP_PEERS,
     DEFAULT_UDP_IDLE_TIMEOUT,
     ForwardingSession,
 )
@@ -24,6 +25,7 @@ from tunnel_core.forwarding.session import (
 __all__ = [
     "DEFAULT_HIGH_WATER",
     "DEFAULT_LOW_WATER",
+    "DEFAULT_MAX_UDP_PEERS",
     "DEFAULT_UDP_IDLE_TIMEOUT",
     "AbortTcp",
     "CloseTcp",

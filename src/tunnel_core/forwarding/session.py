@@ -61,6 +61,10 @@ RESET_IDLE = 4  # an idle UDP flow was retired
 DEFAULT_HIGH_WATER = 1 << 20
 DEFAULT_LOW_WATER = 256 << 10
 DEFAULT_UDP_IDLE_TIMEOUT = 120.0
+#: Client: live UDP peers per tunnel before the least recently active one is retired to make room. Why a cap: each
+#: peer holds a QUIC stream (the server grants a fixed number at a time) and a socket on the server; a DNS client
+#: that uses a fresh source port per query would otherwise exhaust both long before the idle timeout frees them.
+DEFAULT_MAX_UDP_PEERS = 256
 
 
 class _Kind(enum.Enum):
@@ -110,6 +114,7 @@ class ForwardingSession:
         low_water: int = DEFAULT_LOW_WATER,
         udp_idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT,
         max_flows: int = 0,
+        max_udp_peers: int = DEFAULT_MAX_UDP_PEERS,
     ) -> None:
         if protocol not in ("tcp", "udp"):
             raise LocalProtocolError(f"protocol must be 'tcp' or 'udp', got {protocol!r}")
@@ -121,6 +126,8 @@ class ForwardingSession:
             raise LocalProtocolError("udp_idle_timeout must be positive")
         if max_flows < 0:
             raise LocalProtocolError("max_flows must be >= 0 (0 = unlimited)")
+        if max_udp_peers < 1:
+            raise LocalProtocolError("max_udp_peers must be >= 1")
         if not is_client and not target_addresses:
             raise LocalProtocolError("a server session needs the target addresses it may use")
         self._quic = quic
@@ -131,6 +138,7 @@ class ForwardingSession:
         self._low_water = low_water
         self._udp_idle_timeout = udp_idle_timeout
         self._max_flows = max_flows
+        self._max_udp_peers = max_udp_peers
         self._flows: dict[int, _Flow] = {}
         self._udp_by_peer: dict[Address, int] = {}
         self._paused: set[int] = set()
@@ -250,6 +258,11 @@ class ForwardingSession:
             return  # cannot be framed; a real UDP socket never hands us more anyway
         flow_id = self._udp_by_peer.get(peer)
         if flow_id is None:
+            if len(self._udp_by_peer) >= self._max_udp_peers:
+                # Full: retire the least recently active peer (a clean FIN, as an idle expiry would); it gets a
+                # fresh flow if it speaks again. Its stream's credit returns once the server has closed it.
+                oldest = min(self._udp_by_peer.values(), key=lambda fid: self._flows[fid].last_active)
+                self._expire_udp(self._flows[oldest])
             flow_id = self._quic.get_next_available_stream_id(is_unidirectional=False)
             self._flows[flow_id] = _Flow(flow_id, _Kind.UDP, decoder=UdpFrameDecoder(), peer=peer, last_active=now)
             self._udp_by_peer[peer] = flow_id

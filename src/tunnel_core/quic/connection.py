@@ -39,6 +39,8 @@ DEFAULT_KEEPALIVE_INTERVAL = 15.0
 #: TLS alert bad_certificate (42) as a QUIC CRYPTO_ERROR (0x100 + alert), what a TLS verifier failure looks like.
 FINGERPRINT_MISMATCH_ERROR = QuicErrorCode.CRYPTO_ERROR + 42
 FINGERPRINT_MISMATCH_REASON = "manual fingerprint mismatch"
+#: Concurrent bidirectional streams we let the peer open (aioquic: 128).
+MAX_CONCURRENT_STREAMS = 1024
 #: PING uids we use for keep-alives; their PingAcknowledged events are ours and not passed on.
 _KEEPALIVE_UID_BASE = 1 << 62
 
@@ -85,6 +87,10 @@ class TunnelQuicConnection(QuicConnection):
         # Upstream's ICE modes allow no unidirectional streams; advertise that in the transport parameters.
         self._local_max_streams_uni.value = 0
         self._local_max_streams_uni.sent = 0
+        # aioquic grants 128 concurrent bidirectional streams; every TCP connection and every UDP peer of a tunnel
+        # is one, so a busy tunnel would stall its 129th. Memory is spent per stream in use, not per stream granted.
+        self._local_max_streams_bidi.value = MAX_CONCURRENT_STREAMS
+        self._local_max_streams_bidi.sent = MAX_CONCURRENT_STREAMS
 
     # ------------------------------------------------------------------------------------------ public additions
 

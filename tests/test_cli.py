@@ -574,3 +574,37 @@ def test_turn_config_keys_and_cli_precedence(tmp_path: Path) -> None:
 def test_turn_flag_errors(args: tuple[str, ...], message: str) -> None:
     error = build_error("client", "manual", "-s", "tcp://127.0.0.1:22", "-t", "127.0.0.1:2222", *args)
     assert message in error
+
+
+def test_tunnel_process_raises_its_open_files_soft_limit() -> None:
+    """A tunnel carries up to 1024 streams, each a socket on both sides: the CLI lifts a low soft limit (1024 is
+    common) to the hard limit. Checked on a real process started with a soft limit of 256."""
+    import resource
+    import subprocess
+    import sys
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        raise AssertionError(f"this machine's hard limit ({hard}) leaves nothing to raise")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunnel_asyncio.cli", "client", "manual", "-s", "tcp://127.0.0.1:9", "-t",
+         "127.0.0.1:0", "--no-stun", "--host-candidate", "127.0.0.1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=low_soft_limit,
+    )
+    try:
+        assert proc.stdout is not None
+        for _ in range(20):  # the OFFER comes after the limit was raised
+            if proc.stdout.readline().startswith(b"-----END"):
+                break
+        limits = open(f"/proc/{proc.pid}/limits").read()
+    finally:
+        proc.kill()
+        proc.wait(5)
+    line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
+    raised = int(line.split()[3])
+    assert raised == (65536 if hard == resource.RLIM_INFINITY else min(hard, 65536))
+    assert raised > 256

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import attrs
 
 from tunnel_cli import config as cfg
+from tunnel_cli.fdlimit import raise_open_files_limit
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.options import (
     ExitCode,
@@ -420,10 +421,12 @@ def run(argv: Sequence[str] | None = None, *, program: Program = TUNNEL, runtime
         # The relay server is its own program with its own flags (tunnel_cli.relay_cmd); asyncio only.
         from tunnel_cli import relay_cmd
 
+        raise_open_files_limit()  # a relay holds one connection per client
         return relay_cmd.run(args[1:])
     try:
         _command, options = build_options(args, program=program, warn=_warn)
         configure_logging()
+        raise_open_files_limit()
         _dispatch(options, runtime)
     except SystemExit as exc:  # --help / --version (argparse), or a runner that exits on purpose
         if exc.code is None or isinstance(exc.code, int):

@@ -26,9 +26,9 @@ from tunnel_core.types import Address
 SOCKET_BUFFER = 4 * 1024 * 1024
 
 #: Every driver fires a timer closer than this at once, as if due: the runtime's timer granularity would otherwise
-#: throttle aioquic's pacer. It stays below aioquic's 1 ms ACK delay: firing that timer early sends an ACK-only
-#: packet the peer must process, where waiting lets the ACK ride on the next data packet (about one packet less
-#: per round trip of a request/response exchange).
+#: throttle aioquic's pacer. It stays well below aioquic's 1 ms ACK delay, so the delayed ACK keeps batching: fired
+#: early, it would go out as an ACK-only packet after nearly every request/response exchange instead of one per
+#: ~4 round trips (aioquic writes an ACK only once it is due, never early on a data packet).
 TIMER_SLACK = 0.0005
 
 SocketFactory = Callable[[int, int], Any]

@@ -117,10 +117,6 @@ class RelayServer:
         self._by_id: dict[bytes, list[int]] = {}
         #: endpoint id -> ids it has sent datagrams to (told EndpointGone when it leaves).
         self._sent_to: dict[bytes, set[bytes]] = {}
-        #: The reverse: endpoint id -> ids that have sent to it. When a receiver leaves it is struck from its
-        #: senders' sets, so a long-lived sender talking to many short-lived peers keeps no stale ids, and a peer
-        #: that comes back is not told about senders that only knew its previous connection.
-        self._senders_of: dict[bytes, set[bytes]] = {}
         self._events: deque[Event] = deque()
         self._next_conn = 1
         self._shutting_down = False
@@ -329,10 +325,8 @@ class RelayServer:
             peers = self._sent_to.get(src)
             if peers is None:
                 self._sent_to[src] = {dst}
-                self._senders_of.setdefault(dst, set()).add(src)
             elif dst not in peers:
                 peers.add(dst)
-                self._senders_of.setdefault(dst, set()).add(src)
         else:
             self.stats.dropped_queue_full += 1
 
@@ -372,17 +366,8 @@ class RelayServer:
                     self._send_status(promoted, fr.StatusCode.HEALTHY)
             return
         self._by_id.pop(endpoint_id, None)
-        for sender in self._senders_of.pop(endpoint_id, ()):
-            sent = self._sent_to.get(sender)
-            if sent is not None:
-                sent.discard(endpoint_id)
         gone = fr.encode_frame(fr.EndpointGone(endpoint_id))
         for peer in self._sent_to.pop(endpoint_id, ()):
-            receivers = self._senders_of.get(peer)
-            if receivers is not None:
-                receivers.discard(endpoint_id)
-                if not receivers:
-                    del self._senders_of[peer]
             peer_conns = self._by_id.get(peer)
             if peer_conns:
                 self._push(self._clients[peer_conns[-1]], gone, control=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import random
 import shutil
 import signal
 import socket
@@ -35,24 +36,39 @@ class ProgramError(RuntimeError):
 def free_port(*, tcp: bool = True, udp: bool = False) -> int:
     """A port on 127.0.0.1 that is free for the requested protocols right now.
 
-    Asking for both TCP and UDP matters when one local port must carry both (iperf3 UDP uses a TCP control
-    connection on the same port number as its UDP data).
+    Picked below the kernel's ephemeral range: a port the kernel hands out for ``bind(0)`` can also be handed to
+    any process's next outgoing connection (a tunnel's relay WebSocket, say) before the test's process binds it,
+    which made listeners fail with "address already in use" once in a while. Asking for both TCP and UDP matters
+    when one local port must carry both (iperf3 UDP uses a TCP control connection on the same port number).
     """
+    low, high = _port_pool()
     for _ in range(200):
-        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
-        try:
-            probe.bind((LOOPBACK, 0))
-            port = probe.getsockname()[1]
-        finally:
-            probe.close()
-        if udp and tcp and not _udp_port_free(port):
+        port = _PORTS.randrange(low, high)
+        if tcp and not _port_free(port, socket.SOCK_STREAM):
+            continue
+        if udp and not _port_free(port, socket.SOCK_DGRAM):
             continue
         return port
     raise ProgramError("no free port found on 127.0.0.1")
 
 
-def _udp_port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+_PORTS = random.Random()
+
+
+def _port_pool() -> tuple[int, int]:
+    """[low, high) of ports the kernel never picks by itself: the span below ip_local_port_range."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    if ephemeral_low > 12000:
+        return max(10000, ephemeral_low - 12000), ephemeral_low
+    return 61000, 65535  # an unusual configuration: the range above the common ephemeral span
+
+
+def _port_free(port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
         try:
             sock.bind((LOOPBACK, port))
         except OSError:

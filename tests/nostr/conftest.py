@@ -15,9 +15,10 @@ TEST_KIND = 24243
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Outside the ephemeral range, like the e2e helper (see tests/e2e/programs.free_port for why)."""
+    from tests.e2e import programs
+
+    return programs.free_port(tcp=kind == socket.SOCK_STREAM, udp=kind == socket.SOCK_DGRAM)
 
 
 class LocalRelay:

@@ -57,10 +57,10 @@ def _port_is_free(port: int) -> bool:
 
 def _free_port_pair() -> int:
     """A port whose successor is free too (coturn may claim port+1 as its RFC 5780 alternate port)."""
+    from tests.e2e.programs import free_port  # below the ephemeral range: no outgoing connection can take it
+
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((LOOPBACK, 0))
-            port = probe.getsockname()[1]
+        port = free_port(tcp=True, udp=True)
         if port < 65535 and _port_is_free(port) and _port_is_free(port + 1):
             return port
     raise RuntimeError("no free loopback port pair for turnserver")

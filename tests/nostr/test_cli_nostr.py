@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.nostr.conftest import TEST_KIND, LocalRelay
+from tests.nostr.conftest import TEST_KIND, LocalRelay, free_port
 from tests.nostr.procs import Proc
 
 from tunnel_cli.cli import TUNNEL, TUNNEL_RS_ICE, build_options, run
@@ -210,10 +210,6 @@ def test_turn_config_errors(tmp_path: Path, lines: str, message: str) -> None:
 # ---------------------------------------------------------------------------------------------- processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.timeout(60)
@@ -237,7 +233,7 @@ def test_processes_tcp_tunnel(relay: LocalRelay, dead_relay_url: str) -> None:
     client = None
     try:
         server.wait_for("Waiting for tunnel requests (max sessions: 10)...")
-        port = _free_port()
+        port = free_port()
         started = time.monotonic()
         client = Proc(["client", "nostr", "--nsec", CLIENT.nsec, "--peer-npub", SERVER.public_key.npub,
                         "--source", f"tcp://127.0.0.1:{eport}", "--target", f"127.0.0.1:{port}", *common])

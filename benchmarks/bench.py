@@ -74,6 +74,23 @@ def ports_pair(
         yield tcp_port, echo
 
 
+@contextlib.contextmanager
+def python_relay_chain(port: int) -> Iterator[int]:
+    """Two py_relay.py processes in front of ``port``: the tunnel's shape without QUIC, i.e. what being written in
+    Python costs by itself. Yields the entry port."""
+    entry, middle = programs.free_port(), programs.free_port()
+    script = str(Path(__file__).resolve().parent / "py_relay.py")
+    procs = [subprocess.Popen([sys.executable, script, "exit", str(middle), str(port)]),
+             subprocess.Popen([sys.executable, script, "entry", str(entry), str(middle)])]
+    try:
+        programs.wait_tcp_listening(middle, proc=procs[0])  # type: ignore[arg-type]
+        programs.wait_tcp_listening(entry, proc=procs[1])  # type: ignore[arg-type]
+        yield entry
+    finally:
+        for proc in procs:
+            programs.stop_process(proc)  # type: ignore[arg-type]
+
+
 def run(args: argparse.Namespace) -> list[PathResult]:
     seconds = 2 if args.quick else args.seconds
     rounds = 300 if args.quick else args.rounds
@@ -95,21 +112,6 @@ def run(args: argparse.Namespace) -> list[PathResult]:
             local = programs.free_port()
             with programs.SocatRelay(workdir, local, port):
                 yield local
-
-        @contextlib.contextmanager
-        def py_relay(port: int) -> Iterator[int]:
-            # Two Python processes, the tunnel's shape without QUIC: what being written in Python costs by itself.
-            entry, middle = programs.free_port(), programs.free_port()
-            script = str(Path(__file__).resolve().parent / "py_relay.py")
-            procs = [subprocess.Popen([sys.executable, script, "exit", str(middle), str(port)]),
-                     subprocess.Popen([sys.executable, script, "entry", str(entry), str(middle)])]
-            try:
-                programs.wait_tcp_listening(middle, proc=procs[0])
-                programs.wait_tcp_listening(entry, proc=procs[1])
-                yield entry
-            finally:
-                for proc in procs:
-                    programs.stop_process(proc)  # type: ignore[arg-type]
 
         @contextlib.contextmanager
         def ssh_forward(port: int) -> Iterator[int]:
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> list[PathResult]:
             ("direct", direct),
             ("socat", socat),
             ("ssh -L", ssh_forward),
-            ("python relay x2", py_relay),
+            ("python relay x2", python_relay_chain),
             (f"tunnel ({args.runtime})", tunnel),
         ]
         if not args.no_iroh:

@@ -15,27 +15,17 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def test_python_relay_chain_forwards_both_ways_with_half_close() -> None:
-    entry, middle = programs.free_port(), programs.free_port()
-    script = str(BENCH / "py_relay.py")
-    with programs.TcpEchoServer() as echo:
-        procs = [
-            subprocess.Popen([sys.executable, script, "exit", str(middle), str(echo.port)]),
-            subprocess.Popen([sys.executable, script, "entry", str(entry), str(middle)]),
-        ]
-        try:
-            programs.wait_tcp_listening(middle, proc=procs[0])  # type: ignore[arg-type]
-            programs.wait_tcp_listening(entry, proc=procs[1])  # type: ignore[arg-type]
-            payload = programs.deterministic_bytes(3 << 20)
-            with socket.create_connection(("127.0.0.1", entry), timeout=10) as conn:
-                conn.sendall(payload[:1])
-                assert conn.recv(1) == payload[:1]  # the ping-pong bench.py times
-                conn.sendall(payload[1:])
-                conn.shutdown(socket.SHUT_WR)
-                echoed = payload[:1] + programs.recv_all(conn)
-            assert echoed == payload  # the echo server half-closes after our EOF crossed both relays
-        finally:
-            for proc in procs:
-                programs.stop_process(proc)  # type: ignore[arg-type]
+    from benchmarks.bench import python_relay_chain
+
+    with programs.TcpEchoServer() as echo, python_relay_chain(echo.port) as entry:
+        payload = programs.deterministic_bytes(3 << 20)
+        with socket.create_connection(("127.0.0.1", entry), timeout=10) as conn:
+            conn.sendall(payload[:1])
+            assert conn.recv(1) == payload[:1]  # the ping-pong bench.py times
+            conn.sendall(payload[1:])
+            conn.shutdown(socket.SHUT_WR)
+            echoed = payload[:1] + programs.recv_all(conn)
+        assert echoed == payload  # the echo server half-closes after our EOF crossed both relays
 
 
 def test_python_relay_rejects_bad_usage() -> None:

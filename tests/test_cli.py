@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tunnel_asyncio import cli as entry
-from tunnel_cli import cli
+from tunnel_cli import checks, cli
 from tunnel_core.options import (
     DEFAULT_STUN_SERVERS,
     ExitCode,
@@ -46,7 +46,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test may read the developer's real ~/.config, configure global logging, or run a real tunnel."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setattr(cli, "configure_logging", lambda: None)
-    monkeypatch.setattr(cli.cfg, "local_interfaces", lambda: list(IFACES))
+    monkeypatch.setattr(checks, "local_interfaces", lambda: list(IFACES))
 
 
 class Recorder:

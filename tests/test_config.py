@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tunnel_cli import checks, precedence, turn_settings
 from tunnel_cli import config as cfg
+from tunnel_cli.manual_section import ManualSection, manual_section
 from tunnel_core.options import DEFAULT_STUN_SERVERS, ExitCode, TunnelError
 
 VALID = ("iroh", "manual", "nostr")
@@ -27,13 +29,13 @@ def error_of(call, *args, **kwargs) -> str:
     return info.value.message
 
 
-def section(text: str, role: str, tmp_path: Path, **kwargs) -> cfg.ManualSection:
-    return cfg.manual_section(cfg.load_config(write(tmp_path, text)), role, **kwargs)
+def section(text: str, role: str, tmp_path: Path, **kwargs) -> ManualSection:
+    return manual_section(cfg.load_config(write(tmp_path, text)), role, **kwargs)
 
 
 def section_error(text: str, role: str, tmp_path: Path, **kwargs) -> str:
     config = cfg.load_config(write(tmp_path, text))
-    return error_of(cfg.manual_section, config, role, **kwargs)
+    return error_of(manual_section, config, role, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -169,7 +171,7 @@ target = "127.0.0.1:2222"
 
 def test_server_section_is_read(tmp_path: Path) -> None:
     got = section(SERVER_FILE, "server", tmp_path, interfaces=lambda: ["lo", "eth0"])
-    assert got == cfg.ManualSection(
+    assert got == ManualSection(
         section="manual",
         stun_servers=("stun.example.test:3478", "[::1]:3478"),
         allowed_tcp=("127.0.0.0/8", "::1/128"),
@@ -181,12 +183,12 @@ def test_server_section_is_read(tmp_path: Path) -> None:
 
 def test_client_section_is_read_and_empty_stun_list_is_kept(tmp_path: Path) -> None:
     got = section(CLIENT_FILE, "client", tmp_path)
-    assert got == cfg.ManualSection(stun_servers=(), source="tcp://127.0.0.1:22", target="127.0.0.1:2222")
+    assert got == ManualSection(stun_servers=(), source="tcp://127.0.0.1:22", target="127.0.0.1:2222")
 
 
 def test_absent_keys_mean_not_set(tmp_path: Path) -> None:
     got = section('role = "client"\nmode = "manual"\n', "client", tmp_path)
-    assert got == cfg.ManualSection()
+    assert got == ManualSection()
     assert got.stun_servers is None
 
 
@@ -298,21 +300,21 @@ def test_bad_config_stun_server(tmp_path: Path) -> None:
 )
 def test_wrong_types_are_parse_errors(tmp_path: Path, line: str, detail: str) -> None:
     path = write(tmp_path, f'role = "client"\nmode = "manual"\n[manual]\n{line}\n')
-    assert error_of(cfg.manual_section, cfg.load_config(path), "client") == (
+    assert error_of(manual_section, cfg.load_config(path), "client") == (
         f"Failed to parse config file: {path}: {detail}"
     )
 
 
 def test_manual_must_be_a_table(tmp_path: Path) -> None:
     path = write(tmp_path, 'role = "client"\nmode = "manual"\nmanual = 3\n')
-    assert error_of(cfg.manual_section, cfg.load_config(path), "client") == (
+    assert error_of(manual_section, cfg.load_config(path), "client") == (
         f"Failed to parse config file: {path}: 'manual' must be a table"
     )
 
 
 def test_allowed_sources_must_be_a_table(tmp_path: Path) -> None:
     path = write(tmp_path, 'role = "server"\nmode = "manual"\n[manual]\nallowed_sources = ["10.0.0.0/8"]\n')
-    assert error_of(cfg.manual_section, cfg.load_config(path), "server") == (
+    assert error_of(manual_section, cfg.load_config(path), "server") == (
         f"Failed to parse config file: {path}: "
         "[manual] 'allowed_sources' must be a table with 'tcp' and 'udp' lists"
     )
@@ -341,7 +343,7 @@ def test_unknown_keys_and_transport_warn(tmp_path: Path) -> None:
     path = write(tmp_path, 'role = "client"\nmode = "manual"\n[manual]\nstun_server = ["a:1"]\n'
                            '[manual.transport]\ncongestion_controller = "bbr"\n')
     warnings: list[str] = []
-    cfg.manual_section(cfg.load_config(path), "client", warn=warnings.append)
+    manual_section(cfg.load_config(path), "client", warn=warnings.append)
     assert warnings == [
         f"unknown key 'stun_server' in [manual] of {path} ignored",
         "[manual.transport] is not supported by this version and is ignored",
@@ -377,46 +379,46 @@ def test_other_sections_are_ignored(tmp_path: Path) -> None:
     ],
 )
 def test_split_host_port(text: str, parsed: tuple[str, int] | None) -> None:
-    assert cfg.split_host_port(text) == parsed
+    assert checks.split_host_port(text) == parsed
 
 
 def test_cli_value_checks_use_the_reference_wording() -> None:
-    assert error_of(cfg.check_cli_cidrs, ["10.0.0.0/8", "nope"], "--allowed-udp") == (
+    assert error_of(checks.check_cli_cidrs, ["10.0.0.0/8", "nope"], "--allowed-udp") == (
         "Invalid CIDR 'nope' in --allowed-udp. Expected format: 192.168.0.0/16 or ::1/128"
     )
-    assert cfg.check_cli_cidrs(["10.1.2.3/8", "::1/128"], "--allowed-tcp") == ("10.1.2.3/8", "::1/128")
-    assert error_of(cfg.check_cli_source, "tcp:/x:1") == (
+    assert checks.check_cli_cidrs(["10.1.2.3/8", "::1/128"], "--allowed-tcp") == ("10.1.2.3/8", "::1/128")
+    assert error_of(checks.check_cli_source, "tcp:/x:1") == (
         "Invalid source 'tcp:/x:1'. Expected format: tcp://host:port or udp://host:port"
     )
-    assert error_of(cfg.check_cli_target, "localhost") == (
+    assert error_of(checks.check_cli_target, "localhost") == (
         "Invalid target 'localhost'. Expected format: host:port (e.g., localhost:2222 or 127.0.0.1:2222)"
     )
-    assert cfg.check_cli_target("[::1]:0") == "[::1]:0"
-    assert error_of(cfg.parse_cli_packet_size, "12k") == (
+    assert checks.check_cli_target("[::1]:0") == "[::1]:0"
+    assert error_of(checks.parse_cli_packet_size, "12k") == (
         "Invalid --packet-size '12k'. Expected an integer between 1200 and 16000"
     )
-    assert cfg.parse_cli_packet_size("1350") == 1350
+    assert checks.parse_cli_packet_size("1350") == 1350
 
 
 def test_host_candidate_without_interface_list_accepts_names() -> None:
     # Platforms that cannot list interfaces leave the check to the runner instead of refusing every name.
-    assert cfg.check_host_candidate("en0", "--host-candidate", lambda: []) == "en0"
-    assert error_of(cfg.check_host_candidate, "en 0", "--host-candidate", lambda: []) == (
+    assert checks.check_host_candidate("en0", "--host-candidate", lambda: []) == "en0"
+    assert error_of(checks.check_host_candidate, "en 0", "--host-candidate", lambda: []) == (
         "Invalid --host-candidate 'en 0': not an IP address or a local interface name"
     )
-    assert "lo" in cfg.local_interfaces()
+    assert "lo" in checks.local_interfaces()
 
 
 # ---------------------------------------------------------------------------------------------- precedence
 
 
 def test_stun_precedence() -> None:
-    assert cfg.resolve_stun_servers(no_stun=False, cli=[], config=None) == DEFAULT_STUN_SERVERS
-    assert cfg.resolve_stun_servers(no_stun=False, cli=[], config=[]) == ()
-    assert cfg.resolve_stun_servers(no_stun=False, cli=[], config=["c:1"]) == ("c:1",)
-    assert cfg.resolve_stun_servers(no_stun=False, cli=["a:1"], config=["c:1"]) == ("a:1",)
-    assert cfg.resolve_stun_servers(no_stun=True, cli=[], config=["c:1"]) == ()
-    assert error_of(cfg.resolve_stun_servers, no_stun=True, cli=["a:1"], config=None) == (
+    assert precedence.resolve_stun_servers(no_stun=False, cli=[], config=None) == DEFAULT_STUN_SERVERS
+    assert precedence.resolve_stun_servers(no_stun=False, cli=[], config=[]) == ()
+    assert precedence.resolve_stun_servers(no_stun=False, cli=[], config=["c:1"]) == ("c:1",)
+    assert precedence.resolve_stun_servers(no_stun=False, cli=["a:1"], config=["c:1"]) == ("a:1",)
+    assert precedence.resolve_stun_servers(no_stun=True, cli=[], config=["c:1"]) == ()
+    assert error_of(precedence.resolve_stun_servers, no_stun=True, cli=["a:1"], config=None) == (
         "Cannot combine --no-stun with --stun-server"
     )
 
@@ -427,7 +429,7 @@ lists = st.lists(st.text(min_size=1, max_size=5), max_size=4)
 @given(no_stun=st.booleans(), cli=lists, config=st.none() | lists)
 def test_stun_precedence_property(no_stun: bool, cli: list[str], config: list[str] | None) -> None:
     try:
-        got = cfg.resolve_stun_servers(no_stun=no_stun, cli=cli, config=config)
+        got = precedence.resolve_stun_servers(no_stun=no_stun, cli=cli, config=config)
     except TunnelError as exc:
         assert no_stun and cli and exc.exit_code == ExitCode.USAGE
         return
@@ -443,7 +445,7 @@ def test_stun_precedence_property(no_stun: bool, cli: list[str], config: list[st
 
 @given(cli=lists, config=lists)
 def test_cli_list_replaces_config_list(cli: list[str], config: list[str]) -> None:
-    assert cfg.cli_or_config(cli, config) == (tuple(cli) if cli else tuple(config))
+    assert precedence.cli_or_config(cli, config) == (tuple(cli) if cli else tuple(config))
 
 
 # ---------------------------------------------------------------------------------------------- TURN keys
@@ -474,4 +476,4 @@ def test_turn_keys_raise_no_unknown_key_warning(tmp_path: Path) -> None:
 
 def test_empty_password_file_is_refused(tmp_path: Path) -> None:
     empty = write(tmp_path, "", name="pw")
-    assert error_of(cfg.read_password_file, str(empty), "--turn-password-file").endswith("is empty")
+    assert error_of(turn_settings.read_password_file, str(empty), "--turn-password-file").endswith("is empty")

@@ -16,8 +16,10 @@ from typing import Any, NoReturn
 
 import attrs
 
+from tunnel_cli import checks, precedence, turn_settings
 from tunnel_cli import config as cfg
 from tunnel_cli.fdlimit import raise_open_files_limit
+from tunnel_cli.manual_section import ManualSection, manual_section
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.options import (
     ExitCode,
@@ -138,7 +140,7 @@ def _add_ice_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--packet-size", metavar="N",
-        help=f"QUIC datagram size in bytes, {cfg.PACKET_SIZE_MIN}..{cfg.PACKET_SIZE_MAX} "
+        help=f"QUIC datagram size in bytes, {checks.PACKET_SIZE_MIN}..{checks.PACKET_SIZE_MAX} "
         "(default: large on loopback, 1350 elsewhere)",
     )
 
@@ -271,8 +273,8 @@ def build_options(
         raise cfg.usage_error(f"Unknown mode '{mode}'. Valid modes: {', '.join(program.modes)}")
 
     section = (
-        cfg.manual_section(config, role, warn=warn, interfaces=interfaces)
-        if config is not None else cfg.ManualSection()
+        manual_section(config, role, warn=warn, interfaces=interfaces)
+        if config is not None else ManualSection()
     )
     ice = _ice_options(namespace, section, interfaces)
     if role == "server":
@@ -281,20 +283,20 @@ def build_options(
 
 
 def _ice_options(
-    namespace: argparse.Namespace, section: cfg.IceSection, interfaces: Callable[[], Iterable[str]] | None
+    namespace: argparse.Namespace, section: turn_settings.IceSection, interfaces: Callable[[], Iterable[str]] | None
 ) -> IceOptions:
     cli_stun: list[str] = getattr(namespace, "stun_server", [])
     no_stun: bool = getattr(namespace, "no_stun", False)
-    stun = cfg.resolve_stun_servers(no_stun=no_stun, cli=cli_stun, config=section.stun_servers)
+    stun = precedence.resolve_stun_servers(no_stun=no_stun, cli=cli_stun, config=section.stun_servers)
     for server in cli_stun:
-        cfg.check_stun_server(server, "--stun-server")
-    cli_hosts = [cfg.check_host_candidate(host, "--host-candidate", interfaces)
+        checks.check_stun_server(server, "--stun-server")
+    cli_hosts = [checks.check_host_candidate(host, "--host-candidate", interfaces)
                  for host in getattr(namespace, "host_candidate", [])]
     packet_text: str | None = getattr(namespace, "packet_size", None)
-    packet_size = cfg.parse_cli_packet_size(packet_text) if packet_text is not None else section.packet_size
-    cli_turn = [cfg.check_turn_server(server, "--turn-server") for server in getattr(namespace, "turn_server", [])]
-    turn_servers = cfg.cli_or_config(cli_turn, section.turn_servers)
-    turn_user, turn_password = cfg.resolve_turn_credentials(
+    packet_size = checks.parse_cli_packet_size(packet_text) if packet_text is not None else section.packet_size
+    cli_turn = [checks.check_turn_server(server, "--turn-server") for server in getattr(namespace, "turn_server", [])]
+    turn_servers = precedence.cli_or_config(cli_turn, section.turn_servers)
+    turn_user, turn_password = turn_settings.resolve_turn_credentials(
         servers=turn_servers,
         cli_user=_given(getattr(namespace, "turn_user", None)),
         cli_password=getattr(namespace, "turn_password", None),
@@ -303,7 +305,7 @@ def _ice_options(
     )
     return IceOptions(
         stun_servers=stun,
-        host_candidates=cfg.cli_or_config(cli_hosts, section.host_candidates),
+        host_candidates=precedence.cli_or_config(cli_hosts, section.host_candidates),
         packet_size=packet_size,
         turn_servers=turn_servers,
         turn_user=turn_user,
@@ -312,12 +314,12 @@ def _ice_options(
 
 
 def _server_options(
-    namespace: argparse.Namespace, section: cfg.ManualSection, ice: IceOptions
+    namespace: argparse.Namespace, section: ManualSection, ice: IceOptions
 ) -> ManualServerOptions:
-    cli_tcp = cfg.check_cli_cidrs(getattr(namespace, "allowed_tcp", []), "--allowed-tcp")
-    cli_udp = cfg.check_cli_cidrs(getattr(namespace, "allowed_udp", []), "--allowed-udp")
-    allowed_tcp = cfg.cli_or_config(cli_tcp, section.allowed_tcp)
-    allowed_udp = cfg.cli_or_config(cli_udp, section.allowed_udp)
+    cli_tcp = checks.check_cli_cidrs(getattr(namespace, "allowed_tcp", []), "--allowed-tcp")
+    cli_udp = checks.check_cli_cidrs(getattr(namespace, "allowed_udp", []), "--allowed-udp")
+    allowed_tcp = precedence.cli_or_config(cli_tcp, section.allowed_tcp)
+    allowed_udp = precedence.cli_or_config(cli_udp, section.allowed_udp)
     if not allowed_tcp and not allowed_udp:
         raise cfg.usage_error(
             "At least one of --allowed-tcp or --allowed-udp is required for custom-manual server"
@@ -326,7 +328,7 @@ def _server_options(
 
 
 def _client_options(
-    namespace: argparse.Namespace, section: cfg.ManualSection, ice: IceOptions
+    namespace: argparse.Namespace, section: ManualSection, ice: IceOptions
 ) -> ManualClientOptions:
     cli_source = _given(getattr(namespace, "source", None))
     cli_target = _given(getattr(namespace, "target", None))
@@ -342,9 +344,9 @@ def _client_options(
             "--target is required. Specify local address to listen on (e.g., --target 127.0.0.1:2222)"
         )
     if cli_source is not None:
-        cfg.check_cli_source(cli_source)
+        checks.check_cli_source(cli_source)
     if cli_target is not None:
-        cfg.check_cli_target(cli_target)
+        checks.check_cli_target(cli_target)
     return ManualClientOptions(source=source, target=target, ice=ice)
 
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from tunnel_cli import checks, iroh_env, precedence
 from tunnel_cli import config as cfg
-from tunnel_cli import iroh_env
 from tunnel_cli.iroh_env import IrohEnv
 from tunnel_cli.keyfiles import write_secret_file
 from tunnel_core.options import ExitCode, TunnelError
@@ -396,7 +396,7 @@ def _network(ns: argparse.Namespace, section: IrohSection) -> IrohNetwork:
     from tunnel_core.iroh_session.socks import ProxyError, check_proxy_for_relays, parse_socks5_proxy
 
     cli_relays = [_check_relay_url(u) for u in (_flag(ns, "relay_url") or [])]
-    relays = cfg.cli_or_config(cli_relays, [_check_relay_url(u) for u in _cfg_list(section, "relay_urls")])
+    relays = precedence.cli_or_config(cli_relays, [_check_relay_url(u) for u in _cfg_list(section, "relay_urls")])
     no_relay = bool(_flag(ns, "no_relay"))
     if no_relay and cli_relays:
         raise cfg.usage_error("Cannot combine --no-relay with --relay-url")
@@ -487,11 +487,11 @@ def _server(
     sources = section.values.get("allowed_sources", {})
     if not isinstance(sources, Mapping):
         raise cfg.usage_error(f"Failed to parse config file: {section.path}: [iroh.allowed_sources] must be a table")
-    tcp = cfg.cli_or_config(cfg.check_cli_cidrs(_flag(ns, "allowed_tcp") or [], "--allowed-tcp"),
-                            cfg.check_cli_cidrs(_cfg_list(section, "tcp", sources, "iroh.allowed_sources"),
+    tcp = precedence.cli_or_config(checks.check_cli_cidrs(_flag(ns, "allowed_tcp") or [], "--allowed-tcp"),
+                            checks.check_cli_cidrs(_cfg_list(section, "tcp", sources, "iroh.allowed_sources"),
                                                 "--allowed-tcp"))
-    udp = cfg.cli_or_config(cfg.check_cli_cidrs(_flag(ns, "allowed_udp") or [], "--allowed-udp"),
-                            cfg.check_cli_cidrs(_cfg_list(section, "udp", sources, "iroh.allowed_sources"),
+    udp = precedence.cli_or_config(checks.check_cli_cidrs(_flag(ns, "allowed_udp") or [], "--allowed-udp"),
+                            checks.check_cli_cidrs(_cfg_list(section, "udp", sources, "iroh.allowed_sources"),
                                                 "--allowed-udp"))
     if not tcp and not udp:
         raise cfg.usage_error(
@@ -648,19 +648,19 @@ def _client(
         raise cfg.usage_error("--source is required for iroh client mode. Specify the source to request from "
                               "server (e.g., --source tcp://127.0.0.1:22)")
     if cli_source is not None:
-        cfg.check_cli_source(source)
+        checks.check_cli_source(source)
     else:
-        cfg.check_config_source(source)
+        checks.check_config_source(source)
     cli_target = _given(_flag(ns, "target"))
     target = cli_target or _cfg_str(section, "target")
     if target is None:
         raise cfg.usage_error("--target is required. Provide the local address to listen on "
                               "(e.g., --target 127.0.0.1:2222)")
     if cli_target is not None:
-        cfg.check_cli_target(target)
+        checks.check_cli_target(target)
     else:
-        cfg.check_config_target(target)
-    addrs = cfg.cli_or_config([_check_ip_port(a, "--server-addr") for a in (_flag(ns, "server_addr") or [])],
+        checks.check_config_target(target)
+    addrs = precedence.cli_or_config([_check_ip_port(a, "--server-addr") for a in (_flag(ns, "server_addr") or [])],
                               [_check_ip_port(a, "server_addrs") for a in _cfg_list(section, "server_addrs")])
     if not addrs and not network.discovery and (network.relays_disabled or not network.relay_urls):
         raise cfg.usage_error("No way to reach the server: give --server-addr or --relay-url "

@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from tunnel_cli import checks, precedence, turn_settings
 from tunnel_cli import config as cfg
 from tunnel_cli.keyfiles import write_secret_file
 from tunnel_core.nostr.constants import EPHEMERAL_KINDS, KIND
@@ -262,28 +263,28 @@ def nostr_section(
             warn(f"[{name}.transport] is not supported by this version and is ignored")
     stun = _strs(config, table, name, "stun_servers") if "stun_servers" in table else None
     for server in stun or ():
-        cfg.check_stun_server(server, f"[{name}] stun_servers")
+        checks.check_stun_server(server, f"[{name}] stun_servers")
     allowed_tcp: tuple[str, ...] = ()
     allowed_udp: tuple[str, ...] = ()
     if "allowed_sources" in table:
         allowed = table["allowed_sources"]
         if not isinstance(allowed, Mapping):
             raise config.parse_error(f"[{name}] 'allowed_sources' must be a table with 'tcp' and 'udp' lists")
-        allowed_tcp = cfg.check_cli_cidrs(_strs(config, allowed, f"{name}.allowed_sources", "tcp"), "--allowed-tcp")
-        allowed_udp = cfg.check_cli_cidrs(_strs(config, allowed, f"{name}.allowed_sources", "udp"), "--allowed-udp")
+        allowed_tcp = checks.check_cli_cidrs(_strs(config, allowed, f"{name}.allowed_sources", "tcp"), "--allowed-tcp")
+        allowed_udp = checks.check_cli_cidrs(_strs(config, allowed, f"{name}.allowed_sources", "udp"), "--allowed-udp")
     if "request_source" in table and "source" in table:
         raise _usage(f"[{name}] Use only one of 'request_source' or 'source'.")
     source = _str(config, table, name, "request_source" if "request_source" in table else "source")
     hosts = _strs(config, table, name, "host_candidates")
     for host in hosts:
-        cfg.check_host_candidate(host, f"[{name}] host_candidates", interfaces)
+        checks.check_host_candidate(host, f"[{name}] host_candidates", interfaces)
     packet_size = _int(config, table, name, "packet_size")
     if packet_size is not None:
-        cfg.check_packet_size(packet_size, f"[{name}] packet_size")
+        checks.check_packet_size(packet_size, f"[{name}] packet_size")
     plaintext = table.get("plaintext", False)
     if not isinstance(plaintext, bool):
         raise config.parse_error(f"[{name}] 'plaintext' must be a boolean")
-    turn = cfg.read_turn_keys(config, table, name)
+    turn = turn_settings.read_turn_keys(config, table, name)
     return NostrSection(
         name=name,
         relays=_strs(config, table, name, "relays"),
@@ -378,7 +379,7 @@ def _seconds(text: str | None, flag: str, default: float) -> float:
 def _relays(cli: Sequence[str], section: NostrSection) -> tuple[str, ...]:
     from tunnel_core.websocket import WebSocketError, parse_ws_url
 
-    relays = cfg.cli_or_config(cli, section.relays) or DEFAULT_RELAYS
+    relays = precedence.cli_or_config(cli, section.relays) or DEFAULT_RELAYS
     for url in relays:
         try:
             parse_ws_url(url)
@@ -437,9 +438,9 @@ def _build(
     plaintext = namespace.plaintext_compat or section.plaintext
     max_wait = _seconds(namespace.max_wait, "--max-wait", DEFAULT_MAX_WAIT)
     if role == "server":
-        allowed_tcp = cfg.cli_or_config(cfg.check_cli_cidrs(namespace.allowed_tcp, "--allowed-tcp"),
+        allowed_tcp = precedence.cli_or_config(checks.check_cli_cidrs(namespace.allowed_tcp, "--allowed-tcp"),
                                         section.allowed_tcp)
-        allowed_udp = cfg.cli_or_config(cfg.check_cli_cidrs(namespace.allowed_udp, "--allowed-udp"),
+        allowed_udp = precedence.cli_or_config(checks.check_cli_cidrs(namespace.allowed_udp, "--allowed-udp"),
                                         section.allowed_udp)
         if not allowed_tcp and not allowed_udp:
             raise _usage("At least one of --allowed-tcp or --allowed-udp must be specified for nostr server mode.")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tunnel_asyncio import cli as entry
-from tunnel_cli import checks, cli
+from tunnel_cli import checks, cli, output
 from tunnel_core.options import (
     DEFAULT_STUN_SERVERS,
     ExitCode,
@@ -45,7 +45,7 @@ def build_error(*argv: str, program: cli.Program = cli.TUNNEL) -> str:
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test may read the developer's real ~/.config, configure global logging, or run a real tunnel."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(cli, "configure_logging", lambda: None)
+    monkeypatch.setattr(output, "configure_logging", lambda: None)
     monkeypatch.setattr(checks, "local_interfaces", lambda: list(IFACES))
 
 
@@ -451,10 +451,10 @@ def test_configure_logging_follows_tunnel_log(monkeypatch: pytest.MonkeyPatch) -
     root_state = (root.level, list(root.handlers))
     try:
         monkeypatch.setenv("TUNNEL_LOG", "debug")
-        cli.configure_logging()
+        output.configure_logging()
         assert logging.getLogger("tunnel_core").level == logging.DEBUG
         monkeypatch.setenv("TUNNEL_LOG", "nonsense")
-        cli.configure_logging()
+        output.configure_logging()
         assert logging.getLogger("tunnel_asyncio").level == logging.INFO
     finally:
         for name, level in saved.items():

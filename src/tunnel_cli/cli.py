@@ -9,17 +9,16 @@ paste these lines into issues and scripts branch on the codes.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NoReturn
 
-import attrs
-
-from tunnel_cli import checks, precedence, turn_settings
+from tunnel_cli import checks, output, precedence
 from tunnel_cli import config as cfg
 from tunnel_cli.fdlimit import raise_open_files_limit
+from tunnel_cli.ice_flags import add_ice_args, ice_options
 from tunnel_cli.manual_section import ManualSection, manual_section
+from tunnel_cli.parser import Parser, VersionAction, add_config_args, given
+from tunnel_cli.program import TUNNEL, TUNNEL_RS, TUNNEL_RS_ICE, Program
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.options import (
     ExitCode,
@@ -29,33 +28,10 @@ from tunnel_core.options import (
     TunnelError,
 )
 
+__all__ = ["TUNNEL", "TUNNEL_RS", "TUNNEL_RS_ICE", "Program", "build_options", "run"]
+
 Options = ManualServerOptions | ManualClientOptions
 
-
-@attrs.frozen
-class Program:
-    """What differs between the two entry points: the name users see, the modes offered, the default files."""
-
-    name: str
-    ice: bool
-    #: Canonical modes this binary knows (implemented or not), in the order error messages list them.
-    modes: tuple[str, ...]
-    #: Subcommand words per canonical mode (E3 name first, then the E2 ``ice-`` spelling).
-    words: tuple[tuple[str, tuple[str, ...]], ...]
-
-
-TUNNEL = Program(
-    name="tunnel",
-    ice=False,
-    modes=("iroh", "manual", "nostr"),
-    words=(("manual", ("ice-manual",)), ("nostr", ("ice-nostr",)), ("iroh", ())),
-)
-TUNNEL_RS_ICE = Program(
-    name="tunnel-rs-ice",
-    ice=True,
-    modes=("manual", "nostr"),
-    words=(("manual", ("ice-manual",)), ("nostr", ("ice-nostr",))),
-)
 
 MANUAL_STEPS = """\
 Manual signaling (copy/paste, client first):
@@ -69,87 +45,11 @@ Manual signaling (copy/paste, client first):
 # ---------------------------------------------------------------------------------------------- argparse
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing usage and exiting, so its errors get our one-line format."""
-
-    def error(self, message: str) -> NoReturn:
-        raise TunnelError(f"{message} (see '{self.prog} --help')", ExitCode.USAGE)
-
-
-class _VersionAction(argparse.Action):
-    """``--version`` that reads package metadata only when asked (importlib.metadata costs start-up time)."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
-                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
-        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            text = version("tunnel")
-        except PackageNotFoundError:
-            text = "unknown"
-        print(f"{parser.prog} {text}")
-        parser.exit(0)
-
-
-def _add_config_args(parser: argparse.ArgumentParser, *, after_mode: bool, default_file: str) -> None:
-    """-c/--default-config are global on server/client: accepted before and after the mode word.
-
-    The copy on the mode parser defaults to SUPPRESS so that, when absent, it does not overwrite a value given
-    before the mode word (argparse copies every sub-parser default onto the shared namespace).
-    """
-    parser.add_argument(
-        "-c", "--config", metavar="FILE", default=argparse.SUPPRESS if after_mode else None,
-        help="read settings from this TOML file (a leading ~/ is expanded); the command line overrides it",
-    )
-    parser.add_argument(
-        "--default-config", action="store_true", default=argparse.SUPPRESS if after_mode else False,
-        help=f"read the default config file, {default_file}",
-    )
-
-
-def _add_ice_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--stun-server", metavar="HOST:PORT", action="append", default=[],
-        help="STUN server for the server-reflexive candidate (repeatable; replaces the config list)",
-    )
-    parser.add_argument(
-        "--no-stun", action="store_true",
-        help="host candidates only: no STUN traffic at all (LAN or offline use)",
-    )
-    parser.add_argument(
-        "--host-candidate", metavar="IP|IFACE", action="append", default=[],
-        help="offer only this local address or interface as host candidate (repeatable); "
-        "default: every non-loopback interface, loopback only when there is nothing else",
-    )
-    parser.add_argument(
-        "--turn-server", metavar="turn:HOST:PORT", action="append", default=[],
-        help="TURN server for relay candidates (repeatable; replaces the config list); needs --turn-user and "
-        "--turn-password or --turn-password-file",
-    )
-    parser.add_argument("--turn-user", metavar="USER", help="TURN long-term credential user name")
-    parser.add_argument(
-        "--turn-password", metavar="PASSWORD",
-        help="TURN password (visible to other local users in the process list: prefer --turn-password-file)",
-    )
-    parser.add_argument(
-        "--turn-password-file", metavar="PATH", help="read the TURN password from the first line of this file",
-    )
-    parser.add_argument(
-        "--packet-size", metavar="N",
-        help=f"QUIC datagram size in bytes, {checks.PACKET_SIZE_MIN}..{checks.PACKET_SIZE_MAX} "
-        "(default: large on loopback, 1350 elsewhere)",
-    )
-
-
-def build_parser(program: Program) -> tuple[_Parser, dict[tuple[str, str | None], _Parser]]:
+def build_parser(program: Program) -> tuple[Parser, dict[tuple[str, str | None], Parser]]:
     """The parser plus each (role, mode word) sub-parser, so late errors can name the right ``--help``."""
     name = program.name
     default_dir = "~/.config/tunnel-rs/"
-    parser = _Parser(
+    parser = Parser(
         prog=name,
         description="Secure peer-to-peer TCP/UDP port forwarding with NAT traversal (ICE + QUIC).",
         epilog=f"Run '{name} server --help' or '{name} client --help' for the modes and their flags."
@@ -159,9 +59,9 @@ def build_parser(program: Program) -> tuple[_Parser, dict[tuple[str, str | None]
            if not program.ice else ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
-    roles = parser.add_subparsers(dest="role", metavar="COMMAND", parser_class=_Parser)
-    parsers: dict[tuple[str, str | None], _Parser] = {}
+    parser.add_argument("--version", action=VersionAction, help="print the version and exit")
+    roles = parser.add_subparsers(dest="role", metavar="COMMAND", parser_class=Parser)
+    parsers: dict[tuple[str, str | None], Parser] = {}
     for role in ("server", "client"):
         default_file = default_dir + cfg.default_config_path(role, ice=program.ice).name
         if role == "server":
@@ -182,7 +82,7 @@ def build_parser(program: Program) -> tuple[_Parser, dict[tuple[str, str | None]
             "'mode' field instead of a subcommand.",
             epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        _add_config_args(role_parser, after_mode=False, default_file=default_file)
+        add_config_args(role_parser, after_mode=False, default_file=default_file)
         parsers[(role, None)] = role_parser
         modes = role_parser.add_subparsers(dest="mode", metavar="MODE", required=False)
         for mode, aliases in program.words:
@@ -194,7 +94,7 @@ def build_parser(program: Program) -> tuple[_Parser, dict[tuple[str, str | None]
                     "ANSWER are pasted by hand, no server in between.",
                     epilog=MANUAL_STEPS, formatter_class=argparse.RawDescriptionHelpFormatter,
                 )
-                _add_config_args(mode_parser, after_mode=True, default_file=default_file)
+                add_config_args(mode_parser, after_mode=True, default_file=default_file)
                 if role == "server":
                     mode_parser.add_argument(
                         "--allowed-tcp", metavar="CIDR", action="append", default=[],
@@ -213,7 +113,7 @@ def build_parser(program: Program) -> tuple[_Parser, dict[tuple[str, str | None]
                         "-t", "--target", metavar="HOST:PORT",
                         help="local address to listen on, e.g. 127.0.0.1:2222",
                     )
-                _add_ice_args(mode_parser)
+                add_ice_args(mode_parser)
             else:
                 mode_parser = modes.add_parser(
                     mode, aliases=list(aliases), help=f"{mode} mode (see '{mode} --help')",
@@ -276,41 +176,11 @@ def build_options(
         manual_section(config, role, warn=warn, interfaces=interfaces)
         if config is not None else ManualSection()
     )
-    ice = _ice_options(namespace, section, interfaces)
+    ice = ice_options(namespace, section, interfaces)
     if role == "server":
         return "server manual", _server_options(namespace, section, ice)
     return "client manual", _client_options(namespace, section, ice)
 
-
-def _ice_options(
-    namespace: argparse.Namespace, section: turn_settings.IceSection, interfaces: Callable[[], Iterable[str]] | None
-) -> IceOptions:
-    cli_stun: list[str] = getattr(namespace, "stun_server", [])
-    no_stun: bool = getattr(namespace, "no_stun", False)
-    stun = precedence.resolve_stun_servers(no_stun=no_stun, cli=cli_stun, config=section.stun_servers)
-    for server in cli_stun:
-        checks.check_stun_server(server, "--stun-server")
-    cli_hosts = [checks.check_host_candidate(host, "--host-candidate", interfaces)
-                 for host in getattr(namespace, "host_candidate", [])]
-    packet_text: str | None = getattr(namespace, "packet_size", None)
-    packet_size = checks.parse_cli_packet_size(packet_text) if packet_text is not None else section.packet_size
-    cli_turn = [checks.check_turn_server(server, "--turn-server") for server in getattr(namespace, "turn_server", [])]
-    turn_servers = precedence.cli_or_config(cli_turn, section.turn_servers)
-    turn_user, turn_password = turn_settings.resolve_turn_credentials(
-        servers=turn_servers,
-        cli_user=_given(getattr(namespace, "turn_user", None)),
-        cli_password=getattr(namespace, "turn_password", None),
-        cli_password_file=_given(getattr(namespace, "turn_password_file", None)),
-        section=section,
-    )
-    return IceOptions(
-        stun_servers=stun,
-        host_candidates=precedence.cli_or_config(cli_hosts, section.host_candidates),
-        packet_size=packet_size,
-        turn_servers=turn_servers,
-        turn_user=turn_user,
-        turn_password=turn_password,
-    )
 
 
 def _server_options(
@@ -330,8 +200,8 @@ def _server_options(
 def _client_options(
     namespace: argparse.Namespace, section: ManualSection, ice: IceOptions
 ) -> ManualClientOptions:
-    cli_source = _given(getattr(namespace, "source", None))
-    cli_target = _given(getattr(namespace, "target", None))
+    cli_source = given(getattr(namespace, "source", None))
+    cli_target = given(getattr(namespace, "target", None))
     source = cli_source or section.source
     target = cli_target or section.target
     if source is None:
@@ -350,46 +220,8 @@ def _client_options(
     return ManualClientOptions(source=source, target=target, ice=ice)
 
 
-def _given(value: str | None) -> str | None:
-    """Whitespace-only flags count as absent (reference 1.5), letting the config fill them."""
-    if value is None or not value.strip():
-        return None
-    return value.strip()
-
 
 # ---------------------------------------------------------------------------------------------- running
-
-
-def _one_line(message: str) -> str:
-    """Some reference messages span lines; ours must not, so grep and log scrapers see the whole error."""
-    return " ".join(part.strip() for part in message.splitlines() if part.strip())
-
-
-def _error(message: str) -> None:
-    print(f"Error: {_one_line(message)}", file=sys.stderr, flush=True)
-
-
-def _warn(message: str) -> None:
-    print(f"Warning: {_one_line(message)}", file=sys.stderr, flush=True)
-
-
-def configure_logging() -> None:
-    """Status goes to stderr through logging (stdout carries only the OFFER/ANSWER blocks people paste).
-
-    ``TUNNEL_LOG`` (debug, info, warning, error) sets our loggers' level, like upstream's RUST_LOG; other
-    libraries stay at warning so aioquic/asyncio chatter does not bury the tunnel's own messages.
-    """
-    import logging
-
-    level_name = os.environ.get("TUNNEL_LOG", "info").strip().upper()
-    level = logging.getLevelName(level_name)
-    if not isinstance(level, int):
-        level = logging.INFO
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    for name in ("tunnel_core", "tunnel_asyncio", "tunnel_trio", "tunnel_gevent", "tunnel_cli"):
-        logging.getLogger(name).setLevel(level)
 
 
 RUNTIMES = ("asyncio", "trio", "gevent")
@@ -426,27 +258,27 @@ def run(argv: Sequence[str] | None = None, *, program: Program = TUNNEL, runtime
         raise_open_files_limit()  # a relay holds one connection per client
         return relay_cmd.run(args[1:])
     try:
-        _command, options = build_options(args, program=program, warn=_warn)
-        configure_logging()
+        _command, options = build_options(args, program=program, warn=output.warn)
+        output.configure_logging()
         raise_open_files_limit()
         _dispatch(options, runtime)
     except SystemExit as exc:  # --help / --version (argparse), or a runner that exits on purpose
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0
-        _error(str(exc.code))
+        output.error(str(exc.code))
         return int(ExitCode.GENERAL)
     except TunnelError as exc:
-        _error(exc.message)
+        output.error(exc.message)
         return int(exc.exit_code)
     except RemoteProtocolError as exc:
         # Bad outside input (a pasted block, a peer's message): the core words these for users already.
-        _error(str(exc))
+        output.error(str(exc))
         return int(ExitCode.GENERAL)
     except KeyboardInterrupt:
         # Ctrl+C is how a user stops a tunnel: a normal stop, not a failure.
         print("Interrupted; tunnel stopped.", file=sys.stderr, flush=True)
         return int(ExitCode.OK)
     except Exception as exc:
-        _error(f"internal error: {type(exc).__name__}: {exc}")
+        output.error(f"internal error: {type(exc).__name__}: {exc}")
         return int(ExitCode.GENERAL)
     return int(ExitCode.OK)

@@ -22,6 +22,7 @@ from tunnel_cli import checks, iroh_env, precedence
 from tunnel_cli import config as cfg
 from tunnel_cli.iroh_env import IrohEnv
 from tunnel_cli.keyfiles import write_secret_file
+from tunnel_cli.parser import Parser, given
 from tunnel_core.options import ExitCode, TunnelError
 
 if TYPE_CHECKING:
@@ -152,11 +153,6 @@ def claim(
 # ---------------------------------------------------------------------------------------------- parser
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise TunnelError(f"{message} (see '{self.prog} --help')", ExitCode.USAGE)
-
-
 def _common(p: argparse.ArgumentParser, *, after_mode: bool) -> None:
     sup = argparse.SUPPRESS if after_mode else None
     p.add_argument("-c", "--config", metavar="FILE", default=sup, help="read settings from this TOML file ([iroh])")
@@ -208,17 +204,17 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     _network_flags(p)
 
 
-def build_parser(program: Any) -> _Parser:
+def build_parser(program: Any) -> Parser:
     name = getattr(program, "name", "tunnel")
     iroh_only = name == "tunnel-rs"
-    parser = _Parser(prog=name, description="iroh mode: identity-addressed tunnels with relay fallback.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = Parser(prog=name, description="iroh mode: identity-addressed tunnels with relay fallback.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for role, flags in (("server", _server_flags), ("client", _client_flags)):
         role_parser = commands.add_parser(role, help=f"iroh {role}")
         _common(role_parser, after_mode=False)
         if iroh_only:
             flags(role_parser)
-        modes = role_parser.add_subparsers(dest="mode", metavar="MODE", required=False, parser_class=_Parser)
+        modes = role_parser.add_subparsers(dest="mode", metavar="MODE", required=False, parser_class=Parser)
         mode_parser = modes.add_parser("iroh", help=f"iroh {role}")
         _common(mode_parser, after_mode=True)
         flags(mode_parser)
@@ -316,7 +312,7 @@ def _build(argv: Sequence[str], program: Any, warn: Callable[[str], None] | None
     if command == "show-iroh-node-id":
         return command, ShowNodeId(secret_file=ns.secret_file)
     if command == "generate-auth-key":
-        comment = _given(ns.comment)
+        comment = given(ns.comment)
         if comment is not None and ("\n" in comment or "\r" in comment):
             raise cfg.usage_error("--comment must be a single line")
         return command, GenerateAuthKey(output=ns.output, comment=comment, force=bool(ns.force))
@@ -350,7 +346,7 @@ def _build(argv: Sequence[str], program: Any, warn: Callable[[str], None] | None
 
 
 def _protocol(ns: argparse.Namespace, section: IrohSection) -> str:
-    value = _given(_flag(ns, "protocol")) or _cfg_str(section, "protocol") or "e2"
+    value = given(_flag(ns, "protocol")) or _cfg_str(section, "protocol") or "e2"
     if value.lower() not in ("e2", "e4"):
         raise cfg.usage_error(f"Invalid --protocol '{value}'. Expected e2 or e4")
     return value.lower()
@@ -358,10 +354,6 @@ def _protocol(ns: argparse.Namespace, section: IrohSection) -> str:
 
 def _flag(ns: argparse.Namespace, name: str) -> Any:
     return getattr(ns, name, None)
-
-
-def _given(value: str | None) -> str | None:
-    return value.strip() if value is not None and value.strip() else None
 
 
 def _check_ip_port(text: str, flag: str) -> str:
@@ -400,20 +392,20 @@ def _network(ns: argparse.Namespace, section: IrohSection) -> IrohNetwork:
     no_relay = bool(_flag(ns, "no_relay"))
     if no_relay and cli_relays:
         raise cfg.usage_error("Cannot combine --no-relay with --relay-url")
-    dns = _given(_flag(ns, "dns_server")) or _cfg_str(section, "dns_server")
+    dns = given(_flag(ns, "dns_server")) or _cfg_str(section, "dns_server")
     discovery = True
     if dns is not None:
         if dns.lower() != "none":
             raise cfg.usage_error(DNS_SERVER_UNSUPPORTED)
         discovery = False
-    proxy = _given(_flag(ns, "socks5_proxy")) or _cfg_str(section, "socks5_proxy")
+    proxy = given(_flag(ns, "socks5_proxy")) or _cfg_str(section, "socks5_proxy")
     try:
         if proxy is not None:
             parse_socks5_proxy(proxy)
         check_proxy_for_relays(proxy, () if no_relay else relays)
     except ProxyError as exc:
         raise cfg.usage_error(str(exc)) from None
-    bind = _given(_flag(ns, "bind_addr")) or _cfg_str(section, "bind_addr")
+    bind = given(_flag(ns, "bind_addr")) or _cfg_str(section, "bind_addr")
     if bind is not None:
         _check_ip_port(bind, "--bind-addr")
     return IrohNetwork(relay_urls=() if no_relay else relays, relays_disabled=no_relay, discovery=discovery,
@@ -447,7 +439,7 @@ def _secret(ns: argparse.Namespace, section: IrohSection, env_secret: str | None
     """CLI pair, else ``TUNNEL_RS_SECRET`` (server, e4), else the config pair; one pair is never mixed with another."""
     from tunnel_core.keys import KeyFormatError, parse_secret_key
 
-    cli_inline, cli_file = _flag(ns, "secret"), _given(_flag(ns, "secret_file"))
+    cli_inline, cli_file = _flag(ns, "secret"), given(_flag(ns, "secret_file"))
     if cli_inline is not None or cli_file is not None:
         inline, file = cli_inline, cli_file
     elif env_secret is not None:
@@ -503,7 +495,7 @@ def _server(
     if protocol == "e4":
         keys = _authorized_keys(ns, section, env)
     else:
-        if _given(_flag(ns, "authorized_keys_file")) is not None:  # a config value is just unused under e2
+        if given(_flag(ns, "authorized_keys_file")) is not None:  # a config value is just unused under e2
             raise cfg.usage_error("--authorized-keys-file needs --protocol e4 (e2 uses --allowed-clients)")
         clients = _allowed_clients(ns, section, warn)
     max_text = _flag(ns, "max_sessions")
@@ -538,7 +530,7 @@ def _key_path(
 ) -> tuple[str | None, str]:
     """CLI > environment > config for a key file path; the suffix names the variable so a "not found" error says
     where a path the user never typed came from."""
-    cli_path = _given(cli)
+    cli_path = given(cli)
     if cli_path is not None:
         return cli_path, ""
     if env_value is not None:
@@ -600,7 +592,7 @@ def _allowed_clients(
     from tunnel_core.keys import KeyFormatError, parse_allowed_client, parse_allowed_clients
 
     cli_ids = [v for v in (_flag(ns, "allowed_clients") or []) if not v.strip().startswith("#")]
-    cli_file = _given(_flag(ns, "allowed_clients_file"))
+    cli_file = given(_flag(ns, "allowed_clients_file"))
     if cli_ids or cli_file is not None:
         values, file = cli_ids, cli_file
     else:
@@ -633,7 +625,7 @@ def _client(
     from tunnel_core.iroh_session.options import IrohClientOptions
     from tunnel_core.keys import KeyFormatError, parse_endpoint_id
 
-    server_text = _given(_flag(ns, "server_node_id")) or _cfg_str(section, "server_node_id")
+    server_text = given(_flag(ns, "server_node_id")) or _cfg_str(section, "server_node_id")
     if server_text is None and _cfg_str(section, "node_id") is not None:
         raise cfg.usage_error("[iroh] 'node_id' is no longer supported; rename it to 'server_node_id'.")
     if server_text is None:
@@ -642,7 +634,7 @@ def _client(
         server_id = parse_endpoint_id(server_text)
     except KeyFormatError as exc:
         raise cfg.usage_error(f"{exc} (got: {server_text})") from None
-    cli_source = _given(_flag(ns, "source"))
+    cli_source = given(_flag(ns, "source"))
     source = cli_source or _cfg_str(section, "request_source") or _cfg_str(section, "source")
     if source is None:
         raise cfg.usage_error("--source is required for iroh client mode. Specify the source to request from "
@@ -651,7 +643,7 @@ def _client(
         checks.check_cli_source(source)
     else:
         checks.check_config_source(source)
-    cli_target = _given(_flag(ns, "target"))
+    cli_target = given(_flag(ns, "target"))
     target = cli_target or _cfg_str(section, "target")
     if target is None:
         raise cfg.usage_error("--target is required. Provide the local address to listen on "
@@ -668,7 +660,7 @@ def _client(
     seed = None
     if protocol == "e4":
         seed = _private_key(ns, section, env or IrohEnv())
-    elif _given(_flag(ns, "private_key_file")) is not None:  # a config value is just unused under e2
+    elif given(_flag(ns, "private_key_file")) is not None:  # a config value is just unused under e2
         raise cfg.usage_error("--private-key-file needs --protocol e4 (e2 identifies clients by --secret-file)")
     return IrohClientOptions(server_id=server_id, source=source, target=target, secret_key=_secret(ns, section),
                              server_addrs=addrs, network=network, protocol=protocol, auth_seed=seed)

@@ -20,7 +20,9 @@ import attrs
 
 from tunnel_cli import checks, precedence, turn_settings
 from tunnel_cli import config as cfg
+from tunnel_cli.ice_flags import add_ice_args, ice_options
 from tunnel_cli.keyfiles import write_secret_file
+from tunnel_cli.parser import Parser, add_config_args
 from tunnel_core.nostr.constants import EPHEMERAL_KINDS, KIND
 from tunnel_core.nostr.options import (
     DEFAULT_CLIENT_REPUBLISH,
@@ -123,17 +125,10 @@ def claim(
 # ---------------------------------------------------------------------------------------------- parser
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise TunnelError(f"{message} (see '{self.prog} --help')", ExitCode.USAGE)
-
-
-def _parser(role: str, program: Any) -> _Parser:
-    from tunnel_cli.cli import _add_config_args, _add_ice_args
-
+def _parser(role: str, program: Any) -> Parser:
     name = getattr(program, "name", "tunnel")
     default_file = "~/.config/tunnel-rs/" + cfg.default_config_path(role, ice=bool(program.ice)).name
-    p = _Parser(
+    p = Parser(
         prog=f"{name} {role} nostr",
         description="ICE + QUIC with automatic signaling over Nostr relays (NIP-44 encrypted, both sides pinned).",
         epilog=(f"Example:\n  {name} server nostr --nsec-file server.nsec --peer-npub npub1... "
@@ -142,7 +137,7 @@ def _parser(role: str, program: Any) -> _Parser:
                 "--source tcp://127.0.0.1:22 --target 127.0.0.1:2222\n"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_config_args(p, after_mode=False, default_file=default_file)
+    add_config_args(p, after_mode=False, default_file=default_file)
     if role == "server":
         p.add_argument("--allowed-tcp", metavar="CIDR", action="append", default=[],
                        help="networks clients may reach over TCP (repeatable), e.g. 127.0.0.0/8")
@@ -170,7 +165,7 @@ def _parser(role: str, program: Any) -> _Parser:
                    "must agree")
     p.add_argument("--plaintext-compat", action="store_true",
                    help="upstream tunnel-rs wire format: unencrypted content, no client certificate pinning")
-    _add_ice_args(p)
+    add_ice_args(p)
     return p
 
 
@@ -399,10 +394,8 @@ def _event_kind(text: str | None, section: NostrSection) -> int:
 
 def _ice(namespace: argparse.Namespace, section: NostrSection,
          interfaces: Callable[[], Iterable[str]] | None) -> IceOptions:
-    """The same ICE flags as manual mode (STUN, host candidates, packet size, TURN), built by the CLI core."""
-    from tunnel_cli.cli import _ice_options
-
-    return _ice_options(namespace, section, interfaces)
+    """The same ICE flags as manual mode (STUN, host candidates, packet size, TURN)."""
+    return ice_options(namespace, section, interfaces)
 
 
 def _build(
@@ -483,7 +476,7 @@ def _build(
 
 def _key_tool(word: str, rest: Sequence[str], program: Any) -> tuple[str, NostrCommand]:
     name = _tool_name(program)
-    p = _Parser(prog=f"{name} {word}")
+    p = Parser(prog=f"{name} {word}")
     if word == "generate-nostr-key":
         p.description = "Generate a Nostr key pair: the nsec goes to PATH (0600), the npub to stdout."
         p.add_argument("-o", "--output", metavar="PATH", required=True, help="file for the nsec, or - for stdout")

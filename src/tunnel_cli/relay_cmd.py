@@ -14,8 +14,10 @@ import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from tunnel_cli import output
+from tunnel_cli.parser import Parser
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.keys import parse_allowed_clients, parse_endpoint_id
 from tunnel_core.options import ExitCode, TunnelError
@@ -55,13 +57,8 @@ def _usage(message: str) -> TunnelError:
     return TunnelError(message, ExitCode.USAGE)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _usage(f"{message} (see '{self.prog} --help')")
-
-
 def build_relay_parser(prog: str = "tunnel relay") -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog=prog, description="Run an iroh-compatible relay server (HTTP/1.1 + WebSocket, optional TLS).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -239,23 +236,21 @@ def build_relay_options(argv: Sequence[str]) -> RelayOptions:
 
 def run(argv: Sequence[str]) -> int:
     """The ``tunnel relay`` command: never raises, never prints a traceback."""
-    from tunnel_cli.cli import _error, configure_logging
-
     try:
         options = build_relay_options(argv)
-        configure_logging()
+        output.configure_logging()
         from tunnel_asyncio.relay import run_relay
 
         run_relay(options)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     except TunnelError as exc:
-        _error(exc.message)
+        output.error(exc.message)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("Interrupted; relay stopped.", file=sys.stderr, flush=True)
         return int(ExitCode.OK)
     except Exception as exc:
-        _error(f"internal error: {type(exc).__name__}: {exc}")
+        output.error(f"internal error: {type(exc).__name__}: {exc}")
         return int(ExitCode.GENERAL)
     return int(ExitCode.OK)

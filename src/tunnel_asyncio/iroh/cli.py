@@ -6,9 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from tunnel_cli.cli import Program, run
-
-TUNNEL_RS = Program(name="tunnel-rs", ice=False, modes=("iroh",), words=(("iroh", ()),))
+from tunnel_cli.cli import TUNNEL_RS, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

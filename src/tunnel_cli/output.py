@@ -1,0 +1,43 @@
+"""What the CLI prints besides the pasted blocks: one-line ``Error:`` / ``Warning:`` messages and the log setup.
+
+Every command (peer modes, key tools, the relay) reports through these, so the one-line contract holds everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def one_line(message: str) -> str:
+    """Some reference messages span lines; ours must not, so grep and log scrapers see the whole error."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def error(message: str) -> None:
+    print(f"Error: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"Warning: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+def configure_logging() -> None:
+    """Status goes to stderr through logging (stdout carries only the OFFER/ANSWER blocks people paste).
+
+    ``TUNNEL_LOG`` (debug, info, warning, error) sets our loggers' level, like upstream's RUST_LOG; other
+    libraries stay at warning so aioquic/asyncio chatter does not bury the tunnel's own messages.
+    """
+    import logging
+
+    level_name = os.environ.get("TUNNEL_LOG", "info").strip().upper()
+    level = logging.getLevelName(level_name)
+    if not isinstance(level, int):
+        level = logging.INFO
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for name in ("tunnel_core", "tunnel_asyncio", "tunnel_trio", "tunnel_gevent", "tunnel_cli"):
+        logging.getLogger(name).setLevel(level)
+
+

@@ -1,0 +1,63 @@
+"""The argparse pieces every command shares: the one parser class, ``--version``, ``-c``/``--default-config``.
+
+One ``Parser`` for all commands, so a usage error reads the same everywhere: one ``Error:`` line with exit 2,
+never argparse's usage block and exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from tunnel_core.options import ExitCode, TunnelError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting, so its errors get our one-line format."""
+
+    def error(self, message: str) -> NoReturn:
+        raise TunnelError(f"{message} (see '{self.prog} --help')", ExitCode.USAGE)
+
+
+class VersionAction(argparse.Action):
+    """``--version`` that reads package metadata only when asked (importlib.metadata costs start-up time)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("tunnel")
+        except PackageNotFoundError:
+            text = "unknown"
+        print(f"{parser.prog} {text}")
+        parser.exit(0)
+
+
+def add_config_args(parser: argparse.ArgumentParser, *, after_mode: bool, default_file: str) -> None:
+    """-c/--default-config are global on server/client: accepted before and after the mode word.
+
+    The copy on the mode parser defaults to SUPPRESS so that, when absent, it does not overwrite a value given
+    before the mode word (argparse copies every sub-parser default onto the shared namespace).
+    """
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", default=argparse.SUPPRESS if after_mode else None,
+        help="read settings from this TOML file (a leading ~/ is expanded); the command line overrides it",
+    )
+    parser.add_argument(
+        "--default-config", action="store_true", default=argparse.SUPPRESS if after_mode else False,
+        help=f"read the default config file, {default_file}",
+    )
+
+
+def given(value: str | None) -> str | None:
+    """Whitespace-only flags count as absent (reference 1.5), letting the config fill them."""
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+

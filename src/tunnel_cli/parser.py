@@ -61,3 +61,8 @@ def given(value: str | None) -> str | None:
         return None
     return value.strip()
 
+
+
+def flag(namespace: argparse.Namespace, name: str) -> Any:
+    """A flag's value, or None when this parser does not define it (role parsers differ in their flags)."""
+    return getattr(namespace, name, None)

@@ -12,7 +12,7 @@ from tests.iroh_mode.tunnels import make_key
 
 from tunnel_asyncio.iroh.cli import TUNNEL_RS
 from tunnel_cli.cli import TUNNEL, build_options, run
-from tunnel_cli.iroh_cmd import DNS_SERVER_UNSUPPORTED
+from tunnel_cli.iroh_network import DNS_SERVER_UNSUPPORTED
 from tunnel_core.iroh_session.options import IrohClientOptions, IrohServerOptions
 from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id
 
@@ -159,7 +159,7 @@ def test_config_section_and_role_checks(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_cli_default_matches_the_core_constant() -> None:
-    from tunnel_cli import iroh_cmd
+    from tunnel_cli import iroh_options
     from tunnel_core.iroh_session import constants
 
-    assert iroh_cmd.DEFAULT_MAX_SESSIONS == constants.DEFAULT_MAX_SESSIONS
+    assert iroh_options.DEFAULT_MAX_SESSIONS == constants.DEFAULT_MAX_SESSIONS

@@ -1,0 +1,120 @@
+"""iroh-mode server and client options: the flags, the ``[iroh]`` section and the environment merged and checked."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from tunnel_cli import checks, precedence
+from tunnel_cli import config as cfg
+from tunnel_cli.iroh_env import IrohEnv
+from tunnel_cli.iroh_identity import allowed_clients, authorized_keys, private_key, secret_key
+from tunnel_cli.iroh_network import check_ip_port
+from tunnel_cli.iroh_section import IrohSection, section_list, section_str
+from tunnel_cli.parser import flag, given
+
+if TYPE_CHECKING:
+    from tunnel_core.iroh_session.options import IrohClientOptions, IrohNetwork, IrohServerOptions
+
+DEFAULT_MAX_SESSIONS = 100
+
+
+def server_options(
+    ns: argparse.Namespace, section: IrohSection, network: IrohNetwork, warn: Callable[[str], None] | None,
+    protocol: str = "e2", env: IrohEnv | None = None,
+) -> IrohServerOptions:
+    from tunnel_core.iroh_session.options import IrohServerOptions
+
+    env = env or IrohEnv()
+    secret = secret_key(ns, section, env.secret)
+    if secret is None:
+        raise cfg.usage_error(
+            "Server identity is required. Generate a key with:\n tunnel generate-iroh-key --output ./server.key\n"
+            " Then pass --secret-file ./server.key or set [iroh].secret_file in server.toml."
+        )
+    sources = section.values.get("allowed_sources", {})
+    if not isinstance(sources, Mapping):
+        raise cfg.usage_error(f"Failed to parse config file: {section.path}: [iroh.allowed_sources] must be a table")
+    tcp = precedence.cli_or_config(checks.check_cli_cidrs(flag(ns, "allowed_tcp") or [], "--allowed-tcp"),
+                            checks.check_cli_cidrs(section_list(section, "tcp", sources, "iroh.allowed_sources"),
+                                                "--allowed-tcp"))
+    udp = precedence.cli_or_config(checks.check_cli_cidrs(flag(ns, "allowed_udp") or [], "--allowed-udp"),
+                            checks.check_cli_cidrs(section_list(section, "udp", sources, "iroh.allowed_sources"),
+                                                "--allowed-udp"))
+    if not tcp and not udp:
+        raise cfg.usage_error(
+            "At least one --allowed-tcp or --allowed-udp network must be specified.\n"
+            "Example: --allowed-tcp 127.0.0.0/8 --allowed-udp 10.0.0.0/8"
+        )
+    clients: tuple[bytes, ...] = ()
+    keys: tuple[bytes, ...] = ()
+    if protocol == "e4":
+        keys = authorized_keys(ns, section, env)
+    else:
+        if given(flag(ns, "authorized_keys_file")) is not None:  # a config value is just unused under e2
+            raise cfg.usage_error("--authorized-keys-file needs --protocol e4 (e2 uses --allowed-clients)")
+        clients = allowed_clients(ns, section, warn)
+    max_text = flag(ns, "max_sessions")
+    max_value: Any = max_text if max_text is not None else section.values.get("max_sessions", DEFAULT_MAX_SESSIONS)
+    if isinstance(max_value, bool):
+        max_value = None
+    try:
+        max_sessions = int(max_value) if isinstance(max_value, int | str) else 0
+    except ValueError:
+        max_sessions = 0
+    if max_sessions < 1:
+        raise cfg.usage_error(f"Invalid --max-sessions value '{max_value}': expected a whole number of at least 1")
+    return IrohServerOptions(secret_key=secret, allowed_clients=clients, allowed_tcp=tcp, allowed_udp=udp,
+                             max_sessions=max_sessions, network=network, protocol=protocol,
+                             authorized_keys=keys)
+
+
+def client_options(
+    ns: argparse.Namespace, section: IrohSection, network: IrohNetwork, protocol: str = "e2",
+    env: IrohEnv | None = None,
+) -> IrohClientOptions:
+    from tunnel_core.iroh_session.options import IrohClientOptions
+    from tunnel_core.keys import KeyFormatError, parse_endpoint_id
+
+    server_text = given(flag(ns, "server_node_id")) or section_str(section, "server_node_id")
+    if server_text is None and section_str(section, "node_id") is not None:
+        raise cfg.usage_error("[iroh] 'node_id' is no longer supported; rename it to 'server_node_id'.")
+    if server_text is None:
+        raise cfg.usage_error("server_node_id is required. Provide via --server-node-id or in config file.")
+    try:
+        server_id = parse_endpoint_id(server_text)
+    except KeyFormatError as exc:
+        raise cfg.usage_error(f"{exc} (got: {server_text})") from None
+    cli_source = given(flag(ns, "source"))
+    source = cli_source or section_str(section, "request_source") or section_str(section, "source")
+    if source is None:
+        raise cfg.usage_error("--source is required for iroh client mode. Specify the source to request from "
+                              "server (e.g., --source tcp://127.0.0.1:22)")
+    if cli_source is not None:
+        checks.check_cli_source(source)
+    else:
+        checks.check_config_source(source)
+    cli_target = given(flag(ns, "target"))
+    target = cli_target or section_str(section, "target")
+    if target is None:
+        raise cfg.usage_error("--target is required. Provide the local address to listen on "
+                              "(e.g., --target 127.0.0.1:2222)")
+    if cli_target is not None:
+        checks.check_cli_target(target)
+    else:
+        checks.check_config_target(target)
+    addrs = precedence.cli_or_config([check_ip_port(a, "--server-addr") for a in (flag(ns, "server_addr") or [])],
+                              [check_ip_port(a, "server_addrs") for a in section_list(section, "server_addrs")])
+    if not addrs and not network.discovery and (network.relays_disabled or not network.relay_urls):
+        raise cfg.usage_error("No way to reach the server: give --server-addr or --relay-url "
+                              "(discovery is off with --dns-server none)")
+    seed = None
+    if protocol == "e4":
+        seed = private_key(ns, section, env or IrohEnv())
+    elif given(flag(ns, "private_key_file")) is not None:  # a config value is just unused under e2
+        raise cfg.usage_error("--private-key-file needs --protocol e4 (e2 identifies clients by --secret-file)")
+    return IrohClientOptions(server_id=server_id, source=source, target=target, secret_key=secret_key(ns, section),
+                             server_addrs=addrs, network=network, protocol=protocol, auth_seed=seed)
+
+

@@ -259,7 +259,7 @@ def test_tunnel_rs_ice_has_the_same_manual_flags() -> None:
         (["client", "ice-nostr"], NSEC_REQUIRED),
         (["server", "iroh", "--secret-file", "/nonexistent/k"],
          "Secret key file not found: /nonexistent/k\n"
-         "Generate one with: tunnel generate-iroh-key --output /nonexistent/k"),
+         "Generate one with: tunnel-rs generate-server-key --output /nonexistent/k"),
         ([], "a command is required: server or client (see 'tunnel --help')"),
         (["relay"], "argument COMMAND: invalid choice: 'relay' (choose from 'server', 'client') "
                     "(see 'tunnel --help')"),
@@ -302,9 +302,8 @@ def test_config_role_and_mode_errors(tmp_path: Path) -> None:
     assert build_error("client", "-c", str(iroh), program=cli.TUNNEL_RS_ICE) == (
         "Unknown mode 'iroh'. Valid modes: manual, nostr"
     )
-    assert build_error("client", "-c", str(iroh)) == (
-        "server_node_id is required. Provide via --server-node-id or in config file."
-    )
+    # iroh configs refuse unknown top-level tables, as upstream v0.6 does (deny_unknown_fields).
+    assert build_error("client", "-c", str(iroh)) == f"Failed to parse config file: {iroh}: unknown field 'manual'"
 
 
 def test_config_value_errors_surface(tmp_path: Path) -> None:

@@ -85,16 +85,44 @@ def parse_error(path: Path, detail: str) -> TunnelError:
     return usage_error(f"Failed to parse config file: {path}: {detail}")
 
 
+#: Larger config, key and password files are refused: no real one comes near, and ``-c /dev/zero`` must not eat
+#: the machine's memory.
+MAX_FILE_BYTES = 1 << 20
+
+
+class FileTooLarge(OSError):
+    """A file above MAX_FILE_BYTES (an OSError so every reader's error path reports it)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"larger than {MAX_FILE_BYTES // 1024} KiB")
+
+
+def read_bounded(path: Path) -> bytes:
+    """The bytes of ``path``, at most MAX_FILE_BYTES; raises OSError (FileTooLarge above the cap)."""
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise FileTooLarge()
+    return data
+
+
+def read_bounded_text(path: Path) -> str:
+    """UTF-8 text of a bounded file; raises OSError or UnicodeDecodeError."""
+    return read_bounded(path).decode("utf-8")
+
+
 def load_config(path: Path) -> ConfigFile:
     """Read and parse one TOML config file; read and syntax errors carry the reference's messages."""
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path)
     except OSError as exc:
         raise usage_error(f"Failed to read config file: {path}: {exc.strerror or exc}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise parse_error(path, str(exc)) from None
+    except RecursionError:  # tomllib recurses per nesting level; a hostile file must not end in a traceback
+        raise parse_error(path, "tables or arrays nested too deeply") from None
     return parse_config(data, path)
 
 

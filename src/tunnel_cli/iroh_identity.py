@@ -12,6 +12,7 @@ from tunnel_cli import config as cfg
 from tunnel_cli import iroh_env
 from tunnel_cli.iroh_env import IrohEnv
 from tunnel_cli.iroh_section import IrohSection, section_lines, section_list, section_str
+from tunnel_cli.keyfiles import check_secret_file_mode
 from tunnel_cli.parser import flag, given
 
 AUTH_KEYS_REQUIRED = (
@@ -27,7 +28,7 @@ PRIVATE_KEY_REQUIRED = (
 def read_key_text(path: str, missing: str) -> str:
     target = cfg.expand_path(path)
     try:
-        return target.read_text(encoding="utf-8")
+        return cfg.read_bounded_text(target)
     except FileNotFoundError:
         raise cfg.usage_error(missing) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -38,7 +39,8 @@ def load_secret_file(path: str) -> bytes:
     from tunnel_core.keys import KeyFormatError, parse_secret_key
 
     text = read_key_text(path, f"Secret key file not found: {path}\nGenerate one with: "
-                            f"tunnel generate-iroh-key --output {path}")
+                            f"tunnel-rs generate-server-key --output {path}")
+    check_secret_file_mode(path)
     if not text.strip():
         raise cfg.usage_error(f"Secret key file is empty: {path}")
     try:
@@ -88,9 +90,10 @@ def key_path(
     return section_str(section, key), ""
 
 
-def authorized_keys(ns: argparse.Namespace, section: IrohSection, env: IrohEnv) -> tuple[bytes, ...]:
-    """--authorized-keys-file > TUNNEL_RS_AUTHORIZED_KEYS_FILE > [iroh].authorized_keys_file / authorized_keys."""
-    from tunnel_core.iroh_session.authkeys import parse_authorized_keys
+def authorized_keys(ns: argparse.Namespace, section: IrohSection, env: IrohEnv) -> dict[bytes, str]:
+    """--authorized-keys-file > TUNNEL_RS_AUTHORIZED_KEYS_FILE > [iroh].authorized_keys_file / authorized_keys,
+    as public key -> comment (flexaccess-keys rules: the last line naming a key wins)."""
+    from tunnel_core.iroh_session.authkeys import parse_authorized_entries
     from tunnel_core.keys import KeyFormatError
 
     path, where = key_path(
@@ -105,9 +108,12 @@ def authorized_keys(ns: argparse.Namespace, section: IrohSection, env: IrohEnv) 
             raise cfg.usage_error(AUTH_KEYS_REQUIRED)
         text, origin = inline, "[iroh].authorized_keys"
     try:
-        return parse_authorized_keys(text, origin)
+        entries = parse_authorized_entries(text, origin)
     except KeyFormatError as exc:
         raise cfg.usage_error(str(exc)) from None
+    if not entries:
+        raise cfg.usage_error(f"No Ed25519 public keys found in {origin}")
+    return entries
 
 
 def private_key(ns: argparse.Namespace, section: IrohSection, env: IrohEnv) -> bytes:
@@ -120,6 +126,7 @@ def private_key(ns: argparse.Namespace, section: IrohSection, env: IrohEnv) -> b
         flag(ns, "private_key_file"), env.private_key_file, iroh_env.PRIVATE_KEY_FILE, section, "private_key_file"
     )
     if path is not None:
+        check_secret_file_mode(path)
         text = read_key_text(path, f"Private key file not found: {path}{where}\nGenerate one with: "
                                 f"tunnel generate-auth-key --output {path}")
         origin = path

@@ -47,17 +47,41 @@ def check_relay_url(url: str) -> str:
     return url.strip()
 
 
-def network_options(ns: argparse.Namespace, section: IrohSection) -> IrohNetwork:
+RELAY_TOKEN_NEEDS_RELAYS = (
+    "relay_auth_token requires custom relay_urls; it is not used with the default iroh relays"
+)
+RELAY_ONLY_NEEDS_RELAYS = (
+    "--relay-only requires at least one --relay-url to be specified.\n"
+    "The default public relay is rate-limited and cannot be used for relay-only mode."
+)
+
+
+def network_options(
+    ns: argparse.Namespace, section: IrohSection, *, protocol: str = "e2", env_relay_token: str | None = None
+) -> IrohNetwork:
+    """Relays, discovery, proxy and bind address. Under e4, as in upstream v0.6, custom relays switch internet
+    discovery off (clients find the server through the relay hint); the relay token goes CLI > env > config."""
     from tunnel_core.iroh_session.options import IrohNetwork
     from tunnel_core.iroh_session.socks import ProxyError, check_proxy_for_relays, parse_socks5_proxy
 
     cli_relays = [check_relay_url(u) for u in (flag(ns, "relay_url") or [])]
     relays = precedence.cli_or_config(cli_relays, [check_relay_url(u) for u in section_list(section, "relay_urls")])
+    relays = tuple(dict.fromkeys(relays))
     no_relay = bool(flag(ns, "no_relay"))
     if no_relay and cli_relays:
         raise cfg.usage_error("Cannot combine --no-relay with --relay-url")
+    token = given(flag(ns, "relay_auth_token")) or env_relay_token or section_str(section, "relay_auth_token")
+    if token is not None:
+        token = token.strip()
+        if not relays or no_relay:
+            raise cfg.usage_error(RELAY_TOKEN_NEEDS_RELAYS)
+        if any(ch.isspace() or ord(ch) < 0x21 or ord(ch) > 0x7E for ch in token):
+            raise cfg.usage_error("Invalid relay auth token: printable ASCII without spaces expected")
+    relay_only = bool(flag(ns, "relay_only"))
+    if relay_only and (not relays or no_relay):
+        raise cfg.usage_error(RELAY_ONLY_NEEDS_RELAYS)
     dns = given(flag(ns, "dns_server")) or section_str(section, "dns_server")
-    discovery = True
+    discovery = not (protocol == "e4" and relays)
     if dns is not None:
         if dns.lower() != "none":
             raise cfg.usage_error(DNS_SERVER_UNSUPPORTED)
@@ -73,6 +97,4 @@ def network_options(ns: argparse.Namespace, section: IrohSection) -> IrohNetwork
     if bind is not None:
         check_ip_port(bind, "--bind-addr")
     return IrohNetwork(relay_urls=() if no_relay else relays, relays_disabled=no_relay, discovery=discovery,
-                       bind_addr=bind, socks5_proxy=proxy)
-
-
+                       bind_addr=bind, socks5_proxy=proxy, relay_auth_token=token, relay_only=relay_only)

@@ -30,7 +30,7 @@ def server_options(
     secret = secret_key(ns, section, env.secret)
     if secret is None:
         raise cfg.usage_error(
-            "Server identity is required. Generate a key with:\n tunnel generate-iroh-key --output ./server.key\n"
+            "Server identity is required. Generate a key with:\n tunnel-rs generate-server-key --output ./server.key\n"
             " Then pass --secret-file ./server.key or set [iroh].secret_file in server.toml."
         )
     sources = section.values.get("allowed_sources", {})
@@ -49,8 +49,10 @@ def server_options(
         )
     clients: tuple[bytes, ...] = ()
     keys: tuple[bytes, ...] = ()
+    comments: tuple[tuple[bytes, str], ...] = ()
     if protocol == "e4":
-        keys = authorized_keys(ns, section, env)
+        entries = authorized_keys(ns, section, env)
+        keys, comments = tuple(entries), tuple(entries.items())
     else:
         if given(flag(ns, "authorized_keys_file")) is not None:  # a config value is just unused under e2
             raise cfg.usage_error("--authorized-keys-file needs --protocol e4 (e2 uses --allowed-clients)")
@@ -67,7 +69,7 @@ def server_options(
         raise cfg.usage_error(f"Invalid --max-sessions value '{max_value}': expected a whole number of at least 1")
     return IrohServerOptions(secret_key=secret, allowed_clients=clients, allowed_tcp=tcp, allowed_udp=udp,
                              max_sessions=max_sessions, network=network, protocol=protocol,
-                             authorized_keys=keys)
+                             authorized_keys=keys, authorized_key_comments=comments)
 
 
 def client_options(

@@ -30,3 +30,24 @@ def write_secret_file(output: str, text: str, *, force: bool) -> None:
         os.chmod(path, 0o600)
     except OSError as exc:
         raise TunnelError(f"Failed to write {output}: {exc.strerror or exc}", ExitCode.GENERAL) from None
+
+
+def check_secret_file_mode(path: str) -> None:
+    """Warn when a secret file (key, nsec, password, token) can be read or written by other users.
+
+    OpenSSH refuses such private keys; upstream tunnel-rs reads them silently. We warn instead of refusing, so a
+    drop-in replacement starts wherever upstream starts, but the operator hears about it once per start.
+    """
+    import stat
+
+    from tunnel_cli import output
+
+    try:
+        info = cfg.expand_path(path).stat()
+    except OSError:
+        return  # the reader reports a missing or unreadable file in its own words
+    if not stat.S_ISREG(info.st_mode):
+        return
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        output.warn(f"{path} is accessible by other users (mode {mode:04o}); protect it with: chmod 600 {path}")

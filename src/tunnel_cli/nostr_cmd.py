@@ -21,8 +21,8 @@ import attrs
 from tunnel_cli import checks, precedence, turn_settings
 from tunnel_cli import config as cfg
 from tunnel_cli.ice_flags import add_ice_args, ice_options
-from tunnel_cli.keyfiles import write_secret_file
-from tunnel_cli.parser import Parser, add_config_args
+from tunnel_cli.keyfiles import check_secret_file_mode, write_secret_file
+from tunnel_cli.parser import Parser, add_config_args, pre_parse_config
 from tunnel_core.nostr.constants import EPHEMERAL_KINDS, KIND
 from tunnel_core.nostr.options import (
     DEFAULT_CLIENT_REPUBLISH,
@@ -71,11 +71,8 @@ def _usage(message: str) -> TunnelError:
 
 
 def _config_mode(role: str, rest: Sequence[str], ice: bool) -> str | None:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("-c", "--config")
-    pre.add_argument("--default-config", action="store_true")
     try:
-        known, _ = pre.parse_known_args(list(rest))
+        known, _ = pre_parse_config(rest)
         if known.config is not None:
             path = cfg.expand_path(known.config)
         elif known.default_config:
@@ -105,11 +102,8 @@ def claim(
     if word not in ("server", "client"):
         return None
     rest = args[first + 1 :]
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("-c", "--config")
-    pre.add_argument("--default-config", action="store_true")
     try:
-        _known, leftover = pre.parse_known_args(rest)
+        _known, leftover = pre_parse_config(rest)
     except SystemExit:
         return None
     mode_word = leftover[0] if leftover and not leftover[0].startswith("-") else None
@@ -312,9 +306,10 @@ def _tool_name(program: Any) -> str:
 
 def read_nsec_file(path: str) -> str:
     try:
-        text = cfg.expand_path(path).read_text(encoding="utf-8").strip()
+        text = cfg.read_bounded_text(cfg.expand_path(path)).strip()
     except (OSError, UnicodeDecodeError):
         raise _usage(f"Failed to read nsec file: {path}") from None
+    check_secret_file_mode(path)
     if not text:
         raise _usage(f"nsec file is empty: {path}")
     return text

@@ -66,3 +66,14 @@ def given(value: str | None) -> str | None:
 def flag(namespace: argparse.Namespace, name: str) -> Any:
     """A flag's value, or None when this parser does not define it (role parsers differ in their flags)."""
     return getattr(namespace, name, None)
+
+
+def pre_parse_config(rest: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """-c / --default-config / --config-stdin and what is left, before the full parser runs: the command modules
+    use it to decide whose command line this is (``server -c f.toml`` with a mode inside the file)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config")
+    pre.add_argument("--default-config", action="store_true")
+    pre.add_argument("--config-stdin", action="store_true")
+    known, leftover = pre.parse_known_args(list(rest))
+    return known, leftover

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tunnel_cli import output
+from tunnel_cli.config import read_bounded_text
+from tunnel_cli.keyfiles import check_secret_file_mode
 from tunnel_cli.parser import Parser
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.keys import parse_allowed_clients, parse_endpoint_id
@@ -120,7 +122,7 @@ def parse_bind(value: str, origin: str) -> tuple[str, int]:
 
 def _read(path: str, what: str) -> str:
     try:
-        return Path(path).expanduser().read_text(encoding="utf-8")
+        return read_bounded_text(Path(path).expanduser())
     except (OSError, UnicodeDecodeError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise _usage(f"Failed to read {what}: {path}: {detail}") from None
@@ -147,6 +149,8 @@ def _load_config(path: str) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _usage(f"Failed to parse config file {path}: {exc}") from None
+    except RecursionError:
+        raise _usage(f"Failed to parse config file {path}: tables or arrays nested too deeply") from None
     table = data.get("relay", data) if isinstance(data.get("relay"), dict) else data
     extra = set(data) - {"relay"} if table is not data else set()
     if extra:
@@ -206,6 +210,7 @@ def build_relay_options(argv: Sequence[str]) -> RelayOptions:
     token_file, _ = pick(namespace.token_file, "token_file")
     if token_file is not None:
         tokens.extend(parse_token_lines(_read(token_file, "token file"), token_file))
+        check_secret_file_mode(token_file)
 
     allowed: frozenset[bytes] | None = None
     allow_file, _ = pick(namespace.allowed_endpoints_file, "allowed_endpoints_file")

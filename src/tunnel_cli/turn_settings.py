@@ -12,7 +12,16 @@ from typing import Any, Protocol
 import attrs
 
 from tunnel_cli.checks import check_turn_server
-from tunnel_cli.config import ConfigFile, blank_is_none, expand_path, string_list, string_value, usage_error
+from tunnel_cli.config import (
+    ConfigFile,
+    blank_is_none,
+    expand_path,
+    read_bounded_text,
+    string_list,
+    string_value,
+    usage_error,
+)
+from tunnel_cli.keyfiles import check_secret_file_mode
 
 
 @attrs.frozen
@@ -79,9 +88,10 @@ class IceSection(TurnSettings, Protocol):
 def read_password_file(path: str, where: str) -> str:
     """The first line of ``path`` without its line ending; an unreadable or empty file is a usage error."""
     try:
-        text = expand_path(path).read_text(encoding="utf-8")
+        text = read_bounded_text(expand_path(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise usage_error(f"Cannot read {where} '{path}': {getattr(exc, 'strerror', None) or exc}") from None
+    check_secret_file_mode(path)
     lines = text.splitlines()
     password = lines[0] if lines else ""
     if not password:

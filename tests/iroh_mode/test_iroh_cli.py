@@ -15,6 +15,7 @@ from tunnel_cli.cli import TUNNEL, build_options, run
 from tunnel_cli.iroh_network import DNS_SERVER_UNSUPPORTED
 from tunnel_core.iroh_session.options import IrohClientOptions, IrohServerOptions
 from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id
+from tunnel_core.options import TunnelError
 
 SERVER_ID = format_endpoint_id(endpoint_id_from_secret(bytes(range(32))))
 SERVER_B32 = base64.b32encode(endpoint_id_from_secret(bytes(range(32)))).decode().rstrip("=").lower()
@@ -64,9 +65,13 @@ def test_tunnel_rs_entry_point_and_key_tools(tmp_path: Path, capsys: pytest.Capt
     )
     assert command == "server iroh" and isinstance(options, IrohServerOptions)
     assert options.allowed_clients == (bytes.fromhex(SERVER_ID),) and options.max_sessions == 100
-    command, _ = build_options(["client", "iroh", "-n", SERVER_ID, "-s", "tcp://127.0.0.1:22",
+    command, _ = build_options(["client", "iroh", "--protocol", "e2", "-n", SERVER_ID, "-s", "tcp://127.0.0.1:22",
                                 "-t", "127.0.0.1:2222"], program=TUNNEL_RS)
     assert command == "client iroh"
+    # With no auth option at all, tunnel-rs answers as its current upstream (v0.6, e4) does.
+    with pytest.raises(TunnelError, match="Authentication requires --private-key-file"):
+        build_options(["client", "-n", SERVER_ID, "-s", "tcp://127.0.0.1:22", "-t", "127.0.0.1:2222"],
+                      program=TUNNEL_RS)
 
 
 @pytest.mark.parametrize(
@@ -77,6 +82,7 @@ def test_tunnel_rs_entry_point_and_key_tools(tmp_path: Path, capsys: pytest.Capt
 def test_bad_key_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, needle: str) -> None:
     key = tmp_path / "bad.key"
     key.write_text(content)
+    key.chmod(0o600)  # a secret file, as the key tools write it
     one_line_error(capsys, ["show-iroh-node-id", "-s", str(key)], 2, needle)
     one_line_error(capsys, ["server", "iroh", "--secret-file", str(key), "--allowed-tcp", "127.0.0.0/8",
                             "--allowed-clients", SERVER_ID], 2, needle)

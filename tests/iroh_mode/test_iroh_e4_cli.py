@@ -51,6 +51,9 @@ def test_server_e4_options_and_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert isinstance(default, IrohServerOptions) and default.protocol == "e2"
     one_line_error(capsys, [*base, "--protocol", "e4"], 2, "Authentication requires --authorized-keys-file")
     one_line_error(capsys, [*base, "--protocol", "e3"], 2, "Invalid --protocol 'e3'")
+    _, by_keys = build_options([*base, "--authorized-keys-file", str(keys)])
+    assert isinstance(by_keys, IrohServerOptions) and by_keys.protocol == "e4"
+    assert by_keys.authorized_key_comments == ((PUBLIC, "alice"),)
     one_line_error(capsys, [*base, "--allowed-clients", SERVER_ID, "--authorized-keys-file", str(keys)], 2,
                    "--authorized-keys-file needs --protocol e4")
     empty = tmp_path / "empty"
@@ -67,17 +70,23 @@ def test_server_e4_options_and_errors(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_client_e4_options_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     private = tmp_path / "client.key"
     private.write_text(format_private_key(SEED, "me"))
+    private.chmod(0o600)  # a secret file, as the key tools write it
     base = ["client", "iroh", "-n", SERVER_ID, "-s", "tcp://127.0.0.1:22", "-t", "127.0.0.1:2222"]
     _, options = build_options([*base, "--protocol", "E4", "--private-key-file", str(private)])
     assert isinstance(options, IrohClientOptions) and options.protocol == "e4" and options.auth_seed == SEED
     one_line_error(capsys, [*base, "--protocol", "e4"], 2, "Authentication requires --private-key-file")
-    one_line_error(capsys, [*base, "--private-key-file", str(private)], 2, "--private-key-file needs --protocol e4")
+    # The key file alone selects e4 (upstream v0.6 has no --protocol); an explicit e2 with it is a usage error.
+    _, chosen = build_options([*base, "--private-key-file", str(private)])
+    assert isinstance(chosen, IrohClientOptions) and chosen.protocol == "e4" and chosen.auth_seed == SEED
+    one_line_error(capsys, [*base, "--protocol", "e2", "--private-key-file", str(private)], 2,
+                   "--private-key-file needs --protocol e4")
     one_line_error(capsys, [*base, "--protocol", "e4", "--private-key-file", str(tmp_path / "no")], 2,
                    "Private key file not found")
     wrong = tmp_path / "wrong.key"
     wrong.write_text(format_public_key(PUBLIC) + "\n")
+    wrong.chmod(0o600)  # a secret file, as the key tools write it
     one_line_error(capsys, [*base, "--protocol", "e4", "--private-key-file", str(wrong)], 2,
-                   "Invalid Ed25519 private key")
+                   "Invalid authentication private key")
 
 
 def test_protocol_from_config(tmp_path: Path) -> None:
@@ -92,6 +101,7 @@ def test_protocol_from_config(tmp_path: Path) -> None:
     assert options.authorized_keys == (PUBLIC,)
     private = tmp_path / "client.key"
     private.write_text(format_private_key(SEED))
+    private.chmod(0o600)  # a secret file, as the key tools write it
     client = tmp_path / "client.toml"
     client.write_text(f'role = "client"\nmode = "iroh"\n[iroh]\nserver_node_id = "{SERVER_ID}"\nprotocol = "e4"\n'
                       f'private_key_file = "{private}"\nsource = "tcp://127.0.0.1:22"\ntarget = "127.0.0.1:2"\n')

@@ -31,6 +31,8 @@ def setup(tmp_path: Path) -> dict[str, Path]:
     good, bad = tmp_path / "good.key", tmp_path / "bad.key"
     good.write_text(format_private_key(GOOD_SEED, "good"))
     bad.write_text(format_private_key(BAD_SEED, "bad"))
+    good.chmod(0o600)
+    bad.chmod(0o600)
     keys = tmp_path / "authorized_keys"
     keys.write_text(f"# who may connect\n{format_public_key(public_key_from_seed(GOOD_SEED), 'e2e client')}\n")
     return {"server": server_key, "good": good, "bad": bad, "keys": keys}
@@ -44,9 +46,9 @@ def test_authorised_key_forwards_tcp_and_udp(setup: dict[str, Path]) -> None:
         server.wait_for(r"Protocol e4 \(ALPN mf/4")
         with e4_client(server, setup["good"], f"tcp://127.0.0.1:{echo.port}") as client:
             port = int(client.wait_for(r"Listening on TCP 127\.0\.0\.1:(\d+)").group(1))
-            assert "Authenticated with the server" in client.stderr
+            assert "Authenticated with server successfully" in client.stderr
             assert echo_through(port, payload) == payload
-            server.wait_for(r"authenticated as ed25519-pub:GX9rI-FshTLGq8g4-s1ep4m-DHaykgM0A5v6iz02jWE")
+            server.wait_for(r"Client [0-9a-f]{64} authenticated successfully as e2e client")
         with e4_client(server, setup["good"], f"udp://127.0.0.1:{uecho.port}") as uclient, udp_socket() as sock:
             port = int(uclient.wait_for(r"Listening on UDP 127\.0\.0\.1:(\d+)").group(1))
             assert udp_exchange(sock, ("127.0.0.1", port), b"hello") == b"echo:hello"

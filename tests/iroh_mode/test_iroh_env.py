@@ -54,6 +54,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     for name, seed in (("priv_a", SEED_A), ("priv_b", SEED_B), ("priv_c", SEED_C)):
         out[name] = tmp_path / name
         out[name].write_text(format_private_key(seed, name))
+        out[name].chmod(0o600)  # a secret file, as the key tools write it
     return out
 
 
@@ -85,6 +86,27 @@ def server_toml(tmp_path: Path, body: str) -> Path:
     path.write_text(f'role = "server"\nmode = "iroh"\n[iroh]\nprotocol = "e4"\n{body}\n'
                     '[iroh.allowed_sources]\ntcp = ["127.0.0.0/8"]\n')
     return path
+
+
+def stdin_json(monkeypatch: pytest.MonkeyPatch, value: object) -> None:
+    """Feed one JSON config to the next in-process ``--config-stdin`` read through a real pipe."""
+    import json
+    import os
+    import sys
+
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, json.dumps(value).encode())
+    os.close(write_fd)
+    monkeypatch.setattr(sys, "stdin", os.fdopen(read_fd, "r"))
+
+
+def server_json(body: dict[str, object]) -> dict[str, object]:
+    return {"role": "server", "iroh": {"allowed_sources": {"tcp": ["127.0.0.0/8"]}, **body}}
+
+
+def client_json(body: dict[str, object]) -> dict[str, object]:
+    return {"role": "client", "iroh": {"server_node_id": SERVER_ID, "request_source": "tcp://127.0.0.1:22",
+                                       "target": "127.0.0.1:2222", **body}}
 
 
 def client_toml(tmp_path: Path, body: str) -> Path:
@@ -127,8 +149,12 @@ def test_e2_ignores_the_e4_variables(files: dict[str, Path], monkeypatch: pytest
     monkeypatch.setenv(iroh_env.PRIVATE_KEY_FILE, str(files["priv_a"]))
     one_line_error(capsys, ["server", "iroh", "--allowed-tcp", "127.0.0.0/8", "--allowed-clients", SERVER_ID], 2,
                    "Server identity is required")
-    e2 = client_options(["client", "iroh", "-n", SERVER_ID, "-s", "tcp://127.0.0.1:22", "-t", "127.0.0.1:2222"])
+    e2 = client_options(["client", "iroh", "--protocol", "e2", "-n", SERVER_ID, "-s", "tcp://127.0.0.1:22", "-t",
+                         "127.0.0.1:2222"])
     assert e2.protocol == "e2" and e2.auth_seed is None
+    # Without --protocol, the key in the environment is what selects e4 (upstream v0.6 needs no switch).
+    e4 = client_options(["client", "iroh", "-n", SERVER_ID, "-s", "tcp://127.0.0.1:22", "-t", "127.0.0.1:2222"])
+    assert e4.protocol == "e4" and e4.auth_seed == SEED_A
 
 
 # ------------------------------------------------------------------------------------------ CLI > env > config
@@ -149,6 +175,7 @@ def test_cli_flag_beats_env(files: dict[str, Path], tmp_path: Path, monkeypatch:
 
 
 def test_env_beats_config(files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Inline secrets and keys come through --config-stdin (JSON): upstream refuses them in config files.
     other_key, _ = make_key(tmp_path, "other.key", 9)
     by_file = server_toml(tmp_path, f'secret_file = "{other_key}"\nauthorized_keys_file = "{files["keys_c"]}"')
     assert server_options(["server", "-c", str(by_file)]).authorized_keys == (PUB_C,)
@@ -156,12 +183,13 @@ def test_env_beats_config(files: dict[str, Path], tmp_path: Path, monkeypatch: p
     monkeypatch.setenv(iroh_env.SECRET, format_secret_key(SERVER_SECRET))
     options = server_options(["server", "-c", str(by_file)])
     assert options.authorized_keys == (PUB_A,) and options.secret_key == SERVER_SECRET
-    inline = server_toml(tmp_path, f'secret = "{format_secret_key(OTHER_SECRET)}"\n'
-                                   f'authorized_keys = ["{format_public_key(PUB_C)}"]')
-    options = server_options(["server", "-c", str(inline)])
+    inline = server_json({"secret": format_secret_key(OTHER_SECRET), "authorized_keys": [format_public_key(PUB_C)]})
+    stdin_json(monkeypatch, inline)
+    options = server_options(["server", "--config-stdin"])
     assert options.authorized_keys == (PUB_A,) and options.secret_key == SERVER_SECRET
     # ... and the CLI still beats both.
-    options = server_options(["server", "-c", str(inline), "iroh", "--authorized-keys-file", str(files["keys_b"]),
+    stdin_json(monkeypatch, inline)
+    options = server_options(["server", "--config-stdin", "iroh", "--authorized-keys-file", str(files["keys_b"]),
                               "--secret-file", str(other_key)])
     assert options.authorized_keys == (PUB_B,) and options.secret_key == OTHER_SECRET
 
@@ -169,21 +197,42 @@ def test_env_beats_config(files: dict[str, Path], tmp_path: Path, monkeypatch: p
     assert client_options(["client", "-c", str(client_file)]).auth_seed == SEED_C
     monkeypatch.setenv(iroh_env.PRIVATE_KEY_FILE, str(files["priv_a"]))
     assert client_options(["client", "-c", str(client_file)]).auth_seed == SEED_A
-    client_inline = client_toml(tmp_path, f"private_key = '''{format_private_key(SEED_C)}'''")
-    assert client_options(["client", "-c", str(client_inline)]).auth_seed == SEED_A
-    assert client_options(["client", "-c", str(client_inline), "iroh", "--private-key-file",
+    client_inline = client_json({"private_key": format_private_key(SEED_C)})
+    stdin_json(monkeypatch, client_inline)
+    assert client_options(["client", "--config-stdin"]).auth_seed == SEED_A
+    stdin_json(monkeypatch, client_inline)
+    assert client_options(["client", "--config-stdin", "iroh", "--private-key-file",
                            str(files["priv_b"])]).auth_seed == SEED_B
 
 
-def test_inline_config_keys(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    listed = server_toml(tmp_path, f'secret_file = "{files["server"]}"\nauthorized_keys = '
-                                   f'["# team", "{format_public_key(PUB_A, "a")}", "", "{format_public_key(PUB_B)}"]')
-    assert server_options(["server", "-c", str(listed)]).authorized_keys == (PUB_A, PUB_B)
-    pasted = server_toml(tmp_path, f'secret_file = "{files["server"]}"\n'
-                                   f"authorized_keys = '''{files['keys_c'].read_text()}'''")
-    assert server_options(["server", "-c", str(pasted)]).authorized_keys == (PUB_C,)
-    client = client_toml(tmp_path, f"private_key = '''{format_private_key(SEED_B, 'b')}'''")
-    assert client_options(["client", "-c", str(client)]).auth_seed == SEED_B
+def test_inline_config_keys(files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Inline keys work from --config-stdin (upstream's automation path) and are refused in TOML files with
+    upstream's words; the flexaccess-keys rules apply to inline lists as to files."""
+    listed = server_json({"secret_file": str(files["server"]), "authorized_keys": [
+        "# team", format_public_key(PUB_A, "a"), "", format_public_key(PUB_B)]})
+    stdin_json(monkeypatch, listed)
+    assert server_options(["server", "--config-stdin"]).authorized_keys == (PUB_A, PUB_B)
+    pasted = server_json({"secret_file": str(files["server"]), "authorized_keys": files["keys_c"].read_text()})
+    stdin_json(monkeypatch, pasted)
+    assert server_options(["server", "--config-stdin"]).authorized_keys == (PUB_C,)
+    stdin_json(monkeypatch, client_json({"private_key": format_private_key(SEED_B, "b")}))
+    assert client_options(["client", "--config-stdin"]).auth_seed == SEED_B
+
+    in_file = server_toml(tmp_path, f'secret_file = "{files["server"]}"\n'
+                                    f'authorized_keys = ["{format_public_key(PUB_A)}"]')
+    one_line_error(capsys, ["server", "-c", str(in_file)], 2,
+                   "[iroh] Inline 'authorized_keys' is not allowed in config files. Use 'authorized_keys_file', "
+                   "or pass them in a --config-stdin JSON config.")
+    secret_in_file = server_toml(tmp_path, f'secret = "{format_secret_key(OTHER_SECRET)}"\n'
+                                           f'authorized_keys_file = "{files["keys_a"]}"')
+    one_line_error(capsys, ["server", "-c", str(secret_in_file)], 2,
+                   "[iroh] Plaintext 'secret' is not allowed in config files. Use 'secret_file' or set "
+                   "TUNNEL_RS_SECRET.")
+    key_in_file = client_toml(tmp_path, f"private_key = '''{format_private_key(SEED_B)}'''")
+    one_line_error(capsys, ["client", "-c", str(key_in_file)], 2,
+                   "[iroh] Inline 'private_key' is not allowed in config files. Use 'private_key_file', or pass it "
+                   "in a --config-stdin JSON config.")
 
     both = server_toml(tmp_path, f'secret_file = "{files["server"]}"\nauthorized_keys_file = "{files["keys_a"]}"\n'
                                  f'authorized_keys = ["{format_public_key(PUB_A)}"]')
@@ -192,12 +241,16 @@ def test_inline_config_keys(files: dict[str, Path], tmp_path: Path, capsys: pyte
     both_client = client_toml(tmp_path, f'private_key_file = "{files["priv_a"]}"\nprivate_key = "x"')
     one_line_error(capsys, ["client", "-c", str(both_client)], 2,
                    "[iroh] Use only one of 'private_key' or 'private_key_file'.")
-    empty = server_toml(tmp_path, f'secret_file = "{files["server"]}"\nauthorized_keys = ["# nobody"]')
-    one_line_error(capsys, ["server", "-c", str(empty)], 2, "No Ed25519 public keys found in [iroh].authorized_keys")
-    wrong_type = server_toml(tmp_path, f'secret_file = "{files["server"]}"\nauthorized_keys = 3')
-    one_line_error(capsys, ["server", "-c", str(wrong_type)], 2, "'authorized_keys' must be a list of strings")
+    stdin_json(monkeypatch, server_json({"secret_file": str(files["server"]), "authorized_keys": ["# nobody"]}))
+    one_line_error(capsys, ["server", "--config-stdin"], 2, "No Ed25519 public keys found in [iroh].authorized_keys")
+    stdin_json(monkeypatch, server_json({"secret_file": str(files["server"]), "authorized_keys": []}))
+    one_line_error(capsys, ["server", "--config-stdin"], 2,
+                   "[iroh] 'authorized_keys' is empty. List at least one public key.")
+    stdin_json(monkeypatch, server_json({"secret_file": str(files["server"]), "authorized_keys": 3}))
+    one_line_error(capsys, ["server", "--config-stdin"], 2, "'authorized_keys' must be a list of strings")
     misplaced = client_toml(tmp_path, f'private_key_file = "{files["priv_a"]}"\nauthorized_keys = []')
-    one_line_error(capsys, ["client", "-c", str(misplaced)], 2, "unknown field 'authorized_keys'")
+    one_line_error(capsys, ["client", "-c", str(misplaced)], 2,
+                   "[iroh] 'authorized_keys' / 'authorized_keys_file' are server-only fields.")
 
 
 # ------------------------------------------------------------------------------------------ errors and secrecy
@@ -232,31 +285,38 @@ def test_bad_env_values_are_one_line_errors_without_the_secret(
                           f"Authorized keys file not found: {tmp_path / 'nope'} (from TUNNEL_RS_AUTHORIZED_KEYS_FILE)")
     assert real not in line
     # A private key file holding a near-miss secret line: the error names the file, not the key text.
-    seed_text = format_private_key(SEED_A).splitlines()[1]
+    seed_text = format_private_key(SEED_A).splitlines()[-1]
     broken = tmp_path / "broken.key"
     broken.write_text(seed_text[:-1] + "\n")
+    broken.chmod(0o600)  # a secret file, as the key tools write it
     monkeypatch.setenv(iroh_env.PRIVATE_KEY_FILE, str(broken))
-    line = one_line_error(capsys, CLIENT, 2, f"Invalid Ed25519 private key in {broken}")
+    line = one_line_error(capsys, CLIENT, 2, f"Invalid authentication private key in {broken}")
     assert seed_text[12:-1] not in line
     monkeypatch.setenv(iroh_env.PRIVATE_KEY_FILE, str(tmp_path / "absent.key"))
     one_line_error(capsys, CLIENT, 2, f"Private key file not found: {tmp_path / 'absent.key'} "
                                       "(from TUNNEL_RS_PRIVATE_KEY_FILE)")
-    inline = client_toml(tmp_path, f"private_key = '''{seed_text[:-1]}'''")
     monkeypatch.delenv(iroh_env.PRIVATE_KEY_FILE)
-    line = one_line_error(capsys, ["client", "-c", str(inline)], 2, "Invalid Ed25519 private key in [iroh].private_key")
+    stdin_json(monkeypatch, client_json({"private_key": seed_text[:-1]}))
+    line = one_line_error(capsys, ["client", "--config-stdin"], 2,
+                          "Invalid authentication private key in [iroh].private_key")
     assert seed_text[12:-1] not in line
 
 
-def test_relay_auth_token_is_warned_about_but_never_shown(
-    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+def test_relay_auth_token_is_used_but_never_shown(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """TUNNEL_RS_RELAY_AUTH_TOKEN / --relay-auth-token / [iroh] relay_auth_token (CLI > env > config) reach the
+    relay settings; without custom relays the token is refused in upstream's words; it never appears in output."""
     token = "relay-token-do-not-print-42"
     monkeypatch.setenv(iroh_env.RELAY_AUTH_TOKEN, token)
     monkeypatch.setenv(iroh_env.PRIVATE_KEY_FILE, str(files["priv_a"]))
-    warnings: list[str] = []
-    build_options(CLIENT, warn=warnings.append)
-    assert len(warnings) == 1 and "TUNNEL_RS_RELAY_AUTH_TOKEN is set but ignored" in warnings[0]
-    assert token not in warnings[0]
+    line = one_line_error(capsys, CLIENT, 2, "relay_auth_token requires custom relay_urls")
+    assert token not in line
+    relayed = client_options([*CLIENT, "--relay-url", "http://127.0.0.1:9"])
+    assert relayed.network.relay_auth_token == token and token not in repr(relayed)
+    assert relayed.network.discovery is False  # e4 + custom relays: no internet discovery, as upstream
+    flag = client_options([*CLIENT, "--relay-url", "http://127.0.0.1:9", "--relay-auth-token", "from-cli"])
+    assert flag.network.relay_auth_token == "from-cli"
     env = IrohEnv.read({iroh_env.SECRET: "s3cret-value", iroh_env.RELAY_AUTH_TOKEN: token})
     assert "s3cret-value" not in repr(env) and token not in repr(env)
 
@@ -283,9 +343,9 @@ def test_keys_only_from_the_environment_forward_tcp(files: dict[str, Path], monk
             with Proc("client", "iroh", "--protocol", "e4", "-n", node_id, "-s", f"tcp://127.0.0.1:{echo.port}",
                       "-t", "127.0.0.1:0", "--server-addr", addr, *OFFLINE) as client:
                 port = int(client.wait_for(r"Listening on TCP 127\.0\.0\.1:(\d+)").group(1))
-                assert "Authenticated with the server" in client.stderr
+                assert "Authenticated with server successfully" in client.stderr
                 assert echo_through(port, payload) == payload
-                server.wait_for(r"authenticated as " + format_public_key(PUB_A).replace("-", r"\-"))
+                server.wait_for(r"Client [0-9a-f]{64} authenticated successfully as keys_a")
             assert client.stop() is not None
         logs = server.stderr + client.stderr
     assert format_secret_key(SERVER_SECRET) not in logs

@@ -37,6 +37,7 @@ def make_key(directory: Path, name: str, seed: int) -> tuple[Path, str]:
     secret = bytes((seed * 37 + i) % 256 for i in range(32))
     path = directory / name
     path.write_text(format_secret_key(secret))
+    path.chmod(0o600)  # a secret file, as the key tools write it
     return path, format_endpoint_id(endpoint_id_from_secret(secret))
 
 

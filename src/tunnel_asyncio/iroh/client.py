@@ -83,8 +83,10 @@ class IrohClient:
         kind = "persistent" if opts.secret_key is not None else "ephemeral"
         log.info("Client EndpointId: %s (%s)", self.client_id, kind)
         relays = () if opts.network.relays_disabled else relay_urls
+        # --relay-only: the relays are the only way in; direct addresses are not even offered to iroh.
+        addrs = () if opts.network.relay_only else opts.server_addrs
         self.conn = await connect(self.endpoint, opts.server_id, alpn=self.alpn, relay_urls=relays,
-                                  server_addrs=opts.server_addrs)
+                                  server_addrs=addrs)
         log.info("Connected to server %s", format_endpoint_id(opts.server_id))
         if self.e4:
             await self._authenticate()
@@ -171,7 +173,7 @@ class IrohClient:
                 elif isinstance(event, AuthRefused):
                     raise TunnelError(event.message, ExitCode.AUTH)
                 elif isinstance(event, AuthOk):
-                    log.info("Authenticated with the server")
+                    log.info("Authenticated with server successfully")
                     return
         except WireError as exc:
             raise TunnelError(f"Authentication failed: {exc}", ExitCode.AUTH) from None

@@ -22,6 +22,8 @@ log = logging.getLogger("tunnel_asyncio.iroh")
 #: Upstream's RELAY_CONNECT_TIMEOUT and dial timeout.
 ONLINE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
+#: Where a --relay-only endpoint binds its UDP socket unless --bind-addr says otherwise.
+RELAY_ONLY_BIND = "127.0.0.1:0"
 
 
 def _relay_mode(f: Any, network: IrohNetwork, relay_urls: Sequence[str]) -> Any:
@@ -32,7 +34,8 @@ def _relay_mode(f: Any, network: IrohNetwork, relay_urls: Sequence[str]) -> Any:
     relay_map = f.RelayMap.empty()
     for url in relay_urls:
         # quic_port=None: no QUIC address discovery, which self-hosted (and our Python) relays do not serve.
-        relay_map.insert(f.RelayConfig(url=url, quic_port=None))
+        # auth_token: the binding sends it as ``Authorization: Bearer <token>`` on the relay upgrade, as upstream.
+        relay_map.insert(f.RelayConfig(url=url, quic_port=None, auth_token=network.relay_auth_token))
     return f.RelayMode.custom(relay_map)
 
 
@@ -43,7 +46,7 @@ async def bind_endpoint(
     f = ffi.load()
     f.uniffi_set_event_loop(asyncio.get_running_loop())
     urls = tuple(network.relay_urls if relay_urls is None else relay_urls)
-    preset = f.preset_n0() if network.discovery else f.preset_minimal()
+    preset = f.preset_n0() if network.discovery and not network.relay_only else f.preset_minimal()
     kwargs: dict[str, Any] = {"preset": preset, "alpns": list(alpns)}
     if secret_key is not None:
         kwargs["secret_key"] = secret_key
@@ -52,6 +55,10 @@ async def bind_endpoint(
         kwargs["relay_mode"] = mode
     if network.bind_addr is not None:
         kwargs["bind_addr"] = network.bind_addr
+    elif network.relay_only:
+        # The binding has no clear_ip_transports (upstream's relay-only switch); a UDP socket bound to loopback
+        # cannot reach another host, so every path to a remote peer goes through the relay (docs/iroh.md).
+        kwargs["bind_addr"] = RELAY_ONLY_BIND
     try:
         endpoint = await f.Endpoint.bind(f.EndpointOptions(**kwargs))
     except f.IrohError as exc:

@@ -44,8 +44,7 @@ from tunnel_core.iroh_session import (
     StreamFailed,
     StreamRejected,
 )
-from tunnel_core.iroh_session.auth import AuthAccepted, AuthDenied, AuthServer
-from tunnel_core.iroh_session.authkeys import format_public_key
+from tunnel_core.iroh_session.auth import INVALID_PROOF_REASON, AuthAccepted, AuthDenied, AuthServer
 from tunnel_core.iroh_session.options import IrohServerOptions
 from tunnel_core.keys import format_endpoint_id
 from tunnel_core.policy import AccessPolicy
@@ -68,6 +67,7 @@ class IrohServer:
         self.policy = AccessPolicy.from_strings(options.allowed_tcp, options.allowed_udp)
         self.allowlist = ClientAllowlist(options.allowed_clients)
         self.limiter = SessionLimiter(options.max_sessions)
+        self._comments = dict(options.authorized_key_comments)
         self.e4 = options.protocol == "e4"
         self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
         self.endpoint: Any = None
@@ -87,8 +87,13 @@ class IrohServer:
         log.info("Server EndpointId: %s", self.endpoint_id)
         log.info("Listening on %s", ", ".join(direct_addresses(self.endpoint)))
         if self.e4:
-            log.info("Protocol e4 (ALPN mf/4, Ed25519 auth): %d authorized keys; max sessions: %d",
-                     len(self.options.authorized_keys), self.limiter.max_sessions)
+            log.info("Protocol e4 (ALPN mf/4, Ed25519 auth)")
+            # Upstream's wording: its e2e script and operators' scripts wait for these lines.
+            log.info("Max concurrent sessions: %d", self.limiter.max_sessions)
+            log.info("Authorized client keys: %d", len(self.options.authorized_keys))
+            if self.options.network.relay_only:
+                log.info("Relay-only mode: all traffic will go through the relay server")
+            log.info("Waiting for clients to connect...")
             return
         if not len(self.allowlist):
             log.warning("The allowed-clients list is empty: every client will be refused")
@@ -151,7 +156,11 @@ class IrohServer:
             key = await self._authenticate(conn, remote_text)
             if key is None:
                 return
-            log.info("Client %s authenticated as %s", remote_text, format_public_key(key))
+            comment = self._comments.get(key, "")
+            if comment:
+                log.info("Client %s authenticated successfully as %s", remote_text, comment)
+            else:
+                log.info("Client %s authenticated successfully", remote_text)
         elif not self.allowlist.allows(remote):
             log.warning("Rejected unauthorized client: %s", remote_text)
             conn.close(CLOSE_UNAUTHORIZED.code, CLOSE_UNAUTHORIZED.reason)
@@ -213,6 +222,8 @@ class IrohServer:
                 elif isinstance(event, AuthAccepted):
                     return event.public_key
                 elif isinstance(event, AuthDenied):
+                    if event.error.startswith(INVALID_PROOF_REASON):
+                        log.warning("Invalid public-key authentication proof from %s", client)
                     log.warning("Client %s: authentication failed: %s", client, event.error)
                     if send is not None:
                         with contextlib.suppress(Exception):

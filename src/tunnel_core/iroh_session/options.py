@@ -22,6 +22,10 @@ class IrohNetwork:
     bind_addr: str | None = None
     #: ``socks5h://host:port`` used only to reach ``.onion`` relay URLs (experimental).
     socks5_proxy: str | None = None
+    #: Bearer token sent to every custom relay (``Authorization: Bearer``), upstream's ``--relay-auth-token``.
+    relay_auth_token: str | None = attrs.field(default=None, repr=False)
+    #: Upstream's ``--relay-only``: dial the server through the relays only, never through direct addresses.
+    relay_only: bool = False
 
 
 @attrs.frozen
@@ -38,6 +42,8 @@ class IrohServerOptions:
     protocol: str = "e2"
     #: E4 only: the Ed25519 public keys whose holders may connect (``allowed_clients`` is unused then).
     authorized_keys: tuple[bytes, ...] = ()
+    #: E4 only: (public key, comment) of the authorized-keys entries, for the "authenticated ... as <comment>" log.
+    authorized_key_comments: tuple[tuple[bytes, str], ...] = ()
 
 
 @attrs.frozen

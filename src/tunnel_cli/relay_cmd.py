@@ -143,6 +143,48 @@ def _check_token(token: str, origin: str) -> None:
         raise _usage(f"Invalid token in {origin}: tokens must be printable ASCII without spaces")
 
 
+#: iroh-relay's own config keys (the file format of upstream's relay-prod.toml.example) that mean something here.
+IROH_RELAY_KEYS = frozenset({"http_bind_addr", "enable_metrics", "metrics_bind_addr", "enable_quic_addr_discovery",
+                             "access", "enable_relay"})
+
+
+def _from_iroh_relay(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """Translate an iroh-relay config (``http_bind_addr``, ``access.shared_token`` / ``access.allowlist``, ...) into
+    ours, so an operator's existing relay file works. What we cannot serve (QUIC address discovery, metrics, TLS
+    managed by iroh-relay) is refused when switched on, never silently dropped."""
+    if not IROH_RELAY_KEYS & set(data):
+        return data
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "http_bind_addr":
+            out["bind"] = value
+        elif key in ("enable_metrics", "enable_quic_addr_discovery"):
+            if value is not False:
+                raise _usage(f"'{key}' in config file {path}: this relay has no "
+                             f"{'metrics server' if key == 'enable_metrics' else 'QUIC address discovery'}; "
+                             "set it to false")
+        elif key == "metrics_bind_addr":
+            continue  # only used with enable_metrics, refused above
+        elif key == "enable_relay":
+            if value is not True:
+                raise _usage(f"'enable_relay' in config file {path}: a relay that does not relay has nothing to do")
+        elif key == "access":
+            if isinstance(value, dict):
+                for name, item in value.items():
+                    if name == "shared_token":
+                        out["tokens"] = item if isinstance(item, list) else [item]
+                    elif name == "allowlist":
+                        out["allowed_endpoints"] = item
+                    else:
+                        raise _usage(f"Unknown key in config file {path}: access.{name}")
+            elif value != "everyone":
+                raise _usage(f"Invalid value for 'access' in config file {path}")
+        else:
+            raise _usage(f"Unknown key in config file {path}: {key} (TLS for an iroh-relay file: use --tls-cert "
+                         "and --tls-key)" if key == "tls" else f"Unknown key in config file {path}: {key}")
+    return out
+
+
 def _load_config(path: str) -> dict[str, Any]:
     text = _read(path, "config file")
     try:
@@ -151,6 +193,7 @@ def _load_config(path: str) -> dict[str, Any]:
         raise _usage(f"Failed to parse config file {path}: {exc}") from None
     except RecursionError:
         raise _usage(f"Failed to parse config file {path}: tables or arrays nested too deeply") from None
+    data = _from_iroh_relay(data, path)
     table = data.get("relay", data) if isinstance(data.get("relay"), dict) else data
     extra = set(data) - {"relay"} if table is not data else set()
     if extra:

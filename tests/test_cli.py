@@ -504,13 +504,15 @@ def test_process_role_mismatch(tmp_path: Path) -> None:
 
 
 def test_console_scripts_are_installed() -> None:
+    scripts = str(Path(sys.executable).parent)  # the venv running the tests, then PATH
     for name in ("tunnel", "tunnel-rs-ice"):
-        exe = shutil.which(name)
+        exe = shutil.which(name, path=scripts) or shutil.which(name)
         assert exe is not None, f"{name} is not on PATH (pip install -e .)"
         done = run_process(exe, "--version", module=False)
         assert done.returncode == 0
         assert done.stdout.startswith(f"{name} ")
-    done = run_process(shutil.which("tunnel-rs-ice") or "", "client", "manual", module=False)
+    done = run_process(shutil.which("tunnel-rs-ice", path=scripts) or shutil.which("tunnel-rs-ice") or "", "client",
+                       "manual", module=False)
     assert done.returncode == 2
     assert done.stderr.startswith("Error: --source is required for manual client.")
     assert done.stderr.count("\n") == 1

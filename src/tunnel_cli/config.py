@@ -10,7 +10,7 @@ before a socket is opened or aioquic is imported.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +203,20 @@ def blank_is_none(value: str | None) -> str | None:
         return None
     return value.strip()
 
+
+
+#: Top-level keys an ICE-mode config may hold: routing keys, the server's (refused) ``source``, and the sections of
+#: every mode (a file may carry several; the one being run is read, the others are left alone).
+TOP_LEVEL_KEYS = frozenset({"role", "mode", "source", "manual", "ice-manual", "nostr", "ice-nostr", "iroh"})
+
+
+def warn_unknown_keys(
+    config: ConfigFile, table: Mapping[str, Any], known: frozenset[str], where: str,
+    warn: Callable[[str], None] | None,
+) -> None:
+    """ICE-mode files keep upstream 0.2.4's leniency (unknown keys ignored) but say so, so a typo such as
+    ``[manul]`` or ``tpc = [...]`` does not pass silently; iroh files refuse instead (upstream v0.6)."""
+    if warn is None:
+        return
+    for key in sorted(set(table) - known):
+        warn(f"unknown key '{key}' in {where} of {config.path} ignored")

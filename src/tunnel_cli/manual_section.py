@@ -21,12 +21,14 @@ from tunnel_cli.checks import (
 )
 from tunnel_cli.config import (
     SECTION_NAMES,
+    TOP_LEVEL_KEYS,
     ConfigFile,
     blank_is_none,
     show_value,
     string_list,
     string_value,
     usage_error,
+    warn_unknown_keys,
 )
 from tunnel_cli.turn_settings import read_turn_keys
 
@@ -50,6 +52,7 @@ class ManualSection:
     turn_password_file: str | None = None
 
 
+ALLOWED_SOURCES_KEYS = frozenset({"tcp", "udp"})
 _MANUAL_KEYS = frozenset({
     "stun_servers", "allowed_sources", "request_source", "source", "target", "host_candidates", "packet_size",
     "transport", "turn_servers", "turn_user", "turn_password", "turn_password_file",
@@ -95,9 +98,12 @@ def manual_section(
             f"[{name}] 'allowed_sources' is a server-only field. "
             "Clients use 'source' to specify what to request from server."
         )
+    warn_unknown_keys(config, config.data, TOP_LEVEL_KEYS, "the top level", warn)
+    warn_unknown_keys(config, table, _MANUAL_KEYS, f"[{name}]", warn)
+    allowed_table = table.get("allowed_sources")
+    if isinstance(allowed_table, Mapping):
+        warn_unknown_keys(config, allowed_table, ALLOWED_SOURCES_KEYS, f"[{name}.allowed_sources]", warn)
     if warn is not None:
-        for key in sorted(set(table) - _MANUAL_KEYS):
-            warn(f"unknown key '{key}' in [{name}] of {config.path} ignored")
         if "transport" in table:
             warn(f"[{name}.transport] is not supported by this version and is ignored")
 

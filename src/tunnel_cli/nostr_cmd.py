@@ -245,9 +245,12 @@ def nostr_section(
         raise _usage(f"[{name}] 'max_sessions' is a server-only field.")
     if "nsec" in table and "nsec_file" in table:
         raise _usage(f"[{name}] Use only one of 'nsec' or 'nsec_file'.")
+    cfg.warn_unknown_keys(config, data, cfg.TOP_LEVEL_KEYS, "the top level", warn)
+    cfg.warn_unknown_keys(config, table, _KEYS, f"[{name}]", warn)
+    if isinstance(table.get("allowed_sources"), Mapping):
+        cfg.warn_unknown_keys(config, table["allowed_sources"], frozenset({"tcp", "udp"}),
+                              f"[{name}.allowed_sources]", warn)
     if warn is not None:
-        for key in sorted(set(table) - _KEYS):
-            warn(f"unknown key '{key}' in [{name}] of {config.path} ignored")
         if "transport" in table:
             warn(f"[{name}.transport] is not supported by this version and is ignored")
     stun = _strs(config, table, name, "stun_servers") if "stun_servers" in table else None

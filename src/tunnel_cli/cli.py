@@ -17,7 +17,7 @@ from tunnel_cli import config as cfg
 from tunnel_cli.fdlimit import raise_open_files_limit
 from tunnel_cli.ice_flags import add_ice_args, ice_options
 from tunnel_cli.manual_section import ManualSection, manual_section
-from tunnel_cli.parser import Parser, VersionAction, add_config_args, given
+from tunnel_cli.parser import Parser, VersionAction, add_config_args, given, stdin_config_wanted
 from tunnel_cli.program import TUNNEL, TUNNEL_RS, TUNNEL_RS_ICE, Program
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.options import (
@@ -140,12 +140,19 @@ def build_options(
     """
     from tunnel_cli import iroh_cmd  # iroh mode and its key tools parse their own flags (tunnel_cli.iroh_cmd)
 
-    claimed = iroh_cmd.claim(argv, program=program, warn=warn)
+    # --config-stdin is read once, before routing: the JSON's "mode" says which mode's module builds the options.
+    stdin_config = None
+    if stdin_config_wanted(argv):
+        from tunnel_cli.stdin_config import read_stdin_config
+
+        stdin_config = read_stdin_config()
+    claimed = iroh_cmd.claim(argv, program=program, warn=warn, stdin_config=stdin_config)
     if claimed is not None:
         return claimed  # type: ignore[return-value]
     from tunnel_cli import nostr_cmd  # ice-nostr mode and its key tools parse their own flags (tunnel_cli.nostr_cmd)
 
-    claimed_nostr = nostr_cmd.claim(argv, program=program, warn=warn, interfaces=interfaces)
+    claimed_nostr = nostr_cmd.claim(argv, program=program, warn=warn, interfaces=interfaces,
+                                    stdin_config=stdin_config)
     if claimed_nostr is not None:
         return claimed_nostr  # type: ignore[return-value]
     parser, parsers = build_parser(program)
@@ -157,15 +164,8 @@ def build_options(
     if extras:
         parsers[(role, word)].error(f"unrecognized arguments: {' '.join(extras)}")
 
-    config_file = namespace.config
-    if config_file is not None and namespace.default_config:
-        raise cfg.usage_error("Cannot use both -c/--config and --default-config")
-    path = None
-    if config_file is not None:
-        path = cfg.expand_path(config_file)
-    elif namespace.default_config:
-        path = cfg.default_config_path(role, ice=program.ice)
-    config = cfg.load_config(path) if path is not None else None
+    config = cfg.choose_config(namespace.config, namespace.default_config, namespace.config_stdin, role,
+                               ice=program.ice, stdin_config=stdin_config)
     if config is not None:
         cfg.check_role(config, role)
     mode = cfg.resolve_mode(word, config, program.modes)

@@ -220,3 +220,23 @@ def warn_unknown_keys(
         return
     for key in sorted(set(table) - known):
         warn(f"unknown key '{key}' in {where} of {config.path} ignored")
+
+
+ONLY_ONE_SOURCE = "Only one of -c/--config, --default-config, or --config-stdin may be used"
+
+
+def choose_config(
+    config_file: str | None, default: bool, stdin: bool, role: str, *, ice: bool, stdin_config: ConfigFile | None,
+) -> ConfigFile | None:
+    """The config of a run: ``-c FILE``, ``--default-config`` or the JSON read from stdin, at most one of them."""
+    if (config_file is not None) + bool(default) + bool(stdin) > 1:
+        raise usage_error(ONLY_ONE_SOURCE)
+    if stdin:
+        if stdin_config is None:
+            raise usage_error("--config-stdin: no JSON config was read from stdin")
+        return stdin_config
+    if config_file is not None:
+        return load_config(expand_path(config_file))
+    if default:
+        return load_config(default_config_path(role, ice=ice))
+    return None

@@ -75,7 +75,8 @@ def _config_says_iroh(role: str, rest: Sequence[str], ice: bool) -> bool:
 
 
 def claim(
-    argv: Sequence[str], *, program: Any, warn: Callable[[str], None] | None = None
+    argv: Sequence[str], *, program: Any, warn: Callable[[str], None] | None = None,
+    stdin_config: cfg.ConfigFile | None = None,
 ) -> tuple[str, IrohCommand] | None:
     """Build the options when ``argv`` is an iroh-mode command (or a key tool) for ``program``, else None."""
     args = list(argv)
@@ -85,13 +86,13 @@ def claim(
     first = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
     if first is None:
         if iroh_only:
-            return _build(args, program, warn)
+            return _build(args, program, warn, stdin_config)
         return None
     word = args[first]
     if word in KEY_TOOLS:
         return _build(args, program, warn)
     if word not in ("server", "client"):
-        return _build(args, program, warn) if iroh_only else None
+        return _build(args, program, warn, stdin_config) if iroh_only else None
     rest = args[first + 1 :]
     try:
         known, leftover = pre_parse_config(rest)
@@ -99,10 +100,14 @@ def claim(
         return None
     # Only -c/--default-config may precede the mode word, so the first thing left is the mode word (or a flag).
     mode_word = leftover[0] if leftover and not leftover[0].startswith("-") else None
-    # --config-stdin without a mode word is iroh's (the only mode that reads a JSON config here).
-    says_iroh = mode_word is None and (known.config_stdin or _config_says_iroh(word, rest, ice=False))
+    # A JSON config read from stdin routes by its "mode" like a file does (none, as in upstream v0.6: iroh).
+    if known.config_stdin and stdin_config is not None:
+        stdin_iroh = stdin_config.mode is None or stdin_config.mode == "iroh"
+    else:
+        stdin_iroh = bool(known.config_stdin)
+    says_iroh = mode_word is None and (stdin_iroh or _config_says_iroh(word, rest, ice=False))
     if iroh_only or mode_word == "iroh" or says_iroh:
-        return _build(args, program, warn)
+        return _build(args, program, warn, stdin_config)
     return None
 
 
@@ -143,25 +148,8 @@ def _comment(text: str) -> str:
         raise cfg.usage_error("--comment must be a single line") from None
 
 
-def _load_config(ns: argparse.Namespace, role: str) -> tuple[cfg.ConfigFile | None, bool]:
-    """The config named by -c, --default-config or --config-stdin (at most one), and whether it came from stdin."""
-    config_file = getattr(ns, "config", None)
-    default = bool(getattr(ns, "default_config", False))
-    stdin = bool(getattr(ns, "config_stdin", False))
-    if (config_file is not None) + default + stdin > 1:
-        raise cfg.usage_error("Only one of -c/--config, --default-config, or --config-stdin may be used")
-    if stdin:
-        from tunnel_cli.stdin_config import read_stdin_config
-
-        return read_stdin_config(), True
-    if config_file is not None:
-        return cfg.load_config(cfg.expand_path(config_file)), False
-    if default:
-        return cfg.load_config(cfg.default_config_path(role)), False
-    return None, False
-
-
-def _build(argv: Sequence[str], program: Any, warn: Callable[[str], None] | None) -> tuple[str, IrohCommand]:
+def _build(argv: Sequence[str], program: Any, warn: Callable[[str], None] | None,
+           stdin_config: cfg.ConfigFile | None = None) -> tuple[str, IrohCommand]:
     parser = build_parser(program)
     args = list(argv)
     if getattr(program, "name", "") == "tunnel-rs" and args in (["server"], ["client"]):
@@ -174,7 +162,13 @@ def _build(argv: Sequence[str], program: Any, warn: Callable[[str], None] | None
     if command in KEY_TOOLS:
         return command, _key_tool(command, ns)
     role = command
-    config, from_stdin = _load_config(ns, role)
+    from_stdin = bool(getattr(ns, "config_stdin", False))
+    if from_stdin and stdin_config is None:  # called directly, not through cli.build_options
+        from tunnel_cli.stdin_config import read_stdin_config
+
+        stdin_config = read_stdin_config()
+    config = cfg.choose_config(getattr(ns, "config", None), bool(getattr(ns, "default_config", False)), from_stdin,
+                               role, ice=False, stdin_config=stdin_config)
     section = IrohSection()
     if config is not None:
         cfg.check_role(config, role)

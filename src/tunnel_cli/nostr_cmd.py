@@ -90,6 +90,7 @@ def claim(
     program: Any,
     warn: Callable[[str], None] | None = None,
     interfaces: Callable[[], Iterable[str]] | None = None,
+    stdin_config: cfg.ConfigFile | None = None,
 ) -> tuple[str, NostrCommand] | None:
     """Build the options when ``argv`` is a nostr-mode command or a nostr key tool for ``program``, else None."""
     args = list(argv)
@@ -108,12 +109,13 @@ def claim(
         return None
     mode_word = leftover[0] if leftover and not leftover[0].startswith("-") else None
     if mode_word is None:
-        mode = _config_mode(word, rest, ice=bool(getattr(program, "ice", False)))
+        mode = stdin_config.mode if stdin_config is not None else \
+            _config_mode(word, rest, ice=bool(getattr(program, "ice", False)))
         if mode is None or cfg.MODE_ALIASES.get(mode) != "nostr":
             return None
     elif mode_word not in MODE_WORDS:
         return None
-    return _build(word, rest, mode_word, program, warn, interfaces)
+    return _build(word, rest, mode_word, program, warn, interfaces, stdin_config)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -403,19 +405,14 @@ def _build(
     program: Any,
     warn: Callable[[str], None] | None,
     interfaces: Callable[[], Iterable[str]] | None,
+    stdin_config: cfg.ConfigFile | None = None,
 ) -> tuple[str, NostrCommand]:
     args = list(rest)
     if mode_word is not None:
         args.remove(mode_word)
     namespace = _parser(role, program).parse_args(args)
-    if namespace.config is not None and namespace.default_config:
-        raise _usage("Cannot use both -c/--config and --default-config")
-    path = None
-    if namespace.config is not None:
-        path = cfg.expand_path(namespace.config)
-    elif namespace.default_config:
-        path = cfg.default_config_path(role, ice=bool(program.ice))
-    config = cfg.load_config(path) if path is not None else None
+    config = cfg.choose_config(namespace.config, namespace.default_config, namespace.config_stdin, role,
+                               ice=bool(program.ice), stdin_config=stdin_config)
     section = NostrSection()
     if config is not None:
         cfg.check_role(config, role)

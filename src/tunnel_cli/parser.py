@@ -53,6 +53,10 @@ def add_config_args(parser: argparse.ArgumentParser, *, after_mode: bool, defaul
         "--default-config", action="store_true", default=argparse.SUPPRESS if after_mode else False,
         help=f"read the default config file, {default_file}",
     )
+    parser.add_argument(
+        "--config-stdin", action="store_true", default=argparse.SUPPRESS if after_mode else False,
+        help="read one JSON config object from stdin first (automation); a pasted block may follow it",
+    )
 
 
 def given(value: str | None) -> str | None:
@@ -77,3 +81,16 @@ def pre_parse_config(rest: Sequence[str]) -> tuple[argparse.Namespace, list[str]
     pre.add_argument("--config-stdin", action="store_true")
     known, leftover = pre.parse_known_args(list(rest))
     return known, leftover
+
+
+def stdin_config_wanted(argv: Sequence[str]) -> bool:
+    """True when a ``server``/``client`` command line asks for ``--config-stdin`` (read once, before routing)."""
+    args = list(argv)
+    first = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if first is None or args[first] not in ("server", "client"):
+        return False
+    try:
+        known, _ = pre_parse_config(args[first + 1:])
+    except SystemExit:
+        return False
+    return bool(known.config_stdin)

@@ -93,4 +93,8 @@ def stdin_config_wanted(argv: Sequence[str]) -> bool:
         known, _ = pre_parse_config(args[first + 1:])
     except SystemExit:
         return False
+    if known.config_stdin and (known.config is not None or known.default_config):
+        from tunnel_cli.config import ONLY_ONE_SOURCE
+
+        raise TunnelError(ONLY_ONE_SOURCE, ExitCode.USAGE)  # checked before stdin is read, as upstream does
     return bool(known.config_stdin)

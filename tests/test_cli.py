@@ -508,7 +508,7 @@ def test_console_scripts_are_installed() -> None:
     scripts = str(Path(sys.executable).parent)  # the venv running the tests, then PATH
     for name in ("tunnel", "tunnel-rs-ice"):
         exe = shutil.which(name, path=scripts) or shutil.which(name)
-        assert exe is not None, f"{name} is not on PATH (pip install -e .)"
+        assert exe is not None, f"{name} is not installed (scripts/install.sh)"
         done = run_process(exe, "--version", module=False)
         assert done.returncode == 0
         assert done.stdout.startswith(f"{name} ")

@@ -185,3 +185,8 @@ def form_checklist(
             seen.add(pair.foundation)
             pair.apply(Trigger.UNFREEZE)
     return pairs
+
+
+def unspecified_address(host: str) -> str:
+    """The wildcard address of ``host``'s family: a reflexive candidate's related address (we do not reveal bases)."""
+    return "::" if is_ipv6(host) else "0.0.0.0"

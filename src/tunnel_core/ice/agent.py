@@ -14,7 +14,9 @@ wording. A failed or closed agent stays so and ignores input.
 
 Roles: the controlling side uses regular nomination (after a check succeeds it repeats the check of the best
 valid pair with USE-CANDIDATE). As controlled we also accept aggressive nomination (aioice puts USE-CANDIDATE
-on every check); a later nomination of a higher-priority pair is reported as a second ``PairSelected``.
+on every check). Selection happens once: after it, neither a nomination of another pair nor a role conflict
+changes anything (``NominationIgnored`` is reported); the selected pair moves only through ``follow_path``, when
+the QUIC layer has validated another path (docs/security.md, "Paths"). Roaming builds on that.
 
 Relay candidates (TURN, RFC 8656): with ``turn_servers``, ``gather`` also allocates on every server of the
 family of each host socket (one ``tunnel_core.turn.TurnClient`` per (socket, server)). An allocation adds a relay
@@ -138,6 +140,8 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
         self._last_consent = 0.0
         self._outbox: list[Transmit] = []
         self._events: deque[ev.IceEvent] = deque()
+        #: remote addresses whose late nomination was reported (NominationIgnored is reported once per address)
+        self._ignored_nominations: set[Address] = set()
 
     # ------------------------------------------------------------------------------------------ properties
 

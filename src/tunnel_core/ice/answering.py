@@ -12,6 +12,7 @@ from tunnel_core.candidate import (
     Candidate,
     CandidateType,
 )
+from tunnel_core.ice import events as ev
 from tunnel_core.ice.checklist import MAX_PAIRS, CandidatePair, PairState, Trigger, is_ipv6
 from tunnel_core.ice.transaction import Purpose
 from tunnel_core.types import Address, Transmit
@@ -60,10 +61,14 @@ class AnsweringMixin:
         if not isinstance(priority, int):
             self._reply_error(msg, local, remote, 400, "Bad Request")
             return
-        # RFC 8445 7.3.1.1: resolve a role conflict before answering.
+        # RFC 8445 7.3.1.1: resolve a role conflict before answering. Roles are settled once a pair is selected:
+        # a late "conflict" (only a holder of the credentials can sign one) must not flip us into accepting
+        # nominations.
         their_controlling = msg.get(stun.Attr.ICE_CONTROLLING)
         their_controlled = msg.get(stun.Attr.ICE_CONTROLLED)
-        if self.controlling and isinstance(their_controlling, int):
+        if self._selected is not None:
+            pass
+        elif self.controlling and isinstance(their_controlling, int):
             if self.tie_breaker >= their_controlling:
                 self._reply_error(msg, local, remote, 487, "Role Conflict", signed=True)
                 return
@@ -88,19 +93,13 @@ class AnsweringMixin:
     def _on_check(self, local: Address, remote: Address, priority: int, use_candidate: bool, now: float) -> None:
         """An authenticated check from the peer (7.3.1.3 - 7.3.1.5): learn, trigger, maybe nominate."""
         nominate = use_candidate and not self.controlling
-        existing = self._pair_by_key.get((local, remote))
         if self._selected is not None:
-            # Completed: only a controlled agent under aggressive nomination may move to a better pair.
-            if not nominate or existing is self._selected:
-                return
-            if existing is not None and existing.priority <= self._selected.priority:
-                return
-        pair = existing
+            self._on_late_check(local, remote, priority, use_candidate)
+            return
+        pair = self._pair_by_key.get((local, remote))
         if pair is None:
             pair = self._new_triggered_pair(local, remote, priority)
             if pair is None:
-                return
-            if self._selected is not None and pair.priority <= self._selected.priority:
                 return
         if pair.state is PairState.IN_PROGRESS:
             for tx in self._transactions.values():
@@ -115,6 +114,22 @@ class AnsweringMixin:
                 self._select(pair, now)
             else:
                 pair.nominate_on_success = True
+
+    def _on_late_check(self, local: Address, remote: Address, priority: int, use_candidate: bool) -> None:
+        """A check after selection: answered (done by the caller), its path learned, nothing else.
+
+        The selected pair never moves on STUN alone (issue 18, item 1: two forged packets used to move it). The path
+        is remembered so that ``knows_path`` lets the peer's QUIC packets from it through, and QUIC's own path
+        validation decides (``follow_path``). No triggered check: the path proves itself with QUIC, and an
+        attacker gets no traffic reflected to an address of its choosing."""
+        key = (local, remote)
+        if self._selected is not None and key == self._selected.key:
+            return
+        if key not in self._pair_by_key:
+            self._new_triggered_pair(local, remote, priority)
+        if use_candidate and remote not in self._ignored_nominations and len(self._ignored_nominations) < MAX_PAIRS:
+            self._ignored_nominations.add(remote)
+            self._events.append(ev.NominationIgnored(local_address=local, remote_address=remote))
 
     def _new_triggered_pair(self, local: Address, remote: Address, priority: int) -> CandidatePair | None:
         if len(self._pairs) >= PAIR_HARD_CAP:

@@ -67,8 +67,7 @@ class CheckingMixin:
         if self._selected is not None:
             if pair is self._selected:
                 self._last_consent = max(self._last_consent, now)
-            if not (pair.nominate_on_success and not self.controlling):
-                return
+            return
         if self.controlling:
             if tx.use_candidate and tx.controlling:
                 self._select(pair, now)

@@ -12,6 +12,7 @@ from tunnel_core.ice import events as ev
 from tunnel_core.ice.checklist import CandidatePair, PairState
 from tunnel_core.ice.state import IceState
 from tunnel_core.ice.transaction import Purpose
+from tunnel_core.types import Address
 
 
 def _is_relayed(pair: CandidatePair) -> bool:
@@ -45,10 +46,8 @@ class NominationMixin:
         self._triggered.appendleft(best)
 
     def _select(self, pair: CandidatePair, now: float) -> None:
-        if pair is self._selected:
-            return
-        first = self._selected is None
-        if not first and pair.valid_priority(self.controlling) <= self._selected.valid_priority(self.controlling):
+        """The one selection of ICE's life; later moves go through ``follow_path`` only (docs/security.md)."""
+        if self._selected is not None:
             return
         self._selected = pair
         self._nominating = None
@@ -65,9 +64,31 @@ class NominationMixin:
         for tid in [t for t, tx in self._transactions.items() if tx.purpose is Purpose.CHECK]:
             del self._transactions[tid]
         self._last_consent = now
-        if first:
-            self._next_consent = now + self._consent_interval()
+        self._next_consent = now + self._consent_interval()
         self._release_unused_relays(pair.base if pair.base in self._turn_by_relayed else None, now)
+
+    def knows_path(self, local: Address, remote: Address) -> bool:
+        """Whether (socket ``local``, peer ``remote``) is a path ICE has seen the peer on: a pair formed from the
+        signalled candidates or learnt from an authenticated check. Only such paths may carry QUIC to us."""
+        return (local, remote) in self._pair_by_key
+
+    def follow_path(self, local: Address, remote: Address, now: float) -> bool:
+        """Make (local, remote) the selected pair because the QUIC layer validated it; True if it moved.
+
+        The caller's proof is QUIC's: a 1-RTT packet from that address (only the real peer has the keys) and a
+        PATH_RESPONSE to our PATH_CHALLENGE, or the handshake itself. Consent freshness continues on the new pair
+        from ``now`` (QUIC just showed the peer is there). ICE never moves a selected pair by itself."""
+        if self._selected is None or self._finished:
+            return False
+        pair = self._pair_by_key.get((local, remote))
+        if pair is None or pair is self._selected:
+            return False
+        self._selected = pair
+        pair.nominated = True
+        self.selected_pair = (pair.valid_local or pair.local, pair.remote)
+        self._last_consent = max(self._last_consent, now)
+        self._next_consent = now
+        return True
 
     def _switch_role(self, controlling: bool, now: float) -> None:
         if controlling == self.controlling:

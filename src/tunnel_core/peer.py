@@ -30,6 +30,7 @@ from tunnel_core.candidate import Candidate, CandidateType
 from tunnel_core.errors import LocalProtocolError
 from tunnel_core.ice import events as ice_events
 from tunnel_core.ice.agent import IceAgent
+from tunnel_core.peertext import quote_peer
 from tunnel_core.quic.events import PeerVerificationFailed
 from tunnel_core.types import Address, Transmit
 
@@ -360,7 +361,8 @@ class Peer:
             by_peer = not self._closing_locally
             self._finish(
                 TunnelClosed(
-                    reason=ev.reason_phrase or _close_reason(ev.error_code),
+                    # The peer wrote the reason phrase: escaped and capped before anyone prints it.
+                    reason=quote_peer(ev.reason_phrase) if ev.reason_phrase else _close_reason(ev.error_code),
                     was_up=self._ready,
                     by_peer=by_peer,
                     error_code=ev.error_code,

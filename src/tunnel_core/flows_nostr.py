@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from tunnel_core import manual as dialogue
-from tunnel_core.candidate import CandidateError
+from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.flows import (
     QUIC_CONNECT_TIMEOUT,
     Effect,
@@ -188,10 +188,10 @@ def request_age(timestamp: int, wall_now: int) -> int:
 
 def _start_checks(peer: Peer, ufrag: str, pwd: str, candidates: tuple[str, ...]) -> Generator[Any, Any, None]:
     try:
-        parsed = dialogue.parse_candidates(candidates)
-    except CandidateError as exc:
+        remote = dialogue.remote_ice(ufrag, pwd, candidates)
+    except RemoteProtocolError as exc:
         raise TunnelError(str(exc), ExitCode.CONNECT_FAILED) from None
-    peer.ice.set_remote(ufrag, pwd, parsed)
+    peer.ice.set_remote(remote.ufrag, remote.pwd, remote.candidates)
     yield Poke(peer.ice.connect)
 
 
@@ -241,9 +241,10 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
     now = yield Clock()
     yield Publish(channel.seal(answer_msg, created_at=now.wall, rng=rng))
     yield CloseRelays(delay=CLIENT_RELAY_LINGER)
-    if not offer.quic_fingerprint:
-        raise TunnelError(dialogue.MISSING_FINGERPRINT, ExitCode.CONNECT_FAILED)
-    pins["server"] = offer.quic_fingerprint.lower()
+    try:
+        pins["server"] = dialogue.peer_fingerprint(offer.quic_fingerprint)
+    except RemoteProtocolError as exc:
+        raise TunnelError(str(exc), ExitCode.CONNECT_FAILED) from None
     yield from _start_checks(peer, offer.ice_ufrag, offer.ice_pwd, offer.candidates)
     yield from _until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
     try:
@@ -390,7 +391,11 @@ def server_session_flow(
     identity: QuicIdentity = yield NewIdentity()
     pins: dict[str, str] = {}
     if message.quic_fingerprint is not None:
-        pins["client"] = message.quic_fingerprint
+        try:
+            pins["client"] = dialogue.peer_fingerprint(message.quic_fingerprint)
+        except RemoteProtocolError as exc:
+            yield from reject(str(exc))
+            raise TunnelError(str(exc), ExitCode.AUTH) from None
     elif not opts.plaintext:
         reason = "Request carries no client certificate fingerprint (mutual authentication required)"
         yield from reject(reason)

@@ -84,6 +84,45 @@ def good_answer(offer: ManualOffer, **changes: object) -> ManualAnswer:
     return attrs.evolve(answer, **changes)
 
 
+# ------------------------------------------------------------------------------------- items 2 and 7
+
+
+def test_huge_ufrag_in_offer_is_one_error_and_no_answer() -> None:
+    code, server, took = paste_offer_into_server(crafted_offer(ice_ufrag=HUGE_UFRAG))
+    assert code == 2, server.describe()
+    line = one_error_line(server.stderr)
+    assert "ice_ufrag" in line and len(line) < 300, line
+    assert took < PROMPT, f"took {took:.1f} s"
+    assert "ANSWER" not in server.stdout, "a refused offer must not produce an answer (item 7)"
+
+
+def test_bad_candidate_in_offer_gets_no_answer() -> None:
+    code, server, _ = paste_offer_into_server(crafted_offer(candidates=("candidate:1 1 udp 1 not-an-ip 9 typ host",)))
+    assert code == 2, server.describe()
+    assert "Invalid ICE candidate" in one_error_line(server.stderr)
+    assert "ANSWER" not in server.stdout, "the ANSWER used to be printed before the candidates were checked (item 7)"
+
+
+def test_huge_ufrag_in_answer_is_one_error_at_once() -> None:
+    code, client, took = paste_answer_into_client(lambda o: good_answer(o, ice_ufrag=HUGE_UFRAG))
+    assert code == 2, client.describe()
+    assert "ice_ufrag" in one_error_line(client.stderr)
+    assert took < PROMPT, f"took {took:.1f} s"
+
+
+# ------------------------------------------------------------------------------------- item 3
+
+
+@pytest.mark.parametrize("fingerprint", ["ab" * 31, "ab" * 32 + "\x1b[2J", "zz" * 32, "\x07" * 5000])
+def test_malformed_fingerprint_in_answer_is_one_error_at_once(fingerprint: str) -> None:
+    code, client, took = paste_answer_into_client(lambda o: good_answer(o, quic_fingerprint=fingerprint))
+    assert code == 2, client.describe()
+    line = one_error_line(client.stderr)
+    assert line.startswith("Error: Invalid QUIC fingerprint"), line
+    assert "\x1b" not in line and "\x07" not in line and len(line) < 400, repr(line)
+    assert took < PROMPT, f"took {took:.1f} s (used to wait for the 30 s QUIC handshake timeout)"
+
+
 # ------------------------------------------------------------------------------------- item 6
 
 

@@ -63,6 +63,7 @@ from tunnel_core.ice.credentials import (
     check_credentials,
     random_ice_string,
     random_tie_breaker,
+    remote_credentials_ok,
 )
 from tunnel_core.ice.gathering import GatheringMixin
 from tunnel_core.ice.nomination import NominationMixin
@@ -227,7 +228,9 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
             return
         if self._connect_started or self.remote_ufrag is not None:
             raise LocalProtocolError("set_remote() may be called once, before connect()")
-        if not ufrag or not pwd or ":" in ufrag:
+        if not remote_credentials_ok(ufrag, pwd):
+            # Checked here too (flows check first, with the user's wording): a ufrag that does not fit a STUN
+            # USERNAME would otherwise fail later inside a timer, far from its cause (issue 18 item 2).
             raise RemoteProtocolError("remote ICE credentials are empty or malformed")
         self.remote_ufrag = ufrag
         self.remote_pwd = pwd

@@ -266,6 +266,17 @@ class AccessPolicy:
                 allowed=False,
                 reason=truncate_reason(f"Source '{source.url()}': DNS resolution returned no addresses"),
             )
+        wildcard = next((address for address in checked if address.is_unspecified), None)
+        if wildcard is not None:
+            # Issue 18 item 8: connecting to 0.0.0.0 / :: reaches this machine's own services (the kernel treats
+            # it as localhost), whatever the allowlist meant by containing the wildcard address.
+            return Decision(
+                allowed=False,
+                reason=truncate_reason(
+                    f"Source '{source.url()}': the unspecified address {wildcard} is not a destination "
+                    "(it would reach this machine itself)"
+                ),
+            )
         if all(any(address in network for network in networks) for address in checked):
             return Decision(allowed=True, addresses=tuple((str(address), source.port) for address in checked))
         resolved = ", ".join(str(address) for address in checked)

@@ -8,6 +8,8 @@ source) at once, no traceback, no ANSWER for a bad OFFER, and nothing sent where
 from __future__ import annotations
 
 import os
+import re
+import socket
 import time
 
 import attrs
@@ -17,6 +19,7 @@ from tunnel_core.signal import ManualAnswer, ManualOffer, decode_offer, encode_b
 
 from . import programs
 from .harness import (
+    ManualTunnel,
     TunnelProcess,
     cli_argv,
     client_manual_args,
@@ -136,3 +139,44 @@ def test_escape_sequences_and_length_of_a_peer_source_are_neutralised() -> None:
     assert len(line) < 400, f"{len(line)} characters (was 100,089)"
 
 
+# ------------------------------------------------------------------------------------- item 8
+
+
+def test_wildcard_source_is_refused_even_when_the_allowlist_contains_it() -> None:
+    with socket.socket() as service:
+        service.bind((LOOPBACK, 0))
+        service.listen()
+        service.settimeout(0.5)
+        port = service.getsockname()[1]
+        code, server, _ = paste_offer_into_server(crafted_offer(source=f"tcp://0.0.0.0:{port}"), allowed="0.0.0.0/0")
+        assert code == 3, server.describe()
+        assert re.search(r"unspecified address 0\.0\.0\.0", one_error_line(server.stderr))
+        with pytest.raises(TimeoutError):
+            service.accept()
+
+
+def test_wildcard_candidate_in_offer_sends_no_check_to_this_machine() -> None:
+    """A candidate at 0.0.0.0:P used to make the server send its checks to 127.0.0.1:P (any local service)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as service, programs.TcpEchoServer() as echo:
+        service.bind((LOOPBACK, 0))
+        service.settimeout(0.2)
+        port = service.getsockname()[1]
+
+        def add_wildcard(lines: list[str]) -> list[str]:
+            offer = decode_offer("\n".join(lines))
+            wild = f"candidate:9 1 udp 2130706431 0.0.0.0 {port} typ host"
+            return encode_block("OFFER", attrs.evolve(offer, candidates=(wild, *offer.candidates))).strip().split("\n")
+
+        with ManualTunnel(f"tcp://{LOOPBACK}:{echo.port}", runtime=RUNTIME, offer_filter=add_wildcard) as t:
+            with socket.create_connection((LOOPBACK, t.local_port), timeout=10) as conn:
+                conn.sendall(b"ping")
+                assert conn.recv(4) == b"ping", t.logs()
+            received = 0
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                try:
+                    service.recvfrom(2048)
+                    received += 1
+                except TimeoutError:
+                    pass
+            assert received == 0, f"{received} datagrams reached the local service\n{t.logs()}"

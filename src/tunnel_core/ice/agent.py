@@ -56,7 +56,7 @@ from tunnel_core.errors import LocalProtocolError, RemoteProtocolError
 from tunnel_core.ice import events as ev
 from tunnel_core.ice.answering import EARLY_CHECK_LIMIT, REMOTE_CANDIDATE_LIMIT, AnsweringMixin
 from tunnel_core.ice.checking import CheckingMixin
-from tunnel_core.ice.checklist import CandidatePair, form_checklist, is_ipv6
+from tunnel_core.ice.checklist import CandidatePair, form_checklist, is_ipv6, usable_remote_address
 from tunnel_core.ice.credentials import (
     PWD_LENGTH,
     UFRAG_LENGTH,
@@ -239,9 +239,7 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
                 break
             if cand.component != 1 or cand.transport.lower() != "udp" or not 0 < cand.port <= 0xFFFF:
                 continue
-            try:
-                ipaddress.ip_address(cand.host)
-            except ValueError:
+            if not usable_remote_address(cand.host):
                 continue
             if self._find_remote(cand.address) is None:
                 self._remotes.append(cand)

@@ -82,3 +82,58 @@ def test_thousands_of_pipelined_requests_on_one_connection_are_all_answered() ->
         assert data.count(b"HTTP/1.1 200") == count
         assert proc.poll() is None and ping_answered(address)
     assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+
+
+def test_a_ping_flood_from_a_client_that_never_reads_stays_bounded() -> None:
+    frame = ws_ping(b"p" * 125)
+    burst = frame * 512
+    with relay_process() as (proc, address), socket.create_connection(address, timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # we never read: keep our side small too
+        sock.sendall(UPGRADE)
+        time.sleep(0.3)
+        before = rss_kib(proc.pid)
+        sock.setblocking(False)
+        sent = 0
+        pending = memoryview(burst)
+        until = time.monotonic() + 4  # within the relay's 10 s handshake deadline
+        while time.monotonic() < until:
+            try:
+                n = sock.send(pending)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            sent += n
+            pending = pending[n:] if n < len(pending) else memoryview(burst)
+        growth_mib = (rss_kib(proc.pid) - before) / 1024
+        print(f"relay accepted {sent / 2**20:.1f} MiB of pings; RSS grew {growth_mib:.1f} MiB")
+        # Back-pressure: once our unread pongs fill the buffers, the relay stops reading us.
+        assert sent < 24 * 2**20, f"{sent / 2**20:.1f} MiB accepted from a client that never reads"
+        assert growth_mib < 20, f"RSS grew {growth_mib:.1f} MiB"
+        assert proc.poll() is None and ping_answered(address)
+
+
+def test_websocket_pings_count_against_the_rate_limit() -> None:
+    rate = 200_000
+    frame = ws_ping(b"p" * 125)
+    with relay_process("--rate-limit", str(rate)) as (proc, address), socket.create_connection(address) as sock:
+        sock.sendall(UPGRADE)
+        sock.settimeout(0.05)
+        sock.setblocking(False)
+        sent = received = 0
+        batch = frame * 64
+        pending = memoryview(batch)
+        started = time.monotonic()
+        while time.monotonic() - started < 4:
+            with contextlib.suppress(BlockingIOError):
+                n = sock.send(pending)
+                sent += n
+                pending = pending[n:] if n < len(pending) else memoryview(batch)
+            with contextlib.suppress(BlockingIOError):
+                received += len(sock.recv(1 << 16))
+            time.sleep(0.001)
+        elapsed = time.monotonic() - started
+        # The limiter's burst is at least one maximal frame (1 MiB); beyond that, the rate holds.
+        budget = (1 << 20) + rate * elapsed
+        print(f"sent {sent} B, pongs {received} B in {elapsed:.1f} s; budget {budget:.0f} B")
+        assert received < budget * 1.5, f"{received} B of pongs in {elapsed:.1f} s at --rate-limit {rate}"
+        assert proc.poll() is None

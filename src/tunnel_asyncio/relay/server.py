@@ -213,6 +213,8 @@ class _RelayConnection(asyncio.Protocol):
         self._request: h11.Request | None = None
         self._fragments: list[bytes] = []
         self._timeout: asyncio.TimerHandle | None = None
+        #: loop time until which the rate limit keeps reading paused
+        self._rate_hold_until = 0.0
 
     # ----------------------------------------------------------------------------------------------- transport
 
@@ -228,11 +230,21 @@ class _RelayConnection(asyncio.Protocol):
         self.service.forget(self)
 
     def pause_writing(self) -> None:
+        """Stop reading while the client does not read (issue 18 item 5): everything we read can make us write
+        (pongs to its WebSocket pings, HTTP responses to pipelined requests), so reading on would grow the write
+        buffer without bound."""
         self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
         self.flush()
+        if self.transport is not None and not self.transport.is_closing():
+            if asyncio.get_running_loop().time() >= self._rate_hold_until:
+                self.transport.resume_reading()
+            if self.http is not None:
+                self._http_events()  # requests that arrived before the pause
 
     def data_received(self, data: bytes) -> None:
         if self.ws is not None:
@@ -266,10 +278,11 @@ class _RelayConnection(asyncio.Protocol):
     def _http_events(self) -> None:
         """Answer every complete request in h11's buffer, one after another.
 
-        A loop, not recursion (issue 18 item 4: ~330 pipelined ``GET /ping`` ended in RecursionError)."""
+        A loop, not recursion (issue 18 item 4: ~330 pipelined ``GET /ping`` ended in RecursionError), and it stops
+        while the client is not reading our answers (``pause_writing``); ``resume_writing`` continues."""
         http, transport = self.http, self.transport
         assert http is not None and transport is not None
-        while self.http is http and not transport.is_closing():
+        while self.http is http and not transport.is_closing() and not self.paused:
             try:
                 event = http.next_event()
             except h11.RemoteProtocolError as exc:
@@ -422,7 +435,10 @@ class _RelayConnection(asyncio.Protocol):
                 if frame.fin:
                     data, self._fragments = b"".join(self._fragments), []
                     machine.receive_frame(conn_id, data, now)
-            # text, ping and pong messages are ignored (websockets already answered the ping)
+            else:
+                # Text, ping and pong messages are ignored (websockets already answered the ping), but their bytes
+                # count against the rate limit like any other (issue 18 item 5).
+                machine.charge(conn_id, len(frame.data) + 2, now)
         if isinstance(ws.parser_exc, WsProtocolError):
             log.debug("connection %d: websocket error: %s", conn_id, ws.parser_exc)
         self._write_ws()
@@ -430,11 +446,13 @@ class _RelayConnection(asyncio.Protocol):
         if machine.policy.rate_limit is not None and self.transport is not None and not self.closing:
             pause = machine.read_pause(conn_id, now)
             if pause > 0:
+                loop = asyncio.get_running_loop()
+                self._rate_hold_until = loop.time() + pause
                 self.transport.pause_reading()
-                asyncio.get_running_loop().call_later(pause, self._resume_reading)
+                loop.call_later(pause, self._resume_reading)
 
     def _resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing() and not self.paused:
             self.transport.resume_reading()
 
     def _write_ws(self) -> None:

@@ -1,4 +1,5 @@
-"""Issue 18 item 1 with real processes: the two-packet path hijack against a running manual-mode tunnel.
+"""Issue 18 item 1 with real processes: the two-packet path hijack against a running manual-mode tunnel, and a
+spray of garbage and forged datagrams.
 
 An attacker on the same host who saw both pasted blocks sends the forged nomination (and answers any check the
 server sends it) while a download runs through the tunnel. The download completes intact, the attacker receives
@@ -91,3 +92,43 @@ def test_forged_nomination_during_a_transfer_changes_nothing() -> None:
         assert len(lines) == 1, t.logs()
         assert f"{LOOPBACK}:{attacker_port}" in lines[0], lines
         print(f"attacker saw {checks} checks from the server and {quic} QUIC datagrams")
+
+
+def test_garbage_and_forged_datagrams_during_a_transfer_change_nothing() -> None:
+    """Random bytes, STUN with a wrong password, STUN without integrity and QUIC-looking packets, 6000 in all,
+    sprayed at the server's socket while a download runs: it completes intact and both processes stay up."""
+    payload = os.urandom(1 << 20) * 16
+    expected = (len(payload), hashlib.sha256(payload).hexdigest())
+    with programs.TcpSourceServer(payload) as source, ManualTunnel(
+        f"tcp://{LOOPBACK}:{source.port}", runtime=RUNTIME
+    ) as t:
+        offer = decode_offer("\n".join(t.offer))
+        answer = decode_answer("\n".join(t.answer))
+        server_addr = next(
+            (c.host, c.port) for c in map(Candidate.from_sdp, answer.candidates) if c.host == LOOPBACK
+        )
+        wrong_password = forged_nomination(answer.ice_ufrag, offer.ice_ufrag, "x" * 24)
+        shapes = (
+            lambda: os.urandom(int.from_bytes(os.urandom(2), "big") % 1400),
+            lambda: wrong_password,
+            lambda: wrong_password[:20] + os.urandom(40),
+            lambda: bytes([0x40 | (os.urandom(1)[0] & 0x3F)]) + os.urandom(1100),  # QUIC short header
+            lambda: bytes([0xC0]) + os.urandom(1250),  # QUIC long header
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sprayer:
+            sprayer.bind((LOOPBACK, 0))
+            got: dict[str, object] = {}
+
+            def download() -> None:
+                got["digest"] = programs.tcp_download_digest(t.local_port, timeout=60)
+
+            reader = threading.Thread(target=download, daemon=True)
+            reader.start()
+            for i in range(6000):
+                sprayer.sendto(shapes[i % len(shapes)](), server_addr)
+                if i % 200 == 0:
+                    time.sleep(0.005)
+            reader.join(90)
+        assert got.get("digest") == expected, f"{got}\n{t.logs()}"
+        t.assert_alive()
+        assert t.server is not None and "Traceback" not in t.server.stderr, t.logs()

@@ -338,8 +338,9 @@ class Peer:
                         self._feed_quic(data, local, remote, now)
         elif isinstance(ev, ice_events.NominationIgnored):
             log.warning(
-                "Ignored an ICE nomination from %s after the tunnel was up: a path moves only once QUIC has "
-                "validated it (someone may have seen the OFFER and ANSWER blocks)", _show(ev.remote_address))
+                "Ignored an ICE nomination from %s after the tunnel was up: the tunnel moves only to a path QUIC "
+                "has validated (a peer that moved, or someone who saw the OFFER/ANSWER signalling)",
+                _show(ev.remote_address))
         elif isinstance(ev, ice_events.IceFailed):
             self._finish(TunnelClosed(reason=ev.reason, was_up=False, by_peer=False), now)
         elif isinstance(ev, ice_events.ConsentLost):

@@ -139,7 +139,7 @@ class CandidatePair:
         self.priority = _ordered_priority(self.local, self.remote, controlling)
 
     def valid_priority(self, controlling: bool) -> int:
-        """Priority of the valid pair this pair produced (what nomination and re-selection compare)."""
+        """Priority of the valid pair this pair produced (what nomination compares)."""
         return _ordered_priority(self.valid_local or self.local, self.remote, controlling)
 
 

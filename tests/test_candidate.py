@@ -18,6 +18,7 @@ from tunnel_core.candidate import (
     local_preference,
 )
 from tunnel_core.errors import LocalProtocolError, RemoteProtocolError
+from tunnel_core.peertext import quote_peer
 
 UPSTREAM_EXAMPLES = [
     (
@@ -236,7 +237,8 @@ def test_arbitrary_text_raises_only_candidate_error(text: str) -> None:
     try:
         Candidate.from_sdp(text)
     except CandidateError as exc:
-        assert str(exc) == f"Invalid ICE candidate: {text}"
+        # Peer text is escaped and capped in messages (issue 18 item 6).
+        assert str(exc) == f"Invalid ICE candidate: {quote_peer(text)}"
 
 
 @settings(max_examples=500)

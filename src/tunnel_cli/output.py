@@ -10,8 +10,11 @@ import sys
 
 
 def one_line(message: str) -> str:
-    """Some reference messages span lines; ours must not, so grep and log scrapers see the whole error."""
-    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+    """Some reference messages span lines; ours must not, so grep and log scrapers see the whole error. Control
+    characters are escaped as the last line of defence for the terminal (tunnel_core.peertext)."""
+    from tunnel_core.peertext import printable
+
+    return printable(" ".join(part.strip() for part in message.splitlines() if part.strip()))
 
 
 def error(message: str) -> None:

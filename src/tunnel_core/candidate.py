@@ -16,6 +16,7 @@ from enum import StrEnum
 import attrs
 
 from tunnel_core.errors import LocalProtocolError, RemoteProtocolError
+from tunnel_core.peertext import quote_peer
 from tunnel_core.types import Address
 
 __all__ = [
@@ -124,7 +125,7 @@ class Candidate:
         try:
             return cls._parse(text)
         except (ValueError, TypeError, AttributeError) as exc:
-            raise CandidateError(f"Invalid ICE candidate: {text}") from exc
+            raise CandidateError(f"Invalid ICE candidate: {quote_peer(str(text))}") from exc
 
     @classmethod
     def _parse(cls, text: str) -> Candidate:

@@ -20,7 +20,7 @@ import attrs
 
 from tunnel_core import assembly
 from tunnel_core import manual as dialogue
-from tunnel_core.candidate import CandidateError, CandidateType
+from tunnel_core.candidate import CandidateType
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.ice.events import GatheringComplete
 from tunnel_core.options import ExitCode, IceOptions, ManualClientOptions, ManualServerOptions, TunnelError
@@ -216,12 +216,16 @@ def start_peer(
     return peer, gathered
 
 
-def _start_checks(peer: Peer, remote: ManualOffer | ManualAnswer) -> Generator[Effect, Any, None]:
+def _checked_ice(remote: ManualOffer | ManualAnswer) -> dialogue.RemoteIce:
+    """The pasted block's ICE side, checked before anything is printed or started (exit 2 otherwise)."""
     try:
-        candidates = dialogue.parse_candidates(remote.candidates)
-    except CandidateError as exc:
+        return dialogue.remote_ice(remote.ice_ufrag, remote.ice_pwd, remote.candidates)
+    except RemoteProtocolError as exc:
         raise _input_error(exc) from None
-    peer.ice.set_remote(remote.ice_ufrag, remote.ice_pwd, candidates)
+
+
+def _start_checks(peer: Peer, remote: dialogue.RemoteIce) -> Generator[Effect, Any, None]:
+    peer.ice.set_remote(remote.ufrag, remote.pwd, remote.candidates)
     yield Poke(peer.ice.connect)
 
 
@@ -265,7 +269,7 @@ def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -
         pins["server"] = dialogue.answer_fingerprint(answer)
     except RemoteProtocolError as exc:
         raise _input_error(exc) from None
-    yield from _start_checks(peer, answer)
+    yield from _start_checks(peer, _checked_ice(answer))
     yield from _until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
     try:
         bound = yield Listen(source.protocol, listen_ip, listen_port)
@@ -296,6 +300,7 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
         source = dialogue.offer_source(offer)
     except RemoteProtocolError as exc:
         raise _input_error(exc) from None
+    remote = _checked_ice(offer)  # before the ANSWER is printed: a bad offer gets no answer (item 7)
     decision = yield from _decide(policy, source)
     if not decision.allowed:
         raise TunnelError(decision.reason or f"Source '{source.url()}' is not allowed", ExitCode.AUTH)
@@ -304,7 +309,7 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
     yield Say(f"Client requests {source.url()} (allowed)")
     yield Say(dialogue.ANSWER_TITLE)
     yield PrintBlock(encode_block("ANSWER", dialogue.make_answer(peer.ice, identity.fingerprint)))
-    yield from _start_checks(peer, offer)
+    yield from _start_checks(peer, remote)
     yield from _until_up(peer, "Timeout waiting for QUIC connection", "Client connected over QUIC.")
     closed = yield Wait("closed")
     if closed.by_peer and closed.error_code == 0 and closed.reason in ("done", ""):

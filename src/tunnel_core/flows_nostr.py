@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from tunnel_core import manual as dialogue
-from tunnel_core.candidate import CandidateError
+from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.flows import (
     QUIC_CONNECT_TIMEOUT,
     Effect,
@@ -50,6 +50,7 @@ from tunnel_core.nostr.pool import RelayPool
 from tunnel_core.nostr.target import client_protocol
 from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.peer import Peer
+from tunnel_core.peertext import quote_peer
 from tunnel_core.policy import AccessPolicy, PolicyError, parse_source, parse_target
 from tunnel_core.quic.identity import QuicIdentity
 from tunnel_core.signal import ManualOffer, ManualReject, ManualRequest
@@ -187,10 +188,10 @@ def request_age(timestamp: int, wall_now: int) -> int:
 
 def _start_checks(peer: Peer, ufrag: str, pwd: str, candidates: tuple[str, ...]) -> Generator[Any, Any, None]:
     try:
-        parsed = dialogue.parse_candidates(candidates)
-    except CandidateError as exc:
+        remote = dialogue.remote_ice(ufrag, pwd, candidates)
+    except RemoteProtocolError as exc:
         raise TunnelError(str(exc), ExitCode.CONNECT_FAILED) from None
-    peer.ice.set_remote(ufrag, pwd, parsed)
+    peer.ice.set_remote(remote.ufrag, remote.pwd, remote.candidates)
     yield Poke(peer.ice.connect)
 
 
@@ -240,9 +241,10 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
     now = yield Clock()
     yield Publish(channel.seal(answer_msg, created_at=now.wall, rng=rng))
     yield CloseRelays(delay=CLIENT_RELAY_LINGER)
-    if not offer.quic_fingerprint:
-        raise TunnelError(dialogue.MISSING_FINGERPRINT, ExitCode.CONNECT_FAILED)
-    pins["server"] = offer.quic_fingerprint.lower()
+    try:
+        pins["server"] = dialogue.peer_fingerprint(offer.quic_fingerprint)
+    except RemoteProtocolError as exc:
+        raise TunnelError(str(exc), ExitCode.CONNECT_FAILED) from None
     yield from _start_checks(peer, offer.ice_ufrag, offer.ice_pwd, offer.candidates)
     yield from _until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
     try:
@@ -284,12 +286,12 @@ def _await_offer(
         message = received.message
         if isinstance(message, ManualReject):
             if message.session_id != sid:
-                yield Say(f"Ignoring reject for another session ({message.session_id[:8]})")
+                yield Say(f"Ignoring reject for another session ({quote_peer(message.session_id[:8])})")
                 continue
-            raise TunnelError(f"Session rejected by server: {message.reason}", ExitCode.AUTH)
+            raise TunnelError(f"Session rejected by server: {quote_peer(message.reason)}", ExitCode.AUTH)
         assert isinstance(message, ManualOffer)
         if message.session_id != sid:
-            yield Say(f"Ignoring stale offer for session {str(message.session_id)[:8]}")
+            yield Say(f"Ignoring stale offer for session {quote_peer(str(message.session_id)[:8])}")
             continue
         yield Say("Received offer from server")
         return message
@@ -343,12 +345,13 @@ def nostr_server_flow(opts: NostrServerOptions, rng: Callable[[int], bytes]) -> 
         seen.add(req.session_id, now.monotonic)
         if opts.max_sessions and len(active) >= opts.max_sessions:
             reason = f"Server at capacity ({len(active)}/{opts.max_sessions} sessions)"
-            yield Say(f"Rejecting session {req.session_id[:8]}: {reason}")
+            yield Say(f"Rejecting session {quote_peer(req.session_id[:8])}: {reason}")
             yield Publish(channel.seal(ManualReject(session_id=req.session_id, reason=reason),
                                        created_at=now.wall, rng=rng))
             continue
         active.add(req.session_id)
-        yield Say(f"Session {req.session_id[:8]}: request for {req.source} ({len(active)} active)")
+        yield Say(f"Session {quote_peer(req.session_id[:8])}: request for {quote_peer(str(req.source))} "
+                  f"({len(active)} active)")
         yield Spawn(name=req.session_id, label=f"[{req.session_id[:8]}] ",
                     flow=server_session_flow(opts, policy, channel, message, rng))
 
@@ -372,7 +375,7 @@ def server_session_flow(
         raise TunnelError("Request missing source field", ExitCode.USAGE)
     scheme = req.source.strip().partition("://")[0].lower()
     if scheme not in ("tcp", "udp"):
-        reason = f"Unknown protocol in source '{req.source}'. Use tcp:// or udp://"
+        reason = f"Unknown protocol in source '{quote_peer(str(req.source))}'. Use tcp:// or udp://"
         yield from reject(reason)
         raise TunnelError(reason, ExitCode.AUTH)
     try:
@@ -388,7 +391,11 @@ def server_session_flow(
     identity: QuicIdentity = yield NewIdentity()
     pins: dict[str, str] = {}
     if message.quic_fingerprint is not None:
-        pins["client"] = message.quic_fingerprint
+        try:
+            pins["client"] = dialogue.peer_fingerprint(message.quic_fingerprint)
+        except RemoteProtocolError as exc:
+            yield from reject(str(exc))
+            raise TunnelError(str(exc), ExitCode.AUTH) from None
     elif not opts.plaintext:
         reason = "Request carries no client certificate fingerprint (mutual authentication required)"
         yield from reject(reason)

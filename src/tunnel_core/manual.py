@@ -6,11 +6,17 @@ the exact lines a user sees are decided here once, so asyncio, trio and gevent b
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
+import attrs
+
 from tunnel_core.candidate import Candidate, CandidateType
+from tunnel_core.errors import LocalProtocolError
 from tunnel_core.ice.agent import IceAgent
+from tunnel_core.peertext import quote_peer
 from tunnel_core.policy import Source, parse_source
+from tunnel_core.quic.identity import normalize_fingerprint
 from tunnel_core.signal import ManualAnswer, ManualOffer, SignalError
 
 CLIENT_BANNER = "Manual Tunnel - Client Mode (Client-First)"
@@ -22,6 +28,45 @@ PROMPT_FOR_OFFER = "Paste client offer (include BEGIN/END markers), then press E
 MISSING_SOURCE = "Offer missing source field. Client must specify --source (e.g., --source tcp://127.0.0.1:22)"
 MISSING_FINGERPRINT = "Answer missing QUIC fingerprint. Server must include fingerprint in answer."
 NO_CANDIDATES = "No ICE candidates gathered (STUN failed?)"
+BAD_UFRAG = "Invalid ICE credentials: ice_ufrag must be 4 to 256 characters of A-Z a-z 0-9 + /"
+BAD_PWD = "Invalid ICE credentials: ice_pwd must be 22 to 256 characters of A-Z a-z 0-9 + /"
+BAD_FINGERPRINT = "Invalid QUIC fingerprint: expected the 64 hex digits of a SHA-256 certificate fingerprint"
+
+#: RFC 8839 ice-ufrag / ice-pwd grammar (4..256 / 22..256 ice-chars): what a STUN USERNAME can carry.
+_UFRAG = re.compile(r"[A-Za-z0-9+/]{4,256}")
+_PWD = re.compile(r"[A-Za-z0-9+/]{22,256}")
+
+
+@attrs.frozen
+class RemoteIce:
+    """The peer's ICE side, checked: credentials a STUN message can carry and parsed candidates."""
+
+    ufrag: str
+    pwd: str
+    candidates: tuple[Candidate, ...]
+
+
+def remote_ice(ufrag: str, pwd: str, candidates: Sequence[str]) -> RemoteIce:
+    """Check everything the peer sent for ICE before any of it reaches a machine or the user sees a reply.
+
+    Issue 18 items 2 and 7: an oversized ufrag used to pass here and fail deep inside the agent's STUN encoder (a
+    traceback, then a hang), and the server printed its ANSWER before finding out. Raises ``SignalError`` (exit 2).
+    """
+    if not isinstance(ufrag, str) or not _UFRAG.fullmatch(ufrag):
+        raise SignalError(BAD_UFRAG)
+    if not isinstance(pwd, str) or not _PWD.fullmatch(pwd):
+        raise SignalError(BAD_PWD)
+    return RemoteIce(ufrag, pwd, tuple(parse_candidates(candidates)))
+
+
+def peer_fingerprint(text: str | None) -> str:
+    """The peer's certificate fingerprint to pin, normalised; ``SignalError`` (exit 2) if it is not one (item 3)."""
+    if not text:
+        raise SignalError(MISSING_FINGERPRINT)
+    try:
+        return normalize_fingerprint(text)
+    except LocalProtocolError:
+        raise SignalError(f"{BAD_FINGERPRINT}, got '{quote_peer(text, 80)}'") from None
 
 
 def candidate_strings(agent: IceAgent) -> tuple[str, ...]:
@@ -57,9 +102,7 @@ def offer_source(offer: ManualOffer) -> Source:
 
 
 def answer_fingerprint(answer: ManualAnswer) -> str:
-    if not answer.quic_fingerprint:
-        raise SignalError(MISSING_FINGERPRINT)
-    return answer.quic_fingerprint.lower()
+    return peer_fingerprint(answer.quic_fingerprint)
 
 
 def parse_candidates(texts: Sequence[str]) -> list[Candidate]:

@@ -2,13 +2,20 @@
 
 Why a composition machine: adapters should drive exactly one object with the ordinary contract
 (receive_datagram / datagrams_to_send / get_timer / handle_timer / next_event) whatever the mode, and the
-delicate parts - sharing the nominated socket between STUN consent and QUIC, giving QUIC a constant virtual peer
-address so pair changes never look like a migration, buffering QUIC that races ahead of our own nomination - live
-here once instead of in three adapters.
+delicate parts - sharing the nominated socket between STUN consent and QUIC, mapping real paths to the addresses
+aioquic sees, buffering QUIC that races ahead of our own nomination - live here once instead of in three adapters.
+
+Paths (docs/security.md, docs/architecture.md "Paths"): a path never moves on STUN alone. The QUIC client sees one
+virtual address for its server (``VIRTUAL_PEER``), mapped to the pair its own ICE agent selected. The QUIC server
+sees one virtual address per path (socket, remote address) that ICE knows, so aioquic's own migration logic
+decides where 1-RTT traffic goes: it moves only on an authenticated non-probing packet from a new path and then
+validates it with PATH_CHALLENGE/PATH_RESPONSE (reverting if that fails). Once QUIC's active path is validated,
+the ICE agent follows it (``IceAgent.follow_path``) so consent checks run where the traffic is.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
@@ -23,11 +30,16 @@ from tunnel_core.candidate import Candidate, CandidateType
 from tunnel_core.errors import LocalProtocolError
 from tunnel_core.ice import events as ice_events
 from tunnel_core.ice.agent import IceAgent
+from tunnel_core.peertext import quote_peer
 from tunnel_core.quic.events import PeerVerificationFailed
 from tunnel_core.types import Address, Transmit
 
-#: The address aioquic believes its peer has. The real path lives underneath and may change.
+#: The address the QUIC client believes its server has; the real path (ICE's selected pair) lives underneath.
 VIRTUAL_PEER: Address = ("peer", 0)
+#: The QUIC server's virtual addresses are ("path", n), one per real path; see the module docstring.
+VIRTUAL_PATH = "path"
+
+log = logging.getLogger(__name__)
 
 #: How many QUIC datagrams we hold while our own ICE selection has not happened yet (the peer may finish first).
 EARLY_QUIC_LIMIT = 64
@@ -130,6 +142,9 @@ class Peer:
         self._closed = False
         self._closing_locally = False
         self._quic_done = False
+        #: QUIC server: real path (socket, remote) <-> the virtual address aioquic knows it by
+        self._virtual: dict[tuple[Address, Address], Address] = {}
+        self._real: dict[Address, tuple[Address, Address]] = {}
 
     # ------------------------------------------------------------------------------------------ inputs
 
@@ -155,10 +170,15 @@ class Peer:
             if not self.is_client and len(self._early_quic) < EARLY_QUIC_LIMIT:
                 self._early_quic.append((data, local, remote))
             return
-        if (local, remote) != self.selected:
-            # Only the selected path carries QUIC. A peer whose NAT re-mapped is caught by consent freshness.
+        if self.is_client:
+            if (local, remote) != self.selected:
+                # The client's QUIC talks to one server path, the one its own agent selected.
+                return
+        elif not self.ice.knows_path(local, remote):
+            # The server's QUIC hears only paths ICE saw the peer on (signalled or authenticated by a check):
+            # arbitrary senders cannot make aioquic track paths, and aioquic validates any move between known ones.
             return
-        self._feed_quic(data, now)
+        self._feed_quic(data, local, remote, now)
         self._pump(now)
 
     def handle_timer(self, now: float) -> None:
@@ -192,14 +212,16 @@ class Peer:
     def datagrams_to_send(self, now: float) -> list[Transmit]:
         out = list(self.ice.datagrams_to_send(now))
         if self.quic is not None and self.selected is not None:
-            local, remote = self.selected
-            if self.ice.is_relayed(local):
-                for data, _addr in self.quic.datagrams_to_send(now):
+            for data, addr in self.quic.datagrams_to_send(now):
+                path = self.selected if self.is_client else self._real.get(addr)
+                if path is None:
+                    continue
+                local, remote = path
+                if self.ice.is_relayed(local):
                     wrapped = self.ice.wrap(Transmit(data, local, remote), now)
                     if wrapped is not None:
                         out.append(wrapped)
-            else:
-                for data, _addr in self.quic.datagrams_to_send(now):
+                else:
                     out.append(Transmit(data, local, remote))
         self._pump(now)
         return out
@@ -237,24 +259,43 @@ class Peer:
 
     # ------------------------------------------------------------------------------------------ internals
 
-    def _feed_quic(self, data: bytes, now: float) -> None:
+    def _feed_quic(self, data: bytes, local: Address, remote: Address, now: float) -> None:
         if self.quic is None:
             if self.is_client:
                 return
             odcid = _initial_dcid(data)
             if odcid is None:
                 return
-            assert self.selected is not None
-            self._create_quic(odcid, now)
+            self._create_quic(odcid, (local, remote), now)
         assert self.quic is not None
-        self.quic.receive_datagram(data, VIRTUAL_PEER, now)
+        self.quic.receive_datagram(data, VIRTUAL_PEER if self.is_client else self._virtual_for(local, remote), now)
 
-    def _create_quic(self, odcid: bytes | None, now: float) -> None:
-        assert self.selected is not None
-        local, remote = self.selected
+    def _virtual_for(self, local: Address, remote: Address) -> Address:
+        """The QUIC server's name for a real path; bounded by the paths ICE knows (``IceAgent.knows_path``)."""
+        key = (local, remote)
+        addr = self._virtual.get(key)
+        if addr is None:
+            addr = (VIRTUAL_PATH, len(self._virtual) + 1)
+            self._virtual[key] = addr
+            self._real[addr] = key
+        return addr
+
+    def _create_quic(self, odcid: bytes | None, path: tuple[Address, Address], now: float) -> None:
+        local, remote = path
         self.quic = self._quic_factory(odcid, local, remote)
         if odcid is None:
             self.quic.connect(VIRTUAL_PEER, now)
+
+    def _follow_quic_path(self, now: float) -> None:
+        """QUIC server: once aioquic's active path is validated and differs from ICE's pair, ICE follows it."""
+        assert self.quic is not None
+        path = self._real.get(self.quic.get_peer_address())
+        if path is None or path == self.selected or not _active_path_validated(self.quic):
+            return
+        if self.ice.follow_path(path[0], path[1], now):
+            old, self.selected = self.selected, path
+            if old is not None:
+                log.info("Path moved from %s to %s (validated by QUIC)", _show(old[1]), _show(path[1]))
 
     def _pump(self, now: float) -> None:
         """Move events between the layers until nothing changes (bounded by the events themselves)."""
@@ -270,13 +311,13 @@ class Peer:
             if qev is None:
                 break
             self._on_quic_event(qev, now)
+        if not self.is_client and self._ready and not self._closed:
+            self._follow_quic_path(now)
 
     def _on_ice_event(self, ev: Any, now: float) -> None:
         if isinstance(ev, ice_events.PairSelected):
             if self.selected is not None:
-                # A later re-selection moves QUIC underneath without it noticing (constant virtual address).
-                self.selected = (ev.local_address, ev.remote_address)
-                return
+                return  # the agent selects once; later moves come from QUIC (_follow_quic_path)
             self.selected = (ev.local_address, ev.remote_address)
             self._events.append(
                 IceConnected(
@@ -289,12 +330,17 @@ class Peer:
                 )
             )
             if self.is_client:
-                self._create_quic(None, now)
+                self._create_quic(None, self.selected, now)
             else:
                 early, self._early_quic = self._early_quic, deque()
                 for data, local, remote in early:
-                    if (local, remote) == self.selected:
-                        self._feed_quic(data, now)
+                    if self.ice.knows_path(local, remote):
+                        self._feed_quic(data, local, remote, now)
+        elif isinstance(ev, ice_events.NominationIgnored):
+            log.warning(
+                "Ignored an ICE nomination from %s after the tunnel was up: the tunnel moves only to a path QUIC "
+                "has validated (a peer that moved, or someone who saw the OFFER/ANSWER signalling)",
+                _show(ev.remote_address))
         elif isinstance(ev, ice_events.IceFailed):
             self._finish(TunnelClosed(reason=ev.reason, was_up=False, by_peer=False), now)
         elif isinstance(ev, ice_events.ConsentLost):
@@ -316,7 +362,8 @@ class Peer:
             by_peer = not self._closing_locally
             self._finish(
                 TunnelClosed(
-                    reason=ev.reason_phrase or _close_reason(ev.error_code),
+                    # The peer wrote the reason phrase: escaped and capped before anyone prints it.
+                    reason=quote_peer(ev.reason_phrase) if ev.reason_phrase else _close_reason(ev.error_code),
                     was_up=self._ready,
                     by_peer=by_peer,
                     error_code=ev.error_code,
@@ -333,6 +380,19 @@ class Peer:
         self._closed = True
         self._events.append(ev)
         self.ice.close(now)  # also releases TURN allocations; the next flush sends the releases
+
+
+def _show(addr: Address) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _active_path_validated(quic: QuicConnection) -> bool:
+    """Whether aioquic's active path is validated (handshake or PATH_RESPONSE).
+
+    aioquic 1.7 has no public accessor; tests/test_peer_paths.py pins this reading of its internals."""
+    paths = getattr(quic, "_network_paths", None)
+    return bool(paths) and bool(getattr(paths[0], "is_validated", False))
 
 
 def _close_reason(code: int) -> str:

@@ -23,6 +23,7 @@ from typing import Literal
 import attrs
 
 from tunnel_core.errors import LocalProtocolError, RemoteProtocolError
+from tunnel_core.peertext import quote_peer
 from tunnel_core.types import Address
 from tunnel_core.wire import truncate_reason
 
@@ -129,7 +130,8 @@ def parse_source(text: str) -> Source:
     """``tcp://host:port`` or ``udp://host:port`` (scheme case-insensitive) to a normalised Source."""
 
     def invalid() -> PolicyError:
-        return PolicyError(f"Invalid source '{text}'. Expected format: tcp://host:port or udp://host:port")
+        return PolicyError(
+            f"Invalid source '{quote_peer(text)}'. Expected format: tcp://host:port or udp://host:port")
 
     match = _SCHEME.fullmatch(text.strip())
     if not match:
@@ -156,7 +158,7 @@ def parse_target(text: str) -> tuple[str, int]:
 
     def invalid() -> PolicyError:
         return PolicyError(
-            f"Invalid target '{text}'. Expected format: host:port (e.g., localhost:2222 or 127.0.0.1:2222)"
+            f"Invalid target '{quote_peer(text)}'. Expected format: host:port (e.g., localhost:2222 or 127.0.0.1:2222)"
         )
 
     parts = _split_host_port(text.strip())
@@ -171,7 +173,7 @@ def parse_target(text: str) -> tuple[str, int]:
 
 def parse_cidr(text: str, option: str = "--allowed-tcp") -> Network:
     """``addr/prefix`` for IPv4 or IPv6; host bits are allowed (``10.1.2.3/8`` means ``10.0.0.0/8``)."""
-    error = PolicyError(f"Invalid CIDR '{text}' in {option}. Expected format: 192.168.0.0/16 or ::1/128")
+    error = PolicyError(f"Invalid CIDR '{quote_peer(text)}' in {option}. Expected format: 192.168.0.0/16 or ::1/128")
     match = _CIDR.fullmatch(text.strip())
     if not match:
         raise error
@@ -263,6 +265,17 @@ class AccessPolicy:
             return Decision(
                 allowed=False,
                 reason=truncate_reason(f"Source '{source.url()}': DNS resolution returned no addresses"),
+            )
+        wildcard = next((address for address in checked if address.is_unspecified), None)
+        if wildcard is not None:
+            # Issue 18 item 8: connecting to 0.0.0.0 / :: reaches this machine's own services (the kernel treats
+            # it as localhost), whatever the allowlist meant by containing the wildcard address.
+            return Decision(
+                allowed=False,
+                reason=truncate_reason(
+                    f"Source '{source.url()}': the unspecified address {wildcard} is not a destination "
+                    "(it would reach this machine itself)"
+                ),
             )
         if all(any(address in network for network in networks) for address in checked):
             return Decision(allowed=True, addresses=tuple((str(address), source.port) for address in checked))

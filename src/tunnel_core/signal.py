@@ -18,6 +18,7 @@ from typing import Any, Literal
 import attrs
 
 from tunnel_core.errors import LocalProtocolError, RemoteProtocolError
+from tunnel_core.peertext import quote_peer
 from tunnel_core.wire import (
     dumps_compact,
     field_opt_str,
@@ -336,7 +337,7 @@ def decode_payload(payload: str) -> bytes:
     # Length-check the digits before int(): Python refuses to convert very long decimal strings (ValueError).
     digits = version_text.removeprefix("+").lstrip("0")
     if not _RUST_U16.fullmatch(version_text) or len(digits) > 5 or int(version_text) > _U16_MAX:
-        raise SignalError(f"Invalid signaling version: {_rust_debug(version_text)}")
+        raise SignalError(f"Invalid signaling version: {quote_peer(_rust_debug(version_text))}")
     version = int(version_text)
     if version != MANUAL_SIGNAL_VERSION:
         raise SignalError(f"Signaling version mismatch (expected {MANUAL_SIGNAL_VERSION}, got {version})")

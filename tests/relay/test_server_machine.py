@@ -250,6 +250,20 @@ def test_rate_limit_pauses_reading_and_notifies_once() -> None:
     assert h.server.read_pause(b, 0.0) == 0.0
 
 
+def test_bytes_outside_relay_frames_count_against_the_rate_limit() -> None:
+    """Issue 18 item 5: WebSocket pings (answered by the adapter's WebSocket layer) are charged too."""
+    h = Harness(rate_limit=100_000, rate_burst=1)
+    a, b = h.join(1), h.join(2)
+    h.frames(a)
+    for _ in range(10_000):  # 1.27 MB of 127-byte pings at t=0 against a 1 MiB bucket
+        h.server.charge(a, 127, 0.0)
+    assert 0.5 < h.server.read_pause(a, 0.0) < 3.0
+    assert h.frames(a) == [fr.Status(fr.StatusCode.RATE_LIMITED)]
+    assert h.server.read_pause(b, 0.0) == 0.0
+    h.server.charge(99, 10**9, 0.0)  # an unknown connection is ignored
+    assert Harness().server.read_pause(a, 0.0) == 0.0  # no limit, nothing to charge
+
+
 def test_shutdown_sends_restarting_and_closes_all() -> None:
     h = Harness(restart_reconnect_in_ms=1500, restart_try_for_ms=4000)
     a, b = h.join(1), h.join(2)

@@ -213,6 +213,8 @@ class _RelayConnection(asyncio.Protocol):
         self._request: h11.Request | None = None
         self._fragments: list[bytes] = []
         self._timeout: asyncio.TimerHandle | None = None
+        #: loop time until which the rate limit keeps reading paused
+        self._rate_hold_until = 0.0
 
     # ----------------------------------------------------------------------------------------------- transport
 
@@ -228,11 +230,21 @@ class _RelayConnection(asyncio.Protocol):
         self.service.forget(self)
 
     def pause_writing(self) -> None:
+        """Stop reading while the client does not read (issue 18 item 5): everything we read can make us write
+        (pongs to its WebSocket pings, HTTP responses to pipelined requests), so reading on would grow the write
+        buffer without bound."""
         self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
         self.flush()
+        if self.transport is not None and not self.transport.is_closing():
+            if asyncio.get_running_loop().time() >= self._rate_hold_until:
+                self.transport.resume_reading()
+            if self.http is not None:
+                self._http_events()  # requests that arrived before the pause
 
     def data_received(self, data: bytes) -> None:
         if self.ws is not None:
@@ -264,26 +276,30 @@ class _RelayConnection(asyncio.Protocol):
     # ----------------------------------------------------------------------------------------------- HTTP
 
     def _http_events(self) -> None:
-        http = self.http
-        assert http is not None and self.transport is not None
-        while True:
+        """Answer every complete request in h11's buffer, one after another.
+
+        A loop, not recursion (issue 18 item 4: ~330 pipelined ``GET /ping`` ended in RecursionError), and it stops
+        while the client is not reading our answers (``pause_writing``); ``resume_writing`` continues."""
+        http, transport = self.http, self.transport
+        assert http is not None and transport is not None
+        while self.http is http and not transport.is_closing() and not self.paused:
             try:
                 event = http.next_event()
             except h11.RemoteProtocolError as exc:
                 self._simple_response(exc.error_status_hint, b"bad request\n", close=True)
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
-                if http.their_state is h11.MIGHT_SWITCH_PROTOCOL or event is h11.PAUSED:
+                answerable = http.their_state is h11.MIGHT_SWITCH_PROTOCOL or event is h11.PAUSED
+                if answerable and self._request is not None:
                     self._respond()
+                    continue
                 return
             if isinstance(event, h11.Request):
                 self._request = event
             elif isinstance(event, h11.EndOfMessage):
                 self._respond()
-                if self.http is None or self.transport.is_closing():
-                    return
             elif isinstance(event, h11.ConnectionClosed):
-                self.transport.close()
+                transport.close()
                 return
 
     def _respond(self) -> None:
@@ -342,10 +358,8 @@ class _RelayConnection(asyncio.Protocol):
         if close or http.our_state is h11.MUST_CLOSE or http.their_state is h11.MUST_CLOSE:
             transport.close()
         elif http.our_state is h11.DONE and http.their_state is h11.DONE:
-            http.start_next_cycle()
+            http.start_next_cycle()  # _http_events' loop goes on with pipelined requests
             self._set_timeout(HTTP_IDLE_TIMEOUT)
-            if http.trailing_data[0]:
-                self._http_events()
 
     def _upgrade(self, headers: dict[str, str], query: str) -> None:
         http, transport = self.http, self.transport
@@ -421,7 +435,10 @@ class _RelayConnection(asyncio.Protocol):
                 if frame.fin:
                     data, self._fragments = b"".join(self._fragments), []
                     machine.receive_frame(conn_id, data, now)
-            # text, ping and pong messages are ignored (websockets already answered the ping)
+            else:
+                # Text, ping and pong messages are ignored (websockets already answered the ping), but their bytes
+                # count against the rate limit like any other (issue 18 item 5).
+                machine.charge(conn_id, len(frame.data) + 2, now)
         if isinstance(ws.parser_exc, WsProtocolError):
             log.debug("connection %d: websocket error: %s", conn_id, ws.parser_exc)
         self._write_ws()
@@ -429,11 +446,13 @@ class _RelayConnection(asyncio.Protocol):
         if machine.policy.rate_limit is not None and self.transport is not None and not self.closing:
             pause = machine.read_pause(conn_id, now)
             if pause > 0:
+                loop = asyncio.get_running_loop()
+                self._rate_hold_until = loop.time() + pause
                 self.transport.pause_reading()
-                asyncio.get_running_loop().call_later(pause, self._resume_reading)
+                loop.call_later(pause, self._resume_reading)
 
     def _resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing() and not self.paused:
             self.transport.resume_reading()
 
     def _write_ws(self) -> None:

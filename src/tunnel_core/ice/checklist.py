@@ -139,7 +139,7 @@ class CandidatePair:
         self.priority = _ordered_priority(self.local, self.remote, controlling)
 
     def valid_priority(self, controlling: bool) -> int:
-        """Priority of the valid pair this pair produced (what nomination and re-selection compare)."""
+        """Priority of the valid pair this pair produced (what nomination compares)."""
         return _ordered_priority(self.valid_local or self.local, self.remote, controlling)
 
 
@@ -185,3 +185,25 @@ def form_checklist(
             seen.add(pair.foundation)
             pair.apply(Trigger.UNFREEZE)
     return pairs
+
+
+def unspecified_address(host: str) -> str:
+    """The wildcard address of ``host``'s family: a reflexive candidate's related address (we do not reveal bases)."""
+    return "::" if is_ipv6(host) else "0.0.0.0"
+
+
+def usable_remote_address(host: str) -> bool:
+    """Whether a signalled candidate's address can be a peer at all (issue 18 item 8).
+
+    Unspecified addresses are refused because the kernel delivers a check to ``0.0.0.0:P`` / ``[::]:P`` to a local
+    socket (127.0.0.1:P): a pasted block could aim our checks at this machine's own services. Multicast and the
+    IPv4 broadcast address are refused because a check would reach many hosts, none of them the peer."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified or ip.is_multicast:
+        return False
+    return not (isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"))

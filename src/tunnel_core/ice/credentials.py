@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from tunnel_core.errors import LocalProtocolError
 
-__all__ = ["ICE_CHARS", "check_credentials", "random_ice_string", "random_tie_breaker"]
+__all__ = ["ICE_CHARS", "check_credentials", "random_ice_string", "random_tie_breaker", "remote_credentials_ok"]
 
 #: RFC 8839 ice-char: ALPHA / DIGIT / "+" / "/"; exactly 64 symbols, so ``byte & 63`` maps bytes without bias.
 ICE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -29,6 +29,11 @@ def random_tie_breaker(rng: Callable[[int], bytes]) -> int:
     if len(raw) != 8:
         raise LocalProtocolError("rng(8) must return 8 bytes")
     return int.from_bytes(raw, "big")
+
+
+def remote_credentials_ok(ufrag: object, pwd: object) -> bool:
+    """Whether the peer's credentials follow the same grammar (they go into every STUN USERNAME we send)."""
+    return isinstance(ufrag, str) and isinstance(pwd, str) and bool(_UFRAG.fullmatch(ufrag) and _PWD.fullmatch(pwd))
 
 
 def check_credentials(ufrag: str, pwd: str) -> None:

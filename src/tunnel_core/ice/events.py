@@ -18,6 +18,7 @@ __all__ = [
     "GatheringComplete",
     "IceEvent",
     "IceFailed",
+    "NominationIgnored",
     "PairSelected",
     "RoleChanged",
     "ServerReflexiveDiscovered",
@@ -57,11 +58,25 @@ class ServerReflexiveDiscovered:
 class PairSelected:
     """ICE chose (local, remote); send from the socket bound at ``local_address`` to ``remote_address``.
 
-    May be reported again later when a controlling peer using aggressive nomination nominates a better pair.
+    Reported once: after selection no nomination moves the pair (an attacker who saw the OFFER and the ANSWER can
+    forge one); the path moves only when the QUIC layer validated another one (``IceAgent.follow_path``).
     """
 
     local: Candidate
     remote: Candidate
+    local_address: Address
+    remote_address: Address
+
+
+@attrs.frozen
+class NominationIgnored:
+    """An authenticated nomination of another path arrived after selection and was not followed (docs/security.md).
+
+    Reported once per remote address. Only someone holding the ICE credentials of both blocks can send one: the real
+    peer roaming with aggressive nomination, or someone who saw the pasted blocks. Either way the tunnel stays on
+    the path QUIC validated; a real peer's QUIC packets from the new address move it there safely.
+    """
+
     local_address: Address
     remote_address: Address
 
@@ -83,4 +98,7 @@ class RoleChanged:
     controlling: bool
 
 
-IceEvent = GatheringComplete | ServerReflexiveDiscovered | PairSelected | IceFailed | ConsentLost | RoleChanged
+IceEvent = (
+    GatheringComplete | ServerReflexiveDiscovered | PairSelected | NominationIgnored | IceFailed | ConsentLost
+    | RoleChanged
+)

@@ -203,6 +203,13 @@ class RelayServer:
         client = self._clients.get(conn_id)
         return len(client.queue) if client is not None else 0
 
+    def charge(self, conn_id: int, size: int, now: float) -> None:
+        """Count ``size`` bytes the client sent outside relay frames (WebSocket pings, pongs, text) against its rate
+        limit: issue 18 item 5, a client flooding WebSocket pings got past ``--rate-limit``."""
+        client = self._clients.get(conn_id)
+        if client is not None and client.state is not _State.CLOSING and self.policy.rate_limit is not None:
+            self._charge(client, size, now)
+
     def read_pause(self, conn_id: int, now: float) -> float:
         """Seconds the adapter should stop reading this client to honour the rate limit (0 = keep reading)."""
         client = self._clients.get(conn_id)

@@ -64,6 +64,7 @@ class PathLab:
 
     prefix: str = attrs.field(factory=lambda: f"wg{os.getpid() % 100000}x{next(_counter)}")
     mtu: int = 1500
+    workdir: Path = attrs.field(factory=lambda: Path(tempfile.mkdtemp(prefix="tunnel-path-")))
     _created: list[str] = attrs.field(factory=list)
 
     def ns(self, side: str) -> str:
@@ -108,6 +109,7 @@ class PathLab:
         for name in reversed(self._created):
             run(["ip", "netns", "del", name], check=False)
         self._created.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def namespaces(self) -> list[str]:
         out = run(["ip", "netns", "list"], check=False)

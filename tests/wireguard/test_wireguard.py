@@ -1,4 +1,4 @@
-"""WireGuard through the tunnel in manual mode (issue 14): wireguard-go in two namespaces on a 1500-MTU path,
+"""WireGuard through the tunnel in manual and nostr mode (issue 14): wireguard-go in two namespaces on a 1500-MTU path,
 WireGuard's UDP endpoint being the tunnel client's local listener. ping (full-size packets too) and iperf3 over the
 WireGuard interface must work, 1452-byte WireGuard packets must have travelled as fragmented QUIC datagrams, and an
 8 KB UDP datagram must pass.
@@ -9,15 +9,17 @@ Root only (namespaces). The lab's path is plain here; moving it onto the WAN lab
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from e2e.harness import TunnelProcess
+from e2e.harness import HarnessError, TunnelProcess
 
 from .lab import PATH_IP, WG_IP, WG_PORT_B, PathLab, WireGuardPair, in_ns, run, tools_missing
 
@@ -25,37 +27,82 @@ pytestmark = pytest.mark.nat
 
 CLIENT_LISTEN = ("127.0.0.1", 51821)
 TIMEOUT = 30.0
+CLI = [sys.executable, "-m", "tunnel_asyncio.cli"]
+NOSTR_RELAY = str(Path(__file__).parent.parent / "nat" / "nostr_relay.py")
+NOSTR_KIND = "24243"  # nostr-sdk's LocalRelay refuses 24242 (see tests/nat/nostr_relay.py)
+NOSTR_PORT = 7777
 
 
-class ManualInNamespaces:
-    """The real `tunnel server/client manual` pair, server in ``ns_b`` and client in ``ns_a``; blocks over pipes."""
+class TunnelInNamespaces:
+    """The real CLI pair, server in namespace B and client in namespace A, host candidates on the veth only.
 
-    def __init__(self, lab: PathLab, source: str, *, client_args: tuple[str, ...] = ()) -> None:
+    manual: the OFFER/ANSWER blocks go through pipes. nostr: signaling through a Nostr relay (nostr-sdk's, as the
+    NAT lab runs it: tests/nat/nostr_relay.py, event kind 24243) listening on B's path address."""
+
+    def __init__(self, lab: PathLab, source: str, *, mode: str = "manual") -> None:
         self.lab = lab
         self.source = source
-        self.client_args = client_args
+        self.mode = mode
         self.server: TunnelProcess | None = None
         self.client: TunnelProcess | None = None
+        self.relay: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> ManualInNamespaces:
-        py = [sys.executable, "-m", "tunnel_asyncio.cli"]
-        self.server = TunnelProcess("server", in_ns(self.lab.ns("B"), [
-            *py, "server", "manual", "--allowed-udp", "127.0.0.0/8", "--no-stun", "--host-candidate", PATH_IP["B"],
-        ]))
-        self.client = TunnelProcess("client", in_ns(self.lab.ns("A"), [
-            *py, "client", "manual", "--source", self.source, "--target", f"{CLIENT_LISTEN[0]}:{CLIENT_LISTEN[1]}",
-            "--no-stun", "--host-candidate", PATH_IP["A"], *self.client_args,
-        ]))
+    def __enter__(self) -> TunnelInNamespaces:
         try:
-            offer = self.client.read_block("OFFER", TIMEOUT)
-            self.server.write("\n".join(offer) + "\n")
-            answer = self.server.read_block("ANSWER", TIMEOUT)
-            self.client.write("\n".join(answer) + "\n")
+            if self.mode == "manual":
+                self._start_manual()
+            else:
+                self._start_nostr()
+            assert self.client is not None
             self.client.wait_stderr(r"Listening on UDP", TIMEOUT)
+        except HarnessError as exc:
+            self.stop()
+            raise HarnessError(f"{self.mode} tunnel did not come up: {exc}\n{self.logs()}") from None
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _ice(self, side: str) -> list[str]:
+        return ["--no-stun", "--host-candidate", PATH_IP[side]]
+
+    def _client_args(self) -> list[str]:
+        # nostr mode (like upstream's) names the protocol on the target too.
+        scheme = "udp://" if self.mode == "nostr" else ""
+        return ["--source", self.source, "--target", f"{scheme}{CLIENT_LISTEN[0]}:{CLIENT_LISTEN[1]}",
+                *self._ice("A")]
+
+    def _start_manual(self) -> None:
+        self.server = TunnelProcess("server", in_ns(self.lab.ns("B"), [
+            *CLI, "server", "manual", "--allowed-udp", "127.0.0.0/8", *self._ice("B")]))
+        self.client = TunnelProcess("client", in_ns(self.lab.ns("A"), [
+            *CLI, "client", "manual", *self._client_args()]))
+        offer = self.client.read_block("OFFER", TIMEOUT)
+        self.server.write("\n".join(offer) + "\n")
+        answer = self.server.read_block("ANSWER", TIMEOUT)
+        self.client.write("\n".join(answer) + "\n")
+
+    def _start_nostr(self) -> None:
+        from tunnel_core.nostr.keys import SecretKey
+
+        keys = {side: SecretKey.generate(os.urandom) for side in "AB"}
+        files = {}
+        for side, key in keys.items():
+            files[side] = self.lab.workdir / f"nostr-{side}.nsec"
+            files[side].write_text(key.nsec)
+            files[side].chmod(0o600)
+        self.relay = subprocess.Popen(in_ns(self.lab.ns("B"), [sys.executable, NOSTR_RELAY, PATH_IP["B"],
+                                                                str(NOSTR_PORT), "--lifetime", "600"]),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_listening(self.lab, "B", NOSTR_PORT)
+        signaling = ["--relay", f"ws://{PATH_IP['B']}:{NOSTR_PORT}", "--event-kind", NOSTR_KIND]
+        self.server = TunnelProcess("server", in_ns(self.lab.ns("B"), [
+            *CLI, "server", "nostr", "--nsec-file", str(files["B"]), "--peer-npub", keys["A"].public_key.npub,
+            "--allowed-udp", "127.0.0.0/8", *signaling, *self._ice("B")]))
+        self.server.wait_stderr(r"Waiting for tunnel requests", TIMEOUT)
+        self.client = TunnelProcess("client", in_ns(self.lab.ns("A"), [
+            *CLI, "client", "nostr", "--nsec-file", str(files["A"]), "--peer-npub", keys["B"].public_key.npub,
+            *signaling, *self._client_args()]))
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -64,9 +111,20 @@ class ManualInNamespaces:
         for proc in (self.client, self.server):
             if proc is not None and proc.running():
                 proc.stop(timeout=5.0)
+        if self.relay is not None and self.relay.poll() is None:
+            self.relay.terminate()
+            self.relay.wait(timeout=5)
 
     def logs(self) -> str:
         return "\n".join(p.describe() for p in (self.server, self.client) if p is not None)
+
+
+def _wait_listening(lab: PathLab, side: str, port: int) -> None:
+    for _ in range(200):
+        if "LISTEN" in run(in_ns(lab.ns(side), ["ss", "-ltn", f"sport = :{port}"]), check=False):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on TCP {port} in {lab.ns(side)}")
 
 
 @pytest.fixture
@@ -89,10 +147,7 @@ def _iperf(lab: PathLab, *extra: str) -> dict:
     proc = subprocess.Popen(in_ns(lab.ns("B"), server), stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL)
     try:
-        for _ in range(50):
-            if run(in_ns(lab.ns("B"), ["ss", "-ltn", "sport = :5201"]), check=False).count("LISTEN"):
-                break
-            time.sleep(0.1)
+        _wait_listening(lab, "B", 5201)
         out = run(in_ns(lab.ns("A"), ["iperf3", "-c", WG_IP["B"], "-p", "5201", "-t", "3", "-J", *extra]),
                   check=False, timeout=60)
     finally:
@@ -101,8 +156,9 @@ def _iperf(lab: PathLab, *extra: str) -> dict:
     return json.loads(out)
 
 
-def test_wireguard_through_manual_tunnel_ping_and_iperf3(lab: PathLab) -> None:
-    with ManualInNamespaces(lab, f"udp://127.0.0.1:{WG_PORT_B}") as tunnel, \
+@pytest.mark.parametrize("mode", ["manual", "nostr"])
+def test_wireguard_through_the_tunnel_ping_and_iperf3(lab: PathLab, mode: str) -> None:
+    with TunnelInNamespaces(lab, f"udp://127.0.0.1:{WG_PORT_B}", mode=mode) as tunnel, \
             WireGuardPair(lab.ns("A"), lab.ns("B"), CLIENT_LISTEN) as wg:
         ping = run(in_ns(lab.ns("A"), ["ping", "-c", "5", "-i", "0.2", "-W", "5", WG_IP["B"]]), check=False,
                    timeout=60)
@@ -137,7 +193,7 @@ def test_8_kb_and_1452_byte_udp_datagrams_pass_both_ways(lab: PathLab) -> None:
     )
     server = subprocess.Popen(in_ns(lab.ns("B"), [sys.executable, "-c", echo]))
     try:
-        with ManualInNamespaces(lab, "udp://127.0.0.1:7000") as tunnel:
+        with TunnelInNamespaces(lab, "udp://127.0.0.1:7000") as tunnel:
             probe = (
                 "import socket,sys\n"
                 "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(5)\n"

@@ -147,7 +147,9 @@ class WireGuardPair:
 
     def up(self) -> None:
         keys = {"A": _keypair(), "B": _keypair()}
-        for side, ns in (("A", self.ns_a), ("B", self.ns_b)):
+        # B first: A starts its handshake as soon as it is configured, and a first initiation that finds no
+        # listener is retried only after 5 s (REKEY_TIMEOUT).
+        for side, ns in (("B", self.ns_b), ("A", self.ns_a)):
             iface = f"wg{side}"
             env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1", LOG_LEVEL="error")
             out = open(self.workdir / f"wireguard-go-{side}.log", "wb")

@@ -27,11 +27,24 @@ from tunnel_core.datagram import (
 )
 from tunnel_core.forwarding import events as fe
 from tunnel_core.ice.events import GatheringComplete
+from tunnel_core.iroh_session import SendBytes, SourceAccepted, StartForwarding
+from tunnel_core.iroh_session.client import ClientStream
+from tunnel_core.iroh_session.server import ServerStream
 from tunnel_core.peer import Peer, TunnelReady
+from tunnel_core.policy import AccessPolicy
 from tunnel_core.quic.connection import DATAGRAM_QUEUE_LIMIT, TRANSPORT_PARAMETER_TUNNEL_DATAGRAMS
 from tunnel_core.testing import VirtualClock
 from tunnel_core.testing.network import Network
-from tunnel_core.wire import encode_udp_frame
+from tunnel_core.wire import (
+    SourceRequest,
+    SourceResponse,
+    WireError,
+    decode_source_request,
+    decode_source_response,
+    encode_source_request,
+    encode_source_response,
+    encode_udp_frame,
+)
 
 PEER = ("127.0.0.1", 51820)
 
@@ -315,3 +328,57 @@ def test_streams_under_the_same_loss_deliver_late_instead() -> None:
     assert len(received) == len(sent) and all(len(t) == 1 for t in received.values())
     delays = sorted(times[0] - sent[p] for p, times in received.items())
     assert delays[-1] > 0.05  # head-of-line blocking behind retransmissions
+
+
+# ------------------------------------------------------------------------------------------ iroh mode's offer
+
+
+def test_iroh_source_messages_carry_the_datagram_offer_only_when_made() -> None:
+    # Without an offer the bytes are upstream's, exactly; with one, the field follows the struct's fields.
+    assert encode_source_request(SourceRequest("udp://127.0.0.1:53", version=2)) == \
+        b'\x00\x00\x00\x2b{"version":2,"source":"udp://127.0.0.1:53"}'
+    offer = encode_source_request(SourceRequest("udp://127.0.0.1:53", version=2, datagram_flow=0))
+    assert offer == b'\x00\x00\x00\x3d{"version":2,"source":"udp://127.0.0.1:53","datagram_flow":0}'
+    assert decode_source_request(offer[4:], expected_version=2).datagram_flow == 0
+    taken = encode_source_response(SourceResponse(True, version=2, datagram_flow=0))
+    assert taken == b'\x00\x00\x00\x2f{"version":2,"accepted":true,"datagram_flow":0}'
+    assert decode_source_response(b'{"version":2,"accepted":true,"datagram_flow":null}',
+                                  expected_version=2).datagram_flow is None
+    with pytest.raises(WireError):
+        decode_source_response(b'{"version":2,"accepted":true,"datagram_flow":-1}', expected_version=2)
+
+
+def _serve(machine: ServerStream, request: bytes) -> list:
+    machine.feed(request)
+    events = []
+    while (ev := machine.next_event()) is not None:
+        events.append(ev)
+    return events
+
+
+@pytest.mark.parametrize(("source", "server_datagrams", "taken"), [
+    ("udp://127.0.0.1:53", True, 7),
+    ("udp://127.0.0.1:53", False, None),  # a server forced to the old behaviour
+    ("tcp://127.0.0.1:22", True, None),  # only UDP takes datagrams
+])
+def test_iroh_server_takes_the_offer_for_udp_only(source: str, server_datagrams: bool, taken: int | None) -> None:
+    policy = AccessPolicy.from_strings(["127.0.0.0/8"], ["127.0.0.0/8"])
+    machine = ServerStream(policy, permit=True, version=2, datagrams=server_datagrams)
+    events = _serve(machine, encode_source_request(SourceRequest(source, version=2, datagram_flow=7)))
+    start = next(e for e in events if isinstance(e, StartForwarding))
+    assert start.datagram_flow == taken
+    client = ClientStream(source, version=2, datagram_flow=7)
+    client.feed(next(e for e in events if isinstance(e, SendBytes)).data)
+    accepted = client.next_event()
+    assert isinstance(accepted, SourceAccepted) and accepted.datagram_flow == taken
+
+
+def test_iroh_client_with_an_upstream_server_stays_on_the_stream() -> None:
+    client = ClientStream("udp://127.0.0.1:53", version=2, datagram_flow=0)
+    client.feed(encode_source_response(SourceResponse(True, version=2)))  # upstream: no field
+    accepted = client.next_event()
+    assert isinstance(accepted, SourceAccepted) and accepted.datagram_flow is None
+    client = ClientStream("udp://127.0.0.1:53", version=2, datagram_flow=0)
+    client.feed(encode_source_response(SourceResponse(True, version=2, datagram_flow=5)))  # not our offer
+    accepted = client.next_event()
+    assert isinstance(accepted, SourceAccepted) and accepted.datagram_flow is None

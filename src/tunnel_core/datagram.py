@@ -35,11 +35,14 @@ __all__ = [
     "DatagramError",
     "Fragment",
     "Reassembler",
+    "UdpStats",
     "Whole",
     "decode_datagram",
     "encode_fragments",
     "encode_whole",
     "fragment_overhead",
+    "split_datagram",
+    "take_payload",
     "whole_overhead",
 ]
 
@@ -141,6 +144,14 @@ def encode_fragments(flow_id: int, packet: int, payload: bytes, budget: int) -> 
     ]
 
 
+def split_datagram(flow_id: int, packet: int, payload: bytes, room: int) -> list[bytes] | None:
+    """The DATAGRAM frames for one UDP datagram given ``room`` bytes per frame: one whole frame when it fits,
+    2..MAX_FRAGMENTS fragments (numbered ``packet``) when they do, None when the flow's stream must take it."""
+    if whole_overhead(flow_id) + len(payload) <= room:
+        return [encode_whole(flow_id, payload)]
+    return encode_fragments(flow_id, packet, payload, room)
+
+
 def decode_datagram(data: bytes) -> Whole | Fragment:
     """Parse one QUIC DATAGRAM payload; DatagramError on anything malformed."""
     flow_id, used = _pull_varint(data)
@@ -161,6 +172,27 @@ def decode_datagram(data: bytes) -> Whole | Fragment:
     if not 2 <= count <= MAX_FRAGMENTS or index >= count:
         raise DatagramError(f"bad fragment {index} of {count}")
     return Fragment(flow_id, packet, index, count, bytes(body[_FRAGMENT_HEADER:]))
+
+
+@attrs.define
+class UdpStats:
+    """What happened to each UDP datagram of a session (logged when the tunnel closes; docs/datagrams.md)."""
+
+    datagrams: int = 0  # sent whole in one QUIC DATAGRAM frame
+    fragmented: int = 0  # sent as 2..MAX_FRAGMENTS DATAGRAM frames
+    stream: int = 0  # sent on the flow's stream (no datagram support, a flow's first datagram, or too big)
+    stream_fallback: int = 0  # of ``stream``: datagrams were negotiated but the datagram needs too many fragments
+    dropped_oldest: int = 0  # DATAGRAM frames dropped from a full send queue (congestion window or pacing)
+    dropped_backlog: int = 0  # stream-framed datagrams dropped because the stream's send buffer is full
+    too_big: int = 0  # refused: more than 65535 bytes cannot be framed
+    received: int = 0  # datagrams delivered to local sockets from DATAGRAM frames
+    reassembled: int = 0  # of ``received``: put together from fragments
+    reassembly_dropped: int = 0  # given up: a fragment never came (timeout) or room was needed
+    malformed: int = 0  # DATAGRAM frames we could not parse
+    unknown_flow: int = 0  # DATAGRAM frames for a flow that ended (or, on a full early queue, had not started)
+
+    def summary(self) -> str:
+        return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in attrs.asdict(self).items())
 
 
 @attrs.define(eq=False)
@@ -231,3 +263,19 @@ class Reassembler:
         """The flow ended: its unfinished datagrams will never complete."""
         for key in [k for k in self._partials if k[0] == flow_id]:
             del self._partials[key]
+
+
+def take_payload(item: Whole | Fragment, reassembler: Reassembler, stats: UdpStats, now: float) -> bytes | None:
+    """The UDP datagram ``item`` completes (itself when whole), counting in ``stats``; None while incomplete."""
+    if isinstance(item, Fragment):
+        expired, malformed = reassembler.expired, reassembler.malformed
+        payload = reassembler.add(item, now)
+        stats.reassembly_dropped += reassembler.expired - expired
+        stats.malformed += reassembler.malformed - malformed
+        if payload is None:
+            return None
+        stats.reassembled += 1
+    else:
+        payload = item.payload
+    stats.received += 1
+    return payload

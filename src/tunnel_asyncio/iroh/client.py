@@ -16,6 +16,7 @@ from tunnel_asyncio.iroh import ffi
 from tunnel_asyncio.iroh.bridge import (
     READ_LIMIT,
     TCP_LIMIT,
+    DatagramLink,
     FrameWriter,
     UdpEndpoint,
     bridge_tcp,
@@ -49,6 +50,8 @@ log = logging.getLogger("tunnel_asyncio.iroh")
 RESPONSE_TIMEOUT = 10.0
 OPEN_ATTEMPTS = 3
 OPEN_BACKOFF = 0.1
+#: The flow id our one UDP stream offers for QUIC datagrams (iroh mode keeps upstream's one stream per client).
+UDP_FLOW = 0
 
 
 class IrohClient:
@@ -68,6 +71,8 @@ class IrohClient:
         self._watch: PathWatch | None = None
         self._established = False
         self._closing = False
+        self.datagram_flow: int | None = None
+        self._link: DatagramLink | None = None
         self.e4 = options.protocol == "e4"
         self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
         self.alpn = ALPN_E4 if self.e4 else ALPN_E2
@@ -125,6 +130,8 @@ class IrohClient:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._watch is not None:
             await self._watch.stop()
+        if self._link is not None:
+            self._link.report()
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close(CLOSE_DONE.code, CLOSE_DONE.reason)
@@ -184,8 +191,11 @@ class IrohClient:
 
     # ------------------------------------------------------------------------------------------ streams
 
-    async def open_source_stream(self) -> tuple[Any, Any, bytes]:
-        """Open a bi-stream and run the SourceRequest dialogue; TunnelError when refused."""
+    async def open_source_stream(self, datagram_flow: int | None = None) -> tuple[Any, Any, bytes]:
+        """Open a bi-stream and run the SourceRequest dialogue; TunnelError when refused.
+
+        ``datagram_flow`` offers QUIC datagrams for a UDP stream; ``self.datagram_flow`` then tells whether the
+        server took the offer (our server does; upstream's ignores it)."""
         f = ffi.load()
         bi = None
         for attempt in range(OPEN_ATTEMPTS):
@@ -199,7 +209,7 @@ class IrohClient:
                 await asyncio.sleep(OPEN_BACKOFF * (2**attempt))
         assert bi is not None
         send, recv = bi.send(), bi.recv()
-        machine = ClientStream(self.options.source, version=self.version)
+        machine = ClientStream(self.options.source, version=self.version, datagram_flow=datagram_flow)
         await send.write_all(machine.request_bytes())
         try:
             async with asyncio.timeout(RESPONSE_TIMEOUT):
@@ -220,6 +230,7 @@ class IrohClient:
                 await send.finish()
             raise TunnelError(event.message(), ExitCode.AUTH)
         assert isinstance(event, SourceAccepted)
+        self.datagram_flow = event.datagram_flow
         if not self._established:
             self._established = True
             log.info("Tunnel to server established! Source: %s", self.options.source)
@@ -243,15 +254,20 @@ class IrohClient:
                 self._tasks.discard(task)
 
     async def _start_udp(self, host: str, port: int) -> None:
-        send, recv, payload = await self.open_source_stream()
+        send, recv, payload = await self.open_source_stream(datagram_flow=UDP_FLOW)
         loop = asyncio.get_running_loop()
         writer = FrameWriter(send)
         peer: list[Address] = []
+        link = None
+        if self.datagram_flow is not None:
+            link = self._link = DatagramLink(self.conn)
+        log.debug("UDP travels %s", "as QUIC datagrams" if link else "on the stream (server without datagrams)")
 
         def from_local(data: bytes, addr: Address) -> None:
             if not peer or peer[0] != addr:
                 peer[:] = [addr]  # the last sender wins (reference 3.1)
-            writer.push(data)
+            if link is None or not link.send(UDP_FLOW, data):
+                writer.push(data)
 
         transport, _protocol = await loop.create_datagram_endpoint(
             lambda: UdpEndpoint(from_local), local_addr=(host, port)
@@ -279,6 +295,9 @@ class IrohClient:
 
         self._spawn(writer.run())
         self._spawn(pump())
+        if link is not None:
+            link.register(UDP_FLOW, to_local)
+            self._spawn(link.run())
 
 
 __all__ = ["CLOSE_UNAUTHORIZED", "IrohClient"]

@@ -37,11 +37,11 @@ from tunnel_core.datagram import (
     DatagramError,
     Fragment,
     Reassembler,
+    UdpStats,
     Whole,
     decode_datagram,
-    encode_fragments,
-    encode_whole,
-    whole_overhead,
+    split_datagram,
+    take_payload,
 )
 from tunnel_core.errors import LocalProtocolError
 from tunnel_core.forwarding.events import (
@@ -89,27 +89,6 @@ EARLY_DATAGRAMS = 64
 _EARLY_WINDOW = 4 * 1024
 
 log = logging.getLogger("tunnel_core.forwarding")
-
-
-@attrs.define
-class UdpStats:
-    """What happened to each UDP datagram of a session (logged when the tunnel closes; docs/datagrams.md)."""
-
-    datagrams: int = 0  # sent whole in one QUIC DATAGRAM frame
-    fragmented: int = 0  # sent as 2..MAX_FRAGMENTS DATAGRAM frames
-    stream: int = 0  # sent on the flow's stream (no datagram support, a flow's first datagram, or too big)
-    stream_fallback: int = 0  # of ``stream``: datagrams were negotiated but the datagram needs too many fragments
-    dropped_oldest: int = 0  # DATAGRAM frames dropped from a full send queue (congestion window or pacing)
-    dropped_backlog: int = 0  # stream-framed datagrams dropped because the stream's send buffer is full
-    too_big: int = 0  # refused: more than 65535 bytes cannot be framed
-    received: int = 0  # datagrams delivered to local sockets from DATAGRAM frames
-    reassembled: int = 0  # of ``received``: put together from fragments
-    reassembly_dropped: int = 0  # given up: a fragment never came (timeout) or room was needed
-    malformed: int = 0  # DATAGRAM frames we could not parse
-    unknown_flow: int = 0  # DATAGRAM frames for a flow that ended (or, on a full early queue, had not started)
-
-    def summary(self) -> str:
-        return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in attrs.asdict(self).items())
 
 
 class _Kind(enum.Enum):
@@ -492,20 +471,18 @@ class ForwardingSession:
         if flow.send_done:
             return
         flow.last_active = now
-        room = self._quic.datagram_room()
-        if whole_overhead(flow.flow_id) + len(data) <= room:
-            self.stats.datagrams += 1
-            self._queue_datagram(encode_whole(flow.flow_id, data))
-            return
-        fragments = encode_fragments(flow.flow_id, flow.packet, data, room)
-        if fragments is None:
+        frames = split_datagram(flow.flow_id, flow.packet, data, self._quic.datagram_room())
+        if frames is None:
             self.stats.stream_fallback += 1
             self._send_udp_on_stream(flow, data, now)
             return
-        flow.packet = (flow.packet + 1) & 0xFFFF
-        self.stats.fragmented += 1
-        for fragment in fragments:
-            self._queue_datagram(fragment)
+        if len(frames) == 1:
+            self.stats.datagrams += 1
+        else:
+            flow.packet = (flow.packet + 1) & 0xFFFF
+            self.stats.fragmented += 1
+        for frame in frames:
+            self._queue_datagram(frame)
 
     def _queue_datagram(self, frame: bytes) -> None:
         self.stats.dropped_oldest += self._quic.queue_datagram(frame)
@@ -559,18 +536,10 @@ class ForwardingSession:
                 self._early.append((deadline, item))
 
     def _deliver_datagram(self, flow: _Flow, item: Whole | Fragment, now: float) -> None:
-        if isinstance(item, Fragment):
-            expired, malformed = self._reassembler.expired, self._reassembler.malformed
-            payload = self._reassembler.add(item, now)
-            self.stats.reassembly_dropped += self._reassembler.expired - expired
-            self.stats.malformed += self._reassembler.malformed - malformed
-            if payload is None:
-                return
-            self.stats.reassembled += 1
-        else:
-            payload = item.payload
+        payload = take_payload(item, self._reassembler, self.stats, now)
+        if payload is None:
+            return
         flow.last_active = now
-        self.stats.received += 1
         if flow.peer is not None:
             self._events.append(SendUdpTo(flow.peer, payload))
         else:

@@ -1,7 +1,7 @@
-"""WireGuard through the tunnel in manual and nostr mode (issue 14): wireguard-go in two namespaces on a 1500-MTU path,
-WireGuard's UDP endpoint being the tunnel client's local listener. ping (full-size packets too) and iperf3 over the
-WireGuard interface must work, 1452-byte WireGuard packets must have travelled as fragmented QUIC datagrams, and an
-8 KB UDP datagram must pass.
+"""WireGuard through the tunnel in manual, nostr and iroh mode (issue 14): wireguard-go in two namespaces on a
+1500-MTU path, WireGuard's UDP endpoint being the tunnel client's local listener. ping (full-size packets too) and
+iperf3 over the WireGuard interface must work, 1452-byte WireGuard packets must have travelled as fragmented QUIC
+datagrams, and an 8 KB UDP datagram must pass.
 
 Root only (namespaces). The lab's path is plain here; moving it onto the WAN lab's profiles only swaps PathLab.
 """
@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from e2e.harness import HarnessError, TunnelProcess
+from tests.e2e.harness import HarnessError, TunnelProcess
+from tests.iroh_mode.tunnels import make_key
 
 from .lab import PATH_IP, WG_IP, WG_PORT_B, PathLab, WireGuardPair, in_ns, run, tools_missing
 
@@ -49,10 +49,7 @@ class TunnelInNamespaces:
 
     def __enter__(self) -> TunnelInNamespaces:
         try:
-            if self.mode == "manual":
-                self._start_manual()
-            else:
-                self._start_nostr()
+            {"manual": self._start_manual, "nostr": self._start_nostr, "iroh": self._start_iroh}[self.mode]()
             assert self.client is not None
             self.client.wait_stderr(r"Listening on UDP", TIMEOUT)
         except HarnessError as exc:
@@ -103,6 +100,22 @@ class TunnelInNamespaces:
         self.client = TunnelProcess("client", in_ns(self.lab.ns("A"), [
             *CLI, "client", "nostr", "--nsec-file", str(files["A"]), "--peer-npub", keys["B"].public_key.npub,
             *signaling, *self._client_args()]))
+
+    def _start_iroh(self) -> None:
+        """iroh mode offline: no relay, no discovery, each endpoint bound on its namespace's path address."""
+        keys = {side: make_key(self.lab.workdir, f"iroh-{side}.key", seed) for side, seed in (("A", 5), ("B", 6))}
+
+        def offline(side: str) -> list[str]:
+            return ["--no-relay", "--dns-server", "none", "--bind-addr", f"{PATH_IP[side]}:0"]
+
+        self.server = TunnelProcess("server", in_ns(self.lab.ns("B"), [
+            *CLI, "server", "iroh", "--secret-file", str(keys["B"][0]), *offline("B"), "--allowed-udp", "127.0.0.0/8",
+            "--allowed-clients", keys["A"][1]]))
+        addr = self.server.wait_stderr(r"Listening on (192\.0\.2\.2:\d+)", TIMEOUT).group(1)
+        self.client = TunnelProcess("client", in_ns(self.lab.ns("A"), [
+            *CLI, "client", "iroh", "-n", keys["B"][1], "-s", self.source,
+            "-t", f"{CLIENT_LISTEN[0]}:{CLIENT_LISTEN[1]}", "--server-addr", addr,
+            "--secret-file", str(keys["A"][0]), *offline("A")]))
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -156,7 +169,7 @@ def _iperf(lab: PathLab, *extra: str) -> dict:
     return json.loads(out)
 
 
-@pytest.mark.parametrize("mode", ["manual", "nostr"])
+@pytest.mark.parametrize("mode", ["manual", "nostr", "iroh"])
 def test_wireguard_through_the_tunnel_ping_and_iperf3(lab: PathLab, mode: str) -> None:
     with TunnelInNamespaces(lab, f"udp://127.0.0.1:{WG_PORT_B}", mode=mode) as tunnel, \
             WireGuardPair(lab.ns("A"), lab.ns("B"), CLIENT_LISTEN) as wg:

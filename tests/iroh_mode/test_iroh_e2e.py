@@ -181,3 +181,22 @@ def test_udp_travels_as_quic_datagrams_with_fragments_and_stream_fallback(keys: 
             assert int(stats["fragmented"]) >= 3 and int(stats["stream fallback"]) == 1, stats
             assert int(stats["received"]) >= 4, stats  # the echoes came back as datagrams too
         server.wait_for(r"UDP over QUIC datagrams: datagrams \d+, fragmented [1-9]")
+
+
+def test_udp_with_datagrams_gives_each_local_peer_its_own_flow(keys: dict[str, tuple[Path, str]]) -> None:
+    """With our server, every local UDP peer gets its own flow (stream, server socket): replies reach only their
+    own peer even when peers interleave (upstream's one stream would send both replies to the last sender)."""
+    with UdpEchoServer(prefix=b"echo:") as echo, \
+            IrohServerProc(keys["server"][0], "--allowed-udp", "127.0.0.0/8",
+                           "--allowed-clients", keys["b"][1]) as server, \
+            IrohClientProc(server, keys["b"][0], f"udp://127.0.0.1:{echo.port}") as client, \
+            udp_socket() as a, udp_socket() as b:
+        target = ("127.0.0.1", client.port)
+        assert udp_exchange(a, target, b"warm-up") == b"echo:warm-up"
+        for round_ in range(3):
+            a.sendto(b"a%d" % round_, target)
+            b.sendto(b"b%d" % round_, target)
+            a.settimeout(5)
+            b.settimeout(5)
+            assert a.recvfrom(65535)[0] == b"echo:a%d" % round_
+            assert b.recvfrom(65535)[0] == b"echo:b%d" % round_

@@ -55,6 +55,8 @@ class Pair:
         keepalive_interval: float | None = 15.0,
         tick: float = 0.0005,
         start_client: bool = True,
+        client_datagrams: bool = True,
+        server_datagrams: bool = True,
     ) -> None:
         self.clock = VirtualClock()
         self.tick = tick
@@ -68,6 +70,7 @@ class Pair:
                 packet_size=packet_size,
                 window=window,
                 idle_timeout=idle_timeout,
+                datagrams=server_datagrams,
             ),
             expected_peer_fingerprint=pin_client,
             request_client_certificate=request_client_certificate,
@@ -80,6 +83,7 @@ class Pair:
                 packet_size=packet_size,
                 window=window,
                 idle_timeout=idle_timeout,
+                datagrams=client_datagrams,
             ),
             expected_peer_fingerprint=pin_server or None,
             keepalive_interval=keepalive_interval,

@@ -51,11 +51,13 @@ def new_quic(
     identity: QuicIdentity | None,
     expected_fingerprint: str | None,
     packet_size: int,
+    datagrams: bool = True,
 ) -> TunnelQuicConnection:
     """The QUIC end of a tunnel. ``expected_fingerprint`` pins the peer: on the client the server's certificate
     (always, ICE modes); on the server the client's, when the mode has one to pin (ice-nostr's mutual pinning) -
-    the server then asks the client for its certificate."""
-    config = make_configuration(is_client=is_client, identity=identity, packet_size=packet_size)
+    the server then asks the client for its certificate. ``datagrams=False`` behaves like versions without
+    tunnel datagrams (UDP on streams only; docs/datagrams.md)."""
+    config = make_configuration(is_client=is_client, identity=identity, packet_size=packet_size, datagrams=datagrams)
     if is_client:
         return TunnelQuicConnection(configuration=config, expected_peer_fingerprint=expected_fingerprint)
     return TunnelQuicConnection(configuration=config, original_destination_connection_id=odcid,

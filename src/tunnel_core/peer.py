@@ -379,6 +379,8 @@ class Peer:
             return
         self._closed = True
         self._events.append(ev)
+        if self.session is not None and hasattr(self.session, "report_stats"):
+            self.session.report_stats()  # what happened to UDP datagrams (docs/datagrams.md)
         self.ice.close(now)  # also releases TURN allocations; the next flush sends the releases
 
 

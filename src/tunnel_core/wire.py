@@ -190,6 +190,9 @@ class SourceRequest:
 
     source: str
     version: int = 1
+    #: Our extension (docs/datagrams.md): the client offers to carry this UDP stream's datagrams as QUIC datagrams
+    #: under this flow id. Omitted when None, so the bytes are upstream's; upstream ignores the unknown field.
+    datagram_flow: int | None = None
 
 
 @attrs.frozen
@@ -199,6 +202,8 @@ class SourceResponse:
     accepted: bool
     reason: str | None = attrs.field(default=None, converter=_optional_reason)
     version: int = 1
+    #: Our extension: the server takes the client's offer of QUIC datagrams for this flow (echoes its id).
+    datagram_flow: int | None = None
 
 
 def _check_version_range(version: int, type_name: str) -> None:
@@ -215,7 +220,10 @@ def _length_prefixed(json_bytes: bytes, type_name: str) -> bytes:
 def encode_source_request(req: SourceRequest) -> bytes:
     """u32 big-endian length + compact JSON ``{"version":V,"source":"..."}``."""
     _check_version_range(req.version, "SourceRequest")
-    return _length_prefixed(dumps_compact({"version": req.version, "source": req.source}), "SourceRequest")
+    obj: dict[str, Any] = {"version": req.version, "source": req.source}
+    if req.datagram_flow is not None:
+        obj["datagram_flow"] = req.datagram_flow
+    return _length_prefixed(dumps_compact(obj), "SourceRequest")
 
 
 def encode_source_response(resp: SourceResponse) -> bytes:
@@ -224,6 +232,8 @@ def encode_source_response(resp: SourceResponse) -> bytes:
     obj: dict[str, Any] = {"version": resp.version, "accepted": resp.accepted}
     if resp.reason is not None:
         obj["reason"] = resp.reason
+    if resp.datagram_flow is not None:
+        obj["datagram_flow"] = resp.datagram_flow
     return _length_prefixed(dumps_compact(obj), "SourceResponse")
 
 
@@ -247,9 +257,10 @@ def decode_source_request(body: bytes, *, expected_version: int) -> SourceReques
 
     version = field_uint(obj, "version", _U16_MAX, fail)
     source = field_str(obj, "source", fail)
+    flow = _field_opt_flow(obj, fail)
     if version != expected_version:
         raise WireError(f"{name} version mismatch: expected {expected_version}, got {version}")
-    return SourceRequest(source=source, version=version)
+    return SourceRequest(source=source, version=version, datagram_flow=flow)
 
 
 def decode_source_response(body: bytes, *, expected_version: int) -> SourceResponse:
@@ -263,9 +274,17 @@ def decode_source_response(body: bytes, *, expected_version: int) -> SourceRespo
     version = field_uint(obj, "version", _U16_MAX, fail)
     accepted = field_bool(obj, "accepted", fail)
     reason = field_opt_str(obj, "reason", fail)
+    flow = _field_opt_flow(obj, fail)
     if version != expected_version:
         raise WireError(f"{name} version mismatch: expected {expected_version}, got {version}")
-    return SourceResponse(accepted=accepted, reason=reason, version=version)
+    return SourceResponse(accepted=accepted, reason=reason, version=version, datagram_flow=flow)
+
+
+def _field_opt_flow(obj: dict[str, Any], fail: Callable[[], Exception]) -> int | None:
+    """The optional ``datagram_flow`` (a u32; absent or null mean no datagrams)."""
+    if obj.get("datagram_flow") is None:
+        return None
+    return field_uint(obj, "datagram_flow", 0xFFFF_FFFF, fail)
 
 
 def split_message(data: bytes, type_name: str) -> bytes:

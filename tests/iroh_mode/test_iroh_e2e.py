@@ -7,6 +7,7 @@ and discovery are off.
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 import time
 from pathlib import Path
@@ -161,3 +162,41 @@ def test_client_reaches_server_through_the_projects_relay_then_goes_direct(
                 client.wait_for(rf"Connection: Relay {relay_url}/? \(rtt")
                 assert echo_through(local, b"via relay") == b"via relay"
                 client.wait_for(r"Connection: Direct 127\.0\.0\.1:\d+ \(rtt")
+
+
+def test_udp_travels_as_quic_datagrams_with_fragments_and_stream_fallback(keys: dict[str, tuple[Path, str]]) -> None:
+    """docs/datagrams.md: our client offers QUIC datagrams in its SourceRequest, our server takes the offer; 1452 and
+    8192-byte datagrams go as fragments, 30000 bytes on the stream, each both ways."""
+    with UdpEchoServer(prefix=b"echo:") as echo, \
+            IrohServerProc(keys["server"][0], "--allowed-udp", "127.0.0.0/8",
+                           "--allowed-clients", keys["b"][1]) as server:
+        with IrohClientProc(server, keys["b"][0], f"udp://127.0.0.1:{echo.port}") as client, udp_socket() as sock:
+            for size in (100, 1452, 8192, 30000, 1452):
+                data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+                assert udp_exchange(sock, ("127.0.0.1", client.port), data) == b"echo:" + data
+            client.stop()
+            summary = re.search(r"UDP over QUIC datagrams: (.*)", client.stderr)
+            assert summary, client.stderr
+            stats = dict(item.rsplit(" ", 1) for item in summary.group(1).split(", "))
+            assert int(stats["fragmented"]) >= 3 and int(stats["stream fallback"]) == 1, stats
+            assert int(stats["received"]) >= 4, stats  # the echoes came back as datagrams too
+        server.wait_for(r"UDP over QUIC datagrams: datagrams \d+, fragmented [1-9]")
+
+
+def test_udp_with_datagrams_gives_each_local_peer_its_own_flow(keys: dict[str, tuple[Path, str]]) -> None:
+    """With our server, every local UDP peer gets its own flow (stream, server socket): replies reach only their
+    own peer even when peers interleave (upstream's one stream would send both replies to the last sender)."""
+    with UdpEchoServer(prefix=b"echo:") as echo, \
+            IrohServerProc(keys["server"][0], "--allowed-udp", "127.0.0.0/8",
+                           "--allowed-clients", keys["b"][1]) as server, \
+            IrohClientProc(server, keys["b"][0], f"udp://127.0.0.1:{echo.port}") as client, \
+            udp_socket() as a, udp_socket() as b:
+        target = ("127.0.0.1", client.port)
+        assert udp_exchange(a, target, b"warm-up") == b"echo:warm-up"
+        for round_ in range(3):
+            a.sendto(b"a%d" % round_, target)
+            b.sendto(b"b%d" % round_, target)
+            a.settimeout(5)
+            b.settimeout(5)
+            assert a.recvfrom(65535)[0] == b"echo:a%d" % round_
+            assert b.recvfrom(65535)[0] == b"echo:b%d" % round_

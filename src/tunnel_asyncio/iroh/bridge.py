@@ -15,7 +15,17 @@ import socket
 from collections.abc import Callable
 from typing import Any, cast
 
+import attrs
+
 from tunnel_asyncio.iroh import ffi
+from tunnel_core.datagram import (
+    DatagramError,
+    Reassembler,
+    UdpStats,
+    decode_datagram,
+    split_datagram,
+    take_payload,
+)
 from tunnel_core.types import Address
 from tunnel_core.wire import MAX_UDP_DATAGRAM, UdpFrameDecoder, WireError, encode_udp_frame
 
@@ -157,6 +167,90 @@ async def read_frames(recv: Any, deliver: Callable[[bytes], None]) -> None:
             deliver(datagram)
 
 
+class DatagramLink:
+    """The QUIC datagrams of one iroh connection, shared by its UDP flows (docs/datagrams.md).
+
+    Same tunnel-datagram format and choices as the ICE modes' session: whole, 2..16 fragments, or ``send``
+    returns False and the caller frames the datagram on the flow's stream. The room per frame is the binding's
+    ``max_datagram_size()``. iroh (quinn) drops the oldest queued datagrams itself when its send buffer is full;
+    a send that finds less room than it needs is counted as such a drop.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._flows: dict[int, Callable[[bytes], None]] = {}
+        self._packets: dict[int, int] = {}
+        self._reassembler = Reassembler()
+        self.stats = UdpStats()
+
+    def register(self, flow_id: int, deliver: Callable[[bytes], None]) -> None:
+        self._flows[flow_id] = deliver
+
+    def has(self, flow_id: int) -> bool:
+        return flow_id in self._flows
+
+    def unregister(self, flow_id: int) -> None:
+        self._flows.pop(flow_id, None)
+        self._packets.pop(flow_id, None)
+        self._reassembler.forget_flow(flow_id)
+
+    def send(self, flow_id: int, data: bytes) -> bool:
+        """Carry one datagram as QUIC datagram(s); False when it is for the stream (too big to fragment)."""
+        f = ffi.load()
+        if len(data) > MAX_UDP_DATAGRAM:
+            self.stats.too_big += 1
+            return True
+        room = self._conn.max_datagram_size() or 0
+        packet = self._packets.get(flow_id, 0)
+        frames = split_datagram(flow_id, packet, data, room)
+        if frames is None:
+            self.stats.stream_fallback += 1
+            return False
+        if len(frames) == 1:
+            self.stats.datagrams += 1
+        else:
+            self._packets[flow_id] = (packet + 1) & 0xFFFF
+            self.stats.fragmented += 1
+        for frame in frames:
+            try:
+                if self._conn.datagram_send_buffer_space() < len(frame):
+                    self.stats.dropped_oldest += 1
+                self._conn.send_datagram(frame)
+            except f.IrohError as exc:
+                log.debug("datagram not sent: %s", ffi.error_text(exc))
+        return True
+
+    def receive(self, data: bytes, now: float) -> None:
+        self._reassembler.handle_timer(now)
+        try:
+            item = decode_datagram(data)
+        except DatagramError:
+            self.stats.malformed += 1
+            return
+        deliver = self._flows.get(item.flow_id)
+        if deliver is None:
+            self.stats.unknown_flow += 1
+            return
+        payload = take_payload(item, self._reassembler, self.stats, now)
+        if payload is not None:
+            deliver(payload)
+
+    async def run(self) -> None:
+        """Read datagrams until the connection ends."""
+        f = ffi.load()
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data = await self._conn.read_datagram()
+            except f.IrohError:
+                return
+            self.receive(bytes(data), loop.time())
+
+    def report(self, prefix: str = "") -> None:
+        if any(attrs.astuple(self.stats)):
+            log.info("%sUDP over QUIC datagrams: %s", prefix, self.stats.summary())
+
+
 class UdpEndpoint(asyncio.DatagramProtocol):
     """A local UDP socket whose datagrams go to ``on_datagram(data, peer)``."""
 
@@ -179,4 +273,4 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             self.closed.set_result(None)
 
 
-__all__ = ["FrameWriter", "UdpEndpoint", "WireError", "bridge_tcp", "read_frames", "tune_tcp"]
+__all__ = ["DatagramLink", "FrameWriter", "UdpEndpoint", "WireError", "bridge_tcp", "read_frames", "tune_tcp"]

@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
+
+import attrs
 
 from tunnel_asyncio.iroh import ffi
 from tunnel_asyncio.iroh.bridge import (
     READ_LIMIT,
     TCP_LIMIT,
+    DatagramLink,
     FrameWriter,
     UdpEndpoint,
     bridge_tcp,
@@ -24,6 +28,8 @@ from tunnel_asyncio.iroh.bridge import (
 )
 from tunnel_asyncio.iroh.endpoint import PathWatch, bind_endpoint, connect, endpoint_id_bytes
 from tunnel_asyncio.iroh.socks import OnionBridges
+from tunnel_core.forwarding.session import DEFAULT_MAX_UDP_PEERS as MAX_UDP_PEERS
+from tunnel_core.forwarding.session import DEFAULT_UDP_IDLE_TIMEOUT as UDP_IDLE_TIMEOUT
 from tunnel_core.iroh_session import (
     ALPN_E2,
     ALPN_E4,
@@ -42,13 +48,17 @@ from tunnel_core.keys import format_endpoint_id
 from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.policy import parse_source, parse_target
 from tunnel_core.types import Address
-from tunnel_core.wire import WireError
+from tunnel_core.wire import UdpFrameDecoder, WireError
 
 log = logging.getLogger("tunnel_asyncio.iroh")
 
 RESPONSE_TIMEOUT = 10.0
 OPEN_ATTEMPTS = 3
 OPEN_BACKOFF = 0.1
+#: Datagrams a new local peer may send before its flow's stream is open; more are dropped.
+PENDING_LIMIT = 64
+#: The flow id our one UDP stream offers for QUIC datagrams (iroh mode keeps upstream's one stream per client).
+UDP_FLOW = 0
 
 
 class IrohClient:
@@ -68,6 +78,8 @@ class IrohClient:
         self._watch: PathWatch | None = None
         self._established = False
         self._closing = False
+        self.datagram_flow: int | None = None
+        self._link: DatagramLink | None = None
         self.e4 = options.protocol == "e4"
         self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
         self.alpn = ALPN_E4 if self.e4 else ALPN_E2
@@ -127,6 +139,8 @@ class IrohClient:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._watch is not None:
             await self._watch.stop()
+        if self._link is not None:
+            self._link.report()
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close(CLOSE_DONE.code, CLOSE_DONE.reason)
@@ -186,8 +200,11 @@ class IrohClient:
 
     # ------------------------------------------------------------------------------------------ streams
 
-    async def open_source_stream(self) -> tuple[Any, Any, bytes]:
-        """Open a bi-stream and run the SourceRequest dialogue; TunnelError when refused."""
+    async def open_source_stream(self, datagram_flow: int | None = None) -> tuple[Any, Any, bytes]:
+        """Open a bi-stream and run the SourceRequest dialogue; TunnelError when refused.
+
+        ``datagram_flow`` offers QUIC datagrams for a UDP stream; ``self.datagram_flow`` then tells whether the
+        server took the offer (our server does; upstream's ignores it)."""
         f = ffi.load()
         bi = None
         for attempt in range(OPEN_ATTEMPTS):
@@ -201,7 +218,7 @@ class IrohClient:
                 await asyncio.sleep(OPEN_BACKOFF * (2**attempt))
         assert bi is not None
         send, recv = bi.send(), bi.recv()
-        machine = ClientStream(self.options.source, version=self.version)
+        machine = ClientStream(self.options.source, version=self.version, datagram_flow=datagram_flow)
         await send.write_all(machine.request_bytes())
         try:
             async with asyncio.timeout(RESPONSE_TIMEOUT):
@@ -222,6 +239,7 @@ class IrohClient:
                 await send.finish()
             raise TunnelError(event.message(), ExitCode.AUTH)
         assert isinstance(event, SourceAccepted)
+        self.datagram_flow = event.datagram_flow
         if not self._established:
             self._established = True
             log.info("Tunnel to server established! Source: %s", self.options.source)
@@ -244,9 +262,24 @@ class IrohClient:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _start_udp(self, host: str, port: int) -> None:
-        send, recv, payload = await self.open_source_stream()
+    async def _listen_udp(self, host: str, port: int, on_datagram: Callable[[bytes, Address], None]) -> Any:
+        """Bind the local UDP listener and say so (the line scripts and tests wait for)."""
         loop = asyncio.get_running_loop()
+        transport, _protocol = await loop.create_datagram_endpoint(
+            lambda: UdpEndpoint(on_datagram), local_addr=(host, port)
+        )
+        self._udp = transport
+        sockname = transport.get_extra_info("sockname")
+        self.local_addresses = [(sockname[0], sockname[1])]
+        log.info("Listening on UDP %s:%d, forwarding to %s", sockname[0], sockname[1], self.options.source)
+        return transport
+
+    async def _start_udp(self, host: str, port: int) -> None:
+        send, recv, payload = await self.open_source_stream(datagram_flow=UDP_FLOW)
+        if self.datagram_flow is not None:
+            await self._start_udp_flows(host, port, (send, recv, payload))
+            return
+        log.debug("UDP travels on the stream (server without datagrams)")
         writer = FrameWriter(send)
         peer: list[Address] = []
 
@@ -255,13 +288,7 @@ class IrohClient:
                 peer[:] = [addr]  # the last sender wins (reference 3.1)
             writer.push(data)
 
-        transport, _protocol = await loop.create_datagram_endpoint(
-            lambda: UdpEndpoint(from_local), local_addr=(host, port)
-        )
-        self._udp = transport
-        sockname = transport.get_extra_info("sockname")
-        self.local_addresses = [(sockname[0], sockname[1])]
-        log.info("Listening on UDP %s:%d, forwarding to %s", sockname[0], sockname[1], self.options.source)
+        transport = await self._listen_udp(host, port, from_local)
 
         def to_local(datagram: bytes) -> None:
             if peer:
@@ -271,8 +298,6 @@ class IrohClient:
             f = ffi.load()
             try:
                 if payload:
-                    from tunnel_core.wire import UdpFrameDecoder
-
                     for datagram in UdpFrameDecoder().feed(payload):
                         to_local(datagram)
                 await read_frames(recv, to_local)
@@ -281,6 +306,100 @@ class IrohClient:
 
         self._spawn(writer.run())
         self._spawn(pump())
+
+    async def _start_udp_flows(self, host: str, port: int, first: tuple[Any, Any, bytes]) -> None:
+        """With our server (it took the datagram offer): one flow per local UDP peer, as in the ICE modes - its own
+        stream (and so its own server socket), replies only to it, QUIC datagrams both ways, idle expiry and a cap
+        on live peers (the least recently active is retired)."""
+        loop = asyncio.get_running_loop()
+        link = self._link = DatagramLink(self.conn)
+        flows: dict[Address, _PeerFlow] = {}
+        spare: list[tuple[Any, Any, bytes]] = [first]  # the stream already opened goes to the first peer
+        next_flow = [UDP_FLOW]
+        log.debug("UDP travels as QUIC datagrams, one flow per local peer")
+
+        def retire(flow: _PeerFlow) -> None:
+            flows.pop(flow.peer, None)
+            link.unregister(flow.flow_id)
+            if flow.writer is not None:
+                flow.writer.close()  # a clean FIN: the server closes the flow's socket and finishes its side
+            elif flow.opening is not None:
+                flow.opening.cancel()
+
+        def from_local(data: bytes, addr: Address) -> None:
+            flow = flows.get(addr)
+            if flow is None:
+                if len(flows) >= MAX_UDP_PEERS:
+                    retire(min(flows.values(), key=lambda f: f.last_active))
+                flow = flows[addr] = _PeerFlow(addr, next_flow[0], loop.time())
+                next_flow[0] += 1
+                flow.opening = self._spawn(open_flow(flow))
+            flow.last_active = loop.time()
+            if flow.writer is None:
+                if len(flow.pending) < PENDING_LIMIT:
+                    flow.pending.append(data)
+            elif not flow.datagrams or not link.send(flow.flow_id, data):
+                flow.writer.push(data)
+
+        transport = await self._listen_udp(host, port, from_local)
+
+        async def open_flow(flow: _PeerFlow) -> None:
+            f = ffi.load()
+            try:
+                if spare:
+                    send, recv, payload = spare.pop()
+                    flow.flow_id = UDP_FLOW
+                else:
+                    send, recv, payload = await self.open_source_stream(datagram_flow=flow.flow_id)
+            except TunnelError as exc:
+                log.warning("UDP flow for %s:%d not opened: %s", flow.peer[0], flow.peer[1], exc.message)
+                flows.pop(flow.peer, None)
+                return
+            # Read right after the dialogue (no await in between), so no other flow's dialogue overwrote it.
+            flow.datagrams = self.datagram_flow == flow.flow_id
+
+            def to_peer(datagram: bytes) -> None:
+                transport.sendto(datagram, flow.peer)
+
+            if flow.datagrams:
+                link.register(flow.flow_id, to_peer)
+            flow.writer = FrameWriter(send)
+            self._spawn(flow.writer.run())
+            for data in flow.pending:
+                if not flow.datagrams or not link.send(flow.flow_id, data):
+                    flow.writer.push(data)
+            flow.pending.clear()
+            try:
+                for datagram in UdpFrameDecoder().feed(payload):
+                    to_peer(datagram)
+                await read_frames(recv, to_peer)
+            except (WireError, f.IrohError) as exc:
+                log.debug("UDP flow stream ended: %s", ffi.error_text(exc) if isinstance(exc, f.IrohError) else exc)
+            if flows.get(flow.peer) is flow:
+                retire(flow)
+
+        async def expire() -> None:
+            while True:
+                await asyncio.sleep(UDP_IDLE_TIMEOUT / 8)
+                now = loop.time()
+                for flow in [f for f in flows.values() if f.last_active + UDP_IDLE_TIMEOUT <= now]:
+                    retire(flow)
+
+        self._spawn(link.run())
+        self._spawn(expire())
+
+
+@attrs.define(eq=False)
+class _PeerFlow:
+    """iroh client, datagram mode: one local UDP peer's flow."""
+
+    peer: Address
+    flow_id: int
+    last_active: float
+    writer: FrameWriter | None = None  # set once the flow's stream is open
+    opening: asyncio.Task[Any] | None = None
+    datagrams: bool = False
+    pending: list[bytes] = attrs.Factory(list)  # what the peer sent while its stream was opening
 
 
 __all__ = ["CLOSE_UNAUTHORIZED", "IrohClient"]

@@ -18,6 +18,7 @@ from tunnel_asyncio.iroh import ffi
 from tunnel_asyncio.iroh.bridge import (
     READ_LIMIT,
     TCP_LIMIT,
+    DatagramLink,
     FrameWriter,
     UdpEndpoint,
     bridge_tcp,
@@ -48,6 +49,7 @@ from tunnel_core.iroh_session.auth import INVALID_PROOF_REASON, AuthAccepted, Au
 from tunnel_core.iroh_session.options import IrohServerOptions
 from tunnel_core.keys import format_endpoint_id
 from tunnel_core.policy import AccessPolicy
+from tunnel_core.types import Address
 from tunnel_core.wire import UdpFrameDecoder, WireError
 
 log = logging.getLogger("tunnel_asyncio.iroh")
@@ -170,6 +172,8 @@ class IrohServer:
         watch = PathWatch(conn, prefix=f"Client {remote_text[:10]}: ")
         watch.start()
         streams: set[asyncio.Task[Any]] = set()
+        link = DatagramLink(conn)
+        datagrams = asyncio.ensure_future(link.run())
         try:
             while True:
                 try:
@@ -177,7 +181,7 @@ class IrohServer:
                 except f.IrohError as exc:
                     log.info("Client %s disconnected: %s", remote_text, ffi.error_text(exc))
                     break
-                task = self._spawn(self._handle_stream(bi, remote_text))
+                task = self._spawn(self._handle_stream(bi, remote_text, link))
                 streams.add(task)
                 task.add_done_callback(streams.discard)
         finally:
@@ -185,6 +189,9 @@ class IrohServer:
                 task.cancel()
             if streams:
                 await asyncio.gather(*streams, return_exceptions=True)
+            datagrams.cancel()
+            await asyncio.gather(datagrams, return_exceptions=True)
+            link.report(f"Client {remote_text[:10]}: ")
             with contextlib.suppress(Exception):
                 conn.close(CLOSE_DONE.code, CLOSE_DONE.reason)
             self._connections.discard(conn)
@@ -238,15 +245,16 @@ class IrohServer:
 
     # ------------------------------------------------------------------------------------------ streams
 
-    async def _handle_stream(self, bi: Any, client: str) -> None:
+    async def _handle_stream(self, bi: Any, client: str, link: DatagramLink) -> None:
         permit = self.limiter.try_acquire()
         try:
-            await self._drive_stream(bi, ServerStream(self.policy, permit=permit, version=self.version), client)
+            await self._drive_stream(bi, ServerStream(self.policy, permit=permit, version=self.version), client,
+                                     link)
         finally:
             if permit:
                 self.limiter.release()
 
-    async def _drive_stream(self, bi: Any, machine: ServerStream, client: str) -> None:
+    async def _drive_stream(self, bi: Any, machine: ServerStream, client: str, link: DatagramLink) -> None:
         f = ffi.load()
         send, recv = bi.send(), bi.recv()
         try:
@@ -290,7 +298,7 @@ class IrohServer:
                     if event.source.protocol == "tcp":
                         await self._forward_tcp(event, send, recv)
                     else:
-                        await self._forward_udp(event, send, recv)
+                        await self._forward_udp(event, send, recv, link)
                     return
         except f.IrohError as exc:
             log.debug("stream ended: %s", ffi.error_text(exc))
@@ -308,18 +316,26 @@ class IrohServer:
         tune_tcp(writer)
         await bridge_tcp(reader, writer, send, recv, first=start.payload)
 
-    async def _forward_udp(self, start: StartForwarding, send: Any, recv: Any) -> None:
+    async def _forward_udp(self, start: StartForwarding, send: Any, recv: Any, link: DatagramLink) -> None:
         loop = asyncio.get_running_loop()
         writer = FrameWriter(send)
         host, port = start.addresses[0]
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: UdpEndpoint(lambda data, _peer: writer.push(data)), remote_addr=(host, port)
-        )
+        flow = start.datagram_flow
+        if flow is not None and link.has(flow):
+            flow = None  # the client's flow id is taken on this connection: this stream stays framed
+
+        def reply(data: bytes, _peer: Address) -> None:
+            if flow is None or not link.send(flow, data):
+                writer.push(data)
+
+        transport, protocol = await loop.create_datagram_endpoint(lambda: UdpEndpoint(reply), remote_addr=(host, port))
         flush = asyncio.ensure_future(writer.run())
 
         def deliver(datagram: bytes) -> None:
             transport.sendto(datagram)
 
+        if flow is not None:
+            link.register(flow, deliver)
         try:
             if start.payload:
                 for datagram in _frames(start.payload):
@@ -328,6 +344,8 @@ class IrohServer:
         except WireError as exc:
             log.warning("UDP stream error: %s", exc)
         finally:
+            if flow is not None:
+                link.unregister(flow)
             transport.close()
             writer.close()
             with contextlib.suppress(BaseException):

@@ -8,6 +8,11 @@ u16 length + payload on a stream. Two deliberate improvements over upstream, bot
 * each local UDP peer gets its own stream, so the server opens one socket per peer and replies reach only the
   right peer (upstream keeps one stream and answers whoever sent last).
 
+When both ends negotiated tunnel datagrams in the QUIC handshake (``TunnelQuicConnection.datagrams_negotiated``,
+docs/datagrams.md), a UDP flow still opens with its stream (its first datagram travels there, reliably), but every
+later datagram travels as an RFC 9221 DATAGRAM frame - whole, in 2..16 fragments, or on the stream when larger -
+so a lost packet delays no other datagram. The adapter sees the same events either way: the choice lives here.
+
 Backpressure runs both ways: reading a local socket pauses while its stream's QUIC send buffer is above
 ``high_water`` (and resumes below ``low_water``), and QUIC receive credit is returned only for bytes the local socket
 actually took (``flow_write_pending``), so a slow local reader slows the remote sender.
@@ -19,6 +24,7 @@ into this session; the adapter drains ``next_event`` and performs the socket act
 from __future__ import annotations
 
 import enum
+import logging
 from collections import deque
 from collections.abc import Sequence
 from typing import Literal
@@ -26,6 +32,17 @@ from typing import Literal
 import attrs
 from aioquic.quic import events as qe
 
+from tunnel_core.datagram import (
+    REASSEMBLY_TIMEOUT,
+    DatagramError,
+    Fragment,
+    Reassembler,
+    UdpStats,
+    Whole,
+    decode_datagram,
+    split_datagram,
+    take_payload,
+)
 from tunnel_core.errors import LocalProtocolError
 from tunnel_core.forwarding.events import (
     AbortTcp,
@@ -65,6 +82,13 @@ DEFAULT_UDP_IDLE_TIMEOUT = 120.0
 #: peer holds a QUIC stream (the server grants a fixed number at a time) and a socket on the server; a DNS client
 #: that uses a fresh source port per query would otherwise exhaust both long before the idle timeout frees them.
 DEFAULT_MAX_UDP_PEERS = 256
+#: Server: datagrams for a flow whose opening stream frame has not arrived yet (it was lost or reordered) are held,
+#: this many at most and for REASSEMBLY_TIMEOUT, then delivered right after the flow opens.
+EARLY_DATAGRAMS = 64
+#: Peer stream ids this far above the lowest unseen one may be announced by a datagram before their stream.
+_EARLY_WINDOW = 4 * 1024
+
+log = logging.getLogger("tunnel_core.forwarding")
 
 
 class _Kind(enum.Enum):
@@ -90,6 +114,7 @@ class _Flow:
     decoder: UdpFrameDecoder | None = None
     peer: Address | None = None  # client UDP: the local peer this stream belongs to
     last_active: float = 0.0
+    packet: int = 0  # UDP over datagrams: the next fragmented datagram's number (u16, wraps)
 
 
 def _client_initiated(stream_id: int) -> bool:
@@ -147,6 +172,13 @@ class ForwardingSession:
         # Peer-initiated stream ids seen so far: all below the floor, plus the set (streams may arrive reordered).
         self._peer_floor = 1 if is_client else 0
         self._peer_seen: set[int] = set()
+        # UDP over QUIC datagrams: decided once, by the handshake both ends just completed.
+        self.stats = UdpStats()
+        self.datagrams = self._kind is _Kind.UDP and bool(getattr(quic, "datagrams_negotiated", False))
+        self._reassembler = Reassembler()
+        self._early: deque[tuple[float, Whole | Fragment]] = deque()
+        if self._kind is _Kind.UDP:
+            log.debug("UDP travels %s", "as QUIC datagrams" if self.datagrams else "on streams (no datagram support)")
 
     # ------------------------------------------------------------------------------------------ properties
 
@@ -255,6 +287,7 @@ class ForwardingSession:
         self._require(client=True, kind=_Kind.UDP)
         self._now = now
         if len(data) > MAX_UDP_DATAGRAM:
+            self.stats.too_big += 1
             return  # cannot be framed; a real UDP socket never hands us more anyway
         flow_id = self._udp_by_peer.get(peer)
         if flow_id is None:
@@ -264,9 +297,14 @@ class ForwardingSession:
                 oldest = min(self._udp_by_peer.values(), key=lambda fid: self._flows[fid].last_active)
                 self._expire_udp(self._flows[oldest])
             flow_id = self._quic.get_next_available_stream_id(is_unidirectional=False)
-            self._flows[flow_id] = _Flow(flow_id, _Kind.UDP, decoder=UdpFrameDecoder(), peer=peer, last_active=now)
+            flow = _Flow(flow_id, _Kind.UDP, decoder=UdpFrameDecoder(), peer=peer, last_active=now)
+            self._flows[flow_id] = flow
             self._udp_by_peer[peer] = flow_id
-        self._send_udp_frame(self._flows[flow_id], data, now)
+            # The first datagram opens the stream (QUIC shows the server a stream only once it carries data), so
+            # the server learns of the flow reliably; the next ones may travel as datagrams.
+            self._send_udp_on_stream(flow, data, now)
+            return
+        self._send_udp(self._flows[flow_id], data, now)
 
     def udp_reply(self, flow_id: int, data: bytes, now: float | None = None) -> None:
         """Server: a datagram the target sent back on ``flow_id``'s socket.
@@ -277,9 +315,12 @@ class ForwardingSession:
         if now is not None:
             self._now = max(self._now, now)
         flow = self._flows.get(flow_id)
-        if flow is None or len(data) > MAX_UDP_DATAGRAM:
+        if flow is None:
             return
-        self._send_udp_frame(flow, data, self._now)
+        if len(data) > MAX_UDP_DATAGRAM:
+            self.stats.too_big += 1
+            return
+        self._send_udp(flow, data, self._now)
 
     # ------------------------------------------------------------------------------------------ driving
 
@@ -287,6 +328,8 @@ class ForwardingSession:
         self._now = now
         if isinstance(event, qe.StreamDataReceived):
             self._on_stream_data(event.stream_id, event.data, event.end_stream, now)
+        elif isinstance(event, qe.DatagramFrameReceived):
+            self._on_datagram(event.data, now)
         elif isinstance(event, qe.StreamReset | qe.StopSendingReceived):
             self._on_peer_abort(event.stream_id)
         elif isinstance(event, qe.ConnectionTerminated):
@@ -296,10 +339,13 @@ class ForwardingSession:
         """The next UDP idle expiry (TCP flows need no timer)."""
         if self._kind is _Kind.TCP:
             return None
-        deadlines = [f.last_active for f in self._flows.values() if f.kind is _Kind.UDP]
-        if not deadlines:
-            return None
-        return min(deadlines) + self._udp_idle_timeout
+        deadlines = [f.last_active + self._udp_idle_timeout for f in self._flows.values() if f.kind is _Kind.UDP]
+        reassembly = self._reassembler.get_timer()
+        if reassembly is not None:
+            deadlines.append(reassembly)
+        if self._early:
+            deadlines.append(self._early[0][0])
+        return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
         self._now = now
@@ -308,6 +354,10 @@ class ForwardingSession:
         ]
         for flow in expired:
             self._expire_udp(flow)
+        self._reassembler.handle_timer(now)
+        while self._early and self._early[0][0] <= now:
+            self._early.popleft()
+            self.stats.unknown_flow += 1
 
     def next_event(self) -> ForwardingEvent | None:
         """The next local action. Drain this after every batch of datagrams fed to QUIC: acknowledgements raise no
@@ -330,6 +380,8 @@ class ForwardingSession:
             self._on_tcp_data(flow, data, fin)
         else:
             self._on_udp_data(flow, data, fin, now)
+            if self._early and flow.flow_id in self._flows:
+                self._deliver_early(flow, now)
 
     def _accept_stream(self, stream_id: int, now: float) -> _Flow | None:
         """A stream we do not track: a new one from the peer, or leftovers of a flow that already ended."""
@@ -410,13 +462,94 @@ class ForwardingSession:
                 self._quic.send_stream_data(flow.flow_id, b"", end_stream=True)
         self._end_udp(flow)
 
-    def _send_udp_frame(self, flow: _Flow, data: bytes, now: float) -> None:
+    def _send_udp(self, flow: _Flow, data: bytes, now: float) -> None:
+        """One local datagram towards the peer: a DATAGRAM frame, fragments, or (without datagrams, or too big for
+        MAX_FRAGMENTS) the flow's stream."""
+        if not self.datagrams:
+            self._send_udp_on_stream(flow, data, now)
+            return
+        if flow.send_done:
+            return
+        flow.last_active = now
+        frames = split_datagram(flow.flow_id, flow.packet, data, self._quic.datagram_room())
+        if frames is None:
+            self.stats.stream_fallback += 1
+            self._send_udp_on_stream(flow, data, now)
+            return
+        if len(frames) == 1:
+            self.stats.datagrams += 1
+        else:
+            flow.packet = (flow.packet + 1) & 0xFFFF
+            self.stats.fragmented += 1
+        for frame in frames:
+            self._queue_datagram(frame)
+
+    def _queue_datagram(self, frame: bytes) -> None:
+        self.stats.dropped_oldest += self._quic.queue_datagram(frame)
+
+    def _send_udp_on_stream(self, flow: _Flow, data: bytes, now: float) -> None:
         if flow.send_done:
             return
         flow.last_active = now
         if self._quic.send_buffer_size(flow.flow_id) > self._high_water:
+            self.stats.dropped_backlog += 1
             return  # a UDP tunnel drops rather than queue without bound
+        self.stats.stream += 1
         self._quic.send_stream_data(flow.flow_id, encode_udp_frame(data))
+
+    def _on_datagram(self, data: bytes, now: float) -> None:
+        if self._kind is not _Kind.UDP:
+            self.stats.unknown_flow += 1
+            return
+        try:
+            item = decode_datagram(data)
+        except DatagramError:
+            self.stats.malformed += 1
+            return
+        flow = self._flows.get(item.flow_id)
+        if flow is not None:
+            self._deliver_datagram(flow, item, now)
+        elif self._may_open_later(item.flow_id):
+            # Its stream's first frame is still on the way (lost or reordered): hold the datagram briefly.
+            if len(self._early) >= EARLY_DATAGRAMS:
+                self._early.popleft()
+                self.stats.unknown_flow += 1
+            self._early.append((now + REASSEMBLY_TIMEOUT, item))
+        else:
+            self.stats.unknown_flow += 1
+
+    def _may_open_later(self, flow_id: int) -> bool:
+        return (
+            not self._is_client
+            and _client_initiated(flow_id)
+            and _bidirectional(flow_id)
+            and self._is_new_peer_stream(flow_id)
+            and flow_id < self._peer_floor + _EARLY_WINDOW
+        )
+
+    def _deliver_early(self, flow: _Flow, now: float) -> None:
+        held, self._early = self._early, deque()
+        for deadline, item in held:
+            if item.flow_id == flow.flow_id:
+                self._deliver_datagram(flow, item, now)
+            else:
+                self._early.append((deadline, item))
+
+    def _deliver_datagram(self, flow: _Flow, item: Whole | Fragment, now: float) -> None:
+        payload = take_payload(item, self._reassembler, self.stats, now)
+        if payload is None:
+            return
+        flow.last_active = now
+        if flow.peer is not None:
+            self._events.append(SendUdpTo(flow.peer, payload))
+        else:
+            self._events.append(SendUdp(flow.flow_id, payload))
+
+    def report_stats(self) -> None:
+        """Log what happened to this session's UDP datagrams (once, when the tunnel closes)."""
+        if self._kind is _Kind.UDP:
+            mode = "QUIC datagrams" if self.datagrams else "streams"
+            log.info("UDP over %s: %s", mode, self.stats.summary())
 
     def _expire_udp(self, flow: _Flow) -> None:
         """Retire an idle UDP flow: a clean FIN (at a frame boundary) and no interest in the rest."""
@@ -427,6 +560,7 @@ class ForwardingSession:
         self._end_udp(flow)
 
     def _end_udp(self, flow: _Flow) -> None:
+        self._reassembler.forget_flow(flow.flow_id)
         if flow.peer is None:
             self._events.append(CloseUdp(flow.flow_id))
         self._forget(flow)

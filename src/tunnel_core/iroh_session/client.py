@@ -35,6 +35,8 @@ class SourceAccepted:
     """The server will forward; ``payload`` is stream data that arrived together with the response."""
 
     payload: bytes = b""
+    #: The flow id under which the server takes this stream's UDP datagrams as QUIC datagrams (None: stream only).
+    datagram_flow: int | None = None
 
 
 @attrs.frozen
@@ -53,9 +55,11 @@ ClientStreamEvent = SourceAccepted | SourceRejected
 class ClientStream:
     """One forwarding stream on the client side until the server's verdict."""
 
-    def __init__(self, source: str, *, version: int = PROTOCOL_VERSION_E2) -> None:
+    def __init__(self, source: str, *, version: int = PROTOCOL_VERSION_E2, datagram_flow: int | None = None) -> None:
         self._version = version
-        self._request = encode_source_request(SourceRequest(source=source, version=version))
+        self._flow = datagram_flow
+        self._request = encode_source_request(SourceRequest(source=source, version=version,
+                                                            datagram_flow=datagram_flow))
         self._reader = MessageReader("SourceResponse")
         self._events: deque[ClientStreamEvent] = deque()
         self.state = ClientStreamState.AWAIT_RESPONSE
@@ -78,7 +82,9 @@ class ClientStream:
             raise
         if response.accepted:
             self.state = ClientStreamState.ACCEPTED
-            self._events.append(SourceAccepted(self._reader.remainder))
+            # Only an echo of exactly our offer counts; anything else means "stream only".
+            flow = response.datagram_flow if self._flow is not None and response.datagram_flow == self._flow else None
+            self._events.append(SourceAccepted(self._reader.remainder, flow))
         else:
             self.state = ClientStreamState.REJECTED
             self._events.append(SourceRejected(response.reason or "no reason given"))

@@ -65,6 +65,8 @@ class StartForwarding:
     source: Source
     addresses: tuple[Address, ...]
     payload: bytes = b""
+    #: UDP: the flow id the client offered for QUIC datagrams and we accepted (None: stream framing only).
+    datagram_flow: int | None = None
 
 
 @attrs.frozen
@@ -88,9 +90,12 @@ ServerStreamEvent = SendBytes | ResolveHost | StartForwarding | StreamRejected |
 class ServerStream:
     """One forwarding stream on the server, from its first byte to the forwarding decision."""
 
-    def __init__(self, policy: AccessPolicy, *, permit: bool, version: int = PROTOCOL_VERSION_E2) -> None:
+    def __init__(self, policy: AccessPolicy, *, permit: bool, version: int = PROTOCOL_VERSION_E2,
+                 datagrams: bool = True) -> None:
         self._policy = policy
         self._version = version
+        self._datagrams = datagrams  # take a client's offer of QUIC datagrams for UDP (docs/datagrams.md)
+        self._flow: int | None = None
         self._reader = MessageReader("SourceRequest")
         self._events: deque[ServerStreamEvent] = deque()
         self._source: Source | None = None
@@ -121,6 +126,7 @@ class ServerStream:
             self._fail(str(exc))
             return
         self._payload = self._reader.remainder
+        self._flow = request.datagram_flow
         self._judge(request.source)
 
     def feed_eof(self) -> None:
@@ -180,9 +186,10 @@ class ServerStream:
             return
         assert self._source is not None
         self.state = ServerStreamState.FORWARDING
-        response = encode_source_response(SourceResponse(accepted=True, version=self._version))
+        flow = self._flow if self._datagrams and self._source.protocol == "udp" else None
+        response = encode_source_response(SourceResponse(accepted=True, version=self._version, datagram_flow=flow))
         self._events.append(SendBytes(response))
-        self._events.append(StartForwarding(self._source, decision.addresses, self._payload))
+        self._events.append(StartForwarding(self._source, decision.addresses, self._payload, flow))
         self._payload = b""
 
     def _reject(self, reason: str) -> None:

@@ -13,6 +13,9 @@ from aioquic.quic.configuration import QuicConfiguration
 from tunnel_core.errors import LocalProtocolError
 from tunnel_core.quic.identity import QuicIdentity
 
+#: RFC 9221 max_datagram_frame_size we advertise when datagrams are on: any 64 KiB tunnel datagram is welcome.
+MAX_DATAGRAM_FRAME_SIZE = 65536 + 16
+
 #: RFC 9000's minimum UDP payload a QUIC path must carry.
 MIN_PACKET_SIZE = 1200
 #: aioquic 1.7.2 writes some lengths as 2-byte varints, so packets above ~16383 bytes corrupt; stay clear of it.
@@ -40,8 +43,13 @@ def make_configuration(
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     window: int = DEFAULT_WINDOW,
     congestion_control: str = "cubic",
+    datagrams: bool = True,
 ) -> QuicConfiguration:
-    """A configuration for one side. A server needs ``identity``; a client passes one only for mutual pinning."""
+    """A configuration for one side. A server needs ``identity``; a client passes one only for mutual pinning.
+
+    ``datagrams`` allows RFC 9221 DATAGRAM frames and advertises the tunnel-datagram capability
+    (docs/datagrams.md); False behaves exactly like versions before it (UDP on streams only).
+    """
     if not is_client and identity is None:
         raise LocalProtocolError("a QUIC server needs an identity (certificate and key)")
     if window <= 0:
@@ -57,6 +65,7 @@ def make_configuration(
         max_data=window,
         max_stream_data=window,
         congestion_control_algorithm=congestion_control,
+        max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE if datagrams else None,
     )
     config.verify_mode = _CERT_NONE
     if identity is not None:

@@ -10,7 +10,10 @@ Every override of aioquic internals is here, behind small methods with their own
   really slows the remote sender (aioquic doubles MAX_STREAM_DATA on receipt and never pushes back);
 * a keep-alive PING after ``keepalive_interval`` of silence (upstream: 15 s), like quinn's keep_alive_interval;
 * ``send_buffer_size`` for write backpressure (aioquic's stream writer has none);
-* no unidirectional streams, as upstream's ICE modes (``max_concurrent_uni_streams = 0``).
+* no unidirectional streams, as upstream's ICE modes (``max_concurrent_uni_streams = 0``);
+* the tunnel-datagram capability (docs/datagrams.md): a private transport parameter that only our own peers send
+  and every QUIC stack ignores (RFC 9000 section 7.4.2), a bounded DATAGRAM queue that drops its oldest entries,
+  and the per-packet room a DATAGRAM frame has.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import enum
 import hashlib
 from typing import Any
 
+from aioquic.buffer import Buffer, BufferReadError, encode_uint_var, size_uint_var
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
@@ -30,6 +34,7 @@ from aioquic.quic.connection import (
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from cryptography.hazmat.primitives import serialization
 
+from tunnel_core.datagram import DATAGRAM_VERSION
 from tunnel_core.errors import LocalProtocolError
 from tunnel_core.quic.events import PeerVerificationFailed
 from tunnel_core.quic.identity import normalize_fingerprint
@@ -41,6 +46,16 @@ FINGERPRINT_MISMATCH_ERROR = QuicErrorCode.CRYPTO_ERROR + 42
 FINGERPRINT_MISMATCH_REASON = "manual fingerprint mismatch"
 #: Concurrent bidirectional streams we let the peer open (aioquic: 128).
 MAX_CONCURRENT_STREAMS = 1024
+#: Our private transport parameter: "tund" in ASCII, outside the GREASE pattern 31*N+27. Its value (a varint) is
+#: the tunnel-datagram format version both ends speak. quinn (upstream tunnel-rs) and older versions of ours
+#: ignore it, so with them UDP stays on streams, byte for byte as before.
+TRANSPORT_PARAMETER_TUNNEL_DATAGRAMS = 0x74756E64
+#: DATAGRAM frames waiting for congestion window or pacing beyond this are dropped, oldest first, as a router
+#: drops from a full queue: a game or a voice call wants the newest packet, not seconds of stale ones.
+DATAGRAM_QUEUE_LIMIT = 128
+#: Bytes of a 1-RTT packet around a DATAGRAM frame's data: first byte, packet number (at most 4), AEAD tag (16),
+#: frame type and a 2-byte length; the destination connection id is added per connection.
+_DATAGRAM_PACKET_OVERHEAD = 1 + 4 + 16 + 1 + 2
 #: PING uids we use for keep-alives; their PingAcknowledged events are ours and not passed on.
 _KEEPALIVE_UID_BASE = 1 << 62
 
@@ -91,6 +106,8 @@ class TunnelQuicConnection(QuicConnection):
         # is one, so a busy tunnel would stall its 129th. Memory is spent per stream in use, not per stream granted.
         self._local_max_streams_bidi.value = MAX_CONCURRENT_STREAMS
         self._local_max_streams_bidi.sent = MAX_CONCURRENT_STREAMS
+        self._peer_datagram_version: int | None = None
+        self.datagrams_dropped = 0
 
     # ------------------------------------------------------------------------------------------ public additions
 
@@ -136,6 +153,37 @@ class TunnelQuicConnection(QuicConnection):
             return 0
         sender = stream.sender
         return sender._buffer_stop - sender._buffer_start
+
+    @property
+    def datagrams_negotiated(self) -> bool:
+        """Both ends speak tunnel datagrams: we allow DATAGRAM frames, and the peer advertised both RFC 9221's
+        max_datagram_frame_size and our capability with our format version (known once the handshake is done)."""
+        return (
+            self._configuration.max_datagram_frame_size is not None
+            and self._peer_datagram_version == DATAGRAM_VERSION
+            and self._remote_max_datagram_frame_size is not None
+            and self._remote_max_datagram_frame_size > _DATAGRAM_PACKET_OVERHEAD
+        )
+
+    def datagram_room(self) -> int:
+        """The largest DATAGRAM payload that fits one packet of the current size and the peer's frame limit."""
+        room = self._max_datagram_size - _DATAGRAM_PACKET_OVERHEAD - len(self._peer_cid.cid)
+        remote = self._remote_max_datagram_frame_size
+        if remote is not None:
+            room = min(room, remote - 1 - size_uint_var(remote))
+        return max(0, room)
+
+    def queue_datagram(self, data: bytes) -> int:
+        """Queue one DATAGRAM frame; when more than DATAGRAM_QUEUE_LIMIT wait (congestion window or pacing), drop
+        the oldest. Returns how many were dropped (also summed in ``datagrams_dropped``)."""
+        pending = self._datagrams_pending
+        pending.append(data)
+        dropped = 0
+        while len(pending) > DATAGRAM_QUEUE_LIMIT:
+            pending.popleft()
+            dropped += 1
+        self.datagrams_dropped += dropped
+        return dropped
 
     # ------------------------------------------------------------------------------------------ aioquic API
 
@@ -213,6 +261,23 @@ class TunnelQuicConnection(QuicConnection):
         buf.push_uint_var(stream.max_stream_data_local)
         stream.max_stream_data_local_sent = stream.max_stream_data_local
 
+    def _serialize_transport_parameters(self) -> bytes:
+        """aioquic's parameters plus our datagram capability when DATAGRAM frames are enabled."""
+        data = super()._serialize_transport_parameters()
+        if self._configuration.max_datagram_frame_size is None:
+            return data
+        value = encode_uint_var(DATAGRAM_VERSION)
+        return (
+            data
+            + encode_uint_var(TRANSPORT_PARAMETER_TUNNEL_DATAGRAMS)
+            + encode_uint_var(len(value))
+            + value
+        )
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        self._peer_datagram_version = _find_datagram_version(data)
+        super()._parse_transport_parameters(data, from_session_ticket)
+
     # ------------------------------------------------------------------------------------------ helpers
 
     def _keepalive_at(self) -> float | None:
@@ -252,3 +317,21 @@ class TunnelQuicConnection(QuicConnection):
             frame_type=QuicFrameType.CRYPTO,
             reason_phrase=FINGERPRINT_MISMATCH_REASON,
         )
+
+
+def _find_datagram_version(data: bytes) -> int | None:
+    """Our capability's value in a peer's transport parameters (None when absent or malformed: aioquic's own
+    parser judges the rest)."""
+    buf = Buffer(data=data)
+    try:
+        while not buf.eof():
+            param_id = buf.pull_uint_var()
+            length = buf.pull_uint_var()
+            value = buf.pull_bytes(length)
+            if param_id == TRANSPORT_PARAMETER_TUNNEL_DATAGRAMS:
+                inner = Buffer(data=value)
+                version = inner.pull_uint_var()
+                return version if inner.eof() else None
+    except BufferReadError:
+        return None
+    return None

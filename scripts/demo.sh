@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
-exec "${PYTHON:-python3}" -m tunnel_asyncio.demo "$@"
+exec "${PYTHON:-python3}" -m tunnel_cli.demo "$@"

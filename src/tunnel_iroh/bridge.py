@@ -15,11 +15,11 @@ import socket
 from collections.abc import Callable
 from typing import Any, cast
 
-from tunnel_asyncio.iroh import ffi
 from tunnel_core.types import Address
 from tunnel_core.wire import MAX_UDP_DATAGRAM, UdpFrameDecoder, WireError, encode_udp_frame
+from tunnel_iroh import ffi
 
-log = logging.getLogger("tunnel_asyncio.iroh")
+log = logging.getLogger("tunnel_iroh")
 
 CHUNK = 1024 * 1024
 READ_LIMIT = 1024 * 1024

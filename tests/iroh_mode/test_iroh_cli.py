@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from tests.iroh_mode.tunnels import make_key
 
-from tunnel_asyncio.iroh.cli import TUNNEL_RS
 from tunnel_cli.cli import TUNNEL, build_options, run
 from tunnel_cli.iroh_cmd import DNS_SERVER_UNSUPPORTED
 from tunnel_core.iroh_session.options import IrohClientOptions, IrohServerOptions
 from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id
+from tunnel_iroh.cli import TUNNEL_RS
 
 SERVER_ID = format_endpoint_id(endpoint_id_from_secret(bytes(range(32))))
 SERVER_B32 = base64.b32encode(endpoint_id_from_secret(bytes(range(32)))).decode().rstrip("=").lower()

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tunnel_asyncio.iroh import dial
-from tunnel_asyncio.iroh.dial import DialFailed, happy_eyeballs
+from tunnel_iroh import dial
+from tunnel_iroh.dial import DialFailed, happy_eyeballs
 
 
 def _closed_port() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from tunnel_os import unique_addresses
+from tunnel_io import unique_addresses
 
 
 async def resolve_all(host: str, port: int) -> list[str]:

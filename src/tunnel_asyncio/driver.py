@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tunnel_core.types import Address
-from tunnel_os import TIMER_SLACK
+from tunnel_io import TIMER_SLACK
 
 log = logging.getLogger("tunnel")
 

@@ -26,7 +26,7 @@ from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
 from tunnel_core.nostr.pool import RelayPool
 from tunnel_core.options import TunnelError
 from tunnel_core.websocket import WebSocketError
-from tunnel_os import Console, PrefixConsole
+from tunnel_io import Console, PrefixConsole
 
 log = logging.getLogger("tunnel_asyncio.nostr")
 

@@ -9,7 +9,7 @@ import socket
 import threading
 from typing import Any
 
-import tunnel_os
+import tunnel_io
 from tunnel_asyncio import common
 from tunnel_asyncio.driver import MachineDriver
 from tunnel_asyncio.local import LocalForwarder
@@ -20,7 +20,7 @@ from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
 from tunnel_core.signal import BlockReader
 from tunnel_core.types import Address
-from tunnel_os import Console
+from tunnel_io import Console
 
 CLOSE_GRACE = 2.0
 
@@ -108,12 +108,12 @@ class AsyncioRunner:
         elif isinstance(effect, flows.ReadBlock):
             return await self._stoppable(self._read_block(effect.kind))
         elif isinstance(effect, flows.BindHostSockets):
-            self.sockets = tunnel_os.bind_host_sockets(effect.wanted)
+            self.sockets = tunnel_io.bind_host_sockets(effect.wanted)
             return list(self.sockets)
         elif isinstance(effect, flows.Resolve):
             return await self._stoppable(common.resolve_all(effect.host, effect.port))
         elif isinstance(effect, flows.NewIdentity):
-            return tunnel_os.new_identity()
+            return tunnel_io.new_identity()
         elif isinstance(effect, flows.Start):
             self._start(effect.peer)
         elif isinstance(effect, flows.Poke):

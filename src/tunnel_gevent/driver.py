@@ -24,7 +24,7 @@ import gevent.event
 from gevent import socket
 
 from tunnel_core.types import Address
-from tunnel_os import TIMER_SLACK
+from tunnel_io import TIMER_SLACK
 
 log = logging.getLogger("tunnel")
 

@@ -33,7 +33,7 @@ from tunnel_core.options import TunnelError
 from tunnel_core.websocket import WebSocketError
 from tunnel_gevent.driver import now
 from tunnel_gevent.runner import CLOSE_GRACE, GeventRunner
-from tunnel_os import Console, PrefixConsole
+from tunnel_io import Console, PrefixConsole
 
 log = logging.getLogger("tunnel_gevent.nostr")
 

@@ -27,7 +27,7 @@ from tunnel_core.signal import BlockReader
 from tunnel_core.types import Address
 from tunnel_gevent.driver import MachineDriver, now
 from tunnel_gevent.local import LocalForwarder
-from tunnel_os import Console, bind_host_sockets, new_identity, unique_addresses
+from tunnel_io import Console, bind_host_sockets, new_identity, unique_addresses
 
 CLOSE_GRACE = 2.0
 

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from tunnel_core.types import Address
-from tunnel_os import TIMER_SLACK
+from tunnel_io import TIMER_SLACK
 
 log = logging.getLogger("tunnel")
 

@@ -28,7 +28,7 @@ from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
 from tunnel_core.nostr.pool import RelayPool
 from tunnel_core.options import TunnelError
 from tunnel_core.websocket import WebSocketError
-from tunnel_os import Console, PrefixConsole
+from tunnel_io import Console, PrefixConsole
 from tunnel_trio.runner import CLOSE_GRACE, TrioRunner, _unwrap
 
 log = logging.getLogger("tunnel_trio.nostr")

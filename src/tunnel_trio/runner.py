@@ -22,7 +22,7 @@ from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
 from tunnel_core.signal import BlockReader
 from tunnel_core.types import Address
-from tunnel_os import Console, bind_host_sockets, new_identity, unique_addresses
+from tunnel_io import Console, bind_host_sockets, new_identity, unique_addresses
 from tunnel_trio.driver import MachineDriver, close_socket
 from tunnel_trio.local import LocalForwarder
 

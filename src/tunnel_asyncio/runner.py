@@ -11,8 +11,7 @@ from typing import Any
 
 import tunnel_io
 from tunnel_asyncio import common
-from tunnel_asyncio.driver import MachineDriver
-from tunnel_asyncio.local import LocalForwarder
+from tunnel_asyncio.reactor import AsyncioReactor
 from tunnel_core import flows
 from tunnel_core.errors import ProtocolError
 from tunnel_core.ice.events import GatheringComplete
@@ -21,6 +20,8 @@ from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
 from tunnel_core.signal import BlockReader
 from tunnel_core.types import Address
 from tunnel_io import Console
+from tunnel_io.driver import PeerDriver
+from tunnel_io.local import LocalForwarder
 
 CLOSE_GRACE = 2.0
 
@@ -33,7 +34,7 @@ class AsyncioRunner:
         self.loop = asyncio.get_running_loop()
         self.sockets: dict[Address, socket.socket] = {}
         self.peer: Any = None
-        self.driver: MachineDriver | None = None
+        self.driver: PeerDriver | None = None
         self.local: LocalForwarder | None = None
         self.milestones: dict[str, asyncio.Future[Any]] = {
             k: self.loop.create_future() for k in ("gathered", "connected", "ready", "closed")
@@ -117,15 +118,15 @@ class AsyncioRunner:
         elif isinstance(effect, flows.Start):
             self._start(effect.peer)
         elif isinstance(effect, flows.Poke):
-            effect.fn(self.loop.time())
             assert self.driver is not None
+            effect.fn(self.driver.now())
             self.driver.flush()
         elif isinstance(effect, flows.Wait):
             return await self._wait(effect.kind, effect.timeout)
         elif isinstance(effect, flows.Listen):
             assert self.local is not None
             if effect.protocol == "tcp":
-                return await self.local.listen_tcp(effect.ip, effect.port)
+                return self.local.listen_tcp(effect.ip, effect.port)
             return self.local.listen_udp(effect.ip, effect.port)
         else:  # pragma: no cover - a flow yielded something new
             raise TypeError(f"unknown effect {effect!r}")
@@ -184,8 +185,9 @@ class AsyncioRunner:
 
     def _start(self, peer: Any) -> None:
         self.peer = peer
-        self.driver = MachineDriver(peer, self.sockets, self._on_event, self.loop)
-        self.local = LocalForwarder(self.loop, lambda: peer.session, self.driver.kick_now)
+        reactor = AsyncioReactor(self.loop)
+        self.driver = PeerDriver(reactor, peer, self.sockets, self._on_event)
+        self.local = LocalForwarder(reactor, lambda: peer.session, self.driver.kick_now, self.driver.now)
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, GatheringComplete):
@@ -204,7 +206,7 @@ class AsyncioRunner:
     async def close(self) -> None:
         """Orderly stop: CONNECTION_CLOSE(0, "done"), a short grace for it to leave, then release everything."""
         if self.peer is not None and self.driver is not None and not self.peer.closed:
-            self.peer.close(self.loop.time(), "done")
+            self.peer.close(self.driver.now(), "done")
             self.driver.flush()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.milestones["closed"]), CLOSE_GRACE)

@@ -23,8 +23,9 @@ from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
 from tunnel_core.signal import BlockReader
 from tunnel_core.types import Address
 from tunnel_io import Console, bind_host_sockets, new_identity, unique_addresses
-from tunnel_trio.driver import MachineDriver, close_socket
-from tunnel_trio.local import LocalForwarder
+from tunnel_io.driver import PeerDriver
+from tunnel_io.local import LocalForwarder
+from tunnel_trio.reactor import TrioReactor
 
 CLOSE_GRACE = 2.0
 MILESTONES = ("gathered", "connected", "ready", "closed")
@@ -56,7 +57,7 @@ class TrioRunner:
         self.handle_signals = handle_signals
         self.sockets: dict[Address, socket.socket] = {}
         self.peer: Any = None
-        self.driver: MachineDriver | None = None
+        self.driver: PeerDriver | None = None
         self.local: LocalForwarder | None = None
         self.results: dict[str, Any] = {}
         self._changed = trio.Event()
@@ -204,10 +205,10 @@ class TrioRunner:
     async def _start(self, peer: Any) -> None:
         assert self._nursery is not None
         self.peer = peer
-        self.driver = MachineDriver(peer, self.sockets, self._on_event)
-        self.local = LocalForwarder(lambda: peer.session, self.driver.kick_now, self.driver.now)
-        await self._nursery.start(self.local.serve)
-        self.driver.start(self._nursery)
+        reactor = TrioReactor(self._nursery)
+        reactor.start()
+        self.driver = PeerDriver(reactor, peer, self.sockets, self._on_event)
+        self.local = LocalForwarder(reactor, lambda: peer.session, self.driver.kick_now, self.driver.now)
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, GatheringComplete):
@@ -252,7 +253,7 @@ class TrioRunner:
             self.driver.close()
         else:
             for sock in self.sockets.values():
-                close_socket(sock)
+                sock.close()  # never watched: nothing waits on them
 
 
 def _in_main_thread() -> bool:

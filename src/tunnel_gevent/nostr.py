@@ -31,8 +31,7 @@ from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
 from tunnel_core.nostr.pool import RelayPool
 from tunnel_core.options import TunnelError
 from tunnel_core.websocket import WebSocketError
-from tunnel_gevent.driver import now
-from tunnel_gevent.runner import CLOSE_GRACE, GeventRunner
+from tunnel_gevent.runner import CLOSE_GRACE, GeventRunner, now
 from tunnel_io import Console, PrefixConsole
 
 log = logging.getLogger("tunnel_gevent.nostr")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,11 +26,13 @@ from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
 from tunnel_core.signal import BlockReader
 from tunnel_core.types import Address
-from tunnel_gevent.driver import MachineDriver, now
-from tunnel_gevent.local import LocalForwarder
+from tunnel_gevent.reactor import GeventReactor
 from tunnel_io import Console, bind_host_sockets, new_identity, unique_addresses
+from tunnel_io.driver import PeerDriver
+from tunnel_io.local import LocalForwarder
 
 CLOSE_GRACE = 2.0
+now = time.monotonic
 
 
 # ------------------------------------------------------------------------------------------------ OS helpers
@@ -59,7 +62,7 @@ class GeventRunner:
         self.handle_signals = handle_signals
         self.sockets: dict[Address, socket.socket] = {}
         self.peer: Any = None
-        self.driver: MachineDriver | None = None
+        self.driver: PeerDriver | None = None
         self.local: LocalForwarder | None = None
         self.results: dict[str, Any] = {}
         self._changed = gevent.event.Event()
@@ -199,9 +202,9 @@ class GeventRunner:
 
     def _start(self, peer: Any) -> None:
         self.peer = peer
-        self.driver = MachineDriver(peer, self.sockets, self._on_event)
-        self.local = LocalForwarder(lambda: peer.session, self.driver.kick_now, self.driver.now)
-        self.driver.start()
+        reactor = GeventReactor()
+        self.driver = PeerDriver(reactor, peer, self.sockets, self._on_event)
+        self.local = LocalForwarder(reactor, lambda: peer.session, self.driver.kick_now, self.driver.now)
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, GatheringComplete):

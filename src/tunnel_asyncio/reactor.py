@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,23 @@ class AsyncioReactor:
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         self.loop.call_soon(fn)
+
+    defer = call_soon
+
+    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
+        """A daemon thread, not the default executor: asyncio.run() joins the executor's threads at exit, and a
+        thread parked in stdin's readline() would keep a Ctrl-C'd process alive until the user pressed Enter."""
+        loop = self.loop
+
+        def work() -> None:
+            try:
+                ok, value = True, fn()
+            except Exception as exc:
+                ok, value = False, exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the program is exiting
+                loop.call_soon_threadsafe(done, ok, value)
+
+        threading.Thread(target=work, name="tunnel-blocking", daemon=True).start()
 
     def watch(self, sock: Any, on_readable: Callable[[], None], on_writable: Callable[[], None]) -> AsyncioWatch:
         return AsyncioWatch(self.loop, sock, on_readable, on_writable)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
+from gevent import monkey
 
 _READ, _WRITE = 1, 2
 
@@ -101,3 +102,34 @@ class GeventReactor:
 
     def watch(self, sock: Any, on_readable: Callable[[], None], on_writable: Callable[[], None]) -> GeventWatch:
         return GeventWatch(self.loop, sock, on_readable, on_writable)
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        gevent.spawn(fn)
+
+    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
+        """In gevent's thread pool (a read would block the hub), except for an embedder's in-memory object in a
+        monkey-patched program: built on patched queues or events, it only works from greenlets of the hub's
+        thread, so it is called from a greenlet."""
+        cooperative = _cooperative(getattr(fn, "__self__", None))
+        pool = gevent.get_hub().threadpool
+
+        def work() -> None:
+            try:
+                ok, value = True, (fn() if cooperative else pool.apply(fn))
+            except Exception as exc:
+                ok, value = False, exc
+            done(ok, value)
+
+        gevent.spawn(work)
+
+
+def _cooperative(owner: Any) -> bool:
+    """Whether ``owner``'s blocking method may run in a greenlet: an in-memory object (no file descriptor) in a
+    monkey-patched program. A real file blocks the whole hub; an object in an unpatched program blocks natively."""
+    if owner is None:
+        return False
+    try:
+        owner.fileno()
+    except (AttributeError, OSError, ValueError):
+        return monkey.is_module_patched("threading")
+    return False

@@ -58,6 +58,15 @@ class Reactor(Protocol):
     def watch(self, sock: Any, on_readable: Callable[[], None], on_writable: Callable[[], None]) -> Watch:
         """Start watching ``sock`` (a non-blocking socket); arm directions with ``Watch.want``."""
 
+    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
+        """Run ``fn`` where it may block (a thread; a greenlet for gevent-cooperative objects), then call
+        ``done(True, result)`` or ``done(False, exception)`` on the reactor. Never keeps the process alive: a call
+        still blocked (stdin) when the program ends is abandoned."""
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        """Like ``call_soon``, for steps that run user code which may block briefly or switch (console streams,
+        the flow itself): a greenlet of its own on gevent, whose hub callbacks must never block."""
+
 
 class AlarmTimers:
     """Many timers over one alarm, for runtimes whose cheapest timer primitive is a single movable deadline (trio's

@@ -111,5 +111,17 @@ class TrioReactor:
             for fn in batch:
                 fn()
 
+    defer = call_soon
+
+    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
+        async def work() -> None:
+            try:
+                ok, value = True, await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+            except Exception as exc:
+                ok, value = False, exc
+            done(ok, value)
+
+        self.nursery.start_soon(work)
+
     def watch(self, sock: Any, on_readable: Callable[[], None], on_writable: Callable[[], None]) -> TrioWatch:
         return TrioWatch(self, sock, on_readable, on_writable)

@@ -17,6 +17,7 @@ import pytest
 from tests.nostr.conftest import TEST_KIND, LocalRelay
 
 from tunnel_asyncio.nostr import NostrRunner, RelayConnections
+from tunnel_asyncio.reactor import AsyncioReactor
 from tunnel_asyncio.runner import Console
 from tunnel_core.flows import Stopped
 from tunnel_core.flows_nostr import nostr_client_flow, nostr_server_flow
@@ -235,7 +236,7 @@ def test_wrong_key_stale_replay_and_tampered_requests_are_ignored(relay: LocalRe
         # A raw publisher with the *client's* key, to send crafted requests.
         channel = Channel(client_key, server_key.public_key, kind=TEST_KIND)
         pool = RelayPool(relays, filters=[{"kinds": [TEST_KIND], "ids": ["00" * 32]}], subscription_id="raw")
-        conns = RelayConnections(pool, asyncio.Queue(), loop)
+        conns = RelayConnections(AsyncioReactor(loop), pool, deliver=lambda _event: None, changed=lambda: None)
         conns.flush()
         for _ in range(100):
             if pool.open_count:

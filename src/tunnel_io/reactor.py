@@ -16,7 +16,10 @@ Rules every implementation keeps (the contract suite checks them):
 - a callback may call any member (arm, disarm, close, schedule) of any watch or timer, its own included;
 - after ``Watch.close()`` or ``Timer.cancel()`` the callback never runs again, even if it was already due;
 - ``call_at`` fires no earlier than ``time() >= when`` as the reactor measures it (a few µs of scheduling jitter
-  later is fine); callbacks due at the same moment run in the order they were scheduled.
+  later is fine); the order of timers due at the same moment is unspecified (asyncio and libev differ);
+- ``call_soon`` callbacks run in the order they were scheduled, one scheduled from inside a callback after those
+  already queued;
+- ``run_blocking`` reports on the reactor's thread; its ``fn`` runs elsewhere.
 """
 
 from __future__ import annotations

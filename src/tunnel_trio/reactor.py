@@ -43,7 +43,7 @@ class TrioWatch:
 
         async def waiter() -> None:
             with scope:
-                while not self._closed:
+                while not self._closed and not scope.cancel_called:  # disarmed before it ran: never register
                     try:
                         await wait(sock)
                     except (trio.ClosedResourceError, OSError, ValueError):  # ValueError: fd -1, closed meanwhile

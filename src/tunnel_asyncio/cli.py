@@ -5,17 +5,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from tunnel_cli.cli import TUNNEL, TUNNEL_RS_ICE, run
+from tunnel_cli.entry import console_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``tunnel``."""
-    return run(argv, program=TUNNEL, runtime="asyncio")
+    return console_main(argv, "TUNNEL", "asyncio")
 
 
 def main_ice(argv: Sequence[str] | None = None) -> int:
     """Console script ``tunnel-rs-ice``: the reference's ICE binary name; same flags, own default files."""
-    return run(argv, program=TUNNEL_RS_ICE, runtime="asyncio")
+    return console_main(argv, "TUNNEL_RS_ICE", "asyncio")
 
 
 if __name__ == "__main__":

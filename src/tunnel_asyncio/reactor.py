@@ -65,7 +65,7 @@ class AsyncioReactor:
 
     defer = call_soon
 
-    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
+    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None], *, subject: Any = None) -> None:
         """A daemon thread, not the default executor: asyncio.run() joins the executor's threads at exit, and a
         thread parked in stdin's readline() would keep a Ctrl-C'd process alive until the user pressed Enter."""
         loop = self.loop

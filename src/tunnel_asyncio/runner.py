@@ -15,6 +15,7 @@ from typing import Any
 from tunnel_asyncio.reactor import AsyncioReactor
 from tunnel_core import flows
 from tunnel_io import Console
+from tunnel_io.entry import restore_signal_handlers, save_signal_handlers
 from tunnel_io.runner import CLOSE_GRACE, FlowRunner
 
 #: The signals that stop a tunnel orderly (SIGHUP: the terminal went away).
@@ -45,7 +46,7 @@ class AsyncioRunner:
         done: asyncio.Future[BaseException | None] = loop.create_future()
         self.core = core = FlowRunner(AsyncioReactor(loop), self.console)
         handle = self.handle_signals if signals is None else signals
-        installed = _install_signals(loop, core.stop) if handle else []
+        installed = _install_signals(loop, core.stop) if handle else {}
         core.start(flow, lambda failure: done.done() or done.set_result(failure))
         if self._stop_early:
             core.stop()
@@ -59,18 +60,20 @@ class AsyncioRunner:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            restore_signal_handlers(installed)
         if failure is not None:
             raise failure
 
     run_nostr = run
 
 
-def _install_signals(loop: asyncio.AbstractEventLoop, stop: Any) -> list[int]:
-    installed = []
+def _install_signals(loop: asyncio.AbstractEventLoop, stop: Any) -> dict[int, Any]:
+    installed = {}
     for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            previous = save_signal_handlers((sig,))
             loop.add_signal_handler(sig, stop)
-            installed.append(sig)
+            installed.update(previous)
     return installed
 
 

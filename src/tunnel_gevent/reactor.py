@@ -106,11 +106,11 @@ class GeventReactor:
     def defer(self, fn: Callable[[], None]) -> None:
         gevent.spawn(fn)
 
-    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
-        """In gevent's thread pool (a read would block the hub), except for an embedder's in-memory object in a
-        monkey-patched program: built on patched queues or events, it only works from greenlets of the hub's
-        thread, so it is called from a greenlet."""
-        cooperative = _cooperative(getattr(fn, "__self__", None))
+    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None], *, subject: Any = None) -> None:
+        """In gevent's thread pool (a read would block the hub), except when ``subject`` (what ``fn`` blocks on)
+        is an embedder's in-memory object in a monkey-patched program: built on patched queues or events, it only
+        works from greenlets of the hub's thread, so ``fn`` is called from a greenlet."""
+        cooperative = _cooperative(subject)
         pool = gevent.get_hub().threadpool
 
         def work() -> None:

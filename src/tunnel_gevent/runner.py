@@ -18,6 +18,7 @@ import gevent.event
 from tunnel_core import flows
 from tunnel_gevent.reactor import GeventReactor
 from tunnel_io import Console
+from tunnel_io.entry import restore_signal_handlers, save_signal_handlers
 from tunnel_io.runner import CLOSE_GRACE, FlowRunner
 
 #: The signals that stop a tunnel orderly (SIGHUP: the terminal went away).
@@ -46,8 +47,9 @@ class GeventRunner:
     def run(self, flow: flows.Flow) -> None:
         done = gevent.event.Event()
         self.core = core = FlowRunner(GeventReactor(), self.console)
-        handlers = []
+        handlers, saved = [], {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
+            saved = save_signal_handlers(STOP_SIGNALS)
             handlers = [gevent.signal_handler(sig, core.stop) for sig in STOP_SIGNALS]
         core.start(flow, lambda _failure: done.set())
         if self._stop_early:
@@ -60,6 +62,7 @@ class GeventRunner:
                 done.wait(CLOSE_LIMIT)
             for handler in handlers:
                 handler.cancel()
+            restore_signal_handlers(saved)
         if core.failure is not None:
             raise core.failure
 

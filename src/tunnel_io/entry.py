@@ -7,7 +7,9 @@ TunnelError. The runtime modules (tunnel_<runtime>.manual / .nostr) only bind th
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -37,3 +39,19 @@ def nostr_entry_points(run_flow: RunFlow) -> tuple[EntryPoint, EntryPoint]:
     """(run_nostr_client, run_nostr_server)."""
     return (_entry(run_flow, nostr_client_flow, "run_nostr_client"),
             _entry(run_flow, nostr_server_flow, "run_nostr_server"))
+
+
+def save_signal_handlers(signals: tuple[int, ...]) -> dict[int, Any]:
+    """The Python-level handlers in place now (main thread only), for ``restore_signal_handlers``.
+
+    Why: asyncio's ``remove_signal_handler`` resets to the default and libev's watchers bypass Python's table, so
+    a shell that handled the stop signals while it ran puts back exactly what the program had before (the CLI relies
+    on that: a signal while the process winds down must not kill it, see tunnel_cli.entry)."""
+    return {sig: signal.getsignal(sig) for sig in signals}
+
+
+def restore_signal_handlers(saved: dict[int, Any]) -> None:
+    for sig, handler in saved.items():
+        if handler is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, handler)

@@ -61,10 +61,11 @@ class Reactor(Protocol):
     def watch(self, sock: Any, on_readable: Callable[[], None], on_writable: Callable[[], None]) -> Watch:
         """Start watching ``sock`` (a non-blocking socket); arm directions with ``Watch.want``."""
 
-    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
-        """Run ``fn`` where it may block (a thread; a greenlet for gevent-cooperative objects), then call
-        ``done(True, result)`` or ``done(False, exception)`` on the reactor. Never keeps the process alive: a call
-        still blocked (stdin) when the program ends is abandoned."""
+    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None], *, subject: Any = None) -> None:
+        """Run ``fn`` where it may block (a thread), then call ``done(True, result)`` or ``done(False, exception)``
+        on the reactor. ``subject`` is what ``fn`` blocks on (stdin): gevent calls ``fn`` from a greenlet instead
+        when that object is cooperative. Never keeps the process alive: a call still blocked (stdin) when the
+        program ends is abandoned."""
 
     def defer(self, fn: Callable[[], None]) -> None:
         """Like ``call_soon``, for steps that run user code which may block briefly or switch (console streams,

@@ -54,6 +54,36 @@ def _ignore(_failure: BaseException | None) -> None:
     pass
 
 
+def read_block(stdin: Any, kind: str) -> str:
+    """Lines of ``stdin`` up to the END marker of one ``kind`` block; the lines as read.
+
+    Bounded (issue 18): no line longer than the block limit is read whole (``readline(limit)`` on real streams),
+    and blank or whitespace lines count towards the limit too, so neither a pasted 200 MB line without newline nor
+    endless blank lines can grow the process. An embedder's object gets ``readline()`` without a limit, as
+    documented, and is still cut off at the limit."""
+    reader = BlockReader(kind)  # type: ignore[arg-type]
+    limited = isinstance(stdin, io.IOBase)
+    lines: list[str] = []
+    used = 0
+    try:
+        while True:
+            try:
+                line = stdin.readline(MAX_BLOCK_INPUT - used + 1) if limited else stdin.readline()
+            except (OSError, ValueError):
+                line = ""  # a closed or broken stdin is the end of input
+            if line == "":
+                reader.feed_eof()  # raises the reference's message (missing BEGIN / END marker)
+                raise TunnelError("Missing BEGIN marker", ExitCode.USAGE)
+            used += len(line)
+            if used > MAX_BLOCK_INPUT:
+                raise TunnelError(_TOO_LARGE, ExitCode.USAGE)
+            lines.append(line)
+            if reader.feed_line(line) is not None:
+                return "".join(lines)
+    except ProtocolError as exc:
+        raise TunnelError(str(exc), ExitCode.USAGE) from None
+
+
 class _Failure:
     """What a wait's ``check`` returns when the awaited thing failed: the error goes into the flow."""
 
@@ -259,47 +289,16 @@ class FlowRunner:
         return self._wait(lambda: box[0] if box else _NOT_YET)
 
     def _read_block(self, kind: str) -> Any:
-        """Lines of stdin until one whole block; each line read where it may block (a thread), so the loop - and
-        ICE answering the peer's checks - never waits on the terminal. Reading is bounded: no line longer than the
-        block limit is read whole, and blank lines count towards it too."""
-        reader = BlockReader(kind)  # type: ignore[arg-type]
-        stdin = self.console.stdin
-        lines: list[str] = []
+        """One whole block from stdin, read where it may block (a thread, or a greenlet for a cooperative object
+        on gevent), so the loop - and ICE answering the peer's checks - never waits on the terminal."""
         box: list[Any] = []
-        state = {"read": 0}
 
-        def read_next() -> None:
-            room = MAX_BLOCK_INPUT - state["read"] + 1
-            if isinstance(stdin, io.IOBase):
-                self.reactor.run_blocking(lambda: stdin.readline(room), on_line)
-            else:  # an embedder's object: readline() without a limit, as documented
-                self.reactor.run_blocking(stdin.readline, on_line)
-
-        def on_line(ok: bool, line: Any) -> None:
-            if box:
-                return
-            if not ok:
-                line = ""  # a closed or broken stdin is the end of input
-            try:
-                if line == "":
-                    reader.feed_eof()  # raises the reference's message (missing BEGIN / END marker)
-                    raise TunnelError("Missing BEGIN marker", ExitCode.USAGE)
-                state["read"] += len(line)
-                if state["read"] > MAX_BLOCK_INPUT:
-                    raise TunnelError(_TOO_LARGE, ExitCode.USAGE)
-                lines.append(line)
-                if reader.feed_line(line) is not None:
-                    box.append("".join(lines))
-                else:
-                    read_next()
-                    return
-            except ProtocolError as exc:
-                box.append(_Failure(TunnelError(str(exc), ExitCode.USAGE)))
-            except TunnelError as exc:
-                box.append(_Failure(exc))
+        def done(ok: bool, value: Any) -> None:
+            box.append(value if ok else _Failure(value))
             self._poll()
 
-        read_next()
+        stdin = self.console.stdin
+        self.reactor.run_blocking(lambda: read_block(stdin, kind), done, subject=stdin)
         return self._wait(lambda: box[0] if box else _NOT_YET)
 
     def _open_relays(self, effect: fx.OpenRelays) -> Any:

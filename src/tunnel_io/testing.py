@@ -75,7 +75,7 @@ class SelectReactor:
     def watch(self, sock: Any, on_readable: Callable[[], None], on_writable: Callable[[], None]) -> SelectWatch:
         return SelectWatch(self, sock, on_readable, on_writable)
 
-    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
+    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None], *, subject: Any = None) -> None:
         def work() -> None:
             try:
                 ok, value = True, fn()

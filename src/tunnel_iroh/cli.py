@@ -6,13 +6,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from tunnel_cli.cli import Program, run
+from tunnel_cli.cli import Program
+from tunnel_cli.entry import console_main
 
 TUNNEL_RS = Program(name="tunnel-rs", ice=False, modes=("iroh",), words=(("iroh", ()),))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(argv, program=TUNNEL_RS, runtime="asyncio")
+    return console_main(argv, "tunnel_iroh.cli:TUNNEL_RS", "asyncio")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,10 @@ stays cheap.
 
 from __future__ import annotations
 
-from typing import Any
-
 __all__ = ["Console", "TrioRunner", "run_manual_client", "run_manual_server"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:  # lazy: ``python -m tunnel_<runtime>.cli`` must start fast
     if name in ("Console", "TrioRunner"):
         from tunnel_trio import runner
 

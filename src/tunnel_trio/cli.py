@@ -8,15 +8,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from tunnel_cli.cli import TUNNEL, TUNNEL_RS_ICE, run
+from tunnel_cli.entry import console_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(argv, program=TUNNEL, runtime="trio")
+    return console_main(argv, "TUNNEL", "trio")
 
 
 def main_ice(argv: Sequence[str] | None = None) -> int:
-    return run(argv, program=TUNNEL_RS_ICE, runtime="trio")
+    return console_main(argv, "TUNNEL_RS_ICE", "trio")
 
 
 if __name__ == "__main__":

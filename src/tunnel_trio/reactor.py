@@ -113,7 +113,7 @@ class TrioReactor:
 
     defer = call_soon
 
-    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
+    def run_blocking(self, fn: Callable[[], Any], done: Callable[[bool, Any], None], *, subject: Any = None) -> None:
         async def work() -> None:
             try:
                 ok, value = True, await trio.to_thread.run_sync(fn, abandon_on_cancel=True)

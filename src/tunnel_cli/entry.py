@@ -1,0 +1,49 @@
+"""Console entry points that a stop signal cannot turn into a traceback or a wrong exit code.
+
+Cheap to import on purpose (only ``signal`` and ``sys``): the console scripts and ``python -m tunnel_<runtime>.cli``
+import this first and everything else inside the guard, so Ctrl-C while Python is still loading the program gives
+the one-line ``Interrupted; tunnel stopped.`` and exit 0 instead of a KeyboardInterrupt traceback. SIGTERM and
+SIGHUP (terminal closed) behave like Ctrl-C until a runner takes them over (it stops the tunnel orderly with a QUIC
+close) and again after it gave them back. Once the command is done, every stop signal is ignored: the process is
+only winding down, and a signal then must not replace the exit code already decided (a server that printed
+``Connection closed.`` exits 0).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+INTERRUPTED = "Interrupted; tunnel stopped."
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def console_main(argv: Sequence[str] | None, program: str, runtime: str) -> int:
+    """Run ``tunnel_cli.cli.run`` for the Program named ``program`` (an attribute of tunnel_cli.cli, or
+    ``module:NAME``) on ``runtime``; returns the exit code."""
+    for sig in STOP_SIGNALS[1:]:
+        signal.signal(sig, _interrupt)
+    try:
+        try:
+            from tunnel_cli import cli
+
+            if ":" in program:
+                import importlib
+
+                module, _, name = program.partition(":")
+                chosen = getattr(importlib.import_module(module), name)
+            else:
+                chosen = getattr(cli, program)
+            code = cli.run(argv, program=chosen, runtime=runtime)
+        finally:
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        return 0
+    return code

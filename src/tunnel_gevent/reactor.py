@@ -114,13 +114,18 @@ class GeventReactor:
         pool = gevent.get_hub().threadpool
 
         def work() -> None:
-            try:
-                ok, value = True, (fn() if cooperative else pool.apply(fn))
-            except Exception as exc:
-                ok, value = False, exc
+            # The pool gets a function that never raises: gevent's pool prints a traceback for one that does.
+            ok, value = _outcome(fn) if cooperative else pool.apply(_outcome, (fn,))
             done(ok, value)
 
         gevent.spawn(work)
+
+
+def _outcome(fn: Callable[[], Any]) -> tuple[bool, Any]:
+    try:
+        return True, fn()
+    except Exception as exc:
+        return False, exc
 
 
 def _cooperative(owner: Any) -> bool:

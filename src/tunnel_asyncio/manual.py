@@ -1,10 +1,3 @@
-"""ice-manual mode on asyncio: the entry points behind `tunnel server|client manual` (docs/embedding.md)."""
+"""Old home of the blocking manual-mode entry points (kept for embedders): they live in tunnel_asyncio.runner."""
 
-from __future__ import annotations
-
-from tunnel_asyncio.runner import Console, run_flow
-from tunnel_io.entry import manual_entry_points
-
-run_manual_client, run_manual_server = manual_entry_points(run_flow)
-
-__all__ = ["Console", "run_manual_client", "run_manual_server"]
+from tunnel_asyncio.runner import Console, run_manual_client, run_manual_server  # noqa: F401

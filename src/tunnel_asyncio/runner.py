@@ -2,76 +2,56 @@
 
 ``AsyncioRunner(console).run(flow)`` runs a manual or nostr flow on the running loop (uvloop too) until it ends;
 ``stop()`` (or SIGINT/SIGTERM/SIGHUP) ends it orderly with CONNECTION_CLOSE "done". Cancelling the task that awaits
-``run`` closes it orderly too, bounded by CLOSE_GRACE.
+``run`` closes it orderly too, bounded by CLOSE_LIMIT (tunnel_io.entry).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
+from collections.abc import Callable
 from typing import Any
 
 from tunnel_asyncio.reactor import AsyncioReactor
 from tunnel_core import flows
-from tunnel_io import Console
-from tunnel_io.entry import restore_signal_handlers, save_signal_handlers
-from tunnel_io.runner import CLOSE_GRACE, FlowRunner
-
-#: The signals that stop a tunnel orderly (SIGHUP: the terminal went away).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+from tunnel_io import Console, entry
+from tunnel_io.runner import CLOSE_GRACE  # noqa: F401 - part of this module's public names
 
 
-class AsyncioRunner:
+class AsyncioRunner(entry.RunnerShell):
     """Runs one flow on the running asyncio loop. ``handle_signals`` (main thread only) turns SIGINT, SIGTERM and
     SIGHUP into ``stop()``; an embedding program with its own signal policy passes False."""
-
-    def __init__(self, console: Console | None = None, *, handle_signals: bool = True) -> None:
-        self.console = console or Console()
-        self.handle_signals = handle_signals
-        self.core: FlowRunner | None = None
-        self._stop_early = False
-
-    def stop(self) -> None:
-        """Ask the running flow to end: the tunnel closes with code 0 "done" and ``run`` returns."""
-        if self.core is None:
-            self._stop_early = True
-        else:
-            self.core.stop()
 
     async def run(self, flow: flows.Flow, *, signals: bool | None = None) -> None:
         """Run ``flow`` to its end; user-facing failures come out as TunnelError. (``signals`` is the old name of
         ``handle_signals``, kept as an alias.)"""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[BaseException | None] = loop.create_future()
-        self.core = core = FlowRunner(AsyncioReactor(loop), self.console)
         handle = self.handle_signals if signals is None else signals
-        installed = _install_signals(loop, core.stop) if handle else {}
-        core.start(flow, lambda failure: done.done() or done.set_result(failure))
-        if self._stop_early:
-            core.stop()
+        installed = _install_signals(loop, self.stop) if handle else {}
+        self._start(AsyncioReactor(loop), flow, lambda failure: done.done() or done.set_result(failure))
         try:
             failure = await asyncio.shield(done)
         except asyncio.CancelledError:
-            core.stop()
+            self.stop()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(done), 2 * CLOSE_GRACE + 2.0)
+                await asyncio.wait_for(asyncio.shield(done), entry.CLOSE_LIMIT)
             raise
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            restore_signal_handlers(installed)
+            entry.restore_signal_handlers(installed)
         if failure is not None:
             raise failure
 
     run_nostr = run
 
 
-def _install_signals(loop: asyncio.AbstractEventLoop, stop: Any) -> dict[int, Any]:
+def _install_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> dict[int, Any]:
     installed = {}
-    for sig in STOP_SIGNALS:
+    for sig in entry.STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            previous = save_signal_handlers((sig,))
+            previous = entry.save_signal_handlers((sig,))
             loop.add_signal_handler(sig, stop)
             installed.update(previous)
     return installed
@@ -91,5 +71,5 @@ def run_flow(flow: Any, console: Console | None = None) -> None:
 
 
 run_nostr_flow = run_flow
-
-__all__ = ["CLOSE_GRACE", "AsyncioRunner", "Console", "NostrRunner", "run_flow", "run_nostr_flow"]
+run_manual_client, run_manual_server = entry.manual_entry_points(run_flow)
+run_nostr_client, run_nostr_server = entry.nostr_entry_points(run_flow)

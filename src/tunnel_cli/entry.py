@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 INTERRUPTED = "Interrupted; tunnel stopped."
@@ -47,3 +47,16 @@ def console_main(argv: Sequence[str] | None, program: str, runtime: str) -> int:
         print(INTERRUPTED, file=sys.stderr, flush=True)
         return 0
     return code
+
+
+def console_mains(runtime: str) -> tuple[Callable[..., int], Callable[..., int]]:
+    """``main`` (console script ``tunnel``) and ``main_ice`` (``tunnel-rs-ice``: the reference's ICE binary name,
+    same flags, own default files) for ``runtime``."""
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        return console_main(argv, "TUNNEL", runtime)
+
+    def main_ice(argv: Sequence[str] | None = None) -> int:
+        return console_main(argv, "TUNNEL_RS_ICE", runtime)
+
+    return main, main_ice

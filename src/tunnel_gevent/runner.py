@@ -8,7 +8,6 @@ to patch is the embedding program's decision.
 
 from __future__ import annotations
 
-import signal
 import threading
 from typing import Any
 
@@ -18,47 +17,34 @@ import gevent.event
 from tunnel_core import flows
 from tunnel_gevent.reactor import GeventReactor
 from tunnel_io import Console
-from tunnel_io.entry import restore_signal_handlers, save_signal_handlers
-from tunnel_io.runner import CLOSE_GRACE, FlowRunner
+from tunnel_io.entry import (
+    CLOSE_LIMIT,
+    STOP_SIGNALS,
+    RunnerShell,
+    manual_entry_points,
+    nostr_entry_points,
+    restore_signal_handlers,
+    save_signal_handlers,
+)
+from tunnel_io.runner import CLOSE_GRACE  # noqa: F401 - part of this module's public names
 
-#: The signals that stop a tunnel orderly (SIGHUP: the terminal went away).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-#: The longest an orderly close may take: sessions, relays, then our own tunnel.
-CLOSE_LIMIT = 2 * CLOSE_GRACE + 2.0
 
-
-class GeventRunner:
+class GeventRunner(RunnerShell):
     """Runs one flow, blocking only the calling greenlet. ``handle_signals`` (main thread only) turns SIGINT,
     SIGTERM and SIGHUP into ``stop()``; an embedding program with its own signal policy passes False."""
 
-    def __init__(self, console: Console | None = None, *, handle_signals: bool = True) -> None:
-        self.console = console or Console()
-        self.handle_signals = handle_signals
-        self.core: FlowRunner | None = None
-        self._stop_early = False
-
-    def stop(self) -> None:
-        """Ask the flow to end at its current wait; the tunnel closes with code 0 "done" and ``run`` returns."""
-        if self.core is None:
-            self._stop_early = True
-        else:
-            self.core.stop()
-
     def run(self, flow: flows.Flow) -> None:
         done = gevent.event.Event()
-        self.core = core = FlowRunner(GeventReactor(), self.console)
         handlers, saved = [], {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             saved = save_signal_handlers(STOP_SIGNALS)
-            handlers = [gevent.signal_handler(sig, core.stop) for sig in STOP_SIGNALS]
-        core.start(flow, lambda _failure: done.set())
-        if self._stop_early:
-            core.stop()
+            handlers = [gevent.signal_handler(sig, self.stop) for sig in STOP_SIGNALS]
+        core = self._start(GeventReactor(), flow, lambda _failure: done.set())
         try:
             done.wait()
         finally:
             if not done.is_set():  # killed (GreenletExit) or interrupted: still close orderly, bounded
-                core.stop()
+                self.stop()
                 done.wait(CLOSE_LIMIT)
             for handler in handlers:
                 handler.cancel()
@@ -79,5 +65,5 @@ def run_flow(flow: Any, console: Console | None = None) -> None:
 
 
 run_nostr_flow = run_flow
-
-__all__ = ["CLOSE_GRACE", "Console", "GeventRunner", "NostrRunner", "run_flow", "run_nostr_flow"]
+run_manual_client, run_manual_server = manual_entry_points(run_flow)
+run_nostr_client, run_nostr_server = nostr_entry_points(run_flow)

@@ -16,8 +16,41 @@ from typing import Any
 from tunnel_core.flows import manual_client_flow, manual_server_flow
 from tunnel_core.flows_nostr import nostr_client_flow, nostr_server_flow
 from tunnel_io import Console
+from tunnel_io.reactor import Reactor
+from tunnel_io.runner import CLOSE_GRACE, FlowRunner
 
 RunFlow = Callable[[Any, "Console | None"], None]
+
+#: The signals that stop a tunnel orderly when a shell handles signals (SIGHUP: the terminal went away).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: The longest an orderly close may take after stop(): sessions, relays, then our own tunnel.
+CLOSE_LIMIT = 2 * CLOSE_GRACE + 2.0
+
+
+class RunnerShell:
+    """What the three runtime shells (AsyncioRunner, TrioRunner, GeventRunner) share: the constructor, ``stop()``
+    (also before ``run`` began) and starting the FlowRunner. Each subclass adds only ``run(flow)``: how its runtime
+    waits for the end, handles the stop signals and cancellation."""
+
+    def __init__(self, console: Console | None = None, *, handle_signals: bool = True) -> None:
+        self.console = console or Console()
+        self.handle_signals = handle_signals
+        self.core: FlowRunner | None = None
+        self._stop_early = False
+
+    def stop(self) -> None:
+        """Ask the flow to end at its current wait; the tunnel closes with code 0 "done" and ``run`` returns."""
+        if self.core is None:
+            self._stop_early = True
+        else:
+            self.core.stop()
+
+    def _start(self, reactor: Reactor, flow: Any, on_done: Callable[[BaseException | None], None]) -> FlowRunner:
+        self.core = core = FlowRunner(reactor, self.console)
+        core.start(flow, on_done)
+        if self._stop_early:
+            core.stop()
+        return core
 EntryPoint = Callable[..., None]
 
 

@@ -1,10 +1,3 @@
-"""ice-manual mode on trio: the entry points behind `tunnel server|client manual` (docs/embedding.md)."""
+"""Old home of the blocking manual-mode entry points (kept for embedders): they live in tunnel_trio.runner."""
 
-from __future__ import annotations
-
-from tunnel_io.entry import manual_entry_points
-from tunnel_trio.runner import Console, run_flow
-
-run_manual_client, run_manual_server = manual_entry_points(run_flow)
-
-__all__ = ["Console", "run_manual_client", "run_manual_server"]
+from tunnel_trio.runner import Console, run_manual_client, run_manual_server  # noqa: F401

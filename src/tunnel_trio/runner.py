@@ -7,7 +7,6 @@ cancelling it (also orderly: the reactor's tasks live in a shielded nursery, so 
 
 from __future__ import annotations
 
-import signal
 import threading
 from typing import Any
 
@@ -16,31 +15,14 @@ import trio
 from tunnel_core import flows
 from tunnel_core.options import TunnelError
 from tunnel_io import Console
-from tunnel_io.runner import CLOSE_GRACE, FlowRunner
+from tunnel_io.entry import CLOSE_LIMIT, STOP_SIGNALS, RunnerShell, manual_entry_points, nostr_entry_points
+from tunnel_io.runner import CLOSE_GRACE  # noqa: F401 - part of this module's public names
 from tunnel_trio.reactor import TrioReactor
 
-#: The signals that stop a tunnel orderly (SIGHUP: the terminal went away).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-#: The longest an orderly close may take: sessions, relays, then our own tunnel.
-CLOSE_LIMIT = 2 * CLOSE_GRACE + 2.0
 
-
-class TrioRunner:
+class TrioRunner(RunnerShell):
     """Runs one flow inside the caller's trio run. ``handle_signals`` (main thread only) turns SIGINT, SIGTERM and
     SIGHUP into ``stop()``; an embedding program with its own signal policy passes False."""
-
-    def __init__(self, console: Console | None = None, *, handle_signals: bool = True) -> None:
-        self.console = console or Console()
-        self.handle_signals = handle_signals
-        self.core: FlowRunner | None = None
-        self._stop_early = False
-
-    def stop(self) -> None:
-        """Ask the flow to end at its current wait; the tunnel closes with code 0 "done" and ``run`` returns."""
-        if self.core is None:
-            self._stop_early = True
-        else:
-            self.core.stop()
 
     async def run(self, flow: flows.Flow) -> None:
         """Run ``flow`` to its end. User-facing failures come out as TunnelError (never inside an ExceptionGroup)."""
@@ -56,17 +38,14 @@ class TrioRunner:
 
             reactor = TrioReactor(await outer.start(host))
             reactor.start()
-            self.core = core = FlowRunner(reactor, self.console)
             if self.handle_signals and threading.current_thread() is threading.main_thread():
                 await outer.start(self._watch_signals)
-            core.start(flow, lambda _failure: done.set())
-            if self._stop_early:
-                core.stop()
+            core = self._start(reactor, flow, lambda _failure: done.set())
             try:
                 await done.wait()
             finally:
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_LIMIT):
-                    core.stop()
+                    self.stop()
                     await done.wait()
                 reactor_scope.cancel()
                 outer.cancel_scope.cancel()
@@ -117,5 +96,5 @@ def run_flow(flow: Any, console: Console | None = None) -> None:
 
 
 run_nostr_flow = run_flow
-
-__all__ = ["CLOSE_GRACE", "Console", "NostrRunner", "TrioRunner", "run_flow", "run_nostr_flow"]
+run_manual_client, run_manual_server = manual_entry_points(run_flow)
+run_nostr_client, run_nostr_server = nostr_entry_points(run_flow)

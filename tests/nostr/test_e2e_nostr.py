@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from tests.nostr.conftest import TEST_KIND, LocalRelay
 
-from tunnel_asyncio.nostr import NostrRunner, RelayConnections
+from tunnel_asyncio.nostr import NostrRunner
 from tunnel_asyncio.reactor import AsyncioReactor
 from tunnel_asyncio.runner import Console
 from tunnel_core.flows import Stopped
@@ -27,6 +27,7 @@ from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
 from tunnel_core.nostr.pool import RelayPool
 from tunnel_core.options import ExitCode, IceOptions, TunnelError
 from tunnel_core.signal import ManualRequest
+from tunnel_io.relays import RelayConnections
 
 ICE = IceOptions(stun_servers=(), host_candidates=("127.0.0.1",))
 pytestmark = pytest.mark.timeout(60)

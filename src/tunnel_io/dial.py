@@ -1,6 +1,6 @@
 """Happy eyeballs (RFC 8305 in spirit), written once: staggered TCP connection attempts, the first success wins.
 
-Semantics (the same for manual and nostr mode on every runtime):
+Semantics (the same for manual, nostr and iroh mode, on every runtime):
 
 - the addresses are tried in the order given (the policy already resolved and checked exactly these);
 - the next attempt starts ``HAPPY_EYEBALLS_DELAY`` after the previous one, or at once when the previous one failed;
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREA
 class _Attempt:
     def __init__(self, dial: HappyEyeballs, addr: Address) -> None:
         self.dial = dial
+        self.addr = addr
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         self.sock: Any = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setblocking(False)
@@ -38,15 +40,16 @@ class _Attempt:
         elif err in _IN_PROGRESS:
             self.watch = dial.reactor.watch(self.sock, _nothing, self._writable)
             self.watch.want(read=False, write=True)
-            self.timeout = dial.reactor.call_at(dial.reactor.time() + CONNECT_TIMEOUT, self._failed)
+            self.timeout = dial.reactor.call_at(dial.reactor.time() + dial.timeout, lambda: self._failed("timed out"))
         else:
-            dial.reactor.call_soon(self._failed)
+            dial.reactor.call_soon(lambda: self._failed(os.strerror(err)))
 
     def _writable(self) -> None:
-        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
             self._connected()
         else:
-            self._failed()
+            self._failed(os.strerror(err))
 
     def _connected(self) -> None:
         if self.sock is None:
@@ -55,11 +58,11 @@ class _Attempt:
         sock, self.sock = self.sock, None
         self.dial.won(self, sock)
 
-    def _failed(self) -> None:
+    def _failed(self, reason: str) -> None:
         if self.sock is None:
             return
         self.release()
-        self.dial.lost(self)
+        self.dial.lost(self, reason)
 
     def _unwatch(self) -> None:
         if self.timeout is not None:
@@ -86,12 +89,17 @@ class _Attempt:
 
 class HappyEyeballs:
     """One dial. ``done(sock)`` is called exactly once (``None`` when every attempt failed), unless ``cancel()``
-    came first."""
+    came first; ``on_error(address, reason)`` hears of every failed attempt (for a log line)."""
 
-    def __init__(self, reactor: Reactor, addresses: Sequence[Address], done: Callable[[Any], None]) -> None:
+    def __init__(self, reactor: Reactor, addresses: Sequence[Address], done: Callable[[Any], None], *,
+                 delay: float = HAPPY_EYEBALLS_DELAY, timeout: float = CONNECT_TIMEOUT,
+                 on_error: Callable[[Address, str], None] | None = None) -> None:
         self.reactor = reactor
         self.addresses = list(addresses)
         self.done = done
+        self.delay = delay
+        self.timeout = timeout
+        self.on_error = on_error
         self.attempts: list[_Attempt] = []
         self._next = 0
         self._stagger: Timer | None = None
@@ -112,11 +120,13 @@ class HappyEyeballs:
         self._next += 1
         try:
             self.attempts.append(_Attempt(self, addr))
-        except OSError:
+        except OSError as exc:
+            if self.on_error is not None:
+                self.on_error(addr, exc.strerror or str(exc))
             self.reactor.call_soon(self._start_next)
             return
         if self._next < len(self.addresses):
-            self._stagger = self.reactor.call_at(self.reactor.time() + HAPPY_EYEBALLS_DELAY, self._start_next)
+            self._stagger = self.reactor.call_at(self.reactor.time() + self.delay, self._start_next)
 
     def won(self, attempt: _Attempt, sock: Any) -> None:
         if self._finished:
@@ -127,9 +137,11 @@ class HappyEyeballs:
         self.attempts.remove(attempt)
         self._finish(sock)
 
-    def lost(self, attempt: _Attempt) -> None:
+    def lost(self, attempt: _Attempt, reason: str) -> None:
         if attempt in self.attempts:
             self.attempts.remove(attempt)
+        if self.on_error is not None and not self._finished:
+            self.on_error(attempt.addr, reason)
         if not self._finished:
             self._start_next()  # a quick failure starts the next attempt early; the last one reports failure
 

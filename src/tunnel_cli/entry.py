@@ -2,9 +2,9 @@
 
 Cheap to import on purpose (only ``signal`` and ``sys``): the console scripts and ``python -m tunnel_<runtime>.cli``
 import this first and everything else inside the guard, so Ctrl-C while Python is still loading the program gives
-the one-line ``Interrupted; tunnel stopped.`` and exit 0 instead of a KeyboardInterrupt traceback. SIGTERM and
-SIGHUP (terminal closed) behave like Ctrl-C until a runner takes them over (it stops the tunnel orderly with a QUIC
-close) and again after it gave them back. Once the command is done, every stop signal is ignored: the process is
+the one-line ``Interrupted; tunnel stopped.`` and exit 0 instead of a KeyboardInterrupt traceback. SIGINT, SIGTERM
+and SIGHUP (terminal closed) raise ``Interrupted`` until a runner takes them over (it stops the tunnel orderly with a
+QUIC close) and again after it gave them back. Once the command is done, every stop signal is ignored: the process is
 only winding down, and a signal then must not replace the exit code already decided (a server that printed
 ``Connection closed.`` exits 0).
 """
@@ -19,14 +19,20 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 INTERRUPTED = "Interrupted; tunnel stopped."
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop signal before or after a runner handles it. A subclass on purpose: CPython remembers an *exact*
+    KeyboardInterrupt that crossed certain C-level calls (gevent's hub does so) and then ends the process with
+    SIGINT at exit even though we caught it, which turned a clean stop into exit status -2."""
+
+
 def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
+    raise Interrupted
 
 
 def console_main(argv: Sequence[str] | None, program: str, runtime: str) -> int:
     """Run ``tunnel_cli.cli.run`` for the Program named ``program`` (an attribute of tunnel_cli.cli, or
     ``module:NAME``) on ``runtime``; returns the exit code."""
-    for sig in STOP_SIGNALS[1:]:
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _interrupt)
     try:
         try:

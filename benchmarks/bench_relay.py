@@ -51,7 +51,7 @@ async def bench(url: str, mib: int, samples: int) -> dict:
 
     iroh_ffi.uniffi_set_event_loop(asyncio.get_running_loop())
     try:
-        from tunnel_asyncio.iroh.ffi import apply_copy_fix
+        from tunnel_iroh.ffi import apply_copy_fix
 
         fixed = apply_copy_fix(iroh_ffi)
     except ImportError:

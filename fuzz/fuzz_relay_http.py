@@ -27,7 +27,7 @@ import websockets.utils  # noqa: F401
 import tunnel_core.relay  # noqa: F401
 
 with atheris.instrument_imports():
-    from tunnel_asyncio.relay.server import RelayService, _RelayConnection
+    from tunnel_iroh_relay.server import RelayService, _RelayConnection
     from tunnel_core.relay import RelayOptions
 
 ROUTES = (b"/ping", b"/generate_204", b"/healthz", b"/", b"/index.html", b"/robots.txt", b"/nope", b"/relay",

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
 VENV=${TUNNEL_VENV:-$PWD/.venv}
-exec "$VENV/bin/python" -m tunnel_asyncio.demo "$@"
+exec "$VENV/bin/python" -m tunnel_cli.demo "$@"

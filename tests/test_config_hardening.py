@@ -17,7 +17,7 @@ import pytest
 
 from tunnel_core.keys import format_secret_key
 
-ENTRY = {"tunnel": "tunnel_asyncio.cli", "tunnel-rs": "tunnel_asyncio.iroh.cli"}
+ENTRY = {"tunnel": "tunnel_asyncio.cli", "tunnel-rs": "tunnel_iroh.cli"}
 
 
 def cli(*args: str, program: str = "tunnel", stdin: bytes | None = None,

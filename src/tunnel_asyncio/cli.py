@@ -1,22 +1,11 @@
-"""The `tunnel` and `tunnel-rs-ice` commands on the asyncio runtime (the default runtime of the CLI)."""
-
-from __future__ import annotations
+"""``python -m tunnel_asyncio.cli``: the ``tunnel`` command line on asyncio, the installed default (console scripts
+``tunnel`` and ``tunnel-rs-ice``)."""
 
 import sys
-from collections.abc import Sequence
 
-from tunnel_cli.cli import TUNNEL, TUNNEL_RS_ICE, run
+from tunnel_cli.entry import console_mains
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console script ``tunnel``."""
-    return run(argv, program=TUNNEL, runtime="asyncio")
-
-
-def main_ice(argv: Sequence[str] | None = None) -> int:
-    """Console script ``tunnel-rs-ice``: the reference's ICE binary name; same flags, own default files."""
-    return run(argv, program=TUNNEL_RS_ICE, runtime="asyncio")
-
+main, main_ice = console_mains("asyncio")
 
 if __name__ == "__main__":
     sys.exit(main())

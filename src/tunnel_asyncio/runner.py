@@ -1,231 +1,75 @@
-"""The asyncio interpreter of tunnel_core.flows: performs each effect a flow yields and sends the result back."""
+"""The asyncio shell of tunnel_io's flow runner: signals, cancellation and the blocking entry points.
+
+``AsyncioRunner(console).run(flow)`` runs a manual or nostr flow on the running loop (uvloop too) until it ends;
+``stop()`` (or SIGINT/SIGTERM/SIGHUP) ends it orderly with CONNECTION_CLOSE "done". Cancelling the task that awaits
+``run`` closes it orderly too, bounded by CLOSE_LIMIT (tunnel_io.entry).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import socket
-import threading
+from collections.abc import Callable
 from typing import Any
 
-import tunnel_os
-from tunnel_asyncio import common
-from tunnel_asyncio.driver import MachineDriver
-from tunnel_asyncio.local import LocalForwarder
+from tunnel_asyncio.reactor import AsyncioReactor
 from tunnel_core import flows
-from tunnel_core.errors import ProtocolError
-from tunnel_core.ice.events import GatheringComplete
-from tunnel_core.options import ExitCode, TunnelError
-from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
-from tunnel_core.signal import BlockReader
-from tunnel_core.types import Address
-from tunnel_os import Console
-
-CLOSE_GRACE = 2.0
+from tunnel_io import Console, entry
+from tunnel_io.runner import CLOSE_GRACE  # noqa: F401 - part of this module's public names
 
 
-class AsyncioRunner:
-    """Runs one flow on the running asyncio loop; owns the sockets, the driver and the local forwarding I/O."""
+class AsyncioRunner(entry.RunnerShell):
+    """Runs one flow on the running asyncio loop. ``handle_signals`` (main thread only) turns SIGINT, SIGTERM and
+    SIGHUP into ``stop()``; an embedding program with its own signal policy passes False."""
 
-    def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console()
-        self.loop = asyncio.get_running_loop()
-        self.sockets: dict[Address, socket.socket] = {}
-        self.peer: Any = None
-        self.driver: MachineDriver | None = None
-        self.local: LocalForwarder | None = None
-        self.milestones: dict[str, asyncio.Future[Any]] = {
-            k: self.loop.create_future() for k in ("gathered", "connected", "ready", "closed")
-        }
-        self.stopping: asyncio.Future[None] = self.loop.create_future()
-        self._stdin_lines: asyncio.Queue[str] | None = None
-
-    # ------------------------------------------------------------------------------------------ flow loop
-
-    async def run(self, flow: flows.Flow, *, signals: bool = True) -> None:
-        """``signals=False`` for a sub-flow (a nostr server session): its parent owns SIGINT/SIGTERM."""
-        installed = self._install_signals() if signals else []
+    async def run(self, flow: flows.Flow, *, signals: bool | None = None) -> None:
+        """Run ``flow`` to its end; user-facing failures come out as TunnelError. (``signals`` is the old name of
+        ``handle_signals``, kept as an alias.)"""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[BaseException | None] = loop.create_future()
+        handle = self.handle_signals if signals is None else signals
+        installed = _install_signals(loop, self.stop) if handle else {}
+        self._start(AsyncioReactor(loop), flow, lambda failure: done.done() or done.set_result(failure))
         try:
-            result: Any = None
-            error: BaseException | None = None
-            while True:
-                try:
-                    effect = flow.throw(error) if error is not None else flow.send(result)
-                except StopIteration:
-                    return
-                except flows.Stopped:
-                    return
-                except ProtocolError as exc:
-                    raise TunnelError(str(exc), ExitCode.USAGE) from None
-                result, error = None, None
-                try:
-                    result = await self._perform(effect)
-                except flows.Stopped as exc:
-                    error = exc
-                except OSError as exc:
-                    error = exc
-                except ProtocolError as exc:
-                    # Bad outside input met while performing (a pasted block cut short): the user's input error.
-                    raise TunnelError(str(exc), ExitCode.USAGE) from None
+            failure = await asyncio.shield(done)
+        except asyncio.CancelledError:
+            self.stop()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(done), entry.CLOSE_LIMIT)
+            raise
         finally:
             for sig in installed:
-                self.loop.remove_signal_handler(sig)
-            await self.close()
+                loop.remove_signal_handler(sig)
+            entry.restore_signal_handlers(installed)
+        if failure is not None:
+            raise failure
 
-    def _install_signals(self) -> list[int]:
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                self.loop.add_signal_handler(sig, self._on_signal)
-                installed.append(sig)
-        return installed
-
-    def stop(self) -> None:
-        """Ask the running flow to end: the tunnel closes with code 0 "done" and run() returns (any thread-safe
-        caller on this loop; SIGINT/SIGTERM do the same)."""
-        if not self.stopping.done():
-            self.stopping.set_result(None)
-
-    def _on_signal(self) -> None:
-        self.stop()
-
-    async def _stoppable(self, awaitable: Any) -> Any:
-        task = asyncio.ensure_future(awaitable)
-        done, _ = await asyncio.wait({task, self.stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        raise flows.Stopped()
-
-    # ------------------------------------------------------------------------------------------ effects
-
-    async def _perform(self, effect: Any) -> Any:
-        if isinstance(effect, flows.Say):
-            self.console.say(effect.text)
-        elif isinstance(effect, flows.PrintBlock):
-            self.console.block(effect.text)
-        elif isinstance(effect, flows.ReadBlock):
-            return await self._stoppable(self._read_block(effect.kind))
-        elif isinstance(effect, flows.BindHostSockets):
-            self.sockets = tunnel_os.bind_host_sockets(effect.wanted)
-            return list(self.sockets)
-        elif isinstance(effect, flows.Resolve):
-            return await self._stoppable(common.resolve_all(effect.host, effect.port))
-        elif isinstance(effect, flows.NewIdentity):
-            return tunnel_os.new_identity()
-        elif isinstance(effect, flows.Start):
-            self._start(effect.peer)
-        elif isinstance(effect, flows.Poke):
-            effect.fn(self.loop.time())
-            assert self.driver is not None
-            self.driver.flush()
-        elif isinstance(effect, flows.Wait):
-            return await self._wait(effect.kind, effect.timeout)
-        elif isinstance(effect, flows.Listen):
-            assert self.local is not None
-            if effect.protocol == "tcp":
-                return await self.local.listen_tcp(effect.ip, effect.port)
-            return self.local.listen_udp(effect.ip, effect.port)
-        else:  # pragma: no cover - a flow yielded something new
-            raise TypeError(f"unknown effect {effect!r}")
-        return None
-
-    async def _read_block(self, kind: str) -> str:
-        """Lines from stdin via a daemon thread, so the loop (and ICE answering checks) never blocks.
-
-        Not the default executor: asyncio.run() joins its threads at exit, and a thread parked in readline()
-        would keep a Ctrl-C'd process alive until the user pressed Enter.
-        """
-        reader = BlockReader(kind)  # type: ignore[arg-type]
-        lines: list[str] = []
-        while True:
-            line = await self._next_stdin_line()
-            if line == "":
-                reader.feed_eof()  # raises the reference's message (missing BEGIN / END marker)
-                raise TunnelError("Missing BEGIN marker", ExitCode.USAGE)
-            lines.append(line)
-            if reader.feed_line(line) is not None:
-                return "".join(lines)
-
-    async def _next_stdin_line(self) -> str:
-        if self._stdin_lines is None:
-            self._stdin_lines = asyncio.Queue()
-            queue, loop, stream = self._stdin_lines, self.loop, self.console.stdin
-
-            def pump() -> None:
-                while True:
-                    try:
-                        line = stream.readline()
-                    except (OSError, ValueError):
-                        line = ""
-                    try:
-                        loop.call_soon_threadsafe(queue.put_nowait, line)
-                    except RuntimeError:  # the loop is gone: the program is exiting
-                        return
-                    if line == "":
-                        return
-
-            threading.Thread(target=pump, name="stdin", daemon=True).start()
-        return await self._stdin_lines.get()
-
-    async def _wait(self, kind: str, timeout: float | None) -> Any:
-        fut = self.milestones[kind]
-        closed = self.milestones["closed"]
-        waiters = {fut, closed} if kind != "closed" else {closed}
-        done, _ = await asyncio.wait({*waiters, self.stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if fut in done:
-            return fut.result()
-        if closed in done:
-            return closed.result()
-        if self.stopping in done:
-            raise flows.Stopped()
-        return None
-
-    def _start(self, peer: Any) -> None:
-        self.peer = peer
-        self.driver = MachineDriver(peer, self.sockets, self._on_event, self.loop)
-        self.local = LocalForwarder(self.loop, lambda: peer.session, self.driver.kick_now)
-
-    def _on_event(self, ev: Any) -> None:
-        if isinstance(ev, GatheringComplete):
-            _settle(self.milestones["gathered"], ev)
-        elif isinstance(ev, IceConnected):
-            _settle(self.milestones["connected"], ev)
-            assert self.driver is not None
-            self.driver.keep_only(ev.local_address)
-        elif isinstance(ev, TunnelReady):
-            _settle(self.milestones["ready"], ev)
-        elif isinstance(ev, TunnelClosed):
-            _settle(self.milestones["closed"], ev)
-        elif self.local is not None:
-            self.local.handle(ev)
-
-    async def close(self) -> None:
-        """Orderly stop: CONNECTION_CLOSE(0, "done"), a short grace for it to leave, then release everything."""
-        if self.peer is not None and self.driver is not None and not self.peer.closed:
-            self.peer.close(self.loop.time(), "done")
-            self.driver.flush()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.milestones["closed"]), CLOSE_GRACE)
-        if self.local is not None:
-            self.local.close()
-        if self.driver is not None:
-            self.driver.close()
-        else:
-            for sock in self.sockets.values():
-                sock.close()
+    run_nostr = run
 
 
-def _settle(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
+def _install_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> dict[int, Any]:
+    installed = {}
+    for sig in entry.STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            previous = entry.save_signal_handlers((sig,))
+            loop.add_signal_handler(sig, stop)
+            installed.update(previous)
+    return installed
 
 
-def run_flow(flow: flows.Flow, console: Console | None = None) -> None:
+#: The runner also runs nostr flows; the old name stays as an alias.
+NostrRunner = AsyncioRunner
+
+
+def run_flow(flow: Any, console: Console | None = None) -> None:
     """Run a flow to completion on a new asyncio loop; user-facing failures come out as TunnelError."""
 
     async def main() -> None:
         await AsyncioRunner(console).run(flow)
 
     asyncio.run(main())
+
+
+run_nostr_flow = run_flow
+run_manual_client, run_manual_server = entry.manual_entry_points(run_flow)
+run_nostr_client, run_nostr_server = entry.nostr_entry_points(run_flow)

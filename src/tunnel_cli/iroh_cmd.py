@@ -243,7 +243,7 @@ def dispatch(options: IrohCommand, runtime: str) -> None:
                           ExitCode.USAGE)
     import importlib
 
-    runner = importlib.import_module("tunnel_asyncio.iroh.runner")
+    runner = importlib.import_module("tunnel_iroh.runner")
     if isinstance(options, IrohServerOptions):
         runner.run_iroh_server(options)
     else:

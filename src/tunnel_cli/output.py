@@ -40,7 +40,9 @@ def configure_logging() -> None:
     logging.basicConfig(
         stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    for name in ("tunnel_core", "tunnel_asyncio", "tunnel_trio", "tunnel_gevent", "tunnel_cli"):
+    loggers = ("tunnel_core", "tunnel_io", "tunnel_asyncio", "tunnel_trio", "tunnel_gevent", "tunnel_iroh",
+               "tunnel_iroh_relay", "tunnel_cli")
+    for name in loggers:
         logging.getLogger(name).setLevel(level)
 
 

@@ -287,7 +287,7 @@ def run(argv: Sequence[str]) -> int:
     try:
         options = build_relay_options(argv)
         output.configure_logging()
-        from tunnel_asyncio.relay import run_relay
+        from tunnel_iroh_relay import run_relay
 
         run_relay(options)
     except SystemExit as exc:  # --help

@@ -131,6 +131,19 @@ def failure(ev: TunnelClosed) -> TunnelError:
     return TunnelError(ev.reason, ExitCode.CONNECT_FAILED)
 
 
+def closed_orderly(ev: TunnelClosed) -> bool:
+    """The other side ended the tunnel on purpose (CONNECTION_CLOSE 0 "done": stopped, or its session is over)."""
+    return ev.by_peer and ev.error_code == 0 and ev.reason in ("done", "")
+
+
+def client_end(ev: TunnelClosed) -> TunnelError:
+    """How a client's tunnel ended, for the user: an orderly close by the server says so (it is still the end of
+    the tunnel the user asked for, hence CONNECTION_LOST), anything else is ``failure``."""
+    if closed_orderly(ev):
+        return TunnelError("The server closed the tunnel", ExitCode.CONNECTION_LOST)
+    return failure(ev)
+
+
 def _input_error(exc: RemoteProtocolError) -> TunnelError:
     return TunnelError(str(exc), ExitCode.USAGE)
 
@@ -229,7 +242,7 @@ def _start_checks(peer: Peer, remote: dialogue.RemoteIce) -> Generator[Effect, A
     yield Poke(peer.ice.connect)
 
 
-def _until_up(peer: Peer, ready_message: str, ready_line: str) -> Generator[Effect, Any, None]:
+def until_up(peer: Peer, ready_message: str, ready_line: str) -> Generator[Effect, Any, None]:
     connected = yield Wait("connected")
     if isinstance(connected, TunnelClosed):
         raise failure(connected)
@@ -255,7 +268,7 @@ def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -
         listen_host, listen_port = parse_target(opts.target)
     except PolicyError as exc:
         raise _input_error(exc) from None
-    listen_ip = yield from _listen_ip(listen_host, listen_port, opts.target)
+    local_ip = yield from listen_ip(listen_host, listen_port, opts.target)
     yield Say(dialogue.CLIENT_BANNER)
     pins: dict[str, str] = {}
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, identity=None, pins=pins,
@@ -270,16 +283,16 @@ def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -
     except RemoteProtocolError as exc:
         raise _input_error(exc) from None
     yield from _start_checks(peer, _checked_ice(answer))
-    yield from _until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
+    yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
     try:
-        bound = yield Listen(source.protocol, listen_ip, listen_port)
+        bound = yield Listen(source.protocol, local_ip, listen_port)
     except OSError as exc:
         raise TunnelError(f"Failed to listen on {opts.target}: {exc.strerror or exc}", ExitCode.GENERAL) from None
     what = "connect" if source.protocol == "tcp" else "send"
     yield Say(f"Listening on {source.protocol.upper()} {dialogue.format_address(bound)} - configure your client "
               f"to {what} here")
     closed = yield Wait("closed")
-    raise failure(closed)
+    raise client_end(closed)
 
 
 def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -> Flow:
@@ -301,7 +314,7 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
     except RemoteProtocolError as exc:
         raise _input_error(exc) from None
     remote = _checked_ice(offer)  # before the ANSWER is printed: a bad offer gets no answer (item 7)
-    decision = yield from _decide(policy, source)
+    decision = yield from decide_source(policy, source)
     if not decision.allowed:
         raise TunnelError(decision.reason or f"Source '{source.url()}' is not allowed", ExitCode.AUTH)
     spec["protocol"] = source.protocol
@@ -310,15 +323,15 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
     yield Say(dialogue.ANSWER_TITLE)
     yield PrintBlock(encode_block("ANSWER", dialogue.make_answer(peer.ice, identity.fingerprint)))
     yield from _start_checks(peer, remote)
-    yield from _until_up(peer, "Timeout waiting for QUIC connection", "Client connected over QUIC.")
+    yield from until_up(peer, "Timeout waiting for QUIC connection", "Client connected over QUIC.")
     closed = yield Wait("closed")
-    if closed.by_peer and closed.error_code == 0 and closed.reason in ("done", ""):
+    if closed_orderly(closed):
         yield Say("Connection closed.")
         return
     raise failure(closed)
 
 
-def _decide(policy: AccessPolicy, source: Source) -> Generator[Effect, Any, Any]:
+def decide_source(policy: AccessPolicy, source: Source) -> Generator[Effect, Any, Any]:
     verdict = policy.decide(source)
     if isinstance(verdict, NeedsResolution):
         addresses = yield Resolve(verdict.host, verdict.port)
@@ -326,7 +339,7 @@ def _decide(policy: AccessPolicy, source: Source) -> Generator[Effect, Any, Any]
     return verdict
 
 
-def _listen_ip(host: str, port: int, original: str) -> Generator[Effect, Any, str]:
+def listen_ip(host: str, port: int, original: str) -> Generator[Effect, Any, str]:
     """IP literal fast path; otherwise one address, IPv4 preferred (upstream `resolve_listen_addr`)."""
     import ipaddress
 

@@ -28,11 +28,13 @@ from tunnel_core.flows import (
     Poke,
     Say,
     Wait,
-    _decide,
-    _listen_ip,
-    _until_up,
+    client_end,
+    closed_orderly,
+    decide_source,
     failure,
+    listen_ip,
     start_peer,
+    until_up,
 )
 from tunnel_core.nostr.errors import NostrError
 from tunnel_core.nostr.event import Event
@@ -204,7 +206,7 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
         listen_host, listen_port = parse_target(target)
     except PolicyError as exc:
         raise _usage(str(exc)) from None
-    listen_ip = yield from _listen_ip(listen_host, listen_port, target)
+    local_ip = yield from listen_ip(listen_host, listen_port, target)
     secret, peer_key = parse_keys(opts.nsec, opts.peer_npub)
     channel = Channel(secret, peer_key, plaintext=opts.plaintext, kind=opts.event_kind)
     yield Say(CLIENT_BANNER)
@@ -246,16 +248,16 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
     except RemoteProtocolError as exc:
         raise TunnelError(str(exc), ExitCode.CONNECT_FAILED) from None
     yield from _start_checks(peer, offer.ice_ufrag, offer.ice_pwd, offer.candidates)
-    yield from _until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
+    yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
     try:
-        bound = yield Listen(source.protocol, listen_ip, listen_port)
+        bound = yield Listen(source.protocol, local_ip, listen_port)
     except OSError as exc:
         raise TunnelError(f"Failed to listen on {target}: {exc.strerror or exc}", ExitCode.GENERAL) from None
     what = "connect" if source.protocol == "tcp" else "send"
     yield Say(f"Listening on {source.protocol.upper()} {dialogue.format_address(bound)} - configure your client "
               f"to {what} here")
     closed = yield Wait("closed")
-    raise failure(closed)
+    raise client_end(closed)
 
 
 def _await_offer(
@@ -383,7 +385,7 @@ def server_session_flow(
     except PolicyError as exc:
         yield from reject(str(exc))
         raise TunnelError(str(exc), ExitCode.AUTH) from None
-    decision = yield from _decide(policy, source)
+    decision = yield from decide_source(policy, source)
     if not decision.allowed:
         reason = decision.reason or f"Source '{source.url()}' is not allowed"
         yield from reject(reason)
@@ -414,9 +416,9 @@ def server_session_flow(
     yield Publish(channel.seal(offer, created_at=now.wall, rng=rng))
     yield Say("Published offer")
     yield from _start_checks(peer, req.ice_ufrag, req.ice_pwd, req.candidates)
-    yield from _until_up(peer, "Timeout waiting for QUIC connection", "Client connected over QUIC.")
+    yield from until_up(peer, "Timeout waiting for QUIC connection", "Client connected over QUIC.")
     closed = yield Wait("closed")
-    if closed.by_peer and closed.error_code == 0 and closed.reason in ("done", ""):
+    if closed_orderly(closed):
         yield Say("Connection closed.")
         return
     raise failure(closed)

@@ -1,24 +1,10 @@
-"""tunnel_gevent: the gevent runtime adapter for tunnel_core (wait readable, drain, feed, flush once, one timer).
-
-Public: ``run_manual_client(opts)`` / ``run_manual_server(opts)`` (block the calling greenlet) and
-``GeventRunner(console).run(flow)`` for programs that already run greenlets. No monkey-patching happens here.
-Imports are lazy so ``import tunnel_gevent`` stays cheap.
-"""
-
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["Console", "GeventRunner", "run_manual_client", "run_manual_server"]
+"""tunnel_gevent: tunnel_io on gevent. Public: ``GeventRunner(console).run(flow)``, ``run_manual_client/server(opts)``,
+``run_nostr_client/server(opts)`` (docs/embedding.md); everything loads lazily so ``import tunnel_gevent`` is cheap."""
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("Console", "GeventRunner"):
-        from tunnel_gevent import runner
+def __getattr__(name: str) -> object:
+    if name.startswith("_") or name in ("cli", "manual", "nostr", "reactor", "runner"):
+        raise AttributeError(name)  # submodules are found by the import system, never through the runner
+    import importlib
 
-        return getattr(runner, name)
-    if name in ("run_manual_client", "run_manual_server"):
-        from tunnel_gevent import manual
-
-        return getattr(manual, name)
-    raise AttributeError(name)
+    return getattr(importlib.import_module("tunnel_gevent.runner"), name)

@@ -1,22 +1,3 @@
-"""ice-manual mode on gevent: the entry points behind `python -m tunnel_gevent.cli server|client manual`.
+"""Old home of the blocking manual-mode entry points (kept for embedders): they live in tunnel_gevent.runner."""
 
-The dialogue itself (offer, answer, checks, what is printed) is tunnel_core.flows; this module only picks the gevent
-interpreter and the OS randomness source. Programs that already run greenlets use ``GeventRunner`` directly
-(docs/embedding.md).
-"""
-
-from __future__ import annotations
-
-import os
-
-from tunnel_core.flows import manual_client_flow, manual_server_flow
-from tunnel_core.options import ManualClientOptions, ManualServerOptions
-from tunnel_gevent.runner import Console, run_flow
-
-
-def run_manual_client(opts: ManualClientOptions, console: Console | None = None) -> None:
-    run_flow(manual_client_flow(opts, os.urandom), console)
-
-
-def run_manual_server(opts: ManualServerOptions, console: Console | None = None) -> None:
-    run_flow(manual_server_flow(opts, os.urandom), console)
+from tunnel_gevent.runner import Console, run_manual_client, run_manual_server  # noqa: F401

@@ -1,24 +1,10 @@
-"""tunnel_trio: the trio runtime adapter for tunnel_core (wait readable, drain, feed, flush once, one timer).
-
-Public: ``run_manual_client(opts)`` / ``run_manual_server(opts)`` (blocking, call ``trio.run``) and
-``TrioRunner(console).run(flow)`` for programs already running trio. Imports are lazy so ``import tunnel_trio``
-stays cheap.
-"""
-
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["Console", "TrioRunner", "run_manual_client", "run_manual_server"]
+"""tunnel_trio: tunnel_io on trio. Public: ``TrioRunner(console).run(flow)``, ``run_manual_client/server(opts)``,
+``run_nostr_client/server(opts)`` (docs/embedding.md); everything loads lazily so ``import tunnel_trio`` is cheap."""
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("Console", "TrioRunner"):
-        from tunnel_trio import runner
+def __getattr__(name: str) -> object:
+    if name.startswith("_") or name in ("cli", "manual", "nostr", "reactor", "runner"):
+        raise AttributeError(name)  # submodules are found by the import system, never through the runner
+    import importlib
 
-        return getattr(runner, name)
-    if name in ("run_manual_client", "run_manual_server"):
-        from tunnel_trio import manual
-
-        return getattr(manual, name)
-    raise AttributeError(name)
+    return getattr(importlib.import_module("tunnel_trio.runner"), name)

@@ -1,23 +1,10 @@
-"""`python -m tunnel_trio.cli`: the same command line as ``tunnel``, run on trio.
-
-The parser, config files and validation are runtime-neutral (tunnel_cli); only the runtime differs.
-"""
-
-from __future__ import annotations
+"""``python -m tunnel_trio.cli``: the ``tunnel`` command line on trio."""
 
 import sys
-from collections.abc import Sequence
 
-from tunnel_cli.cli import TUNNEL, TUNNEL_RS_ICE, run
+from tunnel_cli.entry import console_mains
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run(argv, program=TUNNEL, runtime="trio")
-
-
-def main_ice(argv: Sequence[str] | None = None) -> int:
-    return run(argv, program=TUNNEL_RS_ICE, runtime="trio")
-
+main, main_ice = console_mains("trio")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,5 @@
-"""PauseReading must take effect on gevent even when the local socket never runs dry.
+"""PauseReading must take effect on gevent even when the local socket never runs dry (tunnel_io's forwarder on the
+gevent reactor, with the flush in another greenlet as the worst case).
 
 gevent's ``recv`` returns at once, without a switch to the hub, while the socket holds data. A reader greenlet that
 did not yield after each chunk therefore ran for as long as a fast local sender kept the socket non-empty: the
@@ -11,6 +12,7 @@ second. Loopback only.
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -70,7 +72,8 @@ def test_pause_reading_holds_while_the_local_socket_stays_readable() -> None:
     import gevent
     import gevent.event
 
-    from tunnel_gevent.local import READ_SIZE, LocalForwarder
+    from tunnel_gevent.reactor import GeventReactor
+    from tunnel_io.local import READ_SIZE, LocalForwarder
 
     session = StandInSession()
     kicked = gevent.event.Event()
@@ -83,7 +86,7 @@ def test_pause_reading_holds_while_the_local_socket_stays_readable() -> None:
             while session.events:
                 fwd.handle(session.events.pop(0))
 
-    fwd = LocalForwarder(lambda: session, kicked.set)
+    fwd = LocalForwarder(GeventReactor(), lambda: session, kicked.set, time.monotonic)
     flusher = gevent.spawn(flush_loop)
     sender = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from tests.iroh_mode.tunnels import make_key
 
-from tunnel_asyncio.iroh.cli import TUNNEL_RS
-from tunnel_cli.cli import TUNNEL, build_options, run
+from tunnel_cli.cli import TUNNEL, TUNNEL_RS, build_options, run
 from tunnel_cli.iroh_network import DNS_SERVER_UNSUPPORTED
 from tunnel_core.iroh_session.options import IrohClientOptions, IrohServerOptions
 from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from tunnel_asyncio.iroh import ffi
+from tunnel_iroh import ffi
 
 
 def test_copy_fix_is_active_on_the_installed_binding() -> None:

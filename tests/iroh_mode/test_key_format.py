@@ -133,7 +133,7 @@ def test_show_auth_key_comment_rules() -> None:
 
 
 def tunnel_rs(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from tunnel_asyncio.iroh.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from tunnel_iroh.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
                           cwd=cwd, stdin=subprocess.DEVNULL)
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from tests.nostr.conftest import TEST_KIND, LocalRelay
 
-from tunnel_asyncio.nostr import NostrRunner, RelayConnections
+from tunnel_asyncio.nostr import NostrRunner
+from tunnel_asyncio.reactor import AsyncioReactor
 from tunnel_asyncio.runner import Console
 from tunnel_core.flows import Stopped
 from tunnel_core.flows_nostr import nostr_client_flow, nostr_server_flow
@@ -26,6 +27,7 @@ from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
 from tunnel_core.nostr.pool import RelayPool
 from tunnel_core.options import ExitCode, IceOptions, TunnelError
 from tunnel_core.signal import ManualRequest
+from tunnel_io.relays import RelayConnections
 
 ICE = IceOptions(stun_servers=(), host_candidates=("127.0.0.1",))
 pytestmark = pytest.mark.timeout(60)
@@ -235,7 +237,7 @@ def test_wrong_key_stale_replay_and_tampered_requests_are_ignored(relay: LocalRe
         # A raw publisher with the *client's* key, to send crafted requests.
         channel = Channel(client_key, server_key.public_key, kind=TEST_KIND)
         pool = RelayPool(relays, filters=[{"kinds": [TEST_KIND], "ids": ["00" * 32]}], subscription_id="raw")
-        conns = RelayConnections(pool, asyncio.Queue(), loop)
+        conns = RelayConnections(AsyncioReactor(loop), pool, deliver=lambda _event: None, changed=lambda: None)
         conns.flush()
         for _ in range(100):
             if pool.open_count:

@@ -26,9 +26,9 @@ import time
 import iroh
 from iroh import iroh_ffi
 
-from tunnel_asyncio.relay import RelayService
 from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id, format_secret_key
 from tunnel_core.relay import RelayOptions, RelayPolicy
+from tunnel_iroh_relay import RelayService
 
 ALPN = b"relaytest/1"
 STREAM_BYTES = 2 * 1024 * 1024
@@ -49,7 +49,7 @@ def setup_namespace(block_udp: bool) -> None:
 
 def apply_copy_fix() -> bool:
     try:
-        from tunnel_asyncio.iroh.ffi import apply_copy_fix as fix
+        from tunnel_iroh.ffi import apply_copy_fix as fix
     except ImportError:
         return False
     return fix(iroh_ffi)

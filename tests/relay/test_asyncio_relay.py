@@ -15,9 +15,9 @@ from cryptography.x509.oid import NameOID
 from tests.relay.helpers import TestClient, eid, running_relay
 from websockets.exceptions import InvalidStatus
 
-from tunnel_asyncio.relay import RelayService
 from tunnel_core.relay import RelayOptions
 from tunnel_core.relay import frames as fr
+from tunnel_iroh_relay import RelayService
 
 pytestmark = pytest.mark.timeout(60)
 

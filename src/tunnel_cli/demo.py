@@ -1,4 +1,4 @@
-"""`python -m tunnel_asyncio.demo`: a self-contained manual-mode tunnel on this machine, no internet needed.
+"""`python -m tunnel_cli.demo`: a self-contained manual-mode tunnel on this machine, no internet needed.
 
 It starts a local TCP service, a `tunnel server manual` and a `tunnel client manual` (both real processes, wired
 together through pipes exactly as a person would copy and paste the blocks), pushes data through the tunnel, checks
@@ -89,7 +89,7 @@ def _read_block(stream: IO[str], deadline: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tunnel_asyncio.demo", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m tunnel_cli.demo", description=__doc__)
     ap.add_argument("--megabytes", type=int, default=64, help="how much data to push through (default 64)")
     args = ap.parse_args(argv)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from tunnel_cli.cli import TUNNEL_RS, run
+from tunnel_cli.entry import console_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(argv, program=TUNNEL_RS, runtime="asyncio")
+    return console_main(argv, "TUNNEL_RS", "asyncio")
 
 
 if __name__ == "__main__":

@@ -15,19 +15,6 @@ from typing import Any
 
 import attrs
 
-from tunnel_asyncio.iroh import ffi
-from tunnel_asyncio.iroh.bridge import (
-    READ_LIMIT,
-    TCP_LIMIT,
-    DatagramLink,
-    FrameWriter,
-    UdpEndpoint,
-    bridge_tcp,
-    read_frames,
-    tune_tcp,
-)
-from tunnel_asyncio.iroh.endpoint import PathWatch, bind_endpoint, connect, endpoint_id_bytes
-from tunnel_asyncio.iroh.socks import OnionBridges
 from tunnel_core.forwarding.session import DEFAULT_MAX_UDP_PEERS as MAX_UDP_PEERS
 from tunnel_core.forwarding.session import DEFAULT_UDP_IDLE_TIMEOUT as UDP_IDLE_TIMEOUT
 from tunnel_core.iroh_session import (
@@ -49,8 +36,21 @@ from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.policy import parse_source, parse_target
 from tunnel_core.types import Address
 from tunnel_core.wire import UdpFrameDecoder, WireError
+from tunnel_iroh import ffi
+from tunnel_iroh.bridge import (
+    READ_LIMIT,
+    TCP_LIMIT,
+    DatagramLink,
+    FrameWriter,
+    UdpEndpoint,
+    bridge_tcp,
+    read_frames,
+    tune_tcp,
+)
+from tunnel_iroh.endpoint import PathWatch, bind_endpoint, connect, endpoint_id_bytes
+from tunnel_iroh.socks import OnionBridges
 
-log = logging.getLogger("tunnel_asyncio.iroh")
+log = logging.getLogger("tunnel_iroh")
 
 RESPONSE_TIMEOUT = 10.0
 OPEN_ATTEMPTS = 3

@@ -14,20 +14,6 @@ import os
 import socket
 from typing import Any
 
-from tunnel_asyncio.iroh import ffi
-from tunnel_asyncio.iroh.bridge import (
-    READ_LIMIT,
-    TCP_LIMIT,
-    DatagramLink,
-    FrameWriter,
-    UdpEndpoint,
-    bridge_tcp,
-    read_frames,
-    tune_tcp,
-)
-from tunnel_asyncio.iroh.dial import DialFailed, happy_eyeballs
-from tunnel_asyncio.iroh.endpoint import PathWatch, bind_endpoint, direct_addresses, endpoint_id_bytes
-from tunnel_asyncio.iroh.socks import OnionBridges
 from tunnel_core.iroh_session import (
     ALPN_E2,
     ALPN_E4,
@@ -51,8 +37,22 @@ from tunnel_core.keys import format_endpoint_id
 from tunnel_core.policy import AccessPolicy
 from tunnel_core.types import Address
 from tunnel_core.wire import UdpFrameDecoder, WireError
+from tunnel_iroh import ffi
+from tunnel_iroh.bridge import (
+    READ_LIMIT,
+    TCP_LIMIT,
+    DatagramLink,
+    FrameWriter,
+    UdpEndpoint,
+    bridge_tcp,
+    read_frames,
+    tune_tcp,
+)
+from tunnel_iroh.dial import DialFailed, happy_eyeballs
+from tunnel_iroh.endpoint import PathWatch, bind_endpoint, direct_addresses, endpoint_id_bytes
+from tunnel_iroh.socks import OnionBridges
 
-log = logging.getLogger("tunnel_asyncio.iroh")
+log = logging.getLogger("tunnel_iroh")
 
 #: A client that opens a stream and never sends its request must not hold a session permit forever.
 REQUEST_TIMEOUT = 10.0

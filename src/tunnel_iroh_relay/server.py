@@ -40,7 +40,7 @@ from tunnel_core.relay.frames import MAX_FRAME_SIZE
 
 __all__ = ["RelayService", "format_endpoint"]
 
-log = logging.getLogger("tunnel_asyncio.relay")
+log = logging.getLogger("tunnel_iroh_relay")
 
 RELAY_PATH = "/relay"
 #: Headers of a 101 may arrive in one segment with the first frames; 16 KiB is far beyond any real request.

@@ -20,7 +20,7 @@ from typing import Any
 
 from tunnel_core.options import ExitCode, TunnelError
 
-log = logging.getLogger("tunnel_asyncio.iroh")
+log = logging.getLogger("tunnel_iroh")
 
 MISSING_MESSAGE = (
     "iroh mode needs the 'iroh' package (PyPI iroh >= 1.2, < 2): install it with pip install 'tunnel[iroh]'"

@@ -8,11 +8,11 @@ import logging
 import signal
 from typing import Any
 
-from tunnel_asyncio.iroh.client import IrohClient
-from tunnel_asyncio.iroh.server import IrohServer
 from tunnel_core.iroh_session.options import IrohClientOptions, IrohServerOptions
+from tunnel_iroh.client import IrohClient
+from tunnel_iroh.server import IrohServer
 
-log = logging.getLogger("tunnel_asyncio.iroh")
+log = logging.getLogger("tunnel_iroh")
 
 
 def _stop_event() -> asyncio.Event:

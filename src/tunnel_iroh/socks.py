@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from tunnel_core.iroh_session.socks import ProxyAddress, onion_target, parse_socks5_proxy, socks5_connect_request
 from tunnel_core.options import ExitCode, TunnelError
 
-log = logging.getLogger("tunnel_asyncio.iroh")
+log = logging.getLogger("tunnel_iroh")
 
 HANDSHAKE_TIMEOUT = 30.0
 

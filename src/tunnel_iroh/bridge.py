@@ -17,7 +17,6 @@ from typing import Any, cast
 
 import attrs
 
-from tunnel_asyncio.iroh import ffi
 from tunnel_core.datagram import (
     DatagramError,
     Reassembler,
@@ -28,8 +27,9 @@ from tunnel_core.datagram import (
 )
 from tunnel_core.types import Address
 from tunnel_core.wire import MAX_UDP_DATAGRAM, UdpFrameDecoder, WireError, encode_udp_frame
+from tunnel_iroh import ffi
 
-log = logging.getLogger("tunnel_asyncio.iroh")
+log = logging.getLogger("tunnel_iroh")
 
 CHUNK = 1024 * 1024
 READ_LIMIT = 1024 * 1024

@@ -1,9 +1,10 @@
-"""What every runtime does with the operating system in exactly the same way.
+"""tunnel_io: the runtime-neutral I/O layer between the sans-IO core and the runtimes (docs/architecture.md).
 
-Not an adapter and not the core: plain-socket helpers (bind a host-candidate UDP socket, list interfaces), minting a
-fresh QUIC certificate (OS randomness and the wall clock), deduplicating resolver answers, and the Console that
-splits copy-paste blocks (stdout) from everything else (stderr). The asyncio, trio and gevent adapters import it so
-none of them copies another (adapters never import each other).
+Its submodules are written once against a small callback reactor (tunnel_io.reactor): the Peer's driver, local
+forwarding, happy eyeballs, Nostr relay connections and the flow interpreter. This package module holds what every
+piece does with the operating system the same way: plain-socket helpers (bind a host-candidate UDP socket, list
+interfaces), minting a fresh QUIC certificate (OS randomness and the wall clock), deduplicating resolver answers,
+and the Console that splits copy-paste blocks (stdout) from everything else (stderr).
 """
 
 from __future__ import annotations
@@ -25,11 +26,6 @@ from tunnel_core.types import Address
 #: Large enough for QUIC bursts at 16 KB packets; the kernel clamps it to net.core.[rw]mem_max.
 SOCKET_BUFFER = 4 * 1024 * 1024
 
-#: Every driver fires a timer closer than this at once, as if due: the runtime's timer granularity would otherwise
-#: throttle aioquic's pacer. It stays well below aioquic's 1 ms ACK delay, so the delayed ACK keeps batching: fired
-#: early, it would go out as an ACK-only packet after nearly every request/response exchange instead of one per
-#: ~4 round trips (aioquic writes an ACK only once it is due, never early on a data packet).
-TIMER_SLACK = 0.0005
 
 SocketFactory = Callable[[int, int], Any]
 

@@ -12,12 +12,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tunnel_asyncio.iroh import ffi
 from tunnel_core.iroh_session import PathReporter, PathView
 from tunnel_core.iroh_session.options import IrohNetwork
 from tunnel_core.options import ExitCode, TunnelError
+from tunnel_iroh import ffi
 
-log = logging.getLogger("tunnel_asyncio.iroh")
+log = logging.getLogger("tunnel_iroh")
 
 #: Upstream's RELAY_CONNECT_TIMEOUT and dial timeout.
 ONLINE_TIMEOUT = 10.0

@@ -6,12 +6,12 @@ import asyncio
 import logging
 import signal
 
-from tunnel_asyncio.relay.server import RelayService
 from tunnel_core.relay import RelayOptions
+from tunnel_iroh_relay.server import RelayService
 
 __all__ = ["run_relay", "serve"]
 
-log = logging.getLogger("tunnel_asyncio.relay")
+log = logging.getLogger("tunnel_iroh_relay")
 
 
 async def serve(options: RelayOptions, *, stop: asyncio.Event | None = None) -> None:

@@ -1,0 +1,225 @@
+"""The one adapter shape, written once: wait readable, drain, feed the Peer, flush once, re-arm one timer.
+
+Why drain a socket and flush once per batch and not transmit per datagram (aioquic's own asyncio protocol does the
+latter): aioquic wants to be told about a whole batch before it is asked what to send, which halves the send calls
+(python-stack.md 1.2). Why the machine's timer is one slot re-armed in place: the machine only ever has one next
+deadline (``get_timer()``), and re-arming happens on nearly every flush.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from tunnel_core.types import Address
+from tunnel_io.reactor import Reactor, Timer, Watch
+
+log = logging.getLogger("tunnel")
+
+#: Every driver fires a timer closer than this at once, as if due: the runtime's timer granularity would otherwise
+#: throttle aioquic's pacer. It stays well below aioquic's 1 ms ACK delay, so the delayed ACK keeps batching: fired
+#: early, it would go out as an ACK-only packet after nearly every request/response exchange instead of one per
+#: ~4 round trips (aioquic writes an ACK only once it is due, never early on a data packet).
+TIMER_SLACK = 0.0005
+#: Datagrams read per wake-up before flushing, so one busy socket cannot starve the timer and the others.
+DRAIN_LIMIT = 256
+#: Event/send rounds per flush before the rest is left to the next loop turn.
+FLUSH_ROUNDS = 16
+#: Errors that mean "this path does not work right now" rather than "the program is broken" (upstream ignores them).
+TRANSIENT_SEND_ERRORS = frozenset({
+    errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ECONNREFUSED, errno.EADDRNOTAVAIL,
+    errno.EINVAL, errno.EPERM, errno.EAFNOSUPPORT,
+})
+
+
+class PeerDriver:
+    """Drives one sans-IO machine (a Peer) over a set of non-blocking UDP sockets keyed by their local address."""
+
+    def __init__(
+        self, reactor: Reactor, machine: Any, sockets: dict[Address, Any], on_event: Callable[[Any], None]
+    ) -> None:
+        self.reactor = reactor
+        self.machine = machine
+        self.on_event = on_event
+        self.sockets: dict[Address, Any] = {}
+        self._watches: dict[Address, Watch] = {}
+        self._timer: Timer | None = None
+        self._timer_at: float | None = None
+        #: Bumped on every re-arm; a fire-now callback from an older arm finds it changed and does nothing.
+        self._arm = 0
+        #: Never hand the machine a time before a timer we fired early (see _on_timer).
+        self._floor = -1e18
+        self._flushing = False
+        self._flush_queued = False
+        self._closed = False
+        for addr, sock in sockets.items():
+            self.sockets[addr] = sock
+            watch = reactor.watch(sock, self._readable(addr, sock), _never)
+            watch.want(read=True, write=False)
+            self._watches[addr] = watch
+
+    def now(self) -> float:
+        """The reactor's clock, but never behind a timer fired early: machines need monotonic time."""
+        t = self.reactor.time()
+        return t if t > self._floor else self._floor
+
+    # ---------------------------------------------------------------------------------------- the shape
+
+    def _readable(self, addr: Address, sock: Any) -> Callable[[], None]:
+        receive = self.machine.receive_datagram
+
+        def on_readable() -> None:
+            if self._closed:
+                return
+            now = self.now()
+            for _ in range(DRAIN_LIMIT):
+                try:
+                    data, remote = sock.recvfrom(65536)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    if sock.fileno() == -1:
+                        return
+                    continue  # ICMP errors surface here on Linux (ECONNREFUSED); they say nothing the core needs
+                receive(data, addr, (remote[0], remote[1]), now)
+            self.flush()
+
+        return on_readable
+
+    def kick_now(self) -> None:
+        """Flush at once for input from a local socket, unless a flush is running (it absorbs the kick) or queued.
+
+        Why not schedule_flush: one more loop turn between a local read and the datagram that carries it costs
+        about 25 µs of round-trip latency per tunnel process (benchmarks/README.md). Bulk reads are large, so
+        flushing per read does not shrink packets.
+        """
+        if not self._flushing and not self._flush_queued and not self._closed:
+            self.flush()
+
+    def schedule_flush(self) -> None:
+        """Coalesce many inputs into one flush on the next loop turn."""
+        if not self._flush_queued and not self._closed:
+            self._flush_queued = True
+            self.reactor.call_soon(self._queued_flush)
+
+    def _queued_flush(self) -> None:
+        self._flush_queued = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Hand every pending event to the adapter, then send everything the machine has, once.
+
+        Event handlers may feed the machine (local data, credit), so the pair repeats only while handlers ran: in
+        the common case datagrams_to_send is called exactly once per flush. Kicks from those handlers are absorbed.
+        """
+        if self._closed or self._flushing:
+            return
+        self._flushing = True
+        try:
+            handled = self._drain_events()
+            for _ in range(FLUSH_ROUNDS):
+                self._send(self.machine.datagrams_to_send(self.now()))
+                handled = self._drain_events()
+                if not handled:
+                    break
+        finally:
+            self._flushing = False
+        if handled:
+            self.schedule_flush()  # the bound was reached: carry on in the next loop turn
+        self._rearm()
+
+    def _drain_events(self) -> int:
+        handled = 0
+        while not self._closed:
+            ev = self.machine.next_event()
+            if ev is None:
+                break
+            self.on_event(ev)
+            handled += 1
+        return handled
+
+    def _send(self, transmits: list[Any]) -> None:
+        for t in transmits:
+            sock = self.sockets.get(t.local)
+            if sock is None:
+                continue
+            try:
+                sock.sendto(t.data, t.remote)
+            except (BlockingIOError, InterruptedError):
+                pass  # QUIC and STUN both retransmit
+            except OSError as exc:
+                if exc.errno not in TRANSIENT_SEND_ERRORS:
+                    log.debug("send from %s to %s failed: %s", t.local, t.remote, exc)
+
+    def _rearm(self) -> None:
+        if self._closed:
+            return
+        when = self.machine.get_timer()
+        if when == self._timer_at and (self._timer is not None or when is None):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        self._arm += 1
+        if when is None:
+            return
+        if when - self.now() < TIMER_SLACK:
+            arm = self._arm
+            self.reactor.call_soon(lambda: self._on_timer(arm))
+            self._timer = _SOON
+        else:
+            self._timer = self.reactor.call_at(when, self._on_timer_at)
+
+    def _on_timer_at(self) -> None:
+        self._on_timer(self._arm)
+
+    def _on_timer(self, arm: int) -> None:
+        if self._closed or arm != self._arm:
+            return
+        when = self._timer_at
+        self._timer = None
+        self._timer_at = None
+        if when is not None and when > self._floor:
+            # A timer less than TIMER_SLACK away fires now, as if its moment had come: waiting for it would cost a
+            # loop wake-up, and handing the machine a time before it would leave it not due - a spin.
+            self._floor = when
+        self.machine.handle_timer(self.now())
+        self.flush()
+
+    # ---------------------------------------------------------------------------------------- lifetime
+
+    def keep_only(self, keep: Address) -> None:
+        """After nomination only the selected socket matters; the others are closed (upstream does the same)."""
+        for addr in list(self.sockets):
+            if addr != keep:
+                del self.sockets[addr]
+                self._watches.pop(addr).close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for watch in self._watches.values():
+            watch.close()
+        self._watches.clear()
+        self.sockets.clear()
+
+
+def _never() -> None:
+    """The write callback of sockets that never arm writing."""
+
+
+class _Soon:
+    """Stands for a fire-now timer: cancelling it is done by bumping the arm counter."""
+
+    def cancel(self) -> None:
+        pass
+
+
+_SOON = _Soon()

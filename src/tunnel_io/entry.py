@@ -1,0 +1,90 @@
+"""The blocking entry points every runtime offers, built once from that runtime's ``run_flow``.
+
+``run_manual_client/server(opts, console=None)`` and ``run_nostr_client/server(opts, console=None)`` build the flow
+(tunnel_core.flows / flows_nostr, OS randomness) and run it to its end; user-facing failures come out as
+TunnelError. The runtime modules (tunnel_<runtime>.manual / .nostr) only bind these to their runner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from tunnel_core.flows import manual_client_flow, manual_server_flow
+from tunnel_core.flows_nostr import nostr_client_flow, nostr_server_flow
+from tunnel_io import Console
+from tunnel_io.reactor import Reactor
+from tunnel_io.runner import CLOSE_GRACE, FlowRunner
+
+RunFlow = Callable[[Any, "Console | None"], None]
+
+#: The signals that stop a tunnel orderly when a shell handles signals (SIGHUP: the terminal went away).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: The longest an orderly close may take after stop(): sessions, relays, then our own tunnel.
+CLOSE_LIMIT = 2 * CLOSE_GRACE + 2.0
+
+
+class RunnerShell:
+    """What the three runtime shells (AsyncioRunner, TrioRunner, GeventRunner) share: the constructor, ``stop()``
+    (also before ``run`` began) and starting the FlowRunner. Each subclass adds only ``run(flow)``: how its runtime
+    waits for the end, handles the stop signals and cancellation."""
+
+    def __init__(self, console: Console | None = None, *, handle_signals: bool = True) -> None:
+        self.console = console or Console()
+        self.handle_signals = handle_signals
+        self.core: FlowRunner | None = None
+        self._stop_early = False
+
+    def stop(self) -> None:
+        """Ask the flow to end at its current wait; the tunnel closes with code 0 "done" and ``run`` returns."""
+        if self.core is None:
+            self._stop_early = True
+        else:
+            self.core.stop()
+
+    def _start(self, reactor: Reactor, flow: Any, on_done: Callable[[BaseException | None], None]) -> FlowRunner:
+        self.core = core = FlowRunner(reactor, self.console)
+        core.start(flow, on_done)
+        if self._stop_early:
+            core.stop()
+        return core
+EntryPoint = Callable[..., None]
+
+
+def _entry(run_flow: RunFlow, make_flow: Callable[[Any, Callable[[int], bytes]], Any], name: str) -> EntryPoint:
+    def entry(opts: Any, console: Console | None = None) -> None:
+        run_flow(make_flow(opts, os.urandom), console)
+
+    entry.__name__ = entry.__qualname__ = name
+    return entry
+
+
+def manual_entry_points(run_flow: RunFlow) -> tuple[EntryPoint, EntryPoint]:
+    """(run_manual_client, run_manual_server)."""
+    return (_entry(run_flow, manual_client_flow, "run_manual_client"),
+            _entry(run_flow, manual_server_flow, "run_manual_server"))
+
+
+def nostr_entry_points(run_flow: RunFlow) -> tuple[EntryPoint, EntryPoint]:
+    """(run_nostr_client, run_nostr_server)."""
+    return (_entry(run_flow, nostr_client_flow, "run_nostr_client"),
+            _entry(run_flow, nostr_server_flow, "run_nostr_server"))
+
+
+def save_signal_handlers(signals: tuple[int, ...]) -> dict[int, Any]:
+    """The Python-level handlers in place now (main thread only), for ``restore_signal_handlers``.
+
+    Why: asyncio's ``remove_signal_handler`` resets to the default and libev's watchers bypass Python's table, so
+    a shell that handled the stop signals while it ran puts back exactly what the program had before (the CLI relies
+    on that: a signal while the process winds down must not kill it, see tunnel_cli.entry)."""
+    return {sig: signal.getsignal(sig) for sig in signals}
+
+
+def restore_signal_handlers(saved: dict[int, Any]) -> None:
+    for sig, handler in saved.items():
+        if handler is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, handler)

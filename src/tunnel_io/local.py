@@ -1,0 +1,416 @@
+"""Local sockets of a tunnel, written once: what the forwarding session's commands mean on a real machine.
+
+The session decides; this module only carries out its events (dial, write, half-close, pause) and reports what the
+local sockets did (data, EOF, reset, bytes still unwritten). Every report is followed by a kick of the driver, which
+flushes at once unless a flush is running (it absorbs the kick).
+
+Why raw non-blocking sockets and explicit write queues rather than each runtime's streams: the session needs to
+know how many delivered bytes are still unwritten (that is what returns flow-control credit to QUIC), needs
+``shutdown(SHUT_WR)`` after exactly the queued bytes, and pauses reading by disarming readiness, so the pause takes
+effect before the next read on every runtime (gevent once needed its own fix for that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tunnel_core.forwarding import events as fe
+from tunnel_core.types import Address
+from tunnel_io.dial import HappyEyeballs
+from tunnel_io.driver import DRAIN_LIMIT
+from tunnel_io.reactor import Reactor, Timer, Watch
+
+log = logging.getLogger("tunnel")
+
+READ_SIZE = 65536
+#: Bytes written per send call; bounded so one flow's burst does not monopolise the loop.
+WRITE_CHUNK = 256 * 1024
+#: Connections accepted per wake-up.
+ACCEPT_LIMIT = 64
+#: Out of file descriptors: stop accepting for this long instead of spinning on EMFILE.
+EMFILE_BACKOFF = 0.1
+
+
+class TcpFlow:
+    """One local TCP connection bound to one QUIC stream: a pending-bytes queue and one readiness watch."""
+
+    def __init__(self, fwd: LocalForwarder, flow_id: int, sock: Any) -> None:
+        self.fwd = fwd
+        self.flow_id = flow_id
+        self.sock = sock
+        self.pending = bytearray()
+        self.paused = False
+        self.read_eof = False
+        self.shutdown_wanted = False
+        self.close_wanted = False
+        self.write_shut = False
+        self.finished = False
+        self.watch: Watch = fwd.reactor.watch(sock, self._on_readable, self._on_writable)
+        self._armed = (True, False)
+        self.watch.want(read=True, write=False)
+
+    def _arm(self) -> None:
+        wanted = (not self.paused and not self.read_eof, bool(self.pending))
+        if wanted != self._armed and not self.finished:
+            self._armed = wanted
+            self.watch.want(read=wanted[0], write=wanted[1])
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def _on_readable(self) -> None:
+        if self.finished or self.paused or self.read_eof:
+            return
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._failed()
+            return
+        session = self.fwd.session()
+        if not data:
+            self.read_eof = True  # half-closed by the local peer: the other direction keeps flowing
+            self._arm()
+            if session is not None:
+                session.flow_eof(self.flow_id)
+                self.fwd.kick()
+            return
+        if session is not None:
+            session.flow_data(self.flow_id, data)
+            self.fwd.kick()
+
+    # ------------------------------------------------------------------------------------------ writing
+
+    def write(self, data: bytes) -> None:
+        if self.finished or self.write_shut:
+            return
+        self.pending += data
+        if self._write_now():
+            self._report_pending()
+            self._arm()
+
+    def _on_writable(self) -> None:
+        if self.finished:
+            return
+        if self._write_now():
+            self._report_pending()
+            self._arm()
+
+    def _write_now(self) -> bool:
+        """Write what the socket takes without waiting; False if the flow ended (failed or closed after the queue)."""
+        while self.pending:
+            try:
+                n = self.sock.send(self.pending[:WRITE_CHUNK])
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                self._failed()
+                return False
+            del self.pending[:n]
+        self._after_drained()
+        return not self.finished
+
+    def _after_drained(self) -> None:
+        if self.pending or self.finished:
+            return
+        if self.close_wanted:
+            self.fwd.forget_tcp(self, reset=False)
+        elif self.shutdown_wanted and not self.write_shut:
+            self.write_shut = True
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_WR)
+
+    def _report_pending(self) -> None:
+        session = self.fwd.session()
+        if session is not None and not self.finished:
+            session.flow_write_pending(self.flow_id, len(self.pending))
+            self.fwd.kick()
+
+    # ------------------------------------------------------------------------------------------ commands
+
+    def shutdown_write(self) -> None:
+        self.shutdown_wanted = True
+        self._after_drained()
+
+    def close(self) -> None:
+        self.close_wanted = True
+        self._after_drained()
+
+    def pause(self) -> None:
+        self.paused = True
+        self._arm()
+
+    def resume(self) -> None:
+        self.paused = False
+        self._arm()
+
+    def _failed(self) -> None:
+        """The local socket broke (reset, broken pipe): the session resets the stream; we drop the socket."""
+        if self.finished:
+            return
+        self.fwd.forget_tcp(self, reset=True)
+        session = self.fwd.session()
+        if session is not None:
+            session.flow_reset(self.flow_id)
+            self.fwd.kick()
+
+    def release(self, *, abort: bool) -> None:
+        """Stop watching and close the socket; with ``abort`` send RST (SO_LINGER 0) and drop unwritten bytes."""
+        if self.finished:
+            return
+        self.finished = True
+        if abort:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.watch.close()
+
+
+class _Datagrams:
+    """A UDP socket whose datagrams are drained in bounded batches into ``deliver(data, peer, now)``."""
+
+    def __init__(self, fwd: LocalForwarder, sock: Any, deliver: Callable[[bytes, Address, float], None]) -> None:
+        self.fwd = fwd
+        self.sock = sock
+        self.deliver = deliver
+        self.watch = fwd.reactor.watch(sock, self._on_readable, _nothing)
+        self.watch.want(read=True, write=False)
+
+    def _on_readable(self) -> None:
+        now = self.fwd.now()
+        sock = self.sock
+        for _ in range(DRAIN_LIMIT):
+            try:
+                data, peer = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                if sock.fileno() == -1:
+                    return
+                continue  # ICMP port unreachable from a target: UDP carries on
+            self.deliver(data, (peer[0], peer[1]), now)
+        self.fwd.kick()
+
+    def close(self) -> None:
+        self.watch.close()
+
+
+class LocalForwarder:
+    """Carries out forwarding events on local sockets and reports back to the session (via ``session()``, which
+    is None once the tunnel is gone)."""
+
+    def __init__(
+        self, reactor: Reactor, session: Callable[[], Any], kick: Callable[[], None], now: Callable[[], float]
+    ) -> None:
+        self.reactor = reactor
+        self.session = session
+        self.kick = kick
+        #: The driver's clock (monotonic past timers it fired early), so the session never sees time go back.
+        self.now = now
+        self.tcp: dict[int, TcpFlow] = {}
+        self.dials: dict[int, HappyEyeballs] = {}
+        self.udp_flows: dict[int, _Datagrams] = {}
+        self.udp_listener: _Datagrams | None = None
+        self.tcp_listener: Any = None
+        self._accept_watch: Watch | None = None
+        self._backoff: Timer | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------------------------- client listeners
+
+    def listen_tcp(self, host: str, port: int) -> Address:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self.tcp_listener = sock
+        self._accept_watch = self.reactor.watch(sock, self._on_acceptable, _nothing)
+        self._accept_watch.want(read=True, write=False)
+        name = sock.getsockname()
+        return (name[0], name[1])
+
+    def _on_acceptable(self) -> None:
+        listener = self.tcp_listener
+        for _ in range(ACCEPT_LIMIT):
+            if self._closed or listener is None:
+                return
+            try:
+                conn, _peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and self._accept_watch is not None:
+                    self._accept_watch.want(read=False, write=False)  # back off instead of spinning
+                    self._backoff = self.reactor.call_at(self.reactor.time() + EMFILE_BACKOFF, self._accept_again)
+                return
+            self._accepted(conn)
+
+    def _accept_again(self) -> None:
+        self._backoff = None
+        if self._accept_watch is not None and not self._closed:
+            self._accept_watch.want(read=True, write=False)
+
+    def _accepted(self, conn: Any) -> None:
+        session = self.session()
+        if session is None:
+            conn.close()
+            return
+        conn.setblocking(False)
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        flow_id = session.open_tcp(self.now())
+        self.tcp[flow_id] = TcpFlow(self, flow_id, conn)
+        self.kick()
+
+    def listen_udp(self, host: str, port: int) -> Address:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((host, port))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self.udp_listener = _Datagrams(self, sock, self._udp_from_peer)
+        name = sock.getsockname()
+        return (name[0], name[1])
+
+    def _udp_from_peer(self, data: bytes, peer: Address, now: float) -> None:
+        session = self.session()
+        if session is not None:
+            session.udp_received(peer, data, now)
+
+    # ------------------------------------------------------------------------------------- events
+
+    def handle(self, ev: Any) -> None:
+        if isinstance(ev, fe.SendTcp):
+            flow = self.tcp.get(ev.flow_id)
+            if flow is not None:
+                flow.write(ev.data)
+        elif isinstance(ev, fe.ShutdownTcpWrite):
+            flow = self.tcp.get(ev.flow_id)
+            if flow is not None:
+                flow.shutdown_write()
+        elif isinstance(ev, fe.CloseTcp):
+            flow = self.tcp.get(ev.flow_id)
+            if flow is not None:
+                flow.close()
+        elif isinstance(ev, fe.AbortTcp):
+            dial = self.dials.pop(ev.flow_id, None)
+            if dial is not None:
+                dial.cancel()
+            flow = self.tcp.pop(ev.flow_id, None)
+            if flow is not None:
+                flow.release(abort=True)
+        elif isinstance(ev, fe.PauseReading):
+            flow = self.tcp.get(ev.flow_id)
+            if flow is not None:
+                flow.pause()
+        elif isinstance(ev, fe.ResumeReading):
+            flow = self.tcp.get(ev.flow_id)
+            if flow is not None:
+                flow.resume()
+        elif isinstance(ev, fe.DialTcp):
+            self._dial(ev.flow_id, list(ev.addresses))
+        elif isinstance(ev, fe.OpenUdp):
+            self._open_udp(ev.flow_id, list(ev.addresses))
+        elif isinstance(ev, fe.SendUdp):
+            entry = self.udp_flows.get(ev.flow_id)
+            if entry is not None:
+                with contextlib.suppress(OSError):
+                    entry.sock.send(ev.data)
+        elif isinstance(ev, fe.SendUdpTo):
+            if self.udp_listener is not None:
+                with contextlib.suppress(OSError):
+                    self.udp_listener.sock.sendto(ev.data, ev.peer)
+        elif isinstance(ev, fe.CloseUdp):
+            entry = self.udp_flows.pop(ev.flow_id, None)
+            if entry is not None:
+                entry.close()
+
+    def forget_tcp(self, flow: TcpFlow, *, reset: bool) -> None:
+        if self.tcp.get(flow.flow_id) is flow:
+            del self.tcp[flow.flow_id]
+        flow.release(abort=reset)
+
+    # ------------------------------------------------------------------------------------- server side
+
+    def _dial(self, flow_id: int, addresses: Sequence[Address]) -> None:
+        """Staggered parallel attempts (happy eyeballs) over exactly the addresses the policy checked."""
+
+        def done(sock: Any) -> None:
+            self.dials.pop(flow_id, None)
+            session = self.session()
+            if sock is None:
+                if session is not None:
+                    session.flow_connect_failed(flow_id)
+                    self.kick()
+                return
+            if session is None or self._closed:
+                sock.close()
+                return
+            self.tcp[flow_id] = TcpFlow(self, flow_id, sock)
+            session.flow_connected(flow_id)
+            self.kick()
+
+        self.dials[flow_id] = HappyEyeballs(self.reactor, addresses, done)
+
+    def _open_udp(self, flow_id: int, addresses: Sequence[Address]) -> None:
+        if not addresses:
+            return
+        addr = addresses[0]
+        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect(addr)
+        except OSError:
+            sock.close()
+            return
+
+        def reply(data: bytes, _peer: Address, now: float) -> None:
+            session = self.session()
+            if session is not None:
+                session.udp_reply(flow_id, data, now)
+
+        self.udp_flows[flow_id] = _Datagrams(self, sock, reply)
+
+    # ------------------------------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for dial in self.dials.values():
+            dial.cancel()
+        self.dials.clear()
+        for flow in list(self.tcp.values()):
+            flow.release(abort=True)
+        self.tcp.clear()
+        for entry in self.udp_flows.values():
+            entry.close()
+        self.udp_flows.clear()
+        if self.udp_listener is not None:
+            self.udp_listener.close()
+            self.udp_listener = None
+        if self._backoff is not None:
+            self._backoff.cancel()
+        if self._accept_watch is not None:
+            self._accept_watch.close()
+            self._accept_watch = None
+        self.tcp_listener = None
+
+
+def _nothing() -> None:
+    pass

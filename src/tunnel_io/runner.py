@@ -1,0 +1,429 @@
+"""The interpreter of tunnel_core.flows and flows_nostr, written once, as a small callback machine.
+
+A flow yields effects. Instant effects (print, bind, poke, publish, ...) are performed inline and their result is
+sent straight back. A waiting effect (ReadBlock, Resolve, Wait, OpenRelays, NextSignal) becomes the one *pending*
+state, resumed by whichever comes first of: its condition (a milestone of the peer, a relay change, a signal in the
+inbox, a thread's result), its timeout, or ``stop()`` (then ``Stopped`` is thrown into the flow). Each runtime only
+supplies the reactor and a shell that waits for ``on_done`` (see tunnel_<runtime>.runner).
+
+The end of a run is always the same orderly close, also on failure: spawned sessions first (each closes its QUIC
+connection), then the relays (CLOSE and close frames, ``RELAY_CLOSE_GRACE``), then our own tunnel
+(CONNECTION_CLOSE 0 "done", up to ``CLOSE_GRACE`` for it to leave), then every socket is released.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from tunnel_core import flows
+from tunnel_core import flows_nostr as fx
+from tunnel_core.errors import ProtocolError
+from tunnel_core.ice.events import GatheringComplete
+from tunnel_core.options import ExitCode, TunnelError
+from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
+from tunnel_core.signal import MAX_BLOCK_PAYLOAD, BlockReader
+from tunnel_core.types import Address
+from tunnel_io import Console, PrefixConsole, bind_host_sockets, new_identity, unique_addresses
+from tunnel_io.driver import PeerDriver
+from tunnel_io.local import LocalForwarder
+from tunnel_io.reactor import Reactor, Timer
+from tunnel_io.relays import RelayConnections
+
+log = logging.getLogger("tunnel_io.runner")
+
+CLOSE_GRACE = 2.0
+#: Characters of stdin one pasted block may take in all, blank lines and line endings included: the payload limit
+#: plus room for markers and wrapping. A longer line is refused without being read whole into memory.
+MAX_BLOCK_INPUT = MAX_BLOCK_PAYLOAD + (64 << 10)
+_TOO_LARGE = f"Manual payload too large (more than {MAX_BLOCK_PAYLOAD} characters)"
+_NOT_YET = object()
+_PENDING = object()
+
+
+def _none() -> None:
+    return None
+
+
+def _ignore(_failure: BaseException | None) -> None:
+    pass
+
+
+def read_block(stdin: Any, kind: str) -> str:
+    """Lines of ``stdin`` up to the END marker of one ``kind`` block; the lines as read.
+
+    Bounded (issue 18): no line longer than the block limit is read whole (``readline(limit)`` on real streams),
+    and blank or whitespace lines count towards the limit too, so neither a pasted 200 MB line without newline nor
+    endless blank lines can grow the process. An embedder's object gets ``readline()`` without a limit, as
+    documented, and is still cut off at the limit."""
+    reader = BlockReader(kind)  # type: ignore[arg-type]
+    limited = isinstance(stdin, io.IOBase)
+    lines: list[str] = []
+    used = 0
+    try:
+        while True:
+            try:
+                line = stdin.readline(MAX_BLOCK_INPUT - used + 1) if limited else stdin.readline()
+            except (OSError, ValueError):
+                line = ""  # a closed or broken stdin is the end of input
+            if line == "":
+                reader.feed_eof()  # raises the reference's message (missing BEGIN / END marker)
+                raise TunnelError("Missing BEGIN marker", ExitCode.USAGE)
+            used += len(line)
+            if used > MAX_BLOCK_INPUT:
+                raise TunnelError(_TOO_LARGE, ExitCode.USAGE)
+            lines.append(line)
+            if reader.feed_line(line) is not None:
+                return "".join(lines)
+    except ProtocolError as exc:
+        raise TunnelError(str(exc), ExitCode.USAGE) from None
+
+
+class _Failure:
+    """What a wait's ``check`` returns when the awaited thing failed: the error goes into the flow."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Pending:
+    """The one waiting effect: ``check()`` returns its result or ``_NOT_YET``."""
+
+    def __init__(self, check: Callable[[], Any], stoppable: bool = True) -> None:
+        self.check = check
+        self.stoppable = stoppable
+        self.timer: Timer | None = None
+
+
+class FlowRunner:
+    """Runs one flow on ``reactor``; owns its sockets, the Peer's driver and the local forwarding.
+
+    A child runner (``parent`` given) is a nostr server session: it shares the root's relays and signal inbox and
+    is stopped whenever its parent is.
+    """
+
+    def __init__(self, reactor: Reactor, console: Console | None = None, *, parent: FlowRunner | None = None) -> None:
+        self.reactor = reactor
+        self.console = console or Console()
+        self.parent = parent
+        self.root: FlowRunner = parent.root if parent is not None else self
+        self.sockets: dict[Address, Any] = {}
+        self.peer: Any = None
+        self.driver: PeerDriver | None = None
+        self.local: LocalForwarder | None = None
+        self.results: dict[str, Any] = {}
+        self.inbox: deque[Any] = parent.inbox if parent is not None else deque()
+        self.relays: RelayConnections | None = parent.relays if parent is not None else None
+        self.children: set[FlowRunner] = set()
+        self.failure: BaseException | None = None
+        self.finished = False
+        self._flow: Any = None
+        self._on_done: Callable[[BaseException | None], None] = _ignore
+        self._pending: _Pending | None = None
+        self._stopping = False
+        self._closing = False
+        self._close_timer: Timer | None = None
+        self._close_step: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------------------------------ public
+
+    def start(self, flow: Any, on_done: Callable[[BaseException | None], None]) -> None:
+        """Begin ``flow``; ``on_done(failure or None)`` is called once, after the orderly close."""
+        self._flow = flow
+        self._on_done = on_done
+        self.reactor.defer(lambda: self._advance(None, None))
+
+    def stop(self) -> None:
+        """End the flow at its current wait: Stopped is thrown into it, the tunnel closes with code 0 "done"."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for child in list(self.children):
+            child.stop()
+        pending = self._pending
+        if pending is not None and pending.stoppable:
+            self._resume(pending, error=flows.Stopped())
+
+    # ------------------------------------------------------------------------------------------ the machine
+
+    def _advance(self, result: Any, error: BaseException | None) -> None:
+        flow = self._flow
+        while True:
+            try:
+                effect = flow.throw(error) if error is not None else flow.send(result)
+            except (StopIteration, flows.Stopped):
+                self._finish(None)
+                return
+            except ProtocolError as exc:
+                self._finish(TunnelError(str(exc), ExitCode.USAGE))
+                return
+            except Exception as exc:
+                self._finish(exc)
+                return
+            result, error = None, None
+            try:
+                result = self._perform(effect)
+            except (flows.Stopped, OSError) as exc:
+                error = exc
+                continue
+            except ProtocolError as exc:  # bad outside input met while performing (a pasted block cut short)
+                self._finish(TunnelError(str(exc), ExitCode.USAGE))
+                return
+            except Exception as exc:
+                self._finish(exc)
+                return
+            if result is _PENDING:
+                return
+
+    def _wait(self, check: Callable[[], Any], timeout: float | None = None, on_timeout: Callable[[], Any] = _none,
+              *, stoppable: bool = True) -> Any:
+        """Return the result at once if ``check`` has it; otherwise become the pending state."""
+        if stoppable and self._stopping:
+            raise flows.Stopped()
+        value = check()
+        if isinstance(value, _Failure):
+            raise value.error
+        if value is not _NOT_YET:
+            return value
+        pending = _Pending(check, stoppable)
+        if timeout is not None:
+            pending.timer = self.reactor.call_at(
+                self.reactor.time() + timeout, lambda: self._resume(pending, on_timeout()))
+        self._pending = pending
+        return _PENDING
+
+    def _poll(self) -> None:
+        """Something changed (a milestone, a relay, the inbox): the pending wait may be over."""
+        pending = self._pending
+        if pending is not None:
+            value = pending.check()
+            if isinstance(value, _Failure):
+                self._resume(pending, error=value.error)
+            elif value is not _NOT_YET:
+                self._resume(pending, value)
+
+    def _resume(self, pending: _Pending, value: Any = None, error: BaseException | None = None) -> None:
+        if self._pending is not pending:
+            return
+        self._pending = None
+        if pending.timer is not None:
+            pending.timer.cancel()
+        self.reactor.defer(lambda: self._advance(value, error))
+
+    # ------------------------------------------------------------------------------------------ effects
+
+    def _perform(self, effect: Any) -> Any:
+        if isinstance(effect, flows.Say):
+            self.console.say(effect.text)
+        elif isinstance(effect, flows.PrintBlock):
+            self.console.block(effect.text)
+        elif isinstance(effect, flows.ReadBlock):
+            return self._read_block(effect.kind)
+        elif isinstance(effect, flows.BindHostSockets):
+            self.sockets = bind_host_sockets(effect.wanted)
+            return list(self.sockets)
+        elif isinstance(effect, flows.Resolve):
+            return self._resolve(effect.host, effect.port)
+        elif isinstance(effect, flows.NewIdentity):
+            return new_identity()
+        elif isinstance(effect, flows.Start):
+            self._start(effect.peer)
+        elif isinstance(effect, flows.Poke):
+            assert self.driver is not None
+            effect.fn(self.driver.now())
+            self.driver.flush()
+        elif isinstance(effect, flows.Wait):
+            return self._wait(self._milestone(effect.kind), effect.timeout)
+        elif isinstance(effect, flows.Listen):
+            assert self.local is not None
+            if effect.protocol == "tcp":
+                return self.local.listen_tcp(effect.ip, effect.port)
+            return self.local.listen_udp(effect.ip, effect.port)
+        elif isinstance(effect, fx.OpenRelays):
+            return self._open_relays(effect)
+        elif isinstance(effect, fx.Publish):
+            assert self.relays is not None
+            n = self.relays.pool.publish(effect.event, self.reactor.time())
+            self.relays.flush()
+            return n
+        elif isinstance(effect, fx.NextSignal):
+            inbox = self.inbox
+            return self._wait(lambda: inbox.popleft() if inbox else _NOT_YET, effect.timeout)
+        elif isinstance(effect, fx.CloseRelays):
+            relays = self.relays
+            if relays is not None:
+                self.reactor.call_at(self.reactor.time() + effect.delay, relays.close)
+        elif isinstance(effect, fx.Clock):
+            return fx.Times(self.reactor.time(), int(time.time()))
+        elif isinstance(effect, fx.Spawn):
+            self._spawn(effect)
+        else:  # pragma: no cover - a flow yielded something new
+            raise TypeError(f"unknown effect {effect!r}")
+        return None
+
+    def _milestone(self, kind: str) -> Callable[[], Any]:
+        results = self.results
+
+        def check() -> Any:
+            if kind in results:
+                return results[kind]
+            if "closed" in results:
+                return results["closed"]
+            return _NOT_YET
+
+        return check
+
+    def _resolve(self, host: str, port: int) -> Any:
+        box: list[Any] = []
+
+        def done(ok: bool, value: Any) -> None:
+            box.append(unique_addresses(value) if ok else [])
+            self._poll()
+
+        self.reactor.run_blocking(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), done)
+        return self._wait(lambda: box[0] if box else _NOT_YET)
+
+    def _read_block(self, kind: str) -> Any:
+        """One whole block from stdin, read where it may block (a thread, or a greenlet for a cooperative object
+        on gevent), so the loop - and ICE answering the peer's checks - never waits on the terminal."""
+        box: list[Any] = []
+
+        def done(ok: bool, value: Any) -> None:
+            box.append(value if ok else _Failure(value))
+            self._poll()
+
+        stdin = self.console.stdin
+        self.reactor.run_blocking(lambda: read_block(stdin, kind), done, subject=stdin)
+        return self._wait(lambda: box[0] if box else _NOT_YET)
+
+    def _open_relays(self, effect: fx.OpenRelays) -> Any:
+        relays = RelayConnections(self.reactor, effect.pool, self._signal, self._poll)
+        self.relays = relays
+        relays.flush()
+        pool = effect.pool
+        return self._wait(lambda: pool.open_count if pool.settled else _NOT_YET, effect.timeout,
+                          lambda: pool.open_count)
+
+    def _signal(self, item: Any) -> None:
+        """A relay event or a session's end, for the root flow's NextSignal."""
+        self.root.inbox.append(item)
+        self.root._poll()
+
+    def _spawn(self, effect: fx.Spawn) -> None:
+        child = FlowRunner(self.reactor, PrefixConsole(self.console, effect.label), parent=self)
+        self.children.add(child)
+
+        def done(failure: BaseException | None) -> None:
+            self.children.discard(child)
+            error: str | None = None
+            if isinstance(failure, TunnelError):
+                error = failure.message
+            elif failure is not None:
+                log.error("session %s crashed", effect.name, exc_info=failure)
+                error = f"internal error: {type(failure).__name__}: {failure}"
+            self._signal(fx.SessionEnded(effect.name, error))
+            self._poll_close()
+
+        child.start(effect.flow, done)
+        if self._stopping:
+            child.stop()
+
+    # ------------------------------------------------------------------------------------------ the peer
+
+    def _start(self, peer: Any) -> None:
+        self.peer = peer
+        self.driver = PeerDriver(self.reactor, peer, self.sockets, self._on_event)
+        self.local = LocalForwarder(self.reactor, lambda: peer.session, self.driver.kick_now, self.driver.now)
+
+    def _on_event(self, ev: Any) -> None:
+        if isinstance(ev, GatheringComplete):
+            self._settle("gathered", ev)
+        elif isinstance(ev, IceConnected):
+            self._settle("connected", ev)
+            assert self.driver is not None
+            self.driver.keep_only(ev.local_address)
+        elif isinstance(ev, TunnelReady):
+            self._settle("ready", ev)
+        elif isinstance(ev, TunnelClosed):
+            self._settle("closed", ev)
+            self._poll_close()
+        elif self.local is not None:
+            self.local.handle(ev)
+
+    def _settle(self, kind: str, value: Any) -> None:
+        if kind not in self.results:
+            self.results[kind] = value
+            self._poll()
+
+    # ------------------------------------------------------------------------------------------ closing
+
+    def _finish(self, failure: BaseException | None) -> None:
+        """The flow ended (or failed): close in order - sessions, relays, our tunnel - then report."""
+        if self._closing:
+            return
+        self._closing = True
+        self.failure = failure
+        self._stopping = True
+        if self._pending is not None and self._pending.timer is not None:
+            self._pending.timer.cancel()
+        self._pending = None
+        for child in list(self.children):
+            child.stop()
+        self._close_in(CLOSE_GRACE + 1.0, self._close_relays, lambda: not self.children)
+
+    def _close_in(self, limit: float, next_step: Callable[[], None], over: Callable[[], bool]) -> None:
+        """Go on to ``next_step`` once ``over()`` holds (checked on every relevant change) or after ``limit``."""
+        if over():
+            next_step()
+            return
+        self._close_step = lambda: over() and self._advance_close(next_step)
+        self._close_timer = self.reactor.call_at(self.reactor.time() + limit, lambda: self._advance_close(next_step))
+
+    def _advance_close(self, next_step: Callable[[], None]) -> bool:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        if self._close_step is None:
+            return False
+        self._close_step = None
+        next_step()
+        return True
+
+    def _poll_close(self) -> None:
+        if self._close_step is not None:
+            self._close_step()
+
+    def _close_relays(self) -> None:
+        if self.relays is not None and self.parent is None:
+            self.relays.close(then=self._close_tunnel)
+        else:
+            self._close_tunnel()
+
+    def _close_tunnel(self) -> None:
+        if self._close_step is not None or self.finished:
+            return  # called again by the relays after their grace: already past this step
+        peer, driver = self.peer, self.driver
+        if peer is not None and driver is not None and not peer.closed:
+            peer.close(driver.now(), "done")
+            driver.flush()
+            self._close_in(CLOSE_GRACE, self._release, lambda: "closed" in self.results or peer.closed)
+        else:
+            self._release()
+
+    def _release(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.local is not None:
+            self.local.close()
+        if self.driver is not None:
+            self.driver.close()
+        else:
+            for sock in self.sockets.values():
+                sock.close()
+        self._on_done(self.failure)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from aioquic.quic.configuration import QuicConfiguration
 
 from tunnel_core.errors import LocalProtocolError
+from tunnel_core.quic import bbr
 from tunnel_core.quic.identity import QuicIdentity
 
 #: RFC 9000's minimum UDP payload a QUIC path must carry.
@@ -21,6 +22,11 @@ MAX_PACKET_SIZE = 16000
 DEFAULT_PACKET_SIZE = 1350
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_WINDOW = 8 * 1024 * 1024
+#: Congestion controllers a tunnel can use: our model-based one (tunnel_core.quic.bbr, loss-tolerant) and aioquic's
+#: loss-based two. Selected with ``--congestion`` / the ``congestion`` config key (docs/congestion.md).
+CONGESTION_CONTROLLERS = (bbr.NAME, "cubic", "reno")
+#: The default until WAN-lab measurements decide (issue 13): flip this one constant to make BBR the default.
+DEFAULT_CONGESTION = "cubic"
 #: The SNI upstream's client sends.
 SERVER_NAME = "manual"
 #: ``ssl.CERT_NONE``; the core may not import ssl (sans-IO purity), and the value is fixed by the ssl module's ABI.
@@ -32,6 +38,15 @@ def clamp_packet_size(n: int) -> int:
     return max(MIN_PACKET_SIZE, min(MAX_PACKET_SIZE, int(n)))
 
 
+def check_congestion(name: str) -> str:
+    """``name`` if it is a congestion controller we offer, else LocalProtocolError naming the choices."""
+    if name not in CONGESTION_CONTROLLERS:
+        raise LocalProtocolError(
+            f"unknown congestion controller {name!r} (choose one of {', '.join(CONGESTION_CONTROLLERS)})"
+        )
+    return name
+
+
 def make_configuration(
     *,
     is_client: bool,
@@ -39,9 +54,11 @@ def make_configuration(
     packet_size: int = DEFAULT_PACKET_SIZE,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     window: int = DEFAULT_WINDOW,
-    congestion_control: str = "cubic",
+    congestion_control: str | None = None,
 ) -> QuicConfiguration:
-    """A configuration for one side. A server needs ``identity``; a client passes one only for mutual pinning."""
+    """A configuration for one side. A server needs ``identity``; a client passes one only for mutual pinning.
+    ``congestion_control`` is one of CONGESTION_CONTROLLERS (None: DEFAULT_CONGESTION)."""
+    congestion_control = check_congestion(congestion_control or DEFAULT_CONGESTION)
     if not is_client and identity is None:
         raise LocalProtocolError("a QUIC server needs an identity (certificate and key)")
     if window <= 0:

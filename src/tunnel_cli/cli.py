@@ -26,6 +26,7 @@ from tunnel_core.options import (
     ManualServerOptions,
     TunnelError,
 )
+from tunnel_core.quic.config import CONGESTION_CONTROLLERS, DEFAULT_CONGESTION
 
 Options = ManualServerOptions | ManualClientOptions
 
@@ -140,6 +141,10 @@ def _add_ice_args(parser: argparse.ArgumentParser) -> None:
         "--packet-size", metavar="N",
         help=f"QUIC datagram size in bytes, {cfg.PACKET_SIZE_MIN}..{cfg.PACKET_SIZE_MAX} "
         "(default: large on loopback, 1350 elsewhere)",
+    )
+    parser.add_argument(  # issue 13; docs/congestion.md
+        "--congestion", choices=CONGESTION_CONTROLLERS,
+        help=f"QUIC congestion controller (default: {DEFAULT_CONGESTION}; bbr tolerates random loss)",
     )
 
 
@@ -305,6 +310,7 @@ def _ice_options(
         stun_servers=stun,
         host_candidates=cfg.cli_or_config(cli_hosts, section.host_candidates),
         packet_size=packet_size,
+        congestion=getattr(namespace, "congestion", None) or section.congestion,
         turn_servers=turn_servers,
         turn_user=turn_user,
         turn_password=turn_password,

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import attrs
 
 from tunnel_core.options import DEFAULT_STUN_SERVERS, ExitCode, TunnelError
+from tunnel_core.quic.config import CONGESTION_CONTROLLERS
 from tunnel_core.turn import parse_turn_url
 
 ROLES: tuple[str, ...] = ("server", "client")
@@ -173,6 +174,7 @@ class ManualSection:
     target: str | None = None
     host_candidates: tuple[str, ...] = ()
     packet_size: int | None = None
+    congestion: str | None = None
     turn_servers: tuple[str, ...] = ()
     turn_user: str | None = None
     turn_password: str | None = attrs.field(default=None, repr=False)
@@ -181,7 +183,7 @@ class ManualSection:
 
 _MANUAL_KEYS = frozenset({
     "stun_servers", "allowed_sources", "request_source", "source", "target", "host_candidates", "packet_size",
-    "transport", "turn_servers", "turn_user", "turn_password", "turn_password_file",
+    "transport", "turn_servers", "turn_user", "turn_password", "turn_password_file", "congestion",
 })
 
 
@@ -273,6 +275,7 @@ def manual_section(
         packet_size = check_packet_size(value, f"[{name}] packet_size")
 
     turn = read_turn_keys(config, table, name)
+    congestion = read_congestion(config, table, name)
 
     return ManualSection(
         section=name,
@@ -287,6 +290,7 @@ def manual_section(
         target=target,
         host_candidates=hosts,
         packet_size=packet_size,
+        congestion=congestion,
     )
 
 
@@ -346,6 +350,9 @@ class IceSection(TurnSettings, Protocol):
 
     @property
     def packet_size(self) -> int | None: ...
+
+    @property
+    def congestion(self) -> str | None: ...
 
     @property
     def turn_servers(self) -> tuple[str, ...]: ...
@@ -552,6 +559,18 @@ def check_packet_size(value: int, where: str) -> int:
     if not PACKET_SIZE_MIN <= value <= PACKET_SIZE_MAX:
         raise usage_error(
             f"Invalid {where} {value}. Expected an integer between {PACKET_SIZE_MIN} and {PACKET_SIZE_MAX}"
+        )
+    return value
+
+
+def read_congestion(config: ConfigFile, table: Mapping[str, Any], name: str) -> str | None:
+    """The optional ``congestion`` key of an ICE-mode section (issue 13): one of CONGESTION_CONTROLLERS."""
+    if "congestion" not in table:
+        return None
+    value = table["congestion"]
+    if not isinstance(value, str) or value not in CONGESTION_CONTROLLERS:
+        raise config.parse_error(
+            f"[{name}] 'congestion' must be one of {', '.join(CONGESTION_CONTROLLERS)} (got {_show(value)})"
         )
     return value
 

@@ -54,7 +54,7 @@ MAX_CONCURRENT_STREAMS = 1024
 _KEEPALIVE_UID_BASE = 1 << 62
 #: Ack-eliciting packets received before an ACK goes out at once (RFC 9000 13.2.2 suggests 2; under bulk load
 #: most ACK-only packets are then pure overhead for both ends, and both controllers cope with sparser ACKs).
-ACK_EVERY = 10
+ACK_EVERY = 20
 #: The max_ack_delay aioquic advertises (25 ms): our ACK delay stays below it, so the peer's PTO stays right.
 _ADVERTISED_MAX_ACK_DELAY = 0.025
 #: Fraction of the smoothed RTT an ACK may wait for more packets.

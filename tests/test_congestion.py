@@ -158,3 +158,11 @@ def test_fewer_ack_only_packets_under_bulk_load(congestion: str) -> None:
     assert stock_ratio > 0.4
     assert ours_ratio < 0.25 * stock_ratio, results
     assert ours_rate >= 0.97 * stock_rate, results
+
+
+def test_bbr_never_believes_a_round_trip_below_aioquics_granularity() -> None:
+    """A same-instant harness (or loopback) gives RTT samples of ~0; a zero min_rtt would make every BDP zero and
+    pin the window at its floor."""
+    cc = BbrCongestionControl(max_datagram_size=1350)
+    cc.on_rtt_measurement(now=1.0, rtt=0.0)
+    assert cc.min_rtt == 0.001

@@ -40,6 +40,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aioquic.quic.congestion.base import (
+    K_GRANULARITY,
     K_INITIAL_WINDOW,
     QuicCongestionControl,
     register_congestion_control,
@@ -306,6 +307,9 @@ class BbrCongestionControl(QuicCongestionControl):
         self._set_pacing_rate(self.congestion_window / max(self._last_rtt or 0.1, K_MICRO_SECOND))
 
     def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
+        # aioquic passes the raw sample; like its own estimator, never believe less than its 1 ms granularity
+        # (loopback or same-instant test harnesses give ~0, which would make every BDP zero).
+        rtt = max(rtt, K_GRANULARITY)
         self._last_rtt = rtt
         if rtt < self._round_min_rtt:
             self._round_min_rtt = rtt

@@ -15,7 +15,10 @@ Every override of aioquic internals is here, behind small methods with their own
 * fewer ACK-only packets: an ACK waits for ``ACK_EVERY`` ack-eliciting packets or ``srtt / 8`` (at most our
   advertised max_ack_delay), where aioquic acks after 1 ms; out-of-order arrival is acked at once (RFC 9000
   13.2.1), so the sender still detects loss quickly;
-* path MTU discovery (RFC 8899, tunnel_core.quic.pmtu) when built with ``pmtu_ceiling``.
+* path MTU discovery (RFC 8899, tunnel_core.quic.pmtu) when built with ``pmtu_ceiling``;
+* ``get_timer`` is cached between inputs: aioquic recomputes every timer (a sum over packet spaces, path deadlines)
+  on each call, and the drivers ask after every flush and again when a timer fires - under bulk load that was
+  ~10 % of the CPU per packet (benchmarks/quic_cost.py --bulk, docs/congestion.md).
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ ACK_EVERY = 20
 _ADVERTISED_MAX_ACK_DELAY = 0.025
 #: Fraction of the smoothed RTT an ACK may wait for more packets.
 _ACK_DELAY_RTT_FRACTION = 1 / 8
+#: get_timer's cache is empty (None is a valid timer: "no timer").
+_NO_CACHE = object()
 #: "ACK now" is a moment just past: aioquic paces every packet unless its ACK is *overdue* (ack_at < now).
 _ACK_NOW = 1e-6
 #: PTOs in a row (nothing acknowledged) after which a raised packet size is taken for a PMTU black hole.
@@ -109,6 +114,8 @@ class TunnelQuicConnection(QuicConnection):
         self._pmtu_probes_sent = 0
         #: the latest ``now`` an input brought (aioquic's delivery handlers get no time of their own)
         self._now = 0.0
+        #: get_timer's value until the next input; every method that can move a timer clears it
+        self._timer_cache: Any = _NO_CACHE
         self._expected_fingerprint = (
             None if expected_peer_fingerprint is None else normalize_fingerprint(expected_peer_fingerprint)
         )
@@ -187,7 +194,20 @@ class TunnelQuicConnection(QuicConnection):
 
     # ------------------------------------------------------------------------------------------ aioquic API
 
+    def connect(self, addr: NetworkAddress, now: float) -> None:
+        self._timer_cache = _NO_CACHE
+        super().connect(addr, now)
+
+    def close(self, *args: Any, **kwargs: Any) -> None:
+        self._timer_cache = _NO_CACHE
+        super().close(*args, **kwargs)
+
+    def send_ping(self, uid: int) -> None:
+        self._timer_cache = _NO_CACHE
+        super().send_ping(uid)
+
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        self._timer_cache = _NO_CACHE
         self._now = now
         space = self._spaces.get(Epoch.ONE_RTT) if self._handshake_confirmed else None
         if space is None:
@@ -198,6 +218,7 @@ class TunnelQuicConnection(QuicConnection):
             self._check_handshake()
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        self._timer_cache = _NO_CACHE
         out = super().datagrams_to_send(now)
         if self._bbr is not None and self._pacing_at is None and self._handshake_confirmed:
             # Not held back by pacing: if the window still has room for a packet, we ran out of data.
@@ -210,13 +231,18 @@ class TunnelQuicConnection(QuicConnection):
         return out
 
     def get_timer(self) -> float | None:
+        cached = self._timer_cache
+        if cached is not _NO_CACHE:
+            return cached
         timer = super().get_timer()
         keepalive = self._keepalive_at()
         if keepalive is not None and (timer is None or keepalive < timer):
-            return keepalive
+            timer = keepalive
+        self._timer_cache = timer
         return timer
 
     def handle_timer(self, now: float) -> None:
+        self._timer_cache = _NO_CACHE
         self._now = now
         for space in self._loss.spaces:
             if space.ack_at is not None and space.ack_at <= now:

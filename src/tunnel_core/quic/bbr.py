@@ -63,6 +63,16 @@ CWND_GAIN = 2.0
 #: window of 2 x bw x min_rtt would cap BBR below its share (rate = cwnd / RTT) and let the other flow starve it.
 #: The cap bounds BBR's own standing queue at (CWND_GAIN x RTT_CAP - 1) BDP.
 CWND_RTT_CAP = 1.5
+#: ...or min_rtt plus this, whichever is larger. On a LAN or loopback min_rtt is ~1 ms while delayed ACKs and a busy
+#: host add several ms to every sample; sized on min_rtt alone the window caps the rate at a fraction of the
+#: bandwidth, the measured rate follows, and the model spirals down (measured on loopback under load: 1 Mbit/s).
+HOST_DELAY_SLACK = 0.01
+#: ACK aggregation allowance: max-filter length in rounds, and the most it may add (seconds of sending).
+EXTRA_ACKED_ROUNDS = 10
+EXTRA_ACKED_MAX_TIME = 0.02
+#: The bandwidth filter's time bound never drops below this: a host that stalls (descheduled, swapping) must not
+#: forget the bandwidth it measured a moment ago.
+BW_WINDOW_MIN_TIME = 0.25
 #: Bandwidth max-filter length in round trips, min_rtt filter length in seconds.
 BW_WINDOW_ROUNDS = 10
 MIN_RTT_WINDOW = 10.0
@@ -114,7 +124,8 @@ class _MaxFilter:
 
     BBRv1 counts rounds only; when the path's rate drops under a deep queue a round stretches to the queueing
     delay (10 rounds of a 1 s queue are 10 s of sending at a rate that no longer exists). Bounding the window in
-    time as well (in units of min_rtt, so a PROBE_BW cycle always fits) lets the estimate follow within ~10 min_rtt.
+    time as well (in units of min_rtt, so a PROBE_BW cycle always fits) lets the estimate follow within ~10
+    min_rtt.
     """
 
     def __init__(self, window: int) -> None:
@@ -131,7 +142,7 @@ class _MaxFilter:
     def expire(self, round_count: int, now: float, span: float) -> None:
         items = self._items
         oldest_round = round_count - self._window
-        oldest_time = now - self._window * span
+        oldest_time = now - max(self._window * span, BW_WINDOW_MIN_TIME)
         while len(items) > 1 and (items[0][0] <= oldest_round or items[0][1] < oldest_time):
             items.popleft()
 
@@ -190,6 +201,10 @@ class BbrCongestionControl(QuicCongestionControl):
         #: bumped whenever the pacing rate changes, so ModelPacer can recompute cheaply
         self.rate_version = 0
         self._last_rtt = 0.0
+        # ACK aggregation (BBRv2's extra_acked): bytes acknowledged beyond what the bandwidth explains
+        self._agg_start = 0.0
+        self._agg_acked = 0
+        self._extra_acked = _MaxFilter(EXTRA_ACKED_ROUNDS)
         self._cut_round = -1
         self._restart_time = 0.0
         self._round_min_rtt = math.inf
@@ -260,6 +275,7 @@ class BbrCongestionControl(QuicCongestionControl):
             self._next_round_delivered = self._delivered
             self.round_count += 1
             self._end_round(now)
+        self._update_ack_aggregation(now, packet.sent_bytes)
         # delivery-rate sample
         sent_time = packet.sent_time or now
         self._first_sent_time = sent_time
@@ -326,6 +342,25 @@ class BbrCongestionControl(QuicCongestionControl):
 
     # ------------------------------------------------------------------------------------------ state machine
 
+    def _update_ack_aggregation(self, now: float, acked: int) -> None:
+        """Delayed ACKs (ours wait for 20 packets), Wi-Fi and a busy host deliver ACKs in bursts; between bursts a
+        window of 2 x bw x min_rtt runs dry and the measured rate - hence the model - spirals down (measured on
+        loopback under load: 1 Mbit/s). The largest excess of acknowledged bytes over ``bw x elapsed`` within an
+        aggregation epoch (max over 10 rounds, at most 20 ms of sending) is added to the window."""
+        bw = self.bandwidth
+        if bw <= 0:
+            return
+        expected = bw * (now - self._agg_start)
+        if self._agg_acked <= expected:
+            # ACKs arrive no faster than the bandwidth: a new epoch starts here
+            self._agg_start = now
+            self._agg_acked = 0
+            expected = 0.0
+        self._agg_acked += acked
+        extra = min(self._agg_acked - expected, bw * EXTRA_ACKED_MAX_TIME)
+        if extra > 0:
+            self._extra_acked.update(self.round_count, now, math.inf, extra)
+
     def _round_congested(self) -> bool:
         """Loss over the last LOSS_WINDOW_ROUNDS rounds (this one included) above LOSS_THRESHOLD."""
         lost, packets, delivered = self._round_lost, self._round_lost_packets, self._round_delivered
@@ -368,6 +403,7 @@ class BbrCongestionControl(QuicCongestionControl):
         """Forget the bandwidth model and its loss bounds and search again from STARTUP (min_rtt stays)."""
         self._restart_time = now
         self._bw.reset()
+        self._extra_acked.reset()
         self.bw_lo = math.inf
         self.inflight_hi = math.inf
         self.full_bw_reached = False
@@ -382,6 +418,7 @@ class BbrCongestionControl(QuicCongestionControl):
 
     def _end_round(self, now: float) -> None:
         self._bw.expire(self.round_count, now, self.min_rtt)
+        self._extra_acked.expire(self.round_count, now, math.inf)
         if self._round_congested():
             self._on_congestion(now)
         elif self._round_probe_up:
@@ -481,6 +518,14 @@ class BbrCongestionControl(QuicCongestionControl):
             self._cycle_stamp = now
             self.pacing_gain = PROBE_BW_GAINS[self._cycle_index]
 
+    def _window_rtt(self) -> float:
+        """The RTT the window is sized on: the last round's smallest sample, but at most CWND_RTT_CAP x min_rtt or
+        min_rtt + HOST_DELAY_SLACK, whichever is larger (see both constants)."""
+        min_rtt = self.min_rtt
+        if self._recent_rtt <= min_rtt:
+            return min_rtt
+        return min(self._recent_rtt, max(CWND_RTT_CAP * min_rtt, min_rtt + HOST_DELAY_SLACK))
+
     def _update_control(self) -> None:
         mss = self.max_datagram_size
         floor = MIN_WINDOW_PACKETS * mss
@@ -493,10 +538,8 @@ class BbrCongestionControl(QuicCongestionControl):
             self.congestion_window = cwnd
             return
         # 3 packets of headroom for delayed/aggregated ACKs, as BBR's "quantization budget".
-        rtt = self.min_rtt
-        if self.mode == _Mode.PROBE_BW and self._recent_rtt > rtt:
-            rtt = min(self._recent_rtt, CWND_RTT_CAP * rtt)
-        cwnd = int(self.cwnd_gain * bw * rtt) + 3 * mss
+        rtt = self.min_rtt if self.mode == _Mode.PROBE_RTT else self._window_rtt()
+        cwnd = int(self.cwnd_gain * bw * rtt + self._extra_acked.value) + 3 * mss
         if self.mode == _Mode.STARTUP:
             # Never shrink while searching for the bandwidth.
             cwnd = max(cwnd, self.congestion_window)

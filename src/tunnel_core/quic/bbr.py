@@ -274,7 +274,7 @@ class BbrCongestionControl(QuicCongestionControl):
         if state.delivered >= self._next_round_delivered:
             self._next_round_delivered = self._delivered
             self.round_count += 1
-            self._end_round(now)
+            self._end_round(now, state.app_limited)
         self._update_ack_aggregation(now, packet.sent_bytes)
         # delivery-rate sample
         sent_time = packet.sent_time or now
@@ -416,7 +416,8 @@ class BbrCongestionControl(QuicCongestionControl):
         self._enter(_Mode.STARTUP, now)
         self.congestion_window = max(MIN_WINDOW_PACKETS, K_INITIAL_WINDOW) * self.max_datagram_size
 
-    def _end_round(self, now: float) -> None:
+    def _end_round(self, now: float, app_limited: bool) -> None:
+        """A round trip ended with the acknowledgement of a packet sent while ``app_limited`` (or not)."""
         self._bw.expire(self.round_count, now, self.min_rtt)
         self._extra_acked.expire(self.round_count, now, math.inf)
         if self._round_congested():
@@ -442,7 +443,7 @@ class BbrCongestionControl(QuicCongestionControl):
         # STARTUP: is the bandwidth still growing? (A round that delivered next to nothing - an outage - says no.)
         if (
             not self.full_bw_reached
-            and self._app_limited_until == 0
+            and not app_limited  # Linux: the round's sample, not the sender's state now
             and round_delivered >= MIN_WINDOW_PACKETS * self.max_datagram_size
         ):
             bw = self._bw.value
@@ -524,6 +525,9 @@ class BbrCongestionControl(QuicCongestionControl):
         min_rtt = self.min_rtt
         if self._recent_rtt <= min_rtt:
             return min_rtt
+        if self.mode != _Mode.PROBE_BW:
+            # STARTUP's own queue inflates the RTT: allow only the host-delay slack there, not the relative cap
+            return min(self._recent_rtt, min_rtt + HOST_DELAY_SLACK)
         return min(self._recent_rtt, max(CWND_RTT_CAP * min_rtt, min_rtt + HOST_DELAY_SLACK))
 
     def _update_control(self) -> None:

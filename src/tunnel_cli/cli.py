@@ -20,13 +20,14 @@ from tunnel_cli import config as cfg
 from tunnel_cli.fdlimit import raise_open_files_limit
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.options import (
+    CONGESTION_CONTROLLERS,
+    DEFAULT_CONGESTION,
     ExitCode,
     IceOptions,
     ManualClientOptions,
     ManualServerOptions,
     TunnelError,
 )
-from tunnel_core.quic.config import CONGESTION_CONTROLLERS, DEFAULT_CONGESTION
 
 Options = ManualServerOptions | ManualClientOptions
 

@@ -17,8 +17,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from tunnel_core.options import DEFAULT_STUN_SERVERS, ExitCode, TunnelError
-from tunnel_core.quic.config import CONGESTION_CONTROLLERS
+from tunnel_core.options import CONGESTION_CONTROLLERS, DEFAULT_STUN_SERVERS, ExitCode, TunnelError
 from tunnel_core.turn import parse_turn_url
 
 ROLES: tuple[str, ...] = ("server", "client")

@@ -39,6 +39,13 @@ DEFAULT_STUN_SERVERS: tuple[str, ...] = (
 )
 
 
+#: QUIC congestion controllers of the ICE modes (tunnel_core.quic.bbr and aioquic's two), and the default until the
+#: WAN lab's measurements decide (issue 13; docs/congestion.md). Here, not in tunnel_core.quic, so the CLI can
+#: validate ``--congestion`` without importing aioquic.
+CONGESTION_CONTROLLERS = ("bbr", "cubic", "reno")
+DEFAULT_CONGESTION = "cubic"
+
+
 @attrs.frozen
 class IceOptions:
     """What both roles of the ICE modes share."""

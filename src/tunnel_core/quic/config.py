@@ -11,6 +11,8 @@ from __future__ import annotations
 from aioquic.quic.configuration import QuicConfiguration
 
 from tunnel_core.errors import LocalProtocolError
+from tunnel_core.options import CONGESTION_CONTROLLERS as CONGESTION_CONTROLLERS
+from tunnel_core.options import DEFAULT_CONGESTION as DEFAULT_CONGESTION
 from tunnel_core.quic import bbr
 from tunnel_core.quic.identity import QuicIdentity
 
@@ -22,11 +24,10 @@ MAX_PACKET_SIZE = 16000
 DEFAULT_PACKET_SIZE = 1350
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_WINDOW = 8 * 1024 * 1024
-#: Congestion controllers a tunnel can use: our model-based one (tunnel_core.quic.bbr, loss-tolerant) and aioquic's
-#: loss-based two. Selected with ``--congestion`` / the ``congestion`` config key (docs/congestion.md).
-CONGESTION_CONTROLLERS = (bbr.NAME, "cubic", "reno")
-#: The default until WAN-lab measurements decide (issue 13): flip this one constant to make BBR the default.
-DEFAULT_CONGESTION = "cubic"
+# CONGESTION_CONTROLLERS and DEFAULT_CONGESTION live in tunnel_core.options (the CLI validates without aioquic):
+# our model-based "bbr" (tunnel_core.quic.bbr, loss-tolerant) and aioquic's loss-based two. Flip DEFAULT_CONGESTION
+# there to make BBR the default (issue 13, after the WAN lab's measurements).
+assert bbr.NAME in CONGESTION_CONTROLLERS
 #: The SNI upstream's client sends.
 SERVER_NAME = "manual"
 #: ``ssl.CERT_NONE``; the core may not import ssl (sans-IO purity), and the value is fixed by the ssl module's ABI.

@@ -77,6 +77,8 @@ BW_WINDOW_MIN_TIME = 0.25
 #: Bandwidth max-filter length in round trips, min_rtt filter length in seconds.
 BW_WINDOW_ROUNDS = 10
 MIN_RTT_WINDOW = 10.0
+#: How much an expired min_rtt may grow at once.
+MIN_RTT_MAX_GROWTH = 1.25
 #: PROBE_RTT: how often at most (without a fresh min_rtt), and how long.
 PROBE_RTT_INTERVAL = 5.0
 PROBE_RTT_DURATION = 0.2
@@ -330,8 +332,14 @@ class BbrCongestionControl(QuicCongestionControl):
         self._last_rtt = rtt
         if rtt < self._round_min_rtt:
             self._round_min_rtt = rtt
-        if rtt <= self.min_rtt or now - self._min_rtt_stamp > MIN_RTT_WINDOW:
+        if rtt <= self.min_rtt:
             self.min_rtt = rtt
+            self._min_rtt_stamp = now
+        elif now - self._min_rtt_stamp > MIN_RTT_WINDOW:
+            # Expired: a loss-based competitor's standing queue (which PROBE_RTT cannot drain) would otherwise
+            # become our "propagation delay" in one step and make BBR grab the link (measured: CUBIC fell from
+            # ~50 % to ~20 % within 6 s). A real route change still gets there, 25 % per window.
+            self.min_rtt = min(rtt, MIN_RTT_MAX_GROWTH * self.min_rtt)
             self._min_rtt_stamp = now
         if self._pacing_rate == 0.0:
             self._update_control()

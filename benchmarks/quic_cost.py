@@ -1,16 +1,19 @@
-"""CPU cost of the QUIC protocol alone for one 1-byte round trip through the tunnel: both ends in one process, no
-sockets, no event loop, no ICE - only aioquic's packet building, encryption, decryption, frame handling and ACKs.
+"""CPU cost of the QUIC protocol alone: both ends in one process, no sockets, no event loop, no ICE - only aioquic's
+packet building, encryption, decryption, frame handling and ACKs.
 
-Why it exists: it is a lower bound for the tunnel's added round-trip latency that no adapter work can remove, so
-``bench.py`` prints it next to the measured paths (benchmarks/README.md, "Where the latency goes").
+* default: one 1-byte round trip through the tunnel. A lower bound for the tunnel's added round-trip latency that no
+  adapter work can remove, so ``bench.py`` prints it next to the measured paths (benchmarks/README.md).
+* ``--bulk MB``: CPU µs per data packet of a bulk transfer (both ends, ACKs included), the figure that caps one
+  tunnel's throughput at realistic packet sizes (issue 13). Bounded: at most MB megabytes, best of 3.
 
-    python benchmarks/quic_cost.py [--rounds N] [--packet-size N]
+    python benchmarks/quic_cost.py [--rounds N] [--packet-size N] [--bulk MB [--congestion NAME]]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import heapq
 import sys
 import time
 from pathlib import Path
@@ -32,11 +35,11 @@ PEER = ("peer", 0)  # the constant virtual address tunnel_core.peer gives QUIC
 STEP = 0.00035
 
 
-def _pair(packet_size: int) -> tuple[TunnelQuicConnection, TunnelQuicConnection, float]:
+def _pair(packet_size: int, congestion: str | None = None) -> tuple[TunnelQuicConnection, TunnelQuicConnection, float]:
     start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     ident = make_identity(ec.generate_private_key(ec.SECP256R1()), not_before=start, not_after=start.replace(year=2034))
     client = TunnelQuicConnection(
-        configuration=make_configuration(is_client=True, packet_size=packet_size),
+        configuration=make_configuration(is_client=True, packet_size=packet_size, congestion_control=congestion),
         expected_peer_fingerprint=ident.fingerprint,
     )
     now = 1000.0
@@ -48,7 +51,9 @@ def _pair(packet_size: int) -> tuple[TunnelQuicConnection, TunnelQuicConnection,
             if server is None:
                 odcid = pull_quic_header(Buffer(data=data), host_cid_length=8).destination_cid
                 server = TunnelQuicConnection(
-                    configuration=make_configuration(is_client=False, identity=ident, packet_size=packet_size),
+                    configuration=make_configuration(
+                        is_client=False, identity=ident, packet_size=packet_size, congestion_control=congestion
+                    ),
                     original_destination_connection_id=odcid,
                 )
             server.receive_datagram(data, PEER, now)
@@ -106,11 +111,81 @@ def round_trip_cost(rounds: int = 3000, packet_size: int = DEFAULT_PACKET_SIZE) 
     return (time.perf_counter() - started) / rounds * 1e6
 
 
+def bulk_cost(megabytes: float, packet_size: int, congestion: str | None) -> tuple[float, int, int]:
+    """(CPU µs per data packet, data packets, reverse packets) for moving ``megabytes`` one way over a virtual LAN
+    (1 Gbit/s, 1 ms round trip, a tunnel_core.testing.Link each way).
+
+    Driven the way the runtime drivers drive a connection: wake at the next arrival or timer, hand over what
+    arrived, fire due timers, then one ``datagrams_to_send`` per connection that had input. The process CPU time of
+    the whole loop counts, so the figure is aioquic + our QUIC code per data packet, ACKs on both ends included.
+    """
+    from tunnel_core.testing import Link
+
+    client, server, now = _pair(packet_size, congestion)
+    stream_id = client.get_next_available_stream_id()
+    chunk = bytes(256 * 1024)
+    forward = Link(rate=1e9, delay=0.0005, queue_bytes=1_250_000)
+    backward = Link(rate=1e9, delay=0.0005, queue_bytes=1_250_000)
+    pending: list[tuple[float, int, int, bytes]] = []  # (arrival, seq, receiving side: 0 client / 1 server, data)
+    seq = received = data_packets = back_packets = 0
+    target = int(megabytes * 1_000_000)
+    started = time.process_time()
+    touched = {0, 1}
+    for _ in range(20_000_000):  # bounded; a working build ends long before
+        if received >= target:
+            break
+        while client.send_buffer_size(stream_id) < 4 * 1024 * 1024:
+            client.send_stream_data(stream_id, chunk)
+        for side in touched:
+            conn, link = (client, forward) if side == 0 else (server, backward)
+            for data, _addr in conn.datagrams_to_send(now):
+                when = link.admit(len(data), now)
+                if when is not None:
+                    seq += 1
+                    heapq.heappush(pending, (when, seq, side ^ 1, data))
+                    if side == 0:
+                        data_packets += 1
+                    else:
+                        back_packets += 1
+        timers = [t for t in (client.get_timer(), server.get_timer()) if t is not None]
+        nxt = min([*timers, pending[0][0]] if pending else timers)
+        now = max(now, nxt)
+        touched = set()
+        while pending and pending[0][0] <= now:
+            _when, _seq, dst, data = heapq.heappop(pending)
+            (client if dst == 0 else server).receive_datagram(data, PEER, now)
+            touched.add(dst)
+        for side, conn in ((0, client), (1, server)):
+            timer = conn.get_timer()
+            if timer is not None and timer <= now:
+                conn.handle_timer(now)
+                touched.add(side)
+        while (ev := server.next_event()) is not None:
+            if isinstance(ev, qe.StreamDataReceived):
+                received += len(ev.data)
+                server.consume(ev.stream_id, len(ev.data))
+        while client.next_event() is not None:
+            pass
+    else:
+        raise SystemExit("bulk transfer did not finish")
+    cpu = time.process_time() - started
+    return cpu / max(1, data_packets) * 1e6, data_packets, back_packets
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3000)
     parser.add_argument("--packet-size", type=int, default=DEFAULT_PACKET_SIZE)
+    parser.add_argument("--bulk", type=float, metavar="MB", help="measure a bulk transfer of MB megabytes instead")
+    parser.add_argument("--congestion", default=None, help="congestion controller for --bulk (default: ours)")
     args = parser.parse_args(argv)
+    if args.bulk is not None:
+        runs = [bulk_cost(min(args.bulk, 1000.0), args.packet_size, args.congestion) for _ in range(3)]
+        cost, data, back = min(runs)
+        print(f"QUIC bulk, {args.packet_size}-byte packets, {args.congestion or 'default'} congestion control "
+              f"(both ends, one process, best of 3): {cost:.1f} CPU µs per data packet; "
+              f"{back / max(1, data):.3f} reverse packets per data packet")
+        return 0
     cost = min(round_trip_cost(args.rounds, args.packet_size) for _ in range(3))
     print(f"QUIC protocol work per 1-byte round trip (both ends, one process, best of 3): {cost:.1f} µs")
     return 0

@@ -27,8 +27,8 @@ import websockets.utils  # noqa: F401
 import tunnel_core.relay  # noqa: F401
 
 with atheris.instrument_imports():
-    from tunnel_iroh_relay.server import RelayService, _RelayConnection
     from tunnel_core.relay import RelayOptions
+    from tunnel_iroh_relay.server import RelayService, _RelayConnection
 
 ROUTES = (b"/ping", b"/generate_204", b"/healthz", b"/", b"/index.html", b"/robots.txt", b"/nope", b"/relay",
           b"/ping?x=1", b"/%00", b"*")

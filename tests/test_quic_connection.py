@@ -261,3 +261,27 @@ def test_unidirectional_streams_are_not_allowed() -> None:
     pair.client.send_stream_data(sid, b"nope")
     pair.idle(2.0)
     assert not pair.has("server", qe.StreamDataReceived)
+
+
+def test_get_timer_is_cached_until_the_next_input() -> None:
+    """The cache must never hide a timer change: every input clears it (connection.py, get_timer)."""
+    from tests.test_quic_pair import Pair
+
+    from tunnel_core.quic.connection import _NO_CACHE
+
+    pair = Pair()
+    pair.run(lambda: pair.client.peer_verified and pair.server is not None and pair.server.peer_verified)
+    client = pair.client
+    first = client.get_timer()
+    assert client.get_timer() == first and client._timer_cache == first
+    client.send_ping(7)
+    assert client._timer_cache is _NO_CACHE  # cleared by the command
+    pair.flush()
+    fresh = client.get_timer()
+    client._timer_cache = -1.0  # a stale value would show
+    client.handle_timer(pair.now)
+    assert client.get_timer() != -1.0
+    client._timer_cache = -1.0
+    pair.flush()  # datagrams_to_send and receive_datagram clear it
+    assert client.get_timer() != -1.0
+    assert fresh is not None

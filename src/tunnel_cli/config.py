@@ -240,3 +240,17 @@ def choose_config(
     if default:
         return load_config(default_config_path(role, ice=ice))
     return None
+
+
+def read_congestion(config: ConfigFile, table: Mapping[str, Any], name: str) -> str | None:
+    """The optional ``congestion`` key of an ICE-mode section (issue 13): one of CONGESTION_CONTROLLERS."""
+    from tunnel_core.options import CONGESTION_CONTROLLERS
+
+    if "congestion" not in table:
+        return None
+    value = table["congestion"]
+    if not isinstance(value, str) or value not in CONGESTION_CONTROLLERS:
+        raise config.parse_error(
+            f"[{name}] 'congestion' must be one of {', '.join(CONGESTION_CONTROLLERS)} (got {show_value(value)})"
+        )
+    return value

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 from tunnel_cli import checks, precedence, turn_settings
 from tunnel_cli.parser import given
-from tunnel_core.options import IceOptions
+from tunnel_core.options import CONGESTION_CONTROLLERS, DEFAULT_CONGESTION, IceOptions
 
 
 def add_ice_args(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +46,10 @@ def add_ice_args(parser: argparse.ArgumentParser) -> None:
         help=f"QUIC datagram size in bytes, {checks.PACKET_SIZE_MIN}..{checks.PACKET_SIZE_MAX} "
         "(default: large on loopback, 1350 elsewhere)",
     )
+    parser.add_argument(  # issue 13; docs/congestion.md
+        "--congestion", choices=CONGESTION_CONTROLLERS,
+        help=f"QUIC congestion controller (default: {DEFAULT_CONGESTION}; bbr tolerates random loss)",
+    )
 
 
 def ice_options(
@@ -76,5 +80,6 @@ def ice_options(
         turn_servers=turn_servers,
         turn_user=turn_user,
         turn_password=turn_password,
+        congestion=getattr(namespace, "congestion", None) or section.congestion,
     )
 

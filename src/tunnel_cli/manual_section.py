@@ -24,6 +24,7 @@ from tunnel_cli.config import (
     TOP_LEVEL_KEYS,
     ConfigFile,
     blank_is_none,
+    read_congestion,
     show_value,
     string_list,
     string_value,
@@ -46,6 +47,7 @@ class ManualSection:
     target: str | None = None
     host_candidates: tuple[str, ...] = ()
     packet_size: int | None = None
+    congestion: str | None = None
     turn_servers: tuple[str, ...] = ()
     turn_user: str | None = None
     turn_password: str | None = attrs.field(default=None, repr=False)
@@ -56,6 +58,7 @@ ALLOWED_SOURCES_KEYS = frozenset({"tcp", "udp"})
 _MANUAL_KEYS = frozenset({
     "stun_servers", "allowed_sources", "request_source", "source", "target", "host_candidates", "packet_size",
     "transport", "turn_servers", "turn_user", "turn_password", "turn_password_file",
+    "congestion",
 })
 
 
@@ -164,6 +167,7 @@ def manual_section(
         target=target,
         host_candidates=hosts,
         packet_size=packet_size,
+        congestion=read_congestion(config, table, name),
     )
 
 

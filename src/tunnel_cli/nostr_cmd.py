@@ -41,7 +41,7 @@ MODE_WORDS = ("nostr", "ice-nostr")
 _KEYS = frozenset({
     "relays", "nsec", "nsec_file", "peer_npub", "stun_servers", "max_sessions", "allowed_sources",
     "request_source", "source", "target", "transport", "host_candidates", "packet_size", "event_kind", "plaintext",
-    "turn_servers", "turn_user", "turn_password", "turn_password_file",
+    "turn_servers", "turn_user", "turn_password", "turn_password_file", "congestion",
 })
 
 
@@ -183,6 +183,7 @@ class NostrSection:
     target: str | None = None
     host_candidates: tuple[str, ...] = ()
     packet_size: int | None = None
+    congestion: str | None = None
     event_kind: int | None = None
     plaintext: bool = False
     # TURN keys, checked by tunnel_cli.config.read_turn_keys like [manual]'s; resolved by the CLI core
@@ -293,6 +294,7 @@ def nostr_section(
         target=_str(config, table, name, "target"),
         host_candidates=hosts,
         packet_size=packet_size,
+        congestion=cfg.read_congestion(config, table, name),
         event_kind=_int(config, table, name, "event_kind"),
         plaintext=plaintext,
         turn_servers=turn.turn_servers,

@@ -82,6 +82,9 @@ class IceSection(TurnSettings, Protocol):
     def packet_size(self) -> int | None: ...
 
     @property
+    def congestion(self) -> str | None: ...
+
+    @property
     def turn_servers(self) -> tuple[str, ...]: ...
 
 

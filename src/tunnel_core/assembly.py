@@ -22,6 +22,7 @@ from tunnel_core.quic.config import (
 )
 from tunnel_core.quic.connection import TunnelQuicConnection
 from tunnel_core.quic.identity import QuicIdentity
+from tunnel_core.quic.pmtu import ETHERNET_UDP_PAYLOAD_V4, ETHERNET_UDP_PAYLOAD_V6
 from tunnel_core.turn import TurnServer
 from tunnel_core.types import Address
 
@@ -38,6 +39,14 @@ def packet_size_for(configured: int | None, local: Address, remote: Address) -> 
     return DEFAULT_PACKET_SIZE
 
 
+def pmtu_ceiling_for(configured: int | None, local: Address, remote: Address) -> int | None:
+    """Path MTU discovery runs where the size was not configured and the path is not loopback: it searches up to
+    what a 1500-byte Ethernet MTU carries for the path's IP version (docs/congestion.md)."""
+    if configured or is_loopback_pair(local, remote):
+        return None
+    return ETHERNET_UDP_PAYLOAD_V6 if ":" in remote[0] else ETHERNET_UDP_PAYLOAD_V4
+
+
 def new_agent(*, controlling: bool, rng: Rng, stun_servers: Sequence[Address] = (),
               timing: IceTiming | None = None, turn_servers: Sequence[TurnServer] = ()) -> IceAgent:
     return IceAgent(controlling=controlling, rng=rng, stun_servers=tuple(stun_servers), timing=timing or IceTiming(),
@@ -52,16 +61,20 @@ def new_quic(
     expected_fingerprint: str | None,
     packet_size: int,
     datagrams: bool = True,
+    congestion: str | None = None,
+    pmtu_ceiling: int | None = None,
 ) -> TunnelQuicConnection:
     """The QUIC end of a tunnel. ``expected_fingerprint`` pins the peer: on the client the server's certificate
     (always, ICE modes); on the server the client's, when the mode has one to pin (ice-nostr's mutual pinning) -
     the server then asks the client for its certificate. ``datagrams=False`` behaves like versions without
     tunnel datagrams (UDP on streams only; docs/datagrams.md)."""
-    config = make_configuration(is_client=is_client, identity=identity, packet_size=packet_size, datagrams=datagrams)
+    config = make_configuration(is_client=is_client, identity=identity, packet_size=packet_size, datagrams=datagrams,
+                                congestion_control=congestion)
     if is_client:
-        return TunnelQuicConnection(configuration=config, expected_peer_fingerprint=expected_fingerprint)
+        return TunnelQuicConnection(configuration=config, expected_peer_fingerprint=expected_fingerprint,
+                                    pmtu_ceiling=pmtu_ceiling)
     return TunnelQuicConnection(configuration=config, original_destination_connection_id=odcid,
-                                expected_peer_fingerprint=expected_fingerprint,
+                                expected_peer_fingerprint=expected_fingerprint, pmtu_ceiling=pmtu_ceiling,
                                 request_client_certificate=expected_fingerprint is not None)
 
 

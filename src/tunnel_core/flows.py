@@ -209,6 +209,8 @@ def start_peer(
             is_client=is_client, odcid=odcid, identity=identity,
             expected_fingerprint=pins.get("server" if is_client else "client"),
             packet_size=assembly.packet_size_for(ice.packet_size, local, remote),
+            congestion=ice.congestion,
+            pmtu_ceiling=assembly.pmtu_ceiling_for(ice.packet_size, local, remote),
         )
 
     def session_factory(quic: Any) -> Any:

@@ -39,6 +39,13 @@ DEFAULT_STUN_SERVERS: tuple[str, ...] = (
 )
 
 
+#: QUIC congestion controllers of the ICE modes (tunnel_core.quic.bbr and aioquic's two), and the default until the
+#: WAN lab's measurements decide (issue 13; docs/congestion.md). Here, not in tunnel_core.quic, so the CLI can
+#: validate ``--congestion`` without importing aioquic.
+CONGESTION_CONTROLLERS = ("bbr", "cubic", "reno")
+DEFAULT_CONGESTION = "cubic"
+
+
 @attrs.frozen
 class IceOptions:
     """What both roles of the ICE modes share."""
@@ -48,8 +55,10 @@ class IceOptions:
     #: Restrict host candidates to these IP literals or interface names; empty means every usable interface
     #: (loopback is used only when nothing else exists, so a bare container still works).
     host_candidates: tuple[str, ...] = ()
-    #: QUIC max datagram size; None picks per path (large on loopback, 1350 elsewhere).
+    #: QUIC max datagram size; None picks per path (large on loopback, 1350 elsewhere, raised by path MTU discovery).
     packet_size: int | None = None
+    #: QUIC congestion controller ("bbr", "cubic", "reno"); None means tunnel_core.quic.config.DEFAULT_CONGESTION.
+    congestion: str | None = None
     #: "turn:HOST:PORT" servers to allocate relay candidates on (RFC 8656, UDP); empty means no relay candidates.
     turn_servers: tuple[str, ...] = ()
     #: long-term credentials for every TURN server; the password never appears in a repr or a log line

@@ -4,12 +4,15 @@ Everything that touches aioquic fields it calls internal lives in this package (
 """
 
 from tunnel_core.quic.config import (
+    CONGESTION_CONTROLLERS,
+    DEFAULT_CONGESTION,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PACKET_SIZE,
     DEFAULT_WINDOW,
     MAX_PACKET_SIZE,
     MIN_PACKET_SIZE,
     SERVER_NAME,
+    check_congestion,
     clamp_packet_size,
     make_configuration,
 )
@@ -29,7 +32,9 @@ from tunnel_core.quic.identity import (
 )
 
 __all__ = [
+    "CONGESTION_CONTROLLERS",
     "DEFAULT_CERT_NAME",
+    "DEFAULT_CONGESTION",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_KEEPALIVE_INTERVAL",
     "DEFAULT_PACKET_SIZE",
@@ -42,6 +47,7 @@ __all__ = [
     "PeerVerificationFailed",
     "QuicIdentity",
     "TunnelQuicConnection",
+    "check_congestion",
     "clamp_packet_size",
     "fingerprint",
     "make_configuration",

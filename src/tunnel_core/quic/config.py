@@ -11,6 +11,9 @@ from __future__ import annotations
 from aioquic.quic.configuration import QuicConfiguration
 
 from tunnel_core.errors import LocalProtocolError
+from tunnel_core.options import CONGESTION_CONTROLLERS as CONGESTION_CONTROLLERS
+from tunnel_core.options import DEFAULT_CONGESTION as DEFAULT_CONGESTION
+from tunnel_core.quic import bbr
 from tunnel_core.quic.identity import QuicIdentity
 
 #: RFC 9221 max_datagram_frame_size we advertise when datagrams are on: any 64 KiB tunnel datagram is welcome.
@@ -24,6 +27,10 @@ MAX_PACKET_SIZE = 16000
 DEFAULT_PACKET_SIZE = 1350
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_WINDOW = 8 * 1024 * 1024
+# CONGESTION_CONTROLLERS and DEFAULT_CONGESTION live in tunnel_core.options (the CLI validates without aioquic):
+# our model-based "bbr" (tunnel_core.quic.bbr, loss-tolerant) and aioquic's loss-based two. Flip DEFAULT_CONGESTION
+# there to make BBR the default (issue 13, after the WAN lab's measurements).
+assert bbr.NAME in CONGESTION_CONTROLLERS
 #: The SNI upstream's client sends.
 SERVER_NAME = "manual"
 #: ``ssl.CERT_NONE``; the core may not import ssl (sans-IO purity), and the value is fixed by the ssl module's ABI.
@@ -35,6 +42,15 @@ def clamp_packet_size(n: int) -> int:
     return max(MIN_PACKET_SIZE, min(MAX_PACKET_SIZE, int(n)))
 
 
+def check_congestion(name: str) -> str:
+    """``name`` if it is a congestion controller we offer, else LocalProtocolError naming the choices."""
+    if name not in CONGESTION_CONTROLLERS:
+        raise LocalProtocolError(
+            f"unknown congestion controller {name!r} (choose one of {', '.join(CONGESTION_CONTROLLERS)})"
+        )
+    return name
+
+
 def make_configuration(
     *,
     is_client: bool,
@@ -42,14 +58,16 @@ def make_configuration(
     packet_size: int = DEFAULT_PACKET_SIZE,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     window: int = DEFAULT_WINDOW,
-    congestion_control: str = "cubic",
+    congestion_control: str | None = None,
     datagrams: bool = True,
 ) -> QuicConfiguration:
     """A configuration for one side. A server needs ``identity``; a client passes one only for mutual pinning.
 
-    ``datagrams`` allows RFC 9221 DATAGRAM frames and advertises the tunnel-datagram capability
-    (docs/datagrams.md); False behaves exactly like versions before it (UDP on streams only).
+    ``congestion_control`` is one of CONGESTION_CONTROLLERS (None: DEFAULT_CONGESTION). ``datagrams`` allows RFC 9221
+    DATAGRAM frames and advertises the tunnel-datagram capability (docs/datagrams.md); False behaves exactly like
+    versions before it (UDP on streams only).
     """
+    congestion_control = check_congestion(congestion_control or DEFAULT_CONGESTION)
     if not is_client and identity is None:
         raise LocalProtocolError("a QUIC server needs an identity (certificate and key)")
     if window <= 0:

@@ -14,6 +14,14 @@ Every override of aioquic internals is here, behind small methods with their own
 * the tunnel-datagram capability (docs/datagrams.md): a private transport parameter that only our own peers send
   and every QUIC stack ignores (RFC 9000 section 7.4.2), a bounded DATAGRAM queue that drops its oldest entries,
   and the per-packet room a DATAGRAM frame has.
+* with the "bbr" congestion controller, its model-based pacer and app-limited signal (tunnel_core.quic.bbr);
+* fewer ACK-only packets: an ACK waits for ``ACK_EVERY`` ack-eliciting packets or ``srtt / 8`` (at most our
+  advertised max_ack_delay), where aioquic acks after 1 ms; out-of-order arrival is acked at once (RFC 9000
+  13.2.1), so the sender still detects loss quickly;
+* path MTU discovery (RFC 8899, tunnel_core.quic.pmtu) when built with ``pmtu_ceiling``;
+* ``get_timer`` is cached between inputs: aioquic recomputes every timer (a sum over packet spaces, path deadlines)
+  on each call, and the drivers ask after every flush and again when a timer fires - under bulk load that was
+  ~10 % of the CPU per packet (benchmarks/quic_cost.py --bulk, docs/congestion.md).
 """
 
 from __future__ import annotations
@@ -31,13 +39,17 @@ from aioquic.quic.connection import (
     NetworkAddress,
     QuicConnection,
 )
-from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType
+from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
+from aioquic.tls import Epoch
 from cryptography.hazmat.primitives import serialization
 
 from tunnel_core.datagram import DATAGRAM_VERSION
 from tunnel_core.errors import LocalProtocolError
+from tunnel_core.quic.bbr import BbrCongestionControl, ModelPacer
 from tunnel_core.quic.events import PeerVerificationFailed
 from tunnel_core.quic.identity import normalize_fingerprint
+from tunnel_core.quic.pmtu import PmtuSearch
 
 #: quinn's keep_alive_interval in upstream's ICE modes.
 DEFAULT_KEEPALIVE_INTERVAL = 15.0
@@ -58,6 +70,19 @@ DATAGRAM_QUEUE_LIMIT = 128
 _DATAGRAM_PACKET_OVERHEAD = 1 + 4 + 16 + 1 + 2
 #: PING uids we use for keep-alives; their PingAcknowledged events are ours and not passed on.
 _KEEPALIVE_UID_BASE = 1 << 62
+#: Ack-eliciting packets received before an ACK goes out at once (RFC 9000 13.2.2 suggests 2; under bulk load
+#: most ACK-only packets are then pure overhead for both ends, and both controllers cope with sparser ACKs).
+ACK_EVERY = 20
+#: The max_ack_delay aioquic advertises (25 ms): our ACK delay stays below it, so the peer's PTO stays right.
+_ADVERTISED_MAX_ACK_DELAY = 0.025
+#: Fraction of the smoothed RTT an ACK may wait for more packets.
+_ACK_DELAY_RTT_FRACTION = 1 / 8
+#: get_timer's cache is empty (None is a valid timer: "no timer").
+_NO_CACHE = object()
+#: "ACK now" is a moment just past: aioquic paces every packet unless its ACK is *overdue* (ack_at < now).
+_ACK_NOW = 1e-6
+#: PTOs in a row (nothing acknowledged) after which a raised packet size is taken for a PMTU black hole.
+_PMTU_BLACK_HOLE_PTOS = 2
 
 
 class _Pin(enum.Enum):
@@ -79,13 +104,33 @@ class TunnelQuicConnection(QuicConnection):
         expected_peer_fingerprint: str | None = None,
         request_client_certificate: bool = False,
         keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL,
+        pmtu_ceiling: int | None = None,
+        ack_every: int = ACK_EVERY,
         **kwargs: Any,
     ) -> None:
         if request_client_certificate and configuration.is_client:
             raise LocalProtocolError("only a server can request a client certificate")
         if keepalive_interval is not None and keepalive_interval <= 0:
             raise LocalProtocolError("keepalive_interval must be positive (or None to disable)")
+        if ack_every < 1:
+            raise LocalProtocolError("ack_every must be at least 1")
         super().__init__(configuration=configuration, **kwargs)
+        cc = self._loss._cc
+        self._bbr = cc if isinstance(cc, BbrCongestionControl) else None
+        if self._bbr is not None:
+            self._loss._pacer = ModelPacer(max_datagram_size=self._max_datagram_size, controller=self._bbr)
+        self._ack_every = ack_every
+        self._ack_pending_count = 0
+        self._pmtu = (
+            None
+            if pmtu_ceiling is None or pmtu_ceiling <= self._max_datagram_size
+            else PmtuSearch(self._max_datagram_size, pmtu_ceiling)
+        )
+        self._pmtu_probes_sent = 0
+        #: the latest ``now`` an input brought (aioquic's delivery handlers get no time of their own)
+        self._now = 0.0
+        #: get_timer's value until the next input; every method that can move a timer clears it
+        self._timer_cache: Any = _NO_CACHE
         self._expected_fingerprint = (
             None if expected_peer_fingerprint is None else normalize_fingerprint(expected_peer_fingerprint)
         )
@@ -185,27 +230,73 @@ class TunnelQuicConnection(QuicConnection):
         self.datagrams_dropped += dropped
         return dropped
 
+    @property
+    def max_datagram_size(self) -> int:
+        """The QUIC packet size in use now (raised by path MTU discovery)."""
+        return self._max_datagram_size
+
+    @property
+    def pmtu(self) -> PmtuSearch | None:
+        """The path MTU search, when enabled."""
+        return self._pmtu
+
     # ------------------------------------------------------------------------------------------ aioquic API
 
+    def connect(self, addr: NetworkAddress, now: float) -> None:
+        self._timer_cache = _NO_CACHE
+        super().connect(addr, now)
+
+    def close(self, *args: Any, **kwargs: Any) -> None:
+        self._timer_cache = _NO_CACHE
+        super().close(*args, **kwargs)
+
+    def send_ping(self, uid: int) -> None:
+        self._timer_cache = _NO_CACHE
+        super().send_ping(uid)
+
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
-        super().receive_datagram(data, addr, now)
+        self._timer_cache = _NO_CACHE
+        self._now = now
+        space = self._spaces.get(Epoch.ONE_RTT) if self._handshake_confirmed else None
+        if space is None:
+            super().receive_datagram(data, addr, now)
+        else:
+            self._receive_with_ack_frequency(space, data, addr, now)
         if self._pin is _Pin.PENDING:
             self._check_handshake()
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        self._timer_cache = _NO_CACHE
         out = super().datagrams_to_send(now)
+        if self._bbr is not None and self._pacing_at is None and self._handshake_confirmed:
+            # Not held back by pacing: if the window still has room for a packet, we ran out of data.
+            if self._loss.bytes_in_flight + self._max_datagram_size <= self._loss.congestion_window:
+                self._bbr.on_app_limited()
+        if self._pmtu is not None and self._handshake_confirmed and self._state not in END_STATES:
+            out += self._send_pmtu_probe(now)
         if out:
             self._last_sent = now
         return out
 
     def get_timer(self) -> float | None:
+        cached = self._timer_cache
+        if cached is not _NO_CACHE:
+            return cached
         timer = super().get_timer()
         keepalive = self._keepalive_at()
         if keepalive is not None and (timer is None or keepalive < timer):
-            return keepalive
+            timer = keepalive
+        self._timer_cache = timer
         return timer
 
     def handle_timer(self, now: float) -> None:
+        self._timer_cache = _NO_CACHE
+        self._now = now
+        for space in self._loss.spaces:
+            if space.ack_at is not None and space.ack_at <= now:
+                # aioquic paces a due ACK unless it is strictly overdue; at ack_at exactly (a precise timer) a
+                # pacing-limited sender would hold its ACK and spin on the same timer. An ACK that is due goes now.
+                space.ack_at = now - _ACK_NOW
         keepalive = self._keepalive_at()
         if keepalive is not None and now >= keepalive:
             uid = self._next_keepalive_uid
@@ -217,6 +308,16 @@ class TunnelQuicConnection(QuicConnection):
         base = super().get_timer()
         if base is not None and now >= base:
             super().handle_timer(now)
+        if (
+            self._pmtu is not None
+            and self._loss._pto_count >= _PMTU_BLACK_HOLE_PTOS
+            and self._max_datagram_size > self._pmtu.base
+        ):
+            # Nothing of the raised size gets through any more: back to the size known to work.
+            self._pmtu.on_black_hole(now)
+            self._set_packet_size(self._pmtu.base)
+            if self._bbr is not None:
+                self._bbr.on_path_change(now)
 
     def next_event(self) -> qe.QuicEvent | Any:
         if self._pin is _Pin.PENDING:
@@ -240,6 +341,11 @@ class TunnelQuicConnection(QuicConnection):
         if self._request_client_cert:
             # aioquic 1.7: private flag "for test purposes"; it makes the server send CertificateRequest.
             self.tls._request_client_certificate = True
+
+    def _write_ack_frame(self, builder: QuicPacketBuilder, space: Any, now: float) -> None:
+        super()._write_ack_frame(builder, space, now)
+        if space.is_application_data:
+            self._ack_pending_count = 0
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
         """Replaces aioquic's doubling-on-receipt with credit = consumed + window (announced in half-window steps)."""
@@ -279,6 +385,89 @@ class TunnelQuicConnection(QuicConnection):
         super()._parse_transport_parameters(data, from_session_ticket)
 
     # ------------------------------------------------------------------------------------------ helpers
+
+    def _receive_with_ack_frequency(self, space: Any, data: bytes, addr: NetworkAddress, now: float) -> None:
+        """aioquic schedules an ACK 1 ms after the first unacknowledged packet; we let up to ``ack_every`` packets
+        or ``srtt / 8`` pass, and ack at once when packets arrive out of order (a gap or a late one)."""
+        largest = space.largest_received_packet
+        had_pending = space.ack_at is not None
+        super().receive_datagram(data, addr, now)
+        if space.ack_at is None or self._ack_every == 1:
+            return
+        newest = space.largest_received_packet
+        if newest != largest + 1:
+            space.ack_at = now - _ACK_NOW  # reordering or loss: tell the sender now
+            return
+        self._ack_pending_count += 1
+        if self._ack_pending_count >= self._ack_every:
+            space.ack_at = now - _ACK_NOW
+        elif not had_pending:
+            loss = self._loss
+            delay = 0.001
+            if loss._rtt_initialized:
+                delay = max(delay, min(_ADVERTISED_MAX_ACK_DELAY, loss._rtt_smoothed * _ACK_DELAY_RTT_FRACTION))
+            space.ack_at = now + delay
+
+    def _send_pmtu_probe(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """One PING + PADDING packet of the size the search asks for, outside congestion control (a probe's loss
+        says nothing about congestion, RFC 9000 14.4), tracked through its own delivery handler."""
+        assert self._pmtu is not None
+        size = self._pmtu.probe_size(now)
+        if size is None:
+            return []
+        crypto = self._cryptos[Epoch.ONE_RTT]
+        if not crypto.send.is_valid():
+            return []
+        network_path = self._network_paths[0]
+        builder = QuicPacketBuilder(
+            host_cid=self.host_cid,
+            is_client=self._is_client,
+            max_datagram_size=size,
+            packet_number=self._packet_number,
+            peer_cid=self._peer_cid.cid,
+            peer_token=self._peer_token,
+            quic_logger=self._quic_logger,
+            spin_bit=self._spin_bit,
+            version=self._version,
+        )
+        builder.start_packet(QuicPacketType.ONE_RTT, crypto)
+        builder.start_frame(QuicFrameType.PING, handler=self._on_pmtu_probe_delivery, handler_args=(size,))
+        builder._datagram_needs_padding = True  # pad the packet to the builder's full size
+        flush = builder.flush
+
+        def flush_outside_congestion_control() -> tuple[list[bytes], list[Any]]:
+            datagrams, packets = flush()
+            for packet in packets:
+                packet.in_flight = False
+            return datagrams, packets
+
+        builder.flush = flush_outside_congestion_control  # type: ignore[method-assign]
+        self._pmtu_probes_sent += 1
+        return self._flush_builder(builder=builder, network_path=network_path, peer_cid=self._peer_cid.cid, now=now)
+
+    def _on_pmtu_probe_delivery(self, delivery: QuicDeliveryState, size: int) -> None:
+        assert self._pmtu is not None
+        now = self._now
+        if delivery == QuicDeliveryState.ACKED:
+            self._pmtu.on_probe_acked(size, now)
+            if self._pmtu.size > self._max_datagram_size:
+                self._set_packet_size(self._pmtu.size)
+        else:
+            self._pmtu.on_probe_lost(size, now)
+
+    def _set_packet_size(self, size: int) -> None:
+        """Use ``size``-byte packets from now on (the congestion controller and the pacer count in packets)."""
+        self._max_datagram_size = size
+        cc = self._loss._cc
+        if isinstance(cc, BbrCongestionControl):
+            cc.set_max_datagram_size(size)
+        elif hasattr(cc, "_max_datagram_size"):
+            cc._max_datagram_size = size
+        pacer = self._loss._pacer
+        if isinstance(pacer, ModelPacer):
+            pacer.set_max_datagram_size(size)
+        else:
+            pacer._max_datagram_size = size
 
     def _keepalive_at(self) -> float | None:
         if (

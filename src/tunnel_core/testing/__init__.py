@@ -1,6 +1,7 @@
 """Testing kit shipped with the core: a virtual clock and an in-memory network (see docs/architecture.md)."""
 
 from tunnel_core.testing.clock import VirtualClock
+from tunnel_core.testing.link import Link, LinkStats
 from tunnel_core.testing.network import (
     Datagram,
     Host,
@@ -17,6 +18,8 @@ from tunnel_core.testing.network import (
 __all__ = [
     "Datagram",
     "Host",
+    "Link",
+    "LinkStats",
     "Machine",
     "Nat",
     "NatType",

@@ -45,6 +45,7 @@ import attrs
 
 from tunnel_core import stun
 from tunnel_core.testing.clock import VirtualClock
+from tunnel_core.testing.link import Link
 from tunnel_core.types import Address, Transmit
 
 __all__ = [
@@ -262,6 +263,7 @@ class Network:
         self.dropped: list[Datagram] = []
         self.record = False
         self._cuts: set[frozenset[str]] = set()
+        self._links: dict[tuple[str, str], Link] = {}
         self._queue: list[_Pending] = []
         self._seq = itertools.count()
 
@@ -310,6 +312,12 @@ class Network:
     def heal(self, ip_a: str, ip_b: str) -> None:
         self._cuts.discard(frozenset((ip_a, ip_b)))
 
+    def add_link(self, src_ip: str, dst_ip: str, link: Link) -> Link:
+        """Route datagrams from host ``src_ip`` to IP ``dst_ip`` (as addressed on the wire) through ``link``
+        instead of the network-wide delay and loss: one direction only, add the reverse separately."""
+        self._links[(src_ip, dst_ip)] = link
+        return link
+
     # ------------------------------------------------------------------------------------------ routing
 
     def _chance(self, p: float) -> bool:
@@ -336,6 +344,14 @@ class Network:
             # A datagram to the NAT's own public IP comes back in through inbound() on arrival (hairpin).
             src = realm.outbound(src, dst, now)
             realm = _INTERNET
+        link = self._links.get((transmit.local[0], dst[0])) if self._links else None
+        if link is not None:
+            when = link.admit(len(transmit.data), now)
+            if when is None:
+                self._note_drop(Datagram(transmit.data, src, dst))
+            else:
+                heapq.heappush(self._queue, _Pending(when, next(self._seq), transmit.data, src, dst, realm))
+            return
         if self._chance(self.loss):
             self._note_drop(Datagram(transmit.data, src, dst))
             return

@@ -1,0 +1,640 @@
+"""A model-based, loss-tolerant congestion controller for aioquic ("bbr"), and the pacer that goes with it.
+
+Why it exists: aioquic's Reno and CUBIC halve their window on every loss, so a path with 1 % *random* loss (Wi-Fi,
+mobile) caps a tunnel at the Mathis rate, ~2.6 Mbit/s at 50 ms (issue 13). This controller, like BBR, does not
+read loss as the congestion signal; it builds a model of the path - the bottleneck bandwidth (a windowed max of
+delivery-rate samples) and the round-trip propagation time (a windowed min of RTT samples) - and sends at the
+bandwidth, with about one bandwidth-delay product (BDP) in flight.
+
+Design (BBRv1 core with BBRv2's loss bounds; our own simplification, not a line-by-line port):
+
+* delivery-rate samples per acknowledged packet (RFC draft-cheng-iccrg-delivery-rate-estimation): each sent
+  packet remembers how much had been delivered when it left; a sample is delivered bytes / max(send interval,
+  ack interval), discarded when shorter than min_rtt (ACK compression would inflate it). Samples taken while the
+  sender was application-limited only count when they raise the estimate.
+* ``btl_bw``: max of the samples of the last 10 round trips (and at most 10 min_rtt of time, see _MaxFilter);
+  ``min_rtt``: min RTT of the last 10 s.
+* STARTUP (gain 2/ln2 on pacing and window) until the bandwidth stops growing by 25 % for 3 rounds, or a round
+  loses more than ``LOSS_THRESHOLD``; DRAIN (inverse gain) until in flight <= BDP; PROBE_BW cycles the pacing gain
+  through 1.25, 0.75, then six rounds of 1.0; PROBE_RTT (every 5 s without a new min_rtt) holds the window at half
+  a BDP for 200 ms so a standing queue of our own cannot hide the true min_rtt (BBRv2's gentler variant).
+* loss response (BBRv2 idea): per round trip we count lost and delivered bytes. Below ``LOSS_THRESHOLD`` (2 %) loss
+  is ignored - that is what keeps 1 % random loss from collapsing the rate. Above it the path is really congested
+  (a tail-drop queue overflowing): ``inflight_hi`` is set to 0.7 x what was in flight, ``bw_lo`` to 0.7 x the
+  bandwidth, and both bound the window and the pacing rate until a later probe finds room again (each loss-free
+  PROBE_UP round raises ``inflight_hi`` by a growing step and clears ``bw_lo``).
+* a collapse - more than 20 % of a round lost, or bw_lo under 30 % of the bandwidth - and persistent congestion
+  (RFC 9002 7.6) forget the bandwidth model and restart STARTUP.
+
+The model is pure arithmetic on the ``now`` values aioquic passes in (sans-IO: no clock, no randomness; the gain
+cycle starts in a fixed phase). aioquic gives its pacer ``congestion_window / smoothed_rtt``; with this controller
+the connection installs :class:`ModelPacer`, which paces at ``pacing_gain x bandwidth`` instead
+(tunnel_core.quic.connection does that).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from aioquic.quic.congestion.base import (
+    K_GRANULARITY,
+    K_INITIAL_WINDOW,
+    QuicCongestionControl,
+    register_congestion_control,
+)
+from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.recovery import K_MICRO_SECOND, QuicPacketPacer
+
+NAME = "bbr"
+#: STARTUP's gain, 2/ln 2: the smallest that doubles the delivery rate every round.
+STARTUP_GAIN = 2 / math.log(2)
+#: PROBE_BW's pacing-gain cycle, one phase per min_rtt.
+PROBE_BW_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+#: The phase a connection enters PROBE_BW in; fixed (no randomness in the core), a cruise phase so the first
+#: thing after DRAIN is not another queue-building probe.
+PROBE_BW_START_PHASE = 2
+#: Window gain in PROBE_BW: room for delayed and aggregated ACKs without building a standing queue of our own.
+CWND_GAIN = 2.0
+#: The window is sized on the RTT of the last round rather than min_rtt, capped at this multiple of min_rtt. Alone
+#: on a path BBR is pacing-limited and the two agree; next to a loss-based flow that keeps a standing queue, a
+#: window of 2 x bw x min_rtt would cap BBR below its share (rate = cwnd / RTT) and let the other flow starve it.
+#: The cap bounds BBR's own standing queue at (CWND_GAIN x RTT_CAP - 1) BDP; 1.5 was not enough next to CUBIC in a
+#: 200 ms buffer (BBR's share decayed from ~45 % to ~30 % within 12 s of virtual time), 2 holds 40-50 %.
+CWND_RTT_CAP = 2.0
+#: ...or min_rtt plus this, whichever is larger. On a LAN or loopback min_rtt is ~1 ms while delayed ACKs and a busy
+#: host add several ms to every sample; sized on min_rtt alone the window caps the rate at a fraction of the
+#: bandwidth, the measured rate follows, and the model spirals down (measured on loopback under load: 1 Mbit/s).
+HOST_DELAY_SLACK = 0.01
+#: ACK aggregation allowance: max-filter length in rounds, and the most it may add (seconds of sending).
+EXTRA_ACKED_ROUNDS = 10
+EXTRA_ACKED_MAX_TIME = 0.02
+#: The bandwidth filter's time bound never drops below this: a host that stalls (descheduled, swapping) must not
+#: forget the bandwidth it measured a moment ago.
+BW_WINDOW_MIN_TIME = 0.25
+#: Bandwidth max-filter length in round trips, min_rtt filter length in seconds.
+BW_WINDOW_ROUNDS = 10
+MIN_RTT_WINDOW = 10.0
+#: How much an expired min_rtt may grow at once.
+MIN_RTT_MAX_GROWTH = 1.25
+#: PROBE_RTT: how often at most (without a fresh min_rtt), and how long.
+PROBE_RTT_INTERVAL = 5.0
+PROBE_RTT_DURATION = 0.2
+#: STARTUP ends after this many rounds without 25 % bandwidth growth.
+FULL_BW_ROUNDS = 3
+FULL_BW_GROWTH = 1.25
+#: Loss rate per round above which loss is read as congestion (BBRv2's 2 %). Random loss of 1 % stays below it.
+LOSS_THRESHOLD = 0.02
+#: Loss rate within one round that restarts the model: only a collapse (the path's rate fell far below ours)
+#: looks like this.
+HEAVY_LOSS_THRESHOLD = 0.2
+#: Rounds the loss rate is measured over: at 1 % random loss one ~500-packet round exceeds 2 % about once in 30,
+#: three rounds together about once in 3,000; a congested queue keeps losing round after round.
+LOSS_WINDOW_ROUNDS = 3
+#: bw_lo below this fraction of the max-filtered bandwidth means the path collapsed: restart from STARTUP.
+COLLAPSE_FRACTION = 0.3
+#: A loss window must lose at least this many packets to count as congested (a lone loss in a tiny window is noise).
+LOSS_MIN_PACKETS = 3
+#: Multiplicative decrease of inflight_hi and bw_lo on a congested round.
+BETA = 0.7
+#: Smallest window, in packets.
+MIN_WINDOW_PACKETS = 4
+
+
+class _Mode:
+    STARTUP = "startup"
+    DRAIN = "drain"
+    PROBE_BW = "probe_bw"
+    PROBE_RTT = "probe_rtt"
+
+
+class _SendState:
+    """What the delivery-rate estimator remembers about one packet (kept on the packet as ``_bbr``)."""
+
+    __slots__ = ("app_limited", "delivered", "delivered_time", "first_sent_time")
+
+    def __init__(self, delivered: int, delivered_time: float, first_sent_time: float, app_limited: bool) -> None:
+        self.delivered = delivered
+        self.delivered_time = delivered_time
+        self.first_sent_time = first_sent_time
+        self.app_limited = app_limited
+
+
+class _MaxFilter:
+    """Windowed maximum over the last ``window`` rounds *and* ``window`` min_rtts of time (monotonic deque).
+
+    BBRv1 counts rounds only; when the path's rate drops under a deep queue a round stretches to the queueing
+    delay (10 rounds of a 1 s queue are 10 s of sending at a rate that no longer exists). Bounding the window in
+    time as well (in units of min_rtt, so a PROBE_BW cycle always fits) lets the estimate follow within ~10
+    min_rtt.
+    """
+
+    def __init__(self, window: int) -> None:
+        self._window = window
+        self._items: deque[tuple[int, float, float]] = deque()
+
+    def update(self, round_count: int, now: float, span: float, value: float) -> None:
+        items = self._items
+        while items and items[-1][2] <= value:
+            items.pop()
+        items.append((round_count, now, value))
+        self.expire(round_count, now, span)
+
+    def expire(self, round_count: int, now: float, span: float) -> None:
+        items = self._items
+        oldest_round = round_count - self._window
+        oldest_time = now - max(self._window * span, BW_WINDOW_MIN_TIME)
+        while len(items) > 1 and (items[0][0] <= oldest_round or items[0][1] < oldest_time):
+            items.popleft()
+
+    def reset(self) -> None:
+        self._items.clear()
+
+    @property
+    def value(self) -> float:
+        return self._items[0][2] if self._items else 0.0
+
+
+class BbrCongestionControl(QuicCongestionControl):
+    """See the module docstring. aioquic creates one per connection through the registry name ``"bbr"``."""
+
+    def __init__(self, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self.max_datagram_size = max_datagram_size
+        self.mode = _Mode.STARTUP
+        self.pacing_gain = STARTUP_GAIN
+        self.cwnd_gain = STARTUP_GAIN
+        # delivery-rate estimator
+        self._delivered = 0
+        self._delivered_time = 0.0
+        self._first_sent_time = 0.0
+        self._app_limited_until = 0  # delivered count up to which samples are app-limited (0: not app-limited)
+        # round trips
+        self.round_count = 0
+        self._next_round_delivered = 0
+        self._round_start = False
+        # model
+        self._bw = _MaxFilter(BW_WINDOW_ROUNDS)
+        self.min_rtt = math.inf
+        self._min_rtt_stamp = 0.0
+        self._probe_rtt_stamp = 0.0
+        self._probe_rtt_done_at: float | None = None
+        self._probe_rtt_round_done = False
+        self._full_bw = 0.0
+        self._full_bw_count = 0
+        self.full_bw_reached = False
+        # PROBE_BW
+        self._cycle_index = PROBE_BW_START_PHASE
+        self._cycle_stamp = 0.0
+        # loss bounds
+        self.inflight_hi = math.inf
+        self.bw_lo = math.inf
+        self._hi_growth = 1
+        self._round_lost = 0
+        self._round_lost_packets = 0
+        self._round_delivered = 0
+        self._round_max_rate = 0.0
+        self._round_probe_up = False
+        #: (lost bytes, lost packets, delivered bytes) of the last rounds, newest last
+        self._loss_window: deque[tuple[int, int, int]] = deque(maxlen=LOSS_WINDOW_ROUNDS - 1)
+        # pacing
+        self._pacing_rate = 0.0
+        #: bumped whenever the pacing rate changes, so ModelPacer can recompute cheaply
+        self.rate_version = 0
+        self._last_rtt = 0.0
+        # ACK aggregation (BBRv2's extra_acked): bytes acknowledged beyond what the bandwidth explains
+        self._agg_start = 0.0
+        self._agg_acked = 0
+        self._extra_acked = _MaxFilter(EXTRA_ACKED_ROUNDS)
+        self._cut_round = -1
+        self._restart_time = 0.0
+        self._round_min_rtt = math.inf
+        self._recent_rtt = math.inf
+
+    # ------------------------------------------------------------------------------------------ model readouts
+
+    @property
+    def bandwidth(self) -> float:
+        """Estimated bottleneck bandwidth in bytes/s (0 before the first sample), bounded by ``bw_lo``."""
+        return min(self._bw.value, self.bw_lo)
+
+    @property
+    def max_bandwidth(self) -> float:
+        return self._bw.value
+
+    @property
+    def pacing_rate(self) -> float:
+        """Bytes per second the pacer should send at."""
+        return self._pacing_rate
+
+    def bdp(self, gain: float = 1.0) -> int:
+        bw = self.bandwidth
+        if bw <= 0 or math.isinf(self.min_rtt):
+            return K_INITIAL_WINDOW * self.max_datagram_size
+        return int(gain * bw * self.min_rtt)
+
+    def set_max_datagram_size(self, size: int) -> None:
+        """Path MTU discovery changed the packet size."""
+        self.max_datagram_size = size
+        self._update_control()
+
+    def on_path_change(self, now: float) -> None:
+        """The path is not what the model describes any more (e.g. a PMTU black hole): search again."""
+        self._restart_model(now)
+        self._update_control()
+
+    def on_app_limited(self) -> None:
+        """The sender ran out of data with room in the window: samples until what is in flight now is delivered
+        understate the path, so they may only raise the bandwidth estimate."""
+        self._app_limited_until = max(self._delivered + self.bytes_in_flight, 1)
+
+    # ------------------------------------------------------------------------------------------ aioquic hooks
+
+    def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
+        now = packet.sent_time or 0.0
+        if self.bytes_in_flight == 0:
+            # Restarting from idle: intervals start now, not at the last ACK long ago.
+            self._first_sent_time = now
+            self._delivered_time = now
+        packet._bbr = _SendState(  # type: ignore[attr-defined]
+            self._delivered, self._delivered_time, self._first_sent_time, self._app_limited_until > 0
+        )
+        self.bytes_in_flight += packet.sent_bytes
+
+    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+        self.bytes_in_flight -= packet.sent_bytes
+        self._delivered += packet.sent_bytes
+        self._delivered_time = now
+        self._round_delivered += packet.sent_bytes
+        if self._app_limited_until and self._delivered > self._app_limited_until:
+            self._app_limited_until = 0
+        state: _SendState | None = getattr(packet, "_bbr", None)
+        if state is None:
+            return
+        # round trips: a round ends when a packet sent after the previous round's end is acknowledged
+        if state.delivered >= self._next_round_delivered:
+            self._next_round_delivered = self._delivered
+            self.round_count += 1
+            self._end_round(now, state.app_limited)
+        self._update_ack_aggregation(now, packet.sent_bytes)
+        # delivery-rate sample
+        sent_time = packet.sent_time or now
+        self._first_sent_time = sent_time
+        interval = max(sent_time - state.first_sent_time, now - state.delivered_time)
+        # Linux tcp_rate.c: an interval shorter than min_rtt is ACK compression, not the path's rate.
+        if interval > 0 and interval >= self.min_rtt:
+            rate = (self._delivered - state.delivered) / interval
+            if rate > self._round_max_rate:
+                self._round_max_rate = rate
+            if not state.app_limited or rate >= self._bw.value:
+                self._bw.update(self.round_count, now, self.min_rtt, rate)
+        self._update_mode(now)
+        self._update_control()
+
+    def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+
+    def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+            if (packet.sent_time or 0.0) < self._restart_time:
+                continue  # sent under the model we threw away: its loss says nothing about the new search
+            self._round_lost += packet.sent_bytes
+            self._round_lost_packets += 1
+        # Act within the round when it is already heavily congested, so a collapsed link is left quickly.
+        lost = self._round_lost
+        if (
+            self._cut_round != self.round_count
+            and self._round_lost_packets >= 4 * LOSS_MIN_PACKETS
+            and lost > HEAVY_LOSS_THRESHOLD * (lost + self._round_delivered)
+        ):
+            # Not congestion at the margin but a path that lost most of its rate (an outage, a re-route, a much
+            # slower link, an MTU black hole): the model is of no use; STARTUP finds the new rate in a few rounds.
+            if self.mode == _Mode.STARTUP:
+                self._on_congestion(now)  # STARTUP overshooting a shallow buffer: leave it, bounded
+            else:
+                self._cut_round = self.round_count
+                self._restart_model(now)
+        self._update_control()
+
+    def on_persistent_congestion(self) -> None:
+        self._restart_model(0.0)
+        self.congestion_window = MIN_WINDOW_PACKETS * self.max_datagram_size
+        self._set_pacing_rate(self.congestion_window / max(self._last_rtt or 0.1, K_MICRO_SECOND))
+
+    def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
+        # aioquic passes the raw sample; like its own estimator, never believe less than its 1 ms granularity
+        # (loopback or same-instant test harnesses give ~0, which would make every BDP zero).
+        rtt = max(rtt, K_GRANULARITY)
+        self._last_rtt = rtt
+        if rtt < self._round_min_rtt:
+            self._round_min_rtt = rtt
+        if rtt <= self.min_rtt:
+            self.min_rtt = rtt
+            self._min_rtt_stamp = now
+        elif now - self._min_rtt_stamp > MIN_RTT_WINDOW:
+            # Expired: a loss-based competitor's standing queue (which PROBE_RTT cannot drain) would otherwise
+            # become our "propagation delay" in one step and make BBR grab the link (measured: CUBIC fell from
+            # ~50 % to ~20 % within 6 s). A real route change still gets there, 25 % per window.
+            self.min_rtt = min(rtt, MIN_RTT_MAX_GROWTH * self.min_rtt)
+            self._min_rtt_stamp = now
+        if self._pacing_rate == 0.0:
+            self._update_control()
+
+    def get_log_data(self) -> dict[str, Any]:
+        data = super().get_log_data()
+        data.update(mode=self.mode, bw=self.bandwidth, min_rtt=self.min_rtt, pacing_rate=self._pacing_rate)
+        return data
+
+    # ------------------------------------------------------------------------------------------ state machine
+
+    def _update_ack_aggregation(self, now: float, acked: int) -> None:
+        """Delayed ACKs (ours wait for 20 packets), Wi-Fi and a busy host deliver ACKs in bursts; between bursts a
+        window of 2 x bw x min_rtt runs dry and the measured rate - hence the model - spirals down (measured on
+        loopback under load: 1 Mbit/s). The largest excess of acknowledged bytes over ``bw x elapsed`` within an
+        aggregation epoch (max over 10 rounds, at most 20 ms of sending) is added to the window."""
+        bw = self.bandwidth
+        if bw <= 0:
+            return
+        expected = bw * (now - self._agg_start)
+        if self._agg_acked <= expected:
+            # ACKs arrive no faster than the bandwidth: a new epoch starts here
+            self._agg_start = now
+            self._agg_acked = 0
+            expected = 0.0
+        self._agg_acked += acked
+        extra = min(self._agg_acked - expected, bw * EXTRA_ACKED_MAX_TIME)
+        if extra > 0:
+            self._extra_acked.update(self.round_count, now, math.inf, extra)
+
+    def _round_congested(self) -> bool:
+        """Loss over the last LOSS_WINDOW_ROUNDS rounds (this one included) above LOSS_THRESHOLD."""
+        lost, packets, delivered = self._round_lost, self._round_lost_packets, self._round_delivered
+        for r_lost, r_packets, r_delivered in self._loss_window:
+            lost += r_lost
+            packets += r_packets
+            delivered += r_delivered
+        return packets >= LOSS_MIN_PACKETS and lost > LOSS_THRESHOLD * (lost + delivered)
+
+    def _on_congestion(self, now: float) -> None:
+        """Loss above the threshold: the path is congested; bound what we send by what it carried."""
+        self._cut_round = self.round_count
+        rate = self._round_max_rate or self._bw.value
+        self.bw_lo = max(rate, BETA * min(self.bw_lo, self._bw.value)) if self._bw.value else math.inf
+        if self.bw_lo < COLLAPSE_FRACTION * self._bw.value:
+            # Most of the path's rate is gone (an outage, a re-route, an MTU black hole): the old model is of no
+            # use; search again from STARTUP, which finds the new rate in a few round trips.
+            self._restart_model(now)
+            return
+        # What was in flight, less BETA - but never below one BDP at the (lowered) bandwidth: the path carried that.
+        inflight = self.bytes_in_flight + self._round_lost
+        base = min(self.congestion_window, inflight) if math.isinf(self.inflight_hi) else self.inflight_hi
+        floor = MIN_WINDOW_PACKETS * self.max_datagram_size
+        bdp = 0 if math.isinf(self.min_rtt) else int(self.bandwidth * self.min_rtt)
+        self.inflight_hi = max(floor, bdp, BETA * base)
+        self._hi_growth = 1
+        self._loss_window.clear()
+        if self.mode == _Mode.STARTUP:
+            self.full_bw_reached = True
+            self._enter(_Mode.DRAIN, now)
+        elif self.mode == _Mode.PROBE_BW and PROBE_BW_GAINS[self._cycle_index] > 1.0:
+            self._cycle_index = (self._cycle_index + 1) % len(PROBE_BW_GAINS)
+            self._cycle_stamp = now
+            self.pacing_gain = PROBE_BW_GAINS[self._cycle_index]
+        self._round_lost = 0
+        self._round_lost_packets = 0
+        self._round_delivered = 0
+
+    def _restart_model(self, now: float) -> None:
+        """Forget the bandwidth model and its loss bounds and search again from STARTUP (min_rtt stays)."""
+        self._restart_time = now
+        self._bw.reset()
+        self._extra_acked.reset()
+        self.bw_lo = math.inf
+        self.inflight_hi = math.inf
+        self.full_bw_reached = False
+        self._full_bw = 0.0
+        self._full_bw_count = 0
+        self._loss_window.clear()
+        self._round_lost = 0
+        self._round_lost_packets = 0
+        self._round_delivered = 0
+        self._enter(_Mode.STARTUP, now)
+        self.congestion_window = max(MIN_WINDOW_PACKETS, K_INITIAL_WINDOW) * self.max_datagram_size
+
+    def _end_round(self, now: float, app_limited: bool) -> None:
+        """A round trip ended with the acknowledgement of a packet sent while ``app_limited`` (or not)."""
+        self._bw.expire(self.round_count, now, self.min_rtt)
+        self._extra_acked.expire(self.round_count, now, math.inf)
+        if self._round_congested():
+            self._on_congestion(now)
+        elif self._round_probe_up:
+            # A loss-free probe round: there may be room above the old bound; grow it faster each round.
+            if not math.isinf(self.inflight_hi):
+                self.inflight_hi += self._hi_growth * self.max_datagram_size
+                self._hi_growth = min(self._hi_growth * 2, 1 << 16)
+                if self.inflight_hi > 4 * self.bdp():
+                    self.inflight_hi = math.inf
+            self.bw_lo = math.inf
+        self._round_probe_up = self.mode == _Mode.PROBE_BW and PROBE_BW_GAINS[self._cycle_index] > 1.0
+        round_delivered = self._round_delivered
+        self._loss_window.append((self._round_lost, self._round_lost_packets, self._round_delivered))
+        if not math.isinf(self._round_min_rtt):
+            self._recent_rtt = self._round_min_rtt
+            self._round_min_rtt = math.inf
+        self._round_lost = 0
+        self._round_lost_packets = 0
+        self._round_delivered = 0
+        self._round_max_rate = 0.0
+        # STARTUP: is the bandwidth still growing? (A round that delivered next to nothing - an outage - says no.)
+        if (
+            not self.full_bw_reached
+            and not app_limited  # Linux: the round's sample, not the sender's state now
+            and round_delivered >= MIN_WINDOW_PACKETS * self.max_datagram_size
+        ):
+            bw = self._bw.value
+            if bw >= self._full_bw * FULL_BW_GROWTH:
+                self._full_bw = bw
+                self._full_bw_count = 0
+            else:
+                self._full_bw_count += 1
+                if self._full_bw_count >= FULL_BW_ROUNDS:
+                    self.full_bw_reached = True
+        if self.mode == _Mode.PROBE_RTT and self._probe_rtt_done_at is not None:
+            self._probe_rtt_round_done = True
+
+    def _enter(self, mode: str, now: float) -> None:
+        self.mode = mode
+        if mode == _Mode.STARTUP:
+            self.pacing_gain = self.cwnd_gain = STARTUP_GAIN
+        elif mode == _Mode.DRAIN:
+            self.pacing_gain = 1 / STARTUP_GAIN
+            self.cwnd_gain = STARTUP_GAIN
+        elif mode == _Mode.PROBE_BW:
+            self._cycle_index = PROBE_BW_START_PHASE
+            self._cycle_stamp = now
+            self.pacing_gain = PROBE_BW_GAINS[self._cycle_index]
+            self.cwnd_gain = CWND_GAIN
+        elif mode == _Mode.PROBE_RTT:
+            self.pacing_gain = 1.0
+            self.cwnd_gain = 0.5
+            self._probe_rtt_done_at = None
+            self._probe_rtt_round_done = False
+
+    def _update_mode(self, now: float) -> None:
+        if self.mode == _Mode.STARTUP and self.full_bw_reached:
+            self._enter(_Mode.DRAIN, now)
+        if self.mode == _Mode.DRAIN and self.bytes_in_flight <= self.bdp():
+            self._enter(_Mode.PROBE_BW, now)
+        if self.mode == _Mode.PROBE_BW:
+            self._advance_cycle(now)
+        # PROBE_RTT: min_rtt has not been refreshed for a while
+        if (
+            self.mode != _Mode.PROBE_RTT
+            and self.full_bw_reached
+            and not math.isinf(self.min_rtt)
+            and now - self._min_rtt_stamp > PROBE_RTT_INTERVAL
+            and now - self._probe_rtt_stamp > PROBE_RTT_INTERVAL
+        ):
+            self._enter(_Mode.PROBE_RTT, now)
+        if self.mode == _Mode.PROBE_RTT:
+            if self._probe_rtt_done_at is None and self.bytes_in_flight <= self._probe_rtt_window():
+                self._probe_rtt_done_at = now + PROBE_RTT_DURATION
+                self._probe_rtt_round_done = False
+                self._next_round_delivered = self._delivered
+            elif (
+                self._probe_rtt_done_at is not None
+                and self._probe_rtt_round_done
+                and now >= self._probe_rtt_done_at
+            ):
+                self._probe_rtt_stamp = now
+                self._enter(_Mode.PROBE_BW if self.full_bw_reached else _Mode.STARTUP, now)
+
+    def _advance_cycle(self, now: float) -> None:
+        gain = PROBE_BW_GAINS[self._cycle_index]
+        elapsed = now - self._cycle_stamp > self.min_rtt
+        if gain > 1.0:
+            done = elapsed and (self.bytes_in_flight >= self.bdp(gain) or self.bytes_in_flight >= self.inflight_hi)
+        elif gain < 1.0:
+            done = elapsed or self.bytes_in_flight <= self.bdp()
+        else:
+            done = elapsed
+        if done:
+            self._cycle_index = (self._cycle_index + 1) % len(PROBE_BW_GAINS)
+            self._cycle_stamp = now
+            self.pacing_gain = PROBE_BW_GAINS[self._cycle_index]
+
+    def _probe_rtt_window(self) -> int:
+        """PROBE_RTT's window, half a BDP and nothing on top: it must be reachable, since PROBE_RTT only starts its
+        200 ms once what is in flight fits in it."""
+        return max(MIN_WINDOW_PACKETS * self.max_datagram_size, self.bdp(0.5))
+
+    def _window_rtt(self) -> float:
+        """The RTT the window is sized on: the last round's smallest sample, but at most CWND_RTT_CAP x min_rtt or
+        min_rtt + HOST_DELAY_SLACK, whichever is larger (see both constants)."""
+        min_rtt = self.min_rtt
+        if self._recent_rtt <= min_rtt:
+            return min_rtt
+        if self.mode != _Mode.PROBE_BW:
+            # STARTUP's own queue inflates the RTT: allow only the host-delay slack there, not the relative cap
+            return min(self._recent_rtt, min_rtt + HOST_DELAY_SLACK)
+        return min(self._recent_rtt, max(CWND_RTT_CAP * min_rtt, min_rtt + HOST_DELAY_SLACK))
+
+    def _update_control(self) -> None:
+        mss = self.max_datagram_size
+        floor = MIN_WINDOW_PACKETS * mss
+        bw = self.bandwidth
+        if bw <= 0 or math.isinf(self.min_rtt):
+            # No model yet: the initial window, paced over the first RTT sample (or 100 ms before one).
+            cwnd = max(self.congestion_window, K_INITIAL_WINDOW * mss)
+            rtt = self._last_rtt or 0.1
+            self._set_pacing_rate(STARTUP_GAIN * cwnd / max(rtt, K_MICRO_SECOND))
+            self.congestion_window = cwnd
+            return
+        # 3 packets of headroom for delayed/aggregated ACKs, as BBR's "quantization budget".
+        if self.mode == _Mode.PROBE_RTT:
+            cwnd = self._probe_rtt_window()
+        else:
+            cwnd = int(self.cwnd_gain * bw * self._window_rtt() + self._extra_acked.value) + 3 * mss
+        if self.mode == _Mode.STARTUP:
+            # Never shrink while searching for the bandwidth.
+            cwnd = max(cwnd, self.congestion_window)
+        if cwnd > self.inflight_hi:
+            cwnd = int(self.inflight_hi)
+        self.congestion_window = max(floor, cwnd)
+        rate = self.pacing_gain * bw
+        if self.mode == _Mode.STARTUP:
+            rate = max(rate, self._pacing_rate)
+        self._set_pacing_rate(rate)
+
+    def _set_pacing_rate(self, rate: float) -> None:
+        if rate != self._pacing_rate:
+            self._pacing_rate = rate
+            self.rate_version += 1
+
+
+class ModelPacer(QuicPacketPacer):
+    """A token-bucket pacer at the controller's pacing rate (instead of aioquic's ``cwnd / srtt``).
+
+    aioquic's bucket is floored at zero after every packet, so any sliver of credit lets a whole packet go: an
+    ACK-clocked sender then sends at the ACK rate whatever the pacing rate says (we measured DRAIN at gain 0.35
+    still sending at the full link rate). Here a packet may drive the credit negative, and the next one waits until
+    it is paid back, so the long-run rate is exactly the pacing rate; the credit is capped at about 1 ms of sending
+    (2..16 packets) so idle time cannot turn into a long burst.
+    """
+
+    def __init__(self, *, max_datagram_size: int, controller: BbrCongestionControl) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self._controller = controller
+        self._version = -1
+
+    def set_max_datagram_size(self, size: int) -> None:
+        self._max_datagram_size = size
+        self._version = -1
+
+    def next_send_time(self, now: float) -> float | None:  # type: ignore[override]
+        if self._version != self._controller.rate_version:
+            self._refresh()
+        if self.packet_time is None:
+            return None
+        self.update_bucket(now)
+        if self.bucket_time > -_PACING_SLACK:
+            return None
+        return now - self.bucket_time
+
+    def update_after_send(self, now: float) -> None:
+        if self.packet_time is not None:
+            self.update_bucket(now)
+            self.bucket_time -= self.packet_time
+
+    def update_bucket(self, now: float) -> None:
+        if now > self.evaluation_time:
+            self.bucket_time = min(self.bucket_time + (now - self.evaluation_time), self.bucket_max)
+            self.evaluation_time = now
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        self._refresh()
+
+    def _refresh(self) -> None:
+        cc = self._controller
+        self._version = cc.rate_version
+        rate = cc.pacing_rate
+        if rate <= 0:
+            self.packet_time = None
+            return
+        mss = self._max_datagram_size
+        self.packet_time = max(K_MICRO_SECOND, min(mss / rate, 1.0))
+        burst = max(2 * mss, min(int(rate * 0.001), 16 * mss))
+        self.bucket_max = burst / rate
+        if self.bucket_time > self.bucket_max:
+            self.bucket_time = self.bucket_max
+
+
+#: Credit shortfall (seconds) still treated as paid: float rounding must not schedule nanosecond timers.
+_PACING_SLACK = 1e-7
+
+
+register_congestion_control(NAME, BbrCongestionControl)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tunnel_cli import config as cfg
+from tunnel_cli.manual_section import manual_section
 from tunnel_core import assembly
 from tunnel_core.quic.bbr import BbrCongestionControl
 from tunnel_core.quic.config import DEFAULT_CONGESTION
@@ -24,10 +25,10 @@ def _manual(tmp_path: Path, value: str) -> Path:
 
 
 def test_the_config_key_is_read_and_checked(tmp_path: Path) -> None:
-    section = cfg.manual_section(cfg.load_config(_manual(tmp_path, '"bbr"')), "server")
+    section = manual_section(cfg.load_config(_manual(tmp_path, '"bbr"')), "server")
     assert section.congestion == "bbr"
     with pytest.raises(cfg.TunnelError, match=r"\[manual\] 'congestion' must be one of bbr, cubic, reno"):
-        cfg.manual_section(cfg.load_config(_manual(tmp_path, '"vegas"')), "server")
+        manual_section(cfg.load_config(_manual(tmp_path, '"vegas"')), "server")
 
 
 @pytest.mark.parametrize("args", [["--congestion", "vegas"], ["--config", "{config}"]])

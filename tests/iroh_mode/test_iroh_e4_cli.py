@@ -12,10 +12,10 @@ from tests.iroh_mode.test_iroh_cli import SERVER_ID, one_line_error
 from tests.iroh_mode.tunnels import make_key
 
 from tunnel_cli.cli import build_options, run
+from tunnel_cli.program import TUNNEL_RS
 from tunnel_core.iroh_session.auth import public_key_from_seed
 from tunnel_core.iroh_session.authkeys import format_private_key, format_public_key, parse_private_key
 from tunnel_core.iroh_session.options import IrohClientOptions, IrohServerOptions
-from tunnel_iroh.cli import TUNNEL_RS
 
 SEED = bytes([0x2A] * 32)
 PUBLIC = public_key_from_seed(SEED)

@@ -16,11 +16,11 @@ from tests.iroh_mode.tunnels import OFFLINE, Proc, echo_through, make_key
 from tunnel_cli import iroh_env
 from tunnel_cli.cli import build_options, run
 from tunnel_cli.iroh_env import IrohEnv
+from tunnel_cli.program import TUNNEL_RS
 from tunnel_core.iroh_session.auth import public_key_from_seed
 from tunnel_core.iroh_session.authkeys import format_private_key, format_public_key
 from tunnel_core.iroh_session.options import IrohClientOptions, IrohServerOptions
 from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id, format_secret_key
-from tunnel_iroh.cli import TUNNEL_RS
 
 SEED_A = bytes([0x2A] * 32)
 SEED_B = bytes([0x07] * 32)

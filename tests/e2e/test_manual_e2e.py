@@ -83,15 +83,16 @@ def test_iperf3_tcp_through_tunnel(tmp_path: Path) -> None:
 def test_iperf3_udp_through_tunnel(tmp_path: Path) -> None:
     # iperf3 -u still runs its control connection over TCP on the same port number, so one local port carries
     # two tunnels: TCP for control and UDP for the data.
-    port = programs.free_port(tcp=True, udp=True)
-    with (
-        programs.Iperf3Server(tmp_path) as server,
-        tunnel(f"tcp://{LOOPBACK}:{server.port}", local_port=port) as control,
-        tunnel(f"udp://{LOOPBACK}:{server.port}", local_port=port) as data,
-    ):
-        result = programs.run_iperf3_client(port, seconds=3, udp=True, bitrate="50M", length=1400)
-        control.assert_alive()
-        data.assert_alive()
+    # The local port is picked once iperf3 listens: picked before, both picks could name the same free port.
+    with programs.Iperf3Server(tmp_path) as server:
+        port = programs.free_port(tcp=True, udp=True)
+        with (
+            tunnel(f"tcp://{LOOPBACK}:{server.port}", local_port=port) as control,
+            tunnel(f"udp://{LOOPBACK}:{server.port}", local_port=port) as data,
+        ):
+            result = programs.run_iperf3_client(port, seconds=3, udp=True, bitrate="50M", length=1400)
+            control.assert_alive()
+            data.assert_alive()
     print(
         f"iperf3 UDP through tunnel: {result.bits_per_second / 1e6:.1f} Mbit/s, {result.lost_percent:.2f}% lost"
     )

@@ -126,7 +126,11 @@ class TunnelInNamespaces:
                 proc.stop(timeout=5.0)
         if self.relay is not None and self.relay.poll() is None:
             self.relay.terminate()
-            self.relay.wait(timeout=5)
+            try:
+                self.relay.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # nostr-sdk's relay can ignore SIGTERM on a busy machine
+                self.relay.kill()
+                self.relay.wait(timeout=5)
 
     def logs(self) -> str:
         return "\n".join(p.describe() for p in (self.server, self.client) if p is not None)

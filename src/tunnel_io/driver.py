@@ -34,6 +34,23 @@ TRANSIENT_SEND_ERRORS = frozenset({
 })
 
 
+def drain(sock: Any, deliver: Callable[[bytes, Any], None]) -> bool:
+    """Read at most DRAIN_LIMIT datagrams from ``sock`` into ``deliver(data, remote)``; False if the socket was
+    closed meanwhile. Errors on one datagram skip it: ICMP errors (ECONNREFUSED, port unreachable) surface here on
+    Linux and say nothing the core or a UDP flow needs."""
+    for _ in range(DRAIN_LIMIT):
+        try:
+            data, remote = sock.recvfrom(65536)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            if sock.fileno() == -1:
+                return False
+            continue
+        deliver(data, remote)
+    return True
+
+
 class PeerDriver:
     """Drives one sans-IO machine (a Peer) over a set of non-blocking UDP sockets keyed by their local address."""
 
@@ -74,17 +91,8 @@ class PeerDriver:
             if self._closed:
                 return
             now = self.now()
-            for _ in range(DRAIN_LIMIT):
-                try:
-                    data, remote = sock.recvfrom(65536)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    if sock.fileno() == -1:
-                        return
-                    continue  # ICMP errors surface here on Linux (ECONNREFUSED); they say nothing the core needs
-                receive(data, addr, (remote[0], remote[1]), now)
-            self.flush()
+            if drain(sock, lambda data, remote: receive(data, addr, (remote[0], remote[1]), now)):
+                self.flush()
 
         return on_readable
 

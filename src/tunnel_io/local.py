@@ -23,7 +23,7 @@ from typing import Any
 from tunnel_core.forwarding import events as fe
 from tunnel_core.types import Address
 from tunnel_io.dial import HappyEyeballs
-from tunnel_io.driver import DRAIN_LIMIT
+from tunnel_io.driver import drain
 from tunnel_io.reactor import Reactor, Timer, Watch
 
 log = logging.getLogger("tunnel")
@@ -183,18 +183,9 @@ class _Datagrams:
 
     def _on_readable(self) -> None:
         now = self.fwd.now()
-        sock = self.sock
-        for _ in range(DRAIN_LIMIT):
-            try:
-                data, peer = sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                if sock.fileno() == -1:
-                    return
-                continue  # ICMP port unreachable from a target: UDP carries on
-            self.deliver(data, (peer[0], peer[1]), now)
-        self.fwd.kick()
+        deliver = self.deliver
+        if drain(self.sock, lambda data, peer: deliver(data, (peer[0], peer[1]), now)):
+            self.fwd.kick()
 
     def close(self) -> None:
         self.watch.close()

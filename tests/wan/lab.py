@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-
 from tests.nat.lab import INET_IP, Lab, LabError
 
 LINK = str(Path(__file__).with_name("link.py"))
@@ -100,7 +99,7 @@ class WanLink:
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None and not select.select([fd], [], [], 0)[0]:
+            if left <= 0 or (self.proc.poll() is not None and not select.select([fd], [], [], 0)[0]):
                 raise LabError(f"link process: no answer within {timeout} s (exit {self.proc.poll()})")
             if select.select([fd], [], [], left)[0]:
                 data = os.read(fd, 65536)
@@ -164,7 +163,10 @@ def format_link(delta: dict[str, Any]) -> str:
 
 
 def change_address(lab: Lab, node: str, iface: str, old: str, new: str, *, gateway: str | None = None) -> None:
-    """Roaming: the new address first, then the old one removed, then the default route (if any) put back."""
+    """Roaming: the new address first, then the old one removed, then the default route (if any) put back.
+
+    ``promote_secondaries``: without it, deleting the old (primary) address deletes the new one with it."""
+    lab.nx(node, "sysctl", "-qw", f"net.ipv4.conf.{iface}.promote_secondaries=1")
     lab.nx(node, "ip", "addr", "add", f"{new}/{PREFIXLEN}", "dev", iface)
     lab.nx(node, "ip", "addr", "del", f"{old}/{PREFIXLEN}", "dev", iface)
     if gateway is not None:

@@ -24,6 +24,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +174,31 @@ def change_address(lab: Lab, node: str, iface: str, old: str, new: str, *, gatew
         lab.nx(node, "ip", "route", "replace", "default", "via", gateway, "dev", iface)
 
 
+ALLOWED_CC = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+
+
+@contextlib.contextmanager
+def congestion_controls_allowed(*names: str) -> Iterator[None]:
+    """Let lab namespaces choose ``names`` as their default, restoring the host's list afterwards.
+
+    Only the initial namespace may make a "restricted" algorithm a namespace's default; an algorithm is
+    unrestricted when it is in ``tcp_allowed_congestion_control`` (a host-wide list, typically just the host's
+    default and reno). Adding one to it changes nothing for existing sockets or for the host's default."""
+    before = ALLOWED_CC.read_text().split()
+    wanted = before + [n for n in names if n not in before]
+    if wanted != before:
+        ALLOWED_CC.write_text(" ".join(wanted))
+    try:
+        yield
+    finally:
+        if wanted != before:
+            ALLOWED_CC.write_text(" ".join(before))
+
+
 def set_congestion_control(lab: Lab, cc: str) -> None:
-    """The kernel's TCP congestion control is per namespace: set it in every namespace of the lab."""
+    """The kernel's TCP congestion control is per namespace: set it in every namespace of the lab.
+
+    ``cc`` must be allowed (``congestion_controls_allowed``) unless it is the host's default or reno."""
     for name in lab._created:
         lab.run(["ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv4.tcp_congestion_control={cc}"])
 

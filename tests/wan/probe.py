@@ -9,8 +9,8 @@
         a datagram every 1/R s, each with its sequence number and a pattern derived from it; replies checked
         byte for byte; prints {"sent", "received", "corrupt", "p50_ms", "p99_ms"}
     python probe.py first-byte HOST PORT --timeout T
-        connect + 1 byte + its echo, retried every 20 ms until it works; prints {"ok", "at"} (wall clock time, so
-        the caller can subtract the moment it started the forwarder in another process)
+        connect + 1 byte + its echo, retried every 20 ms until it works; prints {"ok", "t0", "at"}: wall clock times
+        of the first attempt and of the echo, so the caller can subtract when it started a forwarder elsewhere
     python probe.py tcp-hash HOST PORT              TCP service: reads to EOF, answers the SHA-256 hex of what came
     python probe.py send HOST PORT --count BYTES [--timeout S]
         streams BYTES of seeded data, half-closes, reads the service's SHA-256; prints {"ok", "sha256", "seconds"}
@@ -203,6 +203,7 @@ def udp_rr(host: str, port: int, rate: float, seconds: float, size: int) -> dict
 
 def first_byte(host: str, port: int, timeout: float) -> dict[str, object]:
     deadline = time.monotonic() + timeout
+    t0 = time.time()  # the first attempt: the earliest moment this probe could have seen the path work
     error = ""
     while time.monotonic() < deadline:
         try:
@@ -210,12 +211,12 @@ def first_byte(host: str, port: int, timeout: float) -> dict[str, object]:
                 sock.settimeout(max(0.1, deadline - time.monotonic()))
                 sock.sendall(b"x")
                 if sock.recv(1) == b"x":
-                    return {"ok": True, "at": time.time()}
+                    return {"ok": True, "t0": t0, "at": time.time()}
                 error = "connection closed before the echo"
         except OSError as exc:
             error = f"{type(exc).__name__}: {exc}"
         time.sleep(0.02)
-    return {"ok": False, "at": time.time(), "error": error}
+    return {"ok": False, "t0": t0, "at": time.time(), "error": error}
 
 
 def udp_blast(host: str, port: int, count: int, size: int, rate: float) -> dict[str, object]:

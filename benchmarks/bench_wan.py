@@ -292,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="profile to run (repeatable; default: all)")
     parser.add_argument("--rows", action="append", default=[],
                         help=f"comma-separated rows or prefixes (default: all): {', '.join(ROWS)}")
-    parser.add_argument("--duration", type=float, default=5.0,
-                        help="seconds per measurement (bulk runs at least 20 round trips); default 5")
+    parser.add_argument("--duration", type=float, default=4.0,
+                        help="seconds per measurement (bulk runs at least 20 round trips); default 4")
     parser.add_argument("--quick", action="store_true", help="2 s measurements: a check that everything runs")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--write-docs", action="store_true",

@@ -90,8 +90,10 @@ class Pair:
             proc.stop()
 
 
-def _source(proto: str, port: int) -> list[str]:
-    return ["--source", f"{proto}://127.0.0.1:{port}", "--target", f"127.0.0.1:{port}"]
+def _source(proto: str, port: int, *, target_scheme: bool = False) -> list[str]:
+    """The client's --source/--target; nostr mode's client wants the scheme on the target too (upstream's rule)."""
+    target = f"{proto}://127.0.0.1:{port}" if target_scheme else f"127.0.0.1:{port}"
+    return ["--source", f"{proto}://127.0.0.1:{port}", "--target", target]
 
 
 def start_manual(lab: Lab, addr: dict[str, str], service_port: int, *, proto: str = "tcp", runtime: str = "asyncio",
@@ -142,7 +144,8 @@ def start_nostr(lab: Lab, addr: dict[str, str], service_port: int, *, proto: str
         raise LabError(f"nostr server did not subscribe\n{server.stderr[-2000:]}")
     started = time.time()
     client = Proc("client", lab.in_ns("a", [*cli(), "client", "nostr", "--nsec-file", str(files["a"]),
-                                            "--peer-npub", keys["b"].public_key.npub, *_source(proto, service_port),
+                                            "--peer-npub", keys["b"].public_key.npub,
+                                            *_source(proto, service_port, target_scheme=True),
                                             *signaling, *ice, "--host-candidate", addr["a"]]))
     return Pair(client=client, server=server, listen_port=service_port, started_at=started, helpers=[relay])
 

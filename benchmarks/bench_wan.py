@@ -84,16 +84,17 @@ def measure_row(lab: WanLab, row: Row, seconds: float, bulk_seconds: float) -> d
         log(f"    {row.name}: 1 stream {fmt(result.get('mbit_1'))} Mbit/s, 4 streams {fmt(result.get('mbit_4'))}")
         log(f"    {row.name}: round trips, alone and under bulk; UDP echo")
         result["rr"] = run_probe(lab, "rr", *path.echo, seconds)
-        background = subprocess.Popen(lab.in_ns("a", ["iperf3", "-c", path.iperf[0], "-p", str(path.iperf[1]),
-                                                      "-t", str(seconds + 3), "--connect-timeout", "15000"]),
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # The load goes through the same forwarder as the round trips (same tunnel, same ssh connection).
+        background = subprocess.Popen(lab.in_ns("a", [PYTHON, PROBE, "bulk", *map(str, path.echo), "--seconds",
+                                                      str(seconds + 3)]), stdout=subprocess.PIPE, text=True)
         try:
             time.sleep(1.5)  # let the bulk transfer fill the path first
             result["rr_bulk"] = run_probe(lab, "rr", *path.echo, seconds)
         finally:
             try:
-                background.wait(timeout=seconds + 60)
-            except subprocess.TimeoutExpired:
+                out, _ = background.communicate(timeout=seconds + 60)
+                result["rr_bulk"]["load_mbit"] = json.loads(out.strip().splitlines()[-1]).get("mbit")
+            except (subprocess.TimeoutExpired, ValueError, IndexError):
                 background.kill()
                 background.wait()
         if path.udp is not None:
@@ -158,6 +159,11 @@ def pair(d: dict[str, Any] | None) -> str:
     return f"{d['p50_ms']:.0f} / {d['p99_ms']:.0f}"
 
 
+def bulk_cell(d: dict[str, Any] | None) -> str:
+    load = (d or {}).get("load_mbit")
+    return pair(d) + (f" (load {load:.0f} Mbit/s)" if load is not None else "")
+
+
 def udp_cell(d: dict[str, Any] | None) -> str:
     if not d:
         return "—"
@@ -192,7 +198,7 @@ def table(profile_result: dict[str, Any]) -> str:
             continue
         cpu = ", ".join(f"{role} {v:g}" for role, v in (r.get("cpu_s_per_gb") or {}).items()) or "—"
         lines.append(f"| {r['name']} | {fmt(r.get('mbit_1'))} | {fmt(r.get('mbit_4'))} | {pair(r.get('rr'))} "
-                     f"| {pair(r.get('rr_bulk'))} | {udp_cell(r.get('udp'))} | {fmt(r.get('connect_s'), 2)} "
+                     f"| {bulk_cell(r.get('rr_bulk'))} | {udp_cell(r.get('udp'))} | {fmt(r.get('connect_s'), 2)} "
                      f"| {cpu} | {link_cell(r)} |")
     return "\n".join(lines)
 
@@ -307,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = 2.0 if args.quick else args.duration
     # SIGTERM unwinds like Ctrl-C, so every lab's context manager tears it down.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIG_IGN)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: where is a slow run spending its time?
     reap_stale_labs()
     command = " ".join(["python benchmarks/bench_wan.py", *(sys.argv[1:] if argv is None else argv)])

@@ -8,7 +8,7 @@ if [ "${1:-}" = "--test" ]; then
   if command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     need=()
-    for pkg in coturn iperf3 openssh-server openssh-client socat dnsutils dnsmasq-base iproute2 nftables conntrack; do
+    for pkg in coturn iperf3 openssh-server openssh-client socat dnsutils dnsmasq-base iproute2 nftables conntrack procps; do
       dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
     done
     if [ ${#need[@]} -gt 0 ]; then

@@ -1,6 +1,7 @@
 """Small programs the WAN lab runs *inside* its namespaces (services, and measuring clients that print one JSON line).
 
-    python probe.py tcp-echo HOST PORT              threaded TCP echo; prints "ready"; runs until killed
+    python probe.py tcp-echo HOST PORT              threaded TCP echo; prints "ready"; runs until killed (a
+                                                    connection that starts with SINK\n is read and discarded)
     python probe.py udp-echo HOST PORT              UDP echo; prints "ready"; runs until killed
     python probe.py rr HOST PORT --rate R --seconds S [--size 64]
         one TCP connection; a request of SIZE bytes every 1/R s (never two outstanding), the response read back in
@@ -14,6 +15,8 @@
     python probe.py tcp-hash HOST PORT              TCP service: reads to EOF, answers the SHA-256 hex of what came
     python probe.py send HOST PORT --count BYTES [--timeout S]
         streams BYTES of seeded data, half-closes, reads the service's SHA-256; prints {"ok", "sha256", "seconds"}
+    python probe.py bulk HOST PORT --seconds S      SINK\n + data as fast as the path takes it for S s (the
+                                                    load of the "under bulk" round trips); prints {"mbit"}
     python probe.py udp-blast HOST PORT --count N --size S --rate R   send N datagrams (for the link's own tests)
     python probe.py udp-sink HOST PORT --seconds S     count datagrams for S s after the first; prints JSON
 
@@ -33,6 +36,7 @@ import threading
 import time
 
 HEADER = struct.Struct("!Id")  # sequence number, send time
+SINK = b"SINK\n"
 
 
 def pattern(seq: int, size: int) -> bytes:
@@ -56,11 +60,17 @@ def tcp_echo(host: str, port: int) -> int:
     def serve(conn: socket.socket) -> None:
         with conn:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            first = True
             while True:
                 try:
                     data = conn.recv(65536)
                     if not data:
                         return
+                    if first and data.startswith(SINK):
+                        while conn.recv(1 << 20):
+                            pass
+                        return
+                    first = False
                     conn.sendall(data)
                 except OSError:
                     return
@@ -111,6 +121,23 @@ def send(host: str, port: int, total: int, timeout: float) -> dict[str, object]:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "seconds": time.monotonic() - start}
     return {"ok": answer.decode() == digest.hexdigest(), "sha256": digest.hexdigest(), "far": answer.decode(),
             "seconds": round(time.monotonic() - start, 3)}
+
+
+def bulk(host: str, port: int, seconds: float) -> dict[str, object]:
+    """Load for the "under bulk" measurement: it crosses the same forwarder as the round trips it disturbs."""
+    block = random.Random(5).randbytes(1 << 16)
+    sent = 0
+    start = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=15) as sock:
+            sock.settimeout(15)
+            sock.sendall(SINK)
+            while time.monotonic() - start < seconds:
+                sock.sendall(block)
+                sent += len(block)
+    except OSError as exc:
+        return {"mbit": None, "error": f"{type(exc).__name__}: {exc}"}
+    return {"mbit": round(sent * 8 / 1e6 / max(1e-3, time.monotonic() - start), 1)}
 
 
 def udp_echo(host: str, port: int) -> int:
@@ -278,6 +305,7 @@ def main() -> int:
         "udp-rr": lambda: udp_rr(a.host, a.port, a.rate, a.seconds, a.size),
         "first-byte": lambda: first_byte(a.host, a.port, a.timeout),
         "send": lambda: send(a.host, a.port, a.count, a.timeout),
+        "bulk": lambda: bulk(a.host, a.port, a.seconds),
         "udp-blast": lambda: udp_blast(a.host, a.port, a.count, a.size, a.rate),
         "udp-sink": lambda: udp_sink(a.host, a.port, a.seconds),
     }

@@ -78,19 +78,9 @@ def tree_cpu(pid: int) -> float:
     total, stack = 0.0, [pid]
     while stack:
         p = stack.pop()
-        total += cpu_seconds(p) + _reaped_children(p)
+        total += cpu_seconds(p, reaped_children=True)
         stack += children.get(p, [])
     return total
-
-
-def _reaped_children(pid: int) -> float:
-    import os
-
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
 def first_byte(lab: WanLab, host: str, port: int, timeout: float = 90.0) -> subprocess.Popen[str]:

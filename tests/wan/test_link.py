@@ -139,12 +139,15 @@ def test_rate_limit_is_enforced_and_the_queue_tail_drops(clean: WanLab) -> None:
     assert clean.link is not None
     clean.link.set("ab", rate_mbit=4, queue_ms=20)  # 500 kB/s, 10 kB queue
     before = clean.link.stats()
-    got = _blast_into_sink(clean, 1000, 1000, 4000, 3.0, 7102)  # 1000 x ~1 kB offered in 0.25 s: 8x the rate
+    # ~1 kB datagrams offered at 1500/s for 2 s: three times the rate (still above it if the sender runs slowly).
+    got = _blast_into_sink(clean, 3000, 1000, 1500, 4.0, 7102)
     delta = link_delta(before, clean.link.stats())
-    assert delta["drop_queue"] > 300, delta  # most of the burst did not fit
-    assert got["received"] >= 50, got
-    wire_bytes = got["bytes"] + got["received"] * 42  # + Ethernet/IP/UDP headers the link charged
-    assert wire_bytes / max(got["span_s"], 1e-3) <= 500_000 * 1.15 + 10_000 / max(got["span_s"], 1e-3), got
+    assert delta["drop_queue"] > 100, delta  # what did not fit in the queue was dropped
+    # Nothing else was lost (a few ARP frames may share the queue with the datagrams).
+    assert 3000 <= delta["drop_queue"] + got["received"] <= 3005, (delta, got)
+    assert got["received"] >= 200 and got["corrupt"] == 0, got
+    wire_bytes = (got["bytes"] + got["received"] * 42) * (got["received"] - 1) / got["received"]  # + headers
+    assert wire_bytes / got["span_s"] <= 500_000 * 1.15, got  # never faster than the rate (+ timing noise)
 
 
 @pytest.mark.wan

@@ -49,13 +49,18 @@ def probe(lab: Lab, node: str, kind: str, host: str, port: int, *args: str, time
     return dict(json.loads(lines[-1]))
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (its threads included) from /proc/<pid>/stat; 0 once it is gone."""
+def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """utime + stime of one process (its threads included) from /proc/<pid>/stat; 0 once it is gone.
+
+    ``reaped_children`` adds cutime + cstime: what its children that have exited (and were waited for) used."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @attrs.define

@@ -73,7 +73,7 @@ def run_probe(lab: WanLab, kind: str, host: str, port: int, seconds: float) -> d
         return {"error": f"{kind}: {type(exc).__name__}"}
 
 
-def measure_row(lab: WanLab, row: Row, seconds: float, bulk_seconds: float) -> dict[str, Any]:
+def measure_row(lab: WanLab, row: Row, seconds: float, bulk_seconds: tuple[float, float]) -> dict[str, Any]:
     assert lab.link is not None
     set_congestion_control(lab, row.cc)
     result: dict[str, Any] = {"row": row.key, "name": row.name, "cc": row.cc}
@@ -103,12 +103,13 @@ def measure_row(lab: WanLab, row: Row, seconds: float, bulk_seconds: float) -> d
     return result
 
 
-def _bulk(lab: WanLab, path: Path_, seconds: float) -> dict[str, Any]:
+def _bulk(lab: WanLab, path: Path_, seconds: tuple[float, float]) -> dict[str, Any]:
+    """iperf3 with 1 stream for ``seconds[0]``, then 4 streams for ``seconds[1]``; CPU and link around the first."""
     assert lab.link is not None
     out: dict[str, Any] = {}
     cpu0 = {role: tree_cpu(pid) for role, pid in path.pids.items()}
     stats0 = lab.link.stats()
-    one = iperf(lab, *path.iperf, seconds, 1)
+    one = iperf(lab, *path.iperf, seconds[0], 1)
     out["link_bulk"] = link_delta(stats0, lab.link.stats())
     cpu = {role: tree_cpu(pid) - cpu0[role] for role, pid in path.pids.items()}
     if "mbit" in one:
@@ -117,17 +118,21 @@ def _bulk(lab: WanLab, path: Path_, seconds: float) -> dict[str, Any]:
                                if one["bytes"]}
     else:
         out["error_1"] = one.get("error")
-    four = iperf(lab, *path.iperf, seconds, 4)
+    four = iperf(lab, *path.iperf, seconds[1], 4)
     out["mbit_4"] = four.get("mbit")
     if "error" in four:
         out["error_4"] = four["error"]
     return out
 
 
-def run_profile(profile: Profile, rows: list[Row], seconds: float) -> dict[str, Any]:
-    rtt = 2 * profile.delay_ms / 1e3
-    bulk_seconds = max(seconds, round(20 * rtt))  # slow start on a 600 ms path takes seconds by itself
-    log(f"profile {profile.name}: {profile.describe()} (bulk {bulk_seconds:g} s, probes {seconds:g} s)")
+def run_profile(profile: Profile, rows: list[Row], seconds: float, bulk: float) -> dict[str, Any]:
+    # One CUBIC stream needs ~10 s to recover from slow start's overshoot on a 50 ms, 100 Mbit/s path (4 s read
+    # 65 Mbit/s where 10 s read 92); four streams converge within a few seconds. On a 600 ms path slow start itself
+    # takes seconds: at least 20 round trips either way.
+    floor = round(20 * 2 * profile.delay_ms / 1e3)
+    bulk_seconds = (max(bulk, floor), max(seconds, floor))
+    log(f"profile {profile.name}: {profile.describe()} (bulk {bulk_seconds[0]:g} s / {bulk_seconds[1]:g} s, "
+        f"probes {seconds:g} s)")
     results = []
     with WanLab(profile=profile) as lab:
         services = Services(lab)
@@ -183,8 +188,10 @@ def link_cell(r: dict[str, Any]) -> str:
 
 
 def table(profile_result: dict[str, Any]) -> str:
+    one, four = profile_result["bulk_seconds"]
     lines = [
-        f"**{profile_result['profile']}**: {profile_result['describe']}; bulk {profile_result['bulk_seconds']:g} s, "
+        f"**{profile_result['profile']}**: {profile_result['describe']}; bulk {one:g} s (1 stream) / {four:g} s "
+        f"(4 streams), "
         f"probes {profile_result['probe_seconds']:g} s",
         "",
         "| path | TCP 1 stream Mbit/s | TCP 4 streams Mbit/s | RR p50 / p99 ms | RR under bulk p50 / p99 ms "
@@ -300,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated rows or prefixes (default: all): {', '.join(ROWS)}")
     parser.add_argument("--duration", type=float, default=4.0,
                         help="seconds per measurement (bulk runs at least 20 round trips); default 4")
+    parser.add_argument("--bulk-duration", type=float, default=10.0,
+                        help="seconds of the 1-stream iperf3 run (CUBIC needs ~10 s to settle); default 10")
     parser.add_argument("--quick", action="store_true", help="2 s measurements: a check that everything runs")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--write-docs", action="store_true",
@@ -322,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with congestion_controls_allowed(*sorted({row.cc for row in rows})):
         for profile in profiles:
-            result = run_profile(profile, rows, seconds)
+            result = run_profile(profile, rows, seconds, 2.0 if args.quick else args.bulk_duration)
             results.append(result)
             print(table(result) + "\n", flush=True)
     if args.json:

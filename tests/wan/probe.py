@@ -155,9 +155,9 @@ def rr(host: str, port: int, rate: float, seconds: float, size: int) -> dict[str
     period = 1.0 / rate
     deadline = time.monotonic() + seconds
     try:
-        sock = socket.create_connection((host, port), timeout=10)
+        sock = socket.create_connection((host, port), timeout=30)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(10)
+        sock.settimeout(30)  # a bloated queue on a 600 ms path can hold a response back for seconds
         request = b"r" * size
         next_send = time.monotonic()
         while next_send < deadline:

@@ -188,7 +188,8 @@ def link_cell(r: dict[str, Any]) -> str:
 
 
 def table(profile_result: dict[str, Any]) -> str:
-    one, four = profile_result["bulk_seconds"]
+    bulk = profile_result["bulk_seconds"]
+    one, four = bulk if isinstance(bulk, list | tuple) else (bulk, bulk)  # older --json files: one number
     lines = [
         f"**{profile_result['profile']}**: {profile_result['describe']}; bulk {one:g} s (1 stream) / {four:g} s "
         f"(4 streams), "
@@ -225,8 +226,14 @@ def plot(profile_result: dict[str, Any], out: Path) -> None:
     ax = axes[0]
     ax.barh([i + 0.2 for i in y], [r.get("mbit_1") or 0 for r in rows], 0.4, label="1 stream", color="#4878d0")
     ax.barh([i - 0.2 for i in y], [r.get("mbit_4") or 0 for r in rows], 0.4, label="4 streams", color="#a1c9f4")
+    for i, r in enumerate(rows):
+        for offset, key in ((0.2, "mbit_1"), (-0.2, "mbit_4")):
+            if r.get(key) is not None:
+                ax.text(r[key], i + offset, f" {r[key]:.0f}" if r[key] >= 10 else f" {r[key]:.1f}", va="center",
+                        fontsize=7)
     ax.set_xlabel("TCP bulk, Mbit/s (higher is better)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlim(right=1.15 * max([1.0] + [r.get(k) or 0 for r in rows for k in ("mbit_1", "mbit_4")]))
+    ax.legend(loc="best", fontsize=8)
     ax = axes[1]
     for offset, key, label, color in ((0.2, "rr", "alone", "#59a14f"), (-0.2, "rr_bulk", "under bulk", "#e15759")):
         p50 = [(r.get(key) or {}).get("p50_ms") or 0 for r in rows]
@@ -311,9 +318,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of the 1-stream iperf3 run (CUBIC needs ~10 s to settle); default 10")
     parser.add_argument("--quick", action="store_true", help="2 s measurements: a check that everything runs")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--from-json", type=Path,
+                        help="measure nothing: print (and with --write-docs, write) the results of an earlier --json")
     parser.add_argument("--write-docs", action="store_true",
                         help="write the tables and plots into docs/performance.md and docs/performance/*.png")
     args = parser.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        for result in saved["results"]:
+            print(table(result) + "\n")
+        if args.write_docs:
+            write_docs(saved["results"], saved["header"])
+        return 0
     if not is_root():
         print("Error: bench_wan.py builds network namespaces and must run as root", file=sys.stderr)
         return 2

@@ -154,3 +154,32 @@ def _read_exactly(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
         data += chunk
     return data
 
+
+
+def test_server_address_change_keeps_forwarding_or_ends_cleanly(lab: WanLab) -> None:
+    """Roaming: b's address changes under a running tunnel. Today both ends notice at once (sends from the vanished
+    address fail) and stop with ICE consent lost; a later ICE restart / QUIC migration may keep the tunnel. Either is
+    fine; what may not happen is a tunnel that neither forwards nor says so."""
+    assert lab.link is not None
+    lab.link.set(loss=0)
+    echo = service(lab, "b", "tcp-echo", "127.0.0.1", 7003)
+    pair = start_manual(lab, lab.addr, 7003)
+    try:
+        pair.wait_listening()
+        before = probe(lab, "a", "rr", "127.0.0.1", 7003, "--rate", "20", "--seconds", "0.5")
+        assert before["n"] >= 3, f"{before}\n{pair.describe()}"
+        lab.move("b", "203.0.113.3")
+        deadline = time.monotonic() + 60  # ICE consent freshness gives up after 30 s at the latest
+        while time.monotonic() < deadline:
+            after = probe(lab, "a", "rr", "127.0.0.1", 7003, "--rate", "20", "--seconds", "0.5")
+            if after["n"] >= 3 or pair.client.proc.poll() is not None:
+                break
+            time.sleep(1)
+        if pair.client.proc.poll() is None:
+            assert after["n"] >= 3, f"neither forwarding nor ended: {after}\n{pair.describe()}"
+        else:
+            assert pair.client.proc.wait(timeout=10) == 11, pair.describe()  # 11: the tunnel was up and was lost
+            assert pair.client.wait_line(r"^Error: ", 5) is not None, pair.describe()
+    finally:
+        pair.close()
+        echo.stop()

@@ -185,14 +185,15 @@ def congestion_controls_allowed(*names: str) -> Iterator[None]:
     unrestricted when it is in ``tcp_allowed_congestion_control`` (a host-wide list, typically just the host's
     default and reno). Adding one to it changes nothing for existing sockets or for the host's default."""
     before = ALLOWED_CC.read_text().split()
-    wanted = before + [n for n in names if n not in before]
-    if wanted != before:
-        ALLOWED_CC.write_text(" ".join(wanted))
+    added = [n for n in names if n not in before]
+    if added:
+        ALLOWED_CC.write_text(" ".join(before + added))
     try:
         yield
     finally:
-        if wanted != before:
-            ALLOWED_CC.write_text(" ".join(before))
+        if added:  # take back only what this run added: another run may have changed the list meanwhile
+            now = ALLOWED_CC.read_text().split()
+            ALLOWED_CC.write_text(" ".join(n for n in now if n not in added))
 
 
 def set_congestion_control(lab: Lab, cc: str) -> None:

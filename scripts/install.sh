@@ -33,7 +33,7 @@ apt_install() {
 if [ "$TEST" = 1 ] && command -v apt-get >/dev/null 2>&1; then
   # systemd: systemd-analyze verifies the units in deploy/systemd.
   apt_install coturn iperf3 openssh-server openssh-client socat dnsutils dnsmasq-base iproute2 nftables conntrack \
-    systemd wireguard-go wireguard-tools iputils-ping
+    systemd wireguard-go wireguard-tools iputils-ping procps
 fi
 
 # The venv: Debian's python3 needs python3-venv for `-m venv` (ensurepip); install it when that is what is missing.

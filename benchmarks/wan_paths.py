@@ -38,6 +38,7 @@ class Row:
     kind: str  # direct | ssh | socat | manual | nostr | iroh
     cc: str = "cubic"
     runtime: str = "asyncio"
+    quic_cc: str | None = None  # the tunnel's --congestion (None: its default)
 
 
 ROWS: dict[str, Row] = {r.key: r for r in (
@@ -47,6 +48,7 @@ ROWS: dict[str, Row] = {r.key: r for r in (
     Row("ssh-bbr", "ssh -L (bbr)", "ssh", "bbr"),
     Row("socat", "socat (cubic)", "socat", "cubic"),
     Row("manual-asyncio", "tunnel manual, asyncio (QUIC cubic)", "manual", runtime="asyncio"),
+    Row("manual-asyncio-bbr", "tunnel manual, asyncio (QUIC bbr)", "manual", runtime="asyncio", quic_cc="bbr"),
     Row("manual-trio", "tunnel manual, trio (QUIC cubic)", "manual", runtime="trio"),
     Row("manual-gevent", "tunnel manual, gevent (QUIC cubic)", "manual", runtime="gevent"),
     Row("nostr", "tunnel nostr, asyncio (QUIC cubic)", "nostr"),
@@ -192,7 +194,8 @@ def open_path(lab: WanLab, row: Row) -> Iterator[Path_]:
         probe = first_byte(lab, local, ECHO)
         for port, proto in ((ECHO, "tcp"), (IPERF, "tcp"), (UDP, "udp")):
             if row.kind == "manual":
-                pair = start_manual(lab, lab.addr, port, proto=proto, runtime=row.runtime)
+                extra = ("--congestion", row.quic_cc) if row.quic_cc else ()
+                pair = start_manual(lab, lab.addr, port, proto=proto, runtime=row.runtime, extra=extra)
             elif row.kind == "nostr":
                 pair = start_nostr(lab, lab.addr, port, proto=proto, relay_port=7700 + len(pairs))
             else:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from tunnel_cli import checks, output, precedence
 from tunnel_cli import config as cfg
 from tunnel_cli.fdlimit import raise_open_files_limit
+from tunnel_cli.forwards import client_forwards
 from tunnel_cli.ice_flags import add_ice_args, ice_options
 from tunnel_cli.manual_section import ManualSection, manual_section
 from tunnel_cli.parser import Parser, VersionAction, add_config_args, given, stdin_config_wanted
@@ -113,6 +114,11 @@ def build_parser(program: Program) -> tuple[Parser, dict[tuple[str, str | None],
                         "-t", "--target", metavar="HOST:PORT",
                         help="local address to listen on, e.g. 127.0.0.1:2222",
                     )
+                    mode_parser.add_argument(
+                        "-L", "--forward", metavar="LISTEN=URL", action="append", default=[],
+                        help="one more forward over the same tunnel (repeatable), e.g. "
+                             "127.0.0.1:8080=tcp://127.0.0.1:80; see docs/forwards.md",
+                    )
                 add_ice_args(mode_parser)
             else:
                 mode_parser = modes.add_parser(
@@ -179,7 +185,7 @@ def build_options(
     ice = ice_options(namespace, section, interfaces)
     if role == "server":
         return "server manual", _server_options(namespace, section, ice)
-    return "client manual", _client_options(namespace, section, ice)
+    return "client manual", _client_options(namespace, section, ice, config)
 
 
 
@@ -198,12 +204,20 @@ def _server_options(
 
 
 def _client_options(
-    namespace: argparse.Namespace, section: ManualSection, ice: IceOptions
+    namespace: argparse.Namespace, section: ManualSection, ice: IceOptions, config: cfg.ConfigFile | None
 ) -> ManualClientOptions:
     cli_source = given(getattr(namespace, "source", None))
     cli_target = given(getattr(namespace, "target", None))
     source = cli_source or section.source
     target = cli_target or section.target
+    if cli_source is not None:
+        checks.check_cli_source(cli_source)
+    if cli_target is not None:
+        checks.check_cli_target(cli_target)
+    forwards = client_forwards(cli_source, cli_target, source, target, getattr(namespace, "forward", []), config)
+    if forwards:
+        first, *rest = forwards
+        return ManualClientOptions(source=first.source, target=first.listen, ice=ice, extra_forwards=tuple(rest))
     if source is None:
         raise cfg.usage_error(
             "--source is required for manual client. Specify the source to request from server "
@@ -213,10 +227,6 @@ def _client_options(
         raise cfg.usage_error(
             "--target is required. Specify local address to listen on (e.g., --target 127.0.0.1:2222)"
         )
-    if cli_source is not None:
-        checks.check_cli_source(cli_source)
-    if cli_target is not None:
-        checks.check_cli_target(cli_target)
     return ManualClientOptions(source=source, target=target, ice=ice)
 
 

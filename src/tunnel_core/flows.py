@@ -22,8 +22,9 @@ from tunnel_core import assembly
 from tunnel_core import manual as dialogue
 from tunnel_core.candidate import CandidateType
 from tunnel_core.errors import RemoteProtocolError
+from tunnel_core.forwarding import Route
 from tunnel_core.ice.events import GatheringComplete
-from tunnel_core.options import ExitCode, IceOptions, ManualClientOptions, ManualServerOptions, TunnelError
+from tunnel_core.options import ExitCode, Forward, IceOptions, ManualClientOptions, ManualServerOptions, TunnelError
 from tunnel_core.peer import IceConnected, Peer, TunnelClosed
 from tunnel_core.policy import AccessPolicy, NeedsResolution, PolicyError, Source, parse_source, parse_target
 from tunnel_core.quic.identity import QuicIdentity
@@ -105,11 +106,13 @@ class Wait:
 
 @attrs.frozen
 class Listen:
-    """Open the client's local listener (TCP server or UDP socket) at ip:port; returns the bound address."""
+    """Open the client's local listener (TCP server or UDP socket) at ip:port for ``forward`` (its index among
+    the tunnel's forwards); returns the bound address."""
 
     protocol: Literal["tcp", "udp"]
     ip: str
     port: int
+    forward: int = 0
 
 
 class Stopped(Exception):
@@ -213,7 +216,7 @@ def start_peer(
 
     def session_factory(quic: Any) -> Any:
         return assembly.new_session(quic, is_client=is_client, protocol=session_spec["protocol"],
-                                    targets=session_spec.get("addresses", ()))
+                                    targets=session_spec.get("addresses", ()), routes=session_spec.get("routes"))
 
     peer = assembly.new_peer(agent, is_client=is_client, quic_factory=quic_factory, session_factory=session_factory)
     yield Start(peer)
@@ -262,19 +265,98 @@ def until_up(peer: Peer, ready_message: str, ready_line: str) -> Generator[Effec
 # ------------------------------------------------------------------------------------------------ manual mode
 
 
+@attrs.frozen
+class LocalForward:
+    """A client's forward, checked: what it asks the server for and where it listens."""
+
+    source: Source
+    listen: str  # as the user wrote it, for messages
+    ip: str
+    port: int
+
+    def name(self) -> str:
+        """How messages name this forward: the user's own words."""
+        return f"{self.listen}={self.source.url()}"
+
+
+#: A client asked for several forwards and the server's answer carried no verdicts: an upstream or older server.
+OLD_SERVER_FORWARDS = ("The server does not support several forwards in one tunnel (upstream tunnel-rs or an older "
+                       "tunnel); run one client per forward")
+
+
+def local_forwards(source: str, target: str, extra: Sequence[Forward]) -> Generator[Effect, Any, list[LocalForward]]:
+    """Parse and resolve every forward of a client (the first one is ``source``/``target``); exit 2 on bad input."""
+    out: list[LocalForward] = []
+    for src, listen in [(source, target), *((f.source, f.listen) for f in extra)]:
+        try:
+            parsed = parse_source(src)
+            host, port = parse_target(listen)
+        except PolicyError as exc:
+            raise _input_error(exc) from None
+        ip = yield from listen_ip(host, port, listen)
+        out.append(LocalForward(parsed, listen, ip, port))
+    return out
+
+
+def forward_routes(forwards: Sequence[LocalForward], verdicts: Sequence[str] | None) -> list[Route] | None:
+    """The client's session routes once the server answered; None keeps upstream's one-forward wire."""
+    if len(forwards) == 1:
+        return None
+    if verdicts is None:
+        raise TunnelError(OLD_SERVER_FORWARDS, ExitCode.GENERAL)
+    if len(verdicts) != len(forwards):
+        raise TunnelError("The server answered for a different number of forwards", ExitCode.USAGE)
+    return [Route(f.source.protocol) for f in forwards]
+
+
+def listen_all(forwards: Sequence[LocalForward], verdicts: Sequence[str] | None) -> Generator[Effect, Any, None]:
+    """Open the listener of every accepted forward; name every refused one."""
+    for index, fwd in enumerate(forwards):
+        reason = verdicts[index] if verdicts is not None else ""
+        if reason:
+            yield Say(f"Forward {fwd.name()} refused by the server: {reason}")
+            continue
+        try:
+            bound = yield Listen(fwd.source.protocol, fwd.ip, fwd.port, index)
+        except OSError as exc:
+            raise TunnelError(f"Failed to listen on {fwd.listen}: {exc.strerror or exc}", ExitCode.GENERAL) from None
+        what = "connect" if fwd.source.protocol == "tcp" else "send"
+        suffix = f" (forward to {fwd.source.url()})" if len(forwards) > 1 else ""
+        yield Say(f"Listening on {fwd.source.protocol.upper()} {dialogue.format_address(bound)} - configure your "
+                  f"client to {what} here{suffix}")
+
+
+def server_verdicts(
+    policy: AccessPolicy, sources: Sequence[Source]
+) -> Generator[Effect, Any, tuple[list[str], list[Route]]]:
+    """The server's verdict on every forward a client asked for (each checked alone by the policy), and the
+    session routes that follow from them (a refused forward gets a route without addresses)."""
+    verdicts: list[str] = []
+    routes: list[Route] = []
+    for source in sources:
+        decision = yield from decide_source(policy, source)
+        if decision.allowed:
+            verdicts.append("")
+            routes.append(Route(source.protocol, tuple(decision.addresses)))
+            yield Say(f"Client requests {source.url()} (allowed)")
+        else:
+            reason = decision.reason or f"Source '{source.url()}' is not allowed"
+            verdicts.append(reason)
+            routes.append(Route(source.protocol))
+            yield Say(f"Client requests {source.url()} (refused: {reason})")
+    return verdicts, routes
+
+
 def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -> Flow:
-    try:
-        source = parse_source(opts.source)
-        listen_host, listen_port = parse_target(opts.target)
-    except PolicyError as exc:
-        raise _input_error(exc) from None
-    local_ip = yield from listen_ip(listen_host, listen_port, opts.target)
+    forwards = yield from local_forwards(opts.source, opts.target, opts.extra_forwards)
     yield Say(dialogue.CLIENT_BANNER)
     pins: dict[str, str] = {}
+    spec: dict[str, Any] = {"protocol": forwards[0].source.protocol}
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, identity=None, pins=pins,
-                                     session_spec={"protocol": source.protocol})
+                                     session_spec=spec)
     yield Say(dialogue.OFFER_TITLE)
-    yield PrintBlock(encode_block("OFFER", dialogue.make_offer(peer.ice, source.url())))
+    offer = dialogue.make_offer(peer.ice, forwards[0].source.url(), [f.source.url() for f in forwards[1:]])
+    yield PrintBlock(encode_block("OFFER", offer))
     yield Say(dialogue.PROMPT_FOR_ANSWER)
     text = yield ReadBlock("ANSWER")
     try:
@@ -282,15 +364,11 @@ def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -
         pins["server"] = dialogue.answer_fingerprint(answer)
     except RemoteProtocolError as exc:
         raise _input_error(exc) from None
+    verdicts = answer.forward_verdicts if len(forwards) > 1 else None
+    spec["routes"] = forward_routes(forwards, verdicts)
     yield from _start_checks(peer, _checked_ice(answer))
     yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
-    try:
-        bound = yield Listen(source.protocol, local_ip, listen_port)
-    except OSError as exc:
-        raise TunnelError(f"Failed to listen on {opts.target}: {exc.strerror or exc}", ExitCode.GENERAL) from None
-    what = "connect" if source.protocol == "tcp" else "send"
-    yield Say(f"Listening on {source.protocol.upper()} {dialogue.format_address(bound)} - configure your client "
-              f"to {what} here")
+    yield from listen_all(forwards, verdicts)
     closed = yield Wait("closed")
     raise client_end(closed)
 
@@ -311,17 +389,28 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
     try:
         offer = decode_offer(text)
         source = dialogue.offer_source(offer)
-    except RemoteProtocolError as exc:
-        raise _input_error(exc) from None
+        extra = [parse_source(s.strip()) for s in offer.extra_sources]
+    except (RemoteProtocolError, PolicyError) as exc:
+        raise TunnelError(str(exc), ExitCode.USAGE) from None
     remote = _checked_ice(offer)  # before the ANSWER is printed: a bad offer gets no answer (item 7)
-    decision = yield from decide_source(policy, source)
-    if not decision.allowed:
-        raise TunnelError(decision.reason or f"Source '{source.url()}' is not allowed", ExitCode.AUTH)
-    spec["protocol"] = source.protocol
-    spec["addresses"] = decision.addresses
-    yield Say(f"Client requests {source.url()} (allowed)")
+    verdicts: list[str] | None = None
+    if not extra:
+        decision = yield from decide_source(policy, source)
+        if not decision.allowed:
+            raise TunnelError(decision.reason or f"Source '{source.url()}' is not allowed", ExitCode.AUTH)
+        spec["protocol"] = source.protocol
+        spec["addresses"] = decision.addresses
+        yield Say(f"Client requests {source.url()} (allowed)")
+    else:
+        verdicts, routes = yield from server_verdicts(policy, [source, *extra])
+        if all(verdicts):
+            raise TunnelError(f"No forward the client asked for is allowed: {verdicts[0]}", ExitCode.AUTH)
+        spec["protocol"] = source.protocol
+        spec["routes"] = routes
+        yield Say(f"Serving {len(routes) - sum(map(bool, verdicts))} of {len(routes)} forwards in one session")
     yield Say(dialogue.ANSWER_TITLE)
-    yield PrintBlock(encode_block("ANSWER", dialogue.make_answer(peer.ice, identity.fingerprint)))
+    answer = dialogue.make_answer(peer.ice, identity.fingerprint, verdicts)
+    yield PrintBlock(encode_block("ANSWER", answer))
     yield from _start_checks(peer, remote)
     yield from until_up(peer, "Timeout waiting for QUIC connection", "Client connected over QUIC.")
     closed = yield Wait("closed")

@@ -67,9 +67,20 @@ class ManualServerOptions:
 
 
 @attrs.frozen
+class Forward:
+    """One forward of a client (docs/forwards.md): listen at ``listen`` (host:port) and carry what arrives to
+    ``source`` (tcp:// or udp:// host:port) on the server's side."""
+
+    listen: str
+    source: str
+
+
+@attrs.frozen
 class ManualClientOptions:
-    """`tunnel client manual`: ask the server for ``source`` and expose it locally at ``target``."""
+    """`tunnel client manual`: ask the server for ``source`` and expose it locally at ``target``; every entry of
+    ``extra_forwards`` is one more forward over the same connection (the server must support it)."""
 
     source: str
     target: str
     ice: IceOptions = IceOptions()
+    extra_forwards: tuple[Forward, ...] = ()

@@ -215,15 +215,15 @@ class LocalForwarder:
         self.tcp: dict[int, TcpFlow] = {}
         self.dials: dict[int, HappyEyeballs] = {}
         self.udp_flows: dict[int, _Datagrams] = {}
-        self.udp_listener: _Datagrams | None = None
-        self.tcp_listener: Any = None
-        self._accept_watch: Watch | None = None
-        self._backoff: Timer | None = None
+        #: Client listeners, by forward (route index): one per forward of the tunnel.
+        self.udp_listeners: dict[int, _Datagrams] = {}
+        self.tcp_listeners: dict[int, _Acceptor] = {}
         self._closed = False
 
     # ------------------------------------------------------------------------------------- client listeners
 
-    def listen_tcp(self, host: str, port: int) -> Address:
+    def listen_tcp(self, host: str, port: int, forward: int = 0) -> Address:
+        """Listen for ``forward`` (its index in the session's routes; 0 for a one-forward tunnel)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -234,34 +234,11 @@ class LocalForwarder:
         except BaseException:
             sock.close()
             raise
-        self.tcp_listener = sock
-        self._accept_watch = self.reactor.watch(sock, self._on_acceptable, _nothing)
-        self._accept_watch.want(read=True, write=False)
+        self.tcp_listeners[forward] = _Acceptor(self, sock, forward)
         name = sock.getsockname()
         return (name[0], name[1])
 
-    def _on_acceptable(self) -> None:
-        listener = self.tcp_listener
-        for _ in range(ACCEPT_LIMIT):
-            if self._closed or listener is None:
-                return
-            try:
-                conn, _peer = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE) and self._accept_watch is not None:
-                    self._accept_watch.want(read=False, write=False)  # back off instead of spinning
-                    self._backoff = self.reactor.call_at(self.reactor.time() + EMFILE_BACKOFF, self._accept_again)
-                return
-            self._accepted(conn)
-
-    def _accept_again(self) -> None:
-        self._backoff = None
-        if self._accept_watch is not None and not self._closed:
-            self._accept_watch.want(read=True, write=False)
-
-    def _accepted(self, conn: Any) -> None:
+    def accepted(self, conn: Any, forward: int) -> None:
         session = self.session()
         if session is None:
             conn.close()
@@ -269,11 +246,11 @@ class LocalForwarder:
         conn.setblocking(False)
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        flow_id = session.open_tcp(self.now())
+        flow_id = session.open_tcp(self.now(), forward) if forward else session.open_tcp(self.now())
         self.tcp[flow_id] = TcpFlow(self, flow_id, conn)
         self.kick()
 
-    def listen_udp(self, host: str, port: int) -> Address:
+    def listen_udp(self, host: str, port: int, forward: int = 0) -> Address:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -282,14 +259,19 @@ class LocalForwarder:
         except BaseException:
             sock.close()
             raise
-        self.udp_listener = _Datagrams(self, sock, self._udp_from_peer)
+
+        def from_peer(data: bytes, peer: Address, now: float) -> None:
+            session = self.session()
+            if session is None:
+                return
+            if forward:
+                session.udp_received(peer, data, now, forward)
+            else:
+                session.udp_received(peer, data, now)
+
+        self.udp_listeners[forward] = _Datagrams(self, sock, from_peer)
         name = sock.getsockname()
         return (name[0], name[1])
-
-    def _udp_from_peer(self, data: bytes, peer: Address, now: float) -> None:
-        session = self.session()
-        if session is not None:
-            session.udp_received(peer, data, now)
 
     # ------------------------------------------------------------------------------------- events
 
@@ -331,9 +313,10 @@ class LocalForwarder:
                 with contextlib.suppress(OSError):
                     entry.sock.send(ev.data)
         elif isinstance(ev, fe.SendUdpTo):
-            if self.udp_listener is not None:
+            listener = self.udp_listeners.get(ev.forward)
+            if listener is not None:
                 with contextlib.suppress(OSError):
-                    self.udp_listener.sock.sendto(ev.data, ev.peer)
+                    listener.sock.sendto(ev.data, ev.peer)
         elif isinstance(ev, fe.CloseUdp):
             entry = self.udp_flows.pop(ev.flow_id, None)
             if entry is not None:
@@ -401,15 +384,52 @@ class LocalForwarder:
         for entry in self.udp_flows.values():
             entry.close()
         self.udp_flows.clear()
-        if self.udp_listener is not None:
-            self.udp_listener.close()
-            self.udp_listener = None
-        if self._backoff is not None:
-            self._backoff.cancel()
-        if self._accept_watch is not None:
-            self._accept_watch.close()
-            self._accept_watch = None
-        self.tcp_listener = None
+        for listener in self.udp_listeners.values():
+            listener.close()
+        self.udp_listeners.clear()
+        for acceptor in self.tcp_listeners.values():
+            acceptor.close()
+        self.tcp_listeners.clear()
+
+
+class _Acceptor:
+    """A client's listening TCP socket for one forward: accepts in bounded batches, backs off on EMFILE."""
+
+    def __init__(self, fwd: LocalForwarder, sock: Any, forward: int) -> None:
+        self.fwd = fwd
+        self.sock = sock
+        self.forward = forward
+        self.closed = False
+        self.backoff: Timer | None = None
+        self.watch: Watch = fwd.reactor.watch(sock, self._on_acceptable, _nothing)
+        self.watch.want(read=True, write=False)
+
+    def _on_acceptable(self) -> None:
+        for _ in range(ACCEPT_LIMIT):
+            if self.closed:
+                return
+            try:
+                conn, _peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self.watch.want(read=False, write=False)  # back off instead of spinning
+                    reactor = self.fwd.reactor
+                    self.backoff = reactor.call_at(reactor.time() + EMFILE_BACKOFF, self._accept_again)
+                return
+            self.fwd.accepted(conn, self.forward)
+
+    def _accept_again(self) -> None:
+        self.backoff = None
+        if not self.closed:
+            self.watch.want(read=True, write=False)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.backoff is not None:
+            self.backoff.cancel()
+        self.watch.close()
 
 
 def _nothing() -> None:

@@ -20,6 +20,7 @@ from tunnel_core.forwarding.session import (
     DEFAULT_MAX_UDP_PEERS,
     DEFAULT_UDP_IDLE_TIMEOUT,
     ForwardingSession,
+    Route,
 )
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "OpenUdp",
     "PauseReading",
     "ResumeReading",
+    "Route",
     "SendTcp",
     "SendUdp",
     "SendUdpTo",

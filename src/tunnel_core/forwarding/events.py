@@ -83,10 +83,11 @@ class SendUdp:
 
 @attrs.frozen
 class SendUdpTo:
-    """Client: send ``data`` to the local UDP peer ``peer`` from the listening socket."""
+    """Client: send ``data`` to the local UDP peer ``peer`` from the listening socket of ``forward``."""
 
     peer: Address
     data: bytes
+    forward: int = 0
 
 
 @attrs.frozen

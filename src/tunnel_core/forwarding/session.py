@@ -13,6 +13,11 @@ docs/datagrams.md), a UDP flow still opens with its stream (its first datagram t
 later datagram travels as an RFC 9221 DATAGRAM frame - whole, in 2..16 fragments, or on the stream when larger -
 so a lost packet delays no other datagram. The adapter sees the same events either way: the choice lives here.
 
+Several forwards in one session (docs/forwards.md): when both ends agreed on it in the signaling (the client asked
+for more than one forward and the server answered with a verdict per forward), the session is built with ``routes``
+and every client stream, TCP or UDP, starts with a FORWARD_HEADER (the forward's index, u16 big-endian) instead of
+the 0x00 marker; the server routes the stream by it. Without ``routes`` the wire is upstream's, byte for byte.
+
 Backpressure runs both ways: reading a local socket pauses while its stream's QUIC send buffer is above
 ``high_water`` (and resumes below ``low_water``), and QUIC receive credit is returned only for bytes the local socket
 actually took (``flow_write_pending``), so a slow local reader slows the remote sender.
@@ -75,6 +80,9 @@ RESET_REJECTED = 2  # over max_flows, or a stream the protocol does not allow
 RESET_BAD_FRAMING = 3  # a UDP stream ended in the middle of a frame
 RESET_IDLE = 4  # an idle UDP flow was retired
 
+#: Bytes of the forward index that opens every stream of a session with several forwards.
+FORWARD_HEADER_SIZE = 2
+
 DEFAULT_HIGH_WATER = 1 << 20
 DEFAULT_LOW_WATER = 256 << 10
 DEFAULT_UDP_IDLE_TIMEOUT = 120.0
@@ -96,6 +104,22 @@ class _Kind(enum.Enum):
     UDP = "udp"
 
 
+@attrs.frozen
+class Route:
+    """One forward of a session that carries several: its protocol and, on the server, the addresses its source
+    resolved to when the policy allowed it (empty: refused, its streams are reset)."""
+
+    protocol: Literal["tcp", "udp"]
+    addresses: tuple[Address, ...] = ()
+
+
+def forward_header(index: int) -> bytes:
+    """The bytes that open a stream of forward ``index`` (sessions with several forwards only)."""
+    if not 0 <= index <= 0xFFFF:
+        raise LocalProtocolError(f"forward index out of range: {index}")
+    return index.to_bytes(FORWARD_HEADER_SIZE, "big")
+
+
 @attrs.define(eq=False)
 class _Flow:
     flow_id: int
@@ -115,6 +139,7 @@ class _Flow:
     peer: Address | None = None  # client UDP: the local peer this stream belongs to
     last_active: float = 0.0
     packet: int = 0  # UDP over datagrams: the next fragmented datagram's number (u16, wraps)
+    forward: int = 0  # the forward (route index) this flow belongs to
 
 
 def _client_initiated(stream_id: int) -> bool:
@@ -140,7 +165,12 @@ class ForwardingSession:
         udp_idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT,
         max_flows: int = 0,
         max_udp_peers: int = DEFAULT_MAX_UDP_PEERS,
+        routes: Sequence[Route] | None = None,
     ) -> None:
+        if routes is not None:
+            if not routes or len(routes) > 0xFFFF:
+                raise LocalProtocolError("a session with forwards needs 1..65535 routes")
+            protocol = routes[0].protocol
         if protocol not in ("tcp", "udp"):
             raise LocalProtocolError(f"protocol must be 'tcp' or 'udp', got {protocol!r}")
         if quic.configuration.is_client != is_client:
@@ -153,19 +183,24 @@ class ForwardingSession:
             raise LocalProtocolError("max_flows must be >= 0 (0 = unlimited)")
         if max_udp_peers < 1:
             raise LocalProtocolError("max_udp_peers must be >= 1")
-        if not is_client and not target_addresses:
+        if not is_client and not target_addresses and routes is None:
             raise LocalProtocolError("a server session needs the target addresses it may use")
         self._quic = quic
         self._is_client = is_client
         self._kind = _Kind(protocol)
         self._targets: tuple[Address, ...] = tuple((str(h), int(p)) for h, p in target_addresses)
+        #: With routes every stream carries a forward header; without, the session is upstream's single forward.
+        self._tagged = routes is not None
+        self._routes: tuple[Route, ...] = tuple(routes) if routes is not None else (Route(protocol, self._targets),)
+        self._has_udp = any(r.protocol == "udp" for r in self._routes)
+        self._headers: dict[int, bytearray] = {}  # server: streams whose forward header is still incomplete
         self._high_water = high_water
         self._low_water = low_water
         self._udp_idle_timeout = udp_idle_timeout
         self._max_flows = max_flows
         self._max_udp_peers = max_udp_peers
         self._flows: dict[int, _Flow] = {}
-        self._udp_by_peer: dict[Address, int] = {}
+        self._udp_by_peer: dict[tuple[int, Address], int] = {}
         self._paused: set[int] = set()
         self._events: deque[ForwardingEvent] = deque()
         self._now = 0.0
@@ -174,10 +209,10 @@ class ForwardingSession:
         self._peer_seen: set[int] = set()
         # UDP over QUIC datagrams: decided once, by the handshake both ends just completed.
         self.stats = UdpStats()
-        self.datagrams = self._kind is _Kind.UDP and bool(getattr(quic, "datagrams_negotiated", False))
+        self.datagrams = self._has_udp and bool(getattr(quic, "datagrams_negotiated", False))
         self._reassembler = Reassembler()
         self._early: deque[tuple[float, Whole | Fragment]] = deque()
-        if self._kind is _Kind.UDP:
+        if self._has_udp:
             log.debug("UDP travels %s", "as QUIC datagrams" if self.datagrams else "on streams (no datagram support)")
 
     # ------------------------------------------------------------------------------------------ properties
@@ -193,14 +228,16 @@ class ForwardingSession:
 
     # ------------------------------------------------------------------------------------------ TCP, adapter side
 
-    def open_tcp(self, now: float) -> int:
-        """Client: a local TCP connection was accepted; returns its flow id (a new bidirectional stream)."""
-        self._require(client=True, kind=_Kind.TCP)
+    def open_tcp(self, now: float, forward: int = 0) -> int:
+        """Client: a local TCP connection was accepted (on ``forward``'s listener); returns its flow id (a new
+        bidirectional stream)."""
+        self._require(client=True, kind=_Kind.TCP, forward=forward)
         self._now = now
         flow_id = self._quic.get_next_available_stream_id(is_unidirectional=False)
-        # The marker makes aioquic emit a STREAM frame at once, so the server learns of the stream and dials.
-        self._quic.send_stream_data(flow_id, STREAM_OPEN_MARKER)
-        self._flows[flow_id] = _Flow(flow_id, _Kind.TCP)
+        # The marker (or forward header) makes aioquic emit a STREAM frame at once, so the server learns of the
+        # stream and dials.
+        self._quic.send_stream_data(flow_id, forward_header(forward) if self._tagged else STREAM_OPEN_MARKER)
+        self._flows[flow_id] = _Flow(flow_id, _Kind.TCP, forward=forward)
         return flow_id
 
     def flow_data(self, flow_id: int, data: bytes) -> None:
@@ -282,14 +319,16 @@ class ForwardingSession:
 
     # ------------------------------------------------------------------------------------------ UDP, adapter side
 
-    def udp_received(self, peer: Address, data: bytes, now: float) -> None:
-        """Client: a datagram from local UDP peer ``peer``; each peer gets its own stream."""
-        self._require(client=True, kind=_Kind.UDP)
+    def udp_received(self, peer: Address, data: bytes, now: float, forward: int = 0) -> None:
+        """Client: a datagram from local UDP peer ``peer`` (on ``forward``'s socket); each peer gets its own
+        stream."""
+        self._require(client=True, kind=_Kind.UDP, forward=forward)
         self._now = now
         if len(data) > MAX_UDP_DATAGRAM:
             self.stats.too_big += 1
             return  # cannot be framed; a real UDP socket never hands us more anyway
-        flow_id = self._udp_by_peer.get(peer)
+        key = (forward, peer)
+        flow_id = self._udp_by_peer.get(key)
         if flow_id is None:
             if len(self._udp_by_peer) >= self._max_udp_peers:
                 # Full: retire the least recently active peer (a clean FIN, as an idle expiry would); it gets a
@@ -297,9 +336,11 @@ class ForwardingSession:
                 oldest = min(self._udp_by_peer.values(), key=lambda fid: self._flows[fid].last_active)
                 self._expire_udp(self._flows[oldest])
             flow_id = self._quic.get_next_available_stream_id(is_unidirectional=False)
-            flow = _Flow(flow_id, _Kind.UDP, decoder=UdpFrameDecoder(), peer=peer, last_active=now)
+            flow = _Flow(flow_id, _Kind.UDP, decoder=UdpFrameDecoder(), peer=peer, last_active=now, forward=forward)
             self._flows[flow_id] = flow
-            self._udp_by_peer[peer] = flow_id
+            self._udp_by_peer[key] = flow_id
+            if self._tagged:
+                self._quic.send_stream_data(flow_id, forward_header(forward))
             # The first datagram opens the stream (QUIC shows the server a stream only once it carries data), so
             # the server learns of the flow reliably; the next ones may travel as datagrams.
             self._send_udp_on_stream(flow, data, now)
@@ -311,7 +352,8 @@ class ForwardingSession:
 
         Pass ``now`` so replies keep the flow from idling out; without it the last time the session saw is used.
         """
-        self._require(client=False, kind=_Kind.UDP)
+        if self._is_client or not self._has_udp:
+            raise LocalProtocolError("only a server session with a UDP forward can do that")
         if now is not None:
             self._now = max(self._now, now)
         flow = self._flows.get(flow_id)
@@ -337,7 +379,7 @@ class ForwardingSession:
 
     def get_timer(self) -> float | None:
         """The next UDP idle expiry (TCP flows need no timer)."""
-        if self._kind is _Kind.TCP:
+        if not self._has_udp:
             return None
         deadlines = [f.last_active + self._udp_idle_timeout for f in self._flows.values() if f.kind is _Kind.UDP]
         reassembly = self._reassembler.get_timer()
@@ -373,9 +415,14 @@ class ForwardingSession:
     def _on_stream_data(self, stream_id: int, data: bytes, fin: bool, now: float) -> None:
         flow = self._flows.get(stream_id)
         if flow is None:
-            flow = self._accept_stream(stream_id, now)
+            if stream_id not in self._headers:
+                flow = self._accept_stream(stream_id, now)
             if flow is None:
-                return
+                if stream_id not in self._headers:
+                    return
+                flow, data = self._read_header(stream_id, data, fin, now)
+                if flow is None:
+                    return
         if flow.kind is _Kind.TCP:
             self._on_tcp_data(flow, data, fin)
         else:
@@ -391,8 +438,11 @@ class ForwardingSession:
         if self._is_client or not _bidirectional(stream_id):
             self._abort_stream(stream_id, RESET_REJECTED)  # upstream's server never opens streams
             return None
-        if self._max_flows and len(self._flows) >= self._max_flows:
+        if self._max_flows and len(self._flows) + len(self._headers) >= self._max_flows:
             self._abort_stream(stream_id, RESET_REJECTED)
+            return None
+        if self._tagged:
+            self._headers[stream_id] = bytearray()  # routed once its forward header is complete
             return None
         if self._kind is _Kind.TCP:
             flow = _Flow(stream_id, _Kind.TCP, awaiting_marker=True, connected=False)
@@ -401,6 +451,33 @@ class ForwardingSession:
             self._events.append(OpenUdp(stream_id, self._targets))
         self._flows[stream_id] = flow
         return flow
+
+    def _read_header(self, stream_id: int, data: bytes, fin: bool, now: float) -> tuple[_Flow | None, bytes]:
+        """Server, several forwards: collect the stream's forward header, then open the flow its route names."""
+        buffer = self._headers[stream_id]
+        buffer += data
+        if len(buffer) < FORWARD_HEADER_SIZE:
+            if fin:  # ended before it said which forward: nothing to do but end ours too
+                del self._headers[stream_id]
+                self._abort_stream(stream_id, RESET_REJECTED)
+            return None, b""
+        del self._headers[stream_id]
+        index = int.from_bytes(buffer[:FORWARD_HEADER_SIZE], "big")
+        rest = bytes(buffer[FORWARD_HEADER_SIZE:])
+        self._quic.consume(stream_id, FORWARD_HEADER_SIZE)
+        route = self._routes[index] if index < len(self._routes) else None
+        if route is None or not route.addresses:
+            self._abort_stream(stream_id, RESET_REJECTED)  # a refused (or unknown) forward: nothing is dialled
+            return None, b""
+        flow: _Flow
+        if route.protocol == "tcp":
+            flow = _Flow(stream_id, _Kind.TCP, connected=False, forward=index)
+            self._events.append(DialTcp(stream_id, route.addresses))
+        else:
+            flow = _Flow(stream_id, _Kind.UDP, decoder=UdpFrameDecoder(), last_active=now, forward=index)
+            self._events.append(OpenUdp(stream_id, route.addresses))
+        self._flows[stream_id] = flow
+        return flow, rest
 
     def _on_tcp_data(self, flow: _Flow, data: bytes, fin: bool) -> None:
         if flow.awaiting_marker:
@@ -447,7 +524,7 @@ class ForwardingSession:
             flow.last_active = now
             for datagram in flow.decoder.feed(data):
                 if flow.peer is not None:
-                    self._events.append(SendUdpTo(flow.peer, datagram))
+                    self._events.append(SendUdpTo(flow.peer, datagram, flow.forward))
                 else:
                     self._events.append(SendUdp(flow.flow_id, datagram))
         if not fin:
@@ -498,7 +575,7 @@ class ForwardingSession:
         self._quic.send_stream_data(flow.flow_id, encode_udp_frame(data))
 
     def _on_datagram(self, data: bytes, now: float) -> None:
-        if self._kind is not _Kind.UDP:
+        if not self._has_udp:
             self.stats.unknown_flow += 1
             return
         try:
@@ -541,13 +618,13 @@ class ForwardingSession:
             return
         flow.last_active = now
         if flow.peer is not None:
-            self._events.append(SendUdpTo(flow.peer, payload))
+            self._events.append(SendUdpTo(flow.peer, payload, flow.forward))
         else:
             self._events.append(SendUdp(flow.flow_id, payload))
 
     def report_stats(self) -> None:
         """Log what happened to this session's UDP datagrams (once, when the tunnel closes)."""
-        if self._kind is _Kind.UDP:
+        if self._has_udp:
             mode = "QUIC datagrams" if self.datagrams else "streams"
             log.info("UDP over %s: %s", mode, self.stats.summary())
 
@@ -566,6 +643,9 @@ class ForwardingSession:
         self._forget(flow)
 
     def _on_peer_abort(self, stream_id: int) -> None:
+        if self._headers.pop(stream_id, None) is not None:
+            self._abort_stream(stream_id, RESET_LOCAL_ERROR)
+            return
         flow = self._flows.get(stream_id)
         if flow is None:
             return
@@ -577,6 +657,7 @@ class ForwardingSession:
             self._end_udp(flow)
 
     def _on_connection_lost(self) -> None:
+        self._headers.clear()
         for flow in list(self._flows.values()):
             if flow.kind is _Kind.TCP:
                 self._events.append(AbortTcp(flow.flow_id))
@@ -586,10 +667,11 @@ class ForwardingSession:
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    def _require(self, *, client: bool, kind: _Kind) -> None:
-        if self._is_client != client or self._kind is not kind:
+    def _require(self, *, client: bool, kind: _Kind, forward: int = 0) -> None:
+        route = self._routes[forward] if 0 <= forward < len(self._routes) else None
+        if self._is_client != client or route is None or route.protocol != kind.value:
             role = "client" if client else "server"
-            raise LocalProtocolError(f"only a {kind.value} {role} session can do that")
+            raise LocalProtocolError(f"only a {kind.value} {role} session (or forward) can do that")
 
     def _check_resume(self) -> None:
         for flow_id in sorted(self._paused):
@@ -614,8 +696,8 @@ class ForwardingSession:
     def _forget(self, flow: _Flow) -> None:
         self._flows.pop(flow.flow_id, None)
         self._paused.discard(flow.flow_id)
-        if flow.peer is not None and self._udp_by_peer.get(flow.peer) == flow.flow_id:
-            del self._udp_by_peer[flow.peer]
+        if flow.peer is not None and self._udp_by_peer.get((flow.forward, flow.peer)) == flow.flow_id:
+            del self._udp_by_peer[(flow.forward, flow.peer)]
 
     def _is_new_peer_stream(self, stream_id: int) -> bool:
         return stream_id >= self._peer_floor and stream_id not in self._peer_seen

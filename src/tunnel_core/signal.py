@@ -159,6 +159,10 @@ class ManualOffer:
     #: Our extension (docs/forwards.md): the sources of forwards 1.. (``source`` is forward 0). Omitted when
     #: empty, so a one-forward offer is upstream's bytes.
     extra_sources: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: Nostr mode, our extension: the server's verdict per forward (as ManualAnswer's in manual mode).
+    forward_verdicts: tuple[str, ...] | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else tuple(v)
+    )
 
     def to_json(self) -> bytes:
         _check_u16(self.version)
@@ -173,6 +177,8 @@ class ManualOffer:
         _opt(obj, "source", self.source)
         if self.extra_sources:
             obj["extra_sources"] = list(self.extra_sources)
+        if self.forward_verdicts is not None:
+            obj["forward_verdicts"] = list(self.forward_verdicts)
         return dumps_compact(obj)
 
     @classmethod
@@ -187,6 +193,7 @@ class ManualOffer:
             source=field_opt_str(obj, "source", _json_fail),
             version=version,
             extra_sources=_opt_str_list(obj, "extra_sources"),
+            forward_verdicts=_opt_str_list(obj, "forward_verdicts") if "forward_verdicts" in obj else None,
         )
         _check_struct_version(version)
         return offer
@@ -251,6 +258,8 @@ class ManualRequest:
     timestamp: int
     source: str | None = None
     version: int = MANUAL_SIGNAL_VERSION
+    #: Our extension, as ManualOffer's in manual mode: the sources of forwards 1.. (docs/forwards.md).
+    extra_sources: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def to_json(self) -> bytes:
         _check_u16(self.version)
@@ -265,6 +274,8 @@ class ManualRequest:
             "timestamp": self.timestamp,
         }
         _opt(obj, "source", self.source)
+        if self.extra_sources:
+            obj["extra_sources"] = list(self.extra_sources)
         return dumps_compact(obj)
 
     @classmethod
@@ -278,6 +289,7 @@ class ManualRequest:
             timestamp=field_uint(obj, "timestamp", _U64_MAX, _json_fail),
             source=field_opt_str(obj, "source", _json_fail),
             version=version,
+            extra_sources=_opt_str_list(obj, "extra_sources"),
         )
         _check_struct_version(version)
         return request

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from tunnel_cli import checks, output, precedence
 from tunnel_cli import config as cfg
 from tunnel_cli.fdlimit import raise_open_files_limit
-from tunnel_cli.forwards import client_forwards
+from tunnel_cli.forwards import add_socks_args, client_forwards, socks_listen
 from tunnel_cli.ice_flags import add_ice_args, ice_options
 from tunnel_cli.manual_section import ManualSection, manual_section
 from tunnel_cli.parser import Parser, VersionAction, add_config_args, given, stdin_config_wanted
@@ -119,6 +119,7 @@ def build_parser(program: Program) -> tuple[Parser, dict[tuple[str, str | None],
                         help="one more forward over the same tunnel (repeatable), e.g. "
                              "127.0.0.1:8080=tcp://127.0.0.1:80; see docs/forwards.md",
                     )
+                    add_socks_args(mode_parser)
                 add_ice_args(mode_parser)
             else:
                 mode_parser = modes.add_parser(
@@ -215,9 +216,13 @@ def _client_options(
     if cli_target is not None:
         checks.check_cli_target(cli_target)
     forwards = client_forwards(cli_source, cli_target, source, target, getattr(namespace, "forward", []), config)
+    socks = socks_listen(namespace)
     if forwards:
         first, *rest = forwards
-        return ManualClientOptions(source=first.source, target=first.listen, ice=ice, extra_forwards=tuple(rest))
+        return ManualClientOptions(source=first.source, target=first.listen, ice=ice, extra_forwards=tuple(rest),
+                                   socks5=socks)
+    if socks is not None and source is None and target is None:
+        return ManualClientOptions(source=None, target=None, ice=ice, socks5=socks)
     if source is None:
         raise cfg.usage_error(
             "--source is required for manual client. Specify the source to request from server "

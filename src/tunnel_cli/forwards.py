@@ -7,11 +7,13 @@ command line replaces every forward of the file (its ``[[forward]]`` list and it
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping, Sequence
 
 from tunnel_cli.checks import check_cli_source, check_cli_target, check_config_source, check_config_target
 from tunnel_cli.config import ConfigFile, string_value, usage_error
-from tunnel_core.options import Forward
+from tunnel_cli.turn_settings import read_password_file
+from tunnel_core.options import Forward, SocksListen
 
 FORWARD_EXAMPLE = "LISTEN=URL, e.g. 127.0.0.1:2222=tcp://127.0.0.1:22 or 0.0.0.0:51820=udp://127.0.0.1:51820"
 _FORWARD_KEYS = frozenset({"listen", "source"})
@@ -69,3 +71,34 @@ def client_forwards(
     if source is None and target is None:
         return list(file_forwards)
     return []
+
+
+def add_socks_args(parser: argparse.ArgumentParser) -> None:
+    """The dynamic forward's flags (docs/forwards.md)."""
+    parser.add_argument("--socks5", metavar="HOST:PORT",
+                        help="also listen here as a SOCKS5 proxy (socks5h: the server resolves names and checks "
+                             "every target with its allowlist), e.g. 127.0.0.1:1080")
+    parser.add_argument("--socks5-user", metavar="USER", help="require this username on the SOCKS5 listener")
+    parser.add_argument("--socks5-password-file", metavar="PATH",
+                        help="file whose first line is the SOCKS5 password (with --socks5-user)")
+
+
+def socks_listen(namespace: argparse.Namespace) -> SocksListen | None:
+    """The --socks5 listener, checked; None without --socks5."""
+    listen = getattr(namespace, "socks5", None)
+    user = getattr(namespace, "socks5_user", None)
+    password_file = getattr(namespace, "socks5_password_file", None)
+    if listen is None:
+        if user is not None or password_file is not None:
+            raise usage_error("--socks5-user and --socks5-password-file need --socks5")
+        return None
+    check_cli_target(listen.strip())
+    if (user is None) != (password_file is None):
+        raise usage_error("--socks5-user and --socks5-password-file go together")
+    credentials = None
+    if user is not None and password_file is not None:
+        password = read_password_file(password_file, "--socks5-password-file")
+        if not user or len(user.encode()) > 255 or len(password.encode()) > 255:
+            raise usage_error("SOCKS5 username and password must be 1..255 bytes")
+        credentials = (user, password)
+    return SocksListen(listen=listen.strip(), credentials=credentials)

@@ -24,7 +24,15 @@ from tunnel_core.candidate import CandidateType
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.forwarding import Route
 from tunnel_core.ice.events import GatheringComplete
-from tunnel_core.options import ExitCode, Forward, IceOptions, ManualClientOptions, ManualServerOptions, TunnelError
+from tunnel_core.options import (
+    ExitCode,
+    Forward,
+    IceOptions,
+    ManualClientOptions,
+    ManualServerOptions,
+    SocksListen,
+    TunnelError,
+)
 from tunnel_core.peer import IceConnected, Peer, TunnelClosed
 from tunnel_core.policy import AccessPolicy, NeedsResolution, PolicyError, Source, parse_source, parse_target
 from tunnel_core.quic.identity import QuicIdentity
@@ -109,10 +117,12 @@ class Listen:
     """Open the client's local listener (TCP server or UDP socket) at ip:port for ``forward`` (its index among
     the tunnel's forwards); returns the bound address."""
 
-    protocol: Literal["tcp", "udp"]
+    protocol: Literal["tcp", "udp", "dynamic"]
     ip: str
     port: int
     forward: int = 0
+    #: ``protocol`` "dynamic": a SOCKS5 listener, with these credentials if any.
+    credentials: tuple[str, str] | None = attrs.field(default=None, repr=False)
 
 
 class Stopped(Exception):
@@ -265,18 +275,31 @@ def until_up(peer: Peer, ready_message: str, ready_line: str) -> Generator[Effec
 # ------------------------------------------------------------------------------------------------ manual mode
 
 
+#: What a dynamic (SOCKS5) forward asks for in the signaling, where other forwards give their source URL.
+DYNAMIC_SOURCE = "dynamic"
+
+
 @attrs.frozen
 class LocalForward:
-    """A client's forward, checked: what it asks the server for and where it listens."""
+    """A client's forward, checked: what it asks the server for and where it listens. ``source`` None is a
+    dynamic forward (a SOCKS5 listener whose applications name their targets, docs/forwards.md)."""
 
-    source: Source
+    source: Source | None
     listen: str  # as the user wrote it, for messages
     ip: str
     port: int
+    credentials: tuple[str, str] | None = attrs.field(default=None, repr=False)
+
+    @property
+    def protocol(self) -> Literal["tcp", "udp", "dynamic"]:
+        return "dynamic" if self.source is None else self.source.protocol
+
+    def url(self) -> str:
+        return DYNAMIC_SOURCE if self.source is None else self.source.url()
 
     def name(self) -> str:
         """How messages name this forward: the user's own words."""
-        return f"{self.listen}={self.source.url()}"
+        return f"socks5 {self.listen}" if self.source is None else f"{self.listen}={self.source.url()}"
 
 
 #: A client asked for several forwards and the server's answer carried no verdicts: an upstream or older server.
@@ -284,29 +307,45 @@ OLD_SERVER_FORWARDS = ("The server does not support several forwards in one tunn
                        "tunnel); run one client per forward")
 
 
-def local_forwards(source: str, target: str, extra: Sequence[Forward]) -> Generator[Effect, Any, list[LocalForward]]:
-    """Parse and resolve every forward of a client (the first one is ``source``/``target``); exit 2 on bad input."""
+def local_forwards(
+    source: str | None, target: str | None, extra: Sequence[Forward], socks5: SocksListen | None = None
+) -> Generator[Effect, Any, list[LocalForward]]:
+    """Parse and resolve every forward of a client (the first one is ``source``/``target`` when given, a dynamic
+    one last); exit 2 on bad input."""
+    wanted = [(f.source, f.listen) for f in extra]
+    if source is not None and target is not None:
+        wanted.insert(0, (source, target))
+    if socks5 is not None:
+        wanted.append((None, socks5.listen))
     out: list[LocalForward] = []
-    for src, listen in [(source, target), *((f.source, f.listen) for f in extra)]:
+    for src, listen in wanted:
         try:
-            parsed = parse_source(src)
+            parsed = None if src is None else parse_source(src)
             host, port = parse_target(listen)
         except PolicyError as exc:
             raise _input_error(exc) from None
         ip = yield from listen_ip(host, port, listen)
-        out.append(LocalForward(parsed, listen, ip, port))
+        credentials = socks5.credentials if src is None and socks5 is not None else None
+        out.append(LocalForward(parsed, listen, ip, port, credentials))
+    if not out:
+        raise TunnelError("No forward given", ExitCode.USAGE)
     return out
+
+
+def several(forwards: Sequence[LocalForward]) -> bool:
+    """Whether the client needs the forwards extension (several forwards, or a dynamic one)."""
+    return len(forwards) > 1 or any(f.source is None for f in forwards)
 
 
 def forward_routes(forwards: Sequence[LocalForward], verdicts: Sequence[str] | None) -> list[Route] | None:
     """The client's session routes once the server answered; None keeps upstream's one-forward wire."""
-    if len(forwards) == 1:
+    if not several(forwards):
         return None
     if verdicts is None:
         raise TunnelError(OLD_SERVER_FORWARDS, ExitCode.GENERAL)
     if len(verdicts) != len(forwards):
         raise TunnelError("The server answered for a different number of forwards", ExitCode.USAGE)
-    return [Route(f.source.protocol) for f in forwards]
+    return [Route(f.protocol) for f in forwards]
 
 
 def listen_all(forwards: Sequence[LocalForward], verdicts: Sequence[str] | None) -> Generator[Effect, Any, None]:
@@ -317,23 +356,40 @@ def listen_all(forwards: Sequence[LocalForward], verdicts: Sequence[str] | None)
             yield Say(f"Forward {fwd.name()} refused by the server: {reason}")
             continue
         try:
-            bound = yield Listen(fwd.source.protocol, fwd.ip, fwd.port, index)
+            bound = yield Listen(fwd.protocol, fwd.ip, fwd.port, index, fwd.credentials)
         except OSError as exc:
             raise TunnelError(f"Failed to listen on {fwd.listen}: {exc.strerror or exc}", ExitCode.GENERAL) from None
+        if fwd.source is None:
+            auth = " (username/password required)" if fwd.credentials else ""
+            yield Say(f"Listening on SOCKS5 {dialogue.format_address(bound)}{auth} - point your applications' "
+                      f"socks5h proxy here")
+            continue
         what = "connect" if fwd.source.protocol == "tcp" else "send"
         suffix = f" (forward to {fwd.source.url()})" if len(forwards) > 1 else ""
         yield Say(f"Listening on {fwd.source.protocol.upper()} {dialogue.format_address(bound)} - configure your "
                   f"client to {what} here{suffix}")
 
 
+def requested_sources(source: str | None, extra: Sequence[str]) -> list[Source | None]:
+    """The forwards a client's signaling asks for (None: a dynamic one); PolicyError on a malformed source."""
+    texts = [s.strip() for s in (source or "", *extra)]
+    return [None if text == DYNAMIC_SOURCE else parse_source(text) for text in texts]
+
+
 def server_verdicts(
-    policy: AccessPolicy, sources: Sequence[Source]
+    policy: AccessPolicy, sources: Sequence[Source | None]
 ) -> Generator[Effect, Any, tuple[list[str], list[Route]]]:
     """The server's verdict on every forward a client asked for (each checked alone by the policy), and the
-    session routes that follow from them (a refused forward gets a route without addresses)."""
+    session routes that follow from them (a refused forward gets a route without addresses). A dynamic forward
+    is accepted: each of its targets is checked by the same policy when the application names it."""
     verdicts: list[str] = []
     routes: list[Route] = []
     for source in sources:
+        if source is None:
+            verdicts.append("")
+            routes.append(Route("dynamic", policy=policy))
+            yield Say("Client requests a dynamic (SOCKS5) forward (each target checked by the allowlist)")
+            continue
         decision = yield from decide_source(policy, source)
         if decision.allowed:
             verdicts.append("")
@@ -348,14 +404,14 @@ def server_verdicts(
 
 
 def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -> Flow:
-    forwards = yield from local_forwards(opts.source, opts.target, opts.extra_forwards)
+    forwards = yield from local_forwards(opts.source, opts.target, opts.extra_forwards, opts.socks5)
     yield Say(dialogue.CLIENT_BANNER)
     pins: dict[str, str] = {}
-    spec: dict[str, Any] = {"protocol": forwards[0].source.protocol}
+    spec: dict[str, Any] = {"protocol": "tcp" if forwards[0].source is None else forwards[0].source.protocol}
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, identity=None, pins=pins,
                                      session_spec=spec)
     yield Say(dialogue.OFFER_TITLE)
-    offer = dialogue.make_offer(peer.ice, forwards[0].source.url(), [f.source.url() for f in forwards[1:]])
+    offer = dialogue.make_offer(peer.ice, forwards[0].url(), [f.url() for f in forwards[1:]])
     yield PrintBlock(encode_block("OFFER", offer))
     yield Say(dialogue.PROMPT_FOR_ANSWER)
     text = yield ReadBlock("ANSWER")
@@ -364,7 +420,7 @@ def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -
         pins["server"] = dialogue.answer_fingerprint(answer)
     except RemoteProtocolError as exc:
         raise _input_error(exc) from None
-    verdicts = answer.forward_verdicts if len(forwards) > 1 else None
+    verdicts = answer.forward_verdicts if several(forwards) else None
     spec["routes"] = forward_routes(forwards, verdicts)
     yield from _start_checks(peer, _checked_ice(answer))
     yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
@@ -388,13 +444,14 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
     text = yield ReadBlock("OFFER")
     try:
         offer = decode_offer(text)
-        source = dialogue.offer_source(offer)
-        extra = [parse_source(s.strip()) for s in offer.extra_sources]
+        dynamic = (offer.source or "").strip() == DYNAMIC_SOURCE
+        source = dialogue.offer_source(offer) if not dynamic else None
+        sources = requested_sources(offer.source, offer.extra_sources)
     except (RemoteProtocolError, PolicyError) as exc:
         raise TunnelError(str(exc), ExitCode.USAGE) from None
     remote = _checked_ice(offer)  # before the ANSWER is printed: a bad offer gets no answer (item 7)
     verdicts: list[str] | None = None
-    if not extra:
+    if source is not None and len(sources) == 1:
         decision = yield from decide_source(policy, source)
         if not decision.allowed:
             raise TunnelError(decision.reason or f"Source '{source.url()}' is not allowed", ExitCode.AUTH)
@@ -402,10 +459,10 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
         spec["addresses"] = decision.addresses
         yield Say(f"Client requests {source.url()} (allowed)")
     else:
-        verdicts, routes = yield from server_verdicts(policy, [source, *extra])
+        verdicts, routes = yield from server_verdicts(policy, sources)
         if all(verdicts):
             raise TunnelError(f"No forward the client asked for is allowed: {verdicts[0]}", ExitCode.AUTH)
-        spec["protocol"] = source.protocol
+        spec["protocol"] = "tcp"
         spec["routes"] = routes
         yield Say(f"Serving {len(routes) - sum(map(bool, verdicts))} of {len(routes)} forwards in one session")
     yield Say(dialogue.ANSWER_TITLE)

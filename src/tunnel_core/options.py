@@ -76,11 +76,22 @@ class Forward:
 
 
 @attrs.frozen
+class SocksListen:
+    """A dynamic forward (docs/forwards.md): a local SOCKS5 listener at ``listen`` (host:port), optionally asking
+    its applications for a username and password (RFC 1929)."""
+
+    listen: str
+    credentials: tuple[str, str] | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
 class ManualClientOptions:
     """`tunnel client manual`: ask the server for ``source`` and expose it locally at ``target``; every entry of
     ``extra_forwards`` is one more forward over the same connection (the server must support it)."""
 
-    source: str
-    target: str
+    source: str | None
+    target: str | None
     ice: IceOptions = IceOptions()
     extra_forwards: tuple[Forward, ...] = ()
+    #: A dynamic (SOCKS5) forward, last among the forwards.
+    socks5: SocksListen | None = None

@@ -47,6 +47,11 @@ class _State(enum.Enum):
     FAILED = "failed"
 
 
+def reply(code: int) -> bytes:
+    """The reply to a CONNECT request (bound address 0.0.0.0:0: the real one is on the server's side)."""
+    return bytes([VERSION, code, 0, ATYP_IPV4, 0, 0, 0, 0, 0, 0])
+
+
 @attrs.frozen
 class ConnectRequest:
     """Where the application wants to go: an IP literal or a name (unresolved), and a port."""
@@ -100,8 +105,7 @@ class Socks5Server:
                 break
 
     def reply(self, code: int) -> bytes:
-        """The reply to the CONNECT request (bound address 0.0.0.0:0: the real one is on the server's side)."""
-        return bytes([VERSION, code, 0, ATYP_IPV4, 0, 0, 0, 0, 0, 0])
+        return reply(code)
 
     # ------------------------------------------------------------------------------------------ states
 

@@ -21,7 +21,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunnel_core.forwarding import events as fe
+from tunnel_core.socks5 import ConnectRequest, Socks5Server
+from tunnel_core.socks5 import reply as socks5_reply
 from tunnel_core.types import Address
+from tunnel_io import unique_addresses
 from tunnel_io.dial import HappyEyeballs
 from tunnel_io.driver import DRAIN_LIMIT
 from tunnel_io.reactor import Reactor, Timer, Watch
@@ -238,6 +241,30 @@ class LocalForwarder:
         name = sock.getsockname()
         return (name[0], name[1])
 
+    def listen_socks(self, host: str, port: int, forward: int, credentials: tuple[str, str] | None) -> Address:
+        """A dynamic forward's SOCKS5 listener: each connection first speaks SOCKS5 (tunnel_core.socks5)."""
+        bound = self.listen_tcp(host, port, forward)
+        self.tcp_listeners[forward].socks = credentials or ()
+        return bound
+
+    def start_socks(self, conn: Any, forward: int, credentials: tuple[str, str] | tuple[()]) -> None:
+        conn.setblocking(False)
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _SocksHandshake(self, conn, forward, Socks5Server(credentials or None))
+
+    def socks_requested(self, conn: Any, forward: int, request: ConnectRequest, early: bytes) -> None:
+        """The application's CONNECT: a dynamic flow; the SOCKS reply waits for the server's DynamicReply."""
+        session = self.session()
+        if session is None or self._closed:
+            conn.close()
+            return
+        flow_id = session.open_dynamic(self.now(), forward, request.url())
+        self.tcp[flow_id] = TcpFlow(self, flow_id, conn)
+        if early:
+            session.flow_data(flow_id, early)
+        self.kick()
+
     def accepted(self, conn: Any, forward: int) -> None:
         session = self.session()
         if session is None:
@@ -321,6 +348,14 @@ class LocalForwarder:
             entry = self.udp_flows.pop(ev.flow_id, None)
             if entry is not None:
                 entry.close()
+        elif isinstance(ev, fe.ResolveTarget):
+            self._resolve(ev.flow_id, ev.host, ev.port)
+        elif isinstance(ev, fe.DynamicReply):
+            flow = self.tcp.get(ev.flow_id)
+            if flow is not None:
+                flow.write(socks5_reply(ev.code))
+                if ev.code:
+                    flow.close()
 
     def forget_tcp(self, flow: TcpFlow, *, reset: bool) -> None:
         if self.tcp.get(flow.flow_id) is flow:
@@ -348,6 +383,18 @@ class LocalForwarder:
             self.kick()
 
         self.dials[flow_id] = HappyEyeballs(self.reactor, addresses, done)
+
+    def _resolve(self, flow_id: int, host: str, port: int) -> None:
+        """A dynamic flow's target name, resolved here on the server (socks5h); the session checks the answer."""
+
+        def done(ok: bool, value: Any) -> None:
+            session = self.session()
+            if session is None or self._closed:
+                return
+            session.flow_resolved(flow_id, unique_addresses(value) if ok else [])
+            self.kick()
+
+        self.reactor.run_blocking(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), done)
 
     def _open_udp(self, flow_id: int, addresses: Sequence[Address]) -> None:
         if not addresses:
@@ -399,6 +446,8 @@ class _Acceptor:
         self.fwd = fwd
         self.sock = sock
         self.forward = forward
+        #: A dynamic forward's credentials (() for none); None for a plain TCP forward.
+        self.socks: tuple[str, str] | tuple[()] | None = None
         self.closed = False
         self.backoff: Timer | None = None
         self.watch: Watch = fwd.reactor.watch(sock, self._on_acceptable, _nothing)
@@ -418,7 +467,10 @@ class _Acceptor:
                     reactor = self.fwd.reactor
                     self.backoff = reactor.call_at(reactor.time() + EMFILE_BACKOFF, self._accept_again)
                 return
-            self.fwd.accepted(conn, self.forward)
+            if self.socks is None:
+                self.fwd.accepted(conn, self.forward)
+            else:
+                self.fwd.start_socks(conn, self.forward, self.socks)
 
     def _accept_again(self) -> None:
         self.backoff = None
@@ -430,6 +482,44 @@ class _Acceptor:
         if self.backoff is not None:
             self.backoff.cancel()
         self.watch.close()
+
+
+class _SocksHandshake:
+    """One application's SOCKS5 handshake on a dynamic forward's listener, before its flow exists."""
+
+    def __init__(self, fwd: LocalForwarder, sock: Any, forward: int, machine: Socks5Server) -> None:
+        self.fwd = fwd
+        self.sock = sock
+        self.forward = forward
+        self.machine = machine
+        self.watch: Watch = fwd.reactor.watch(sock, self._on_readable, _nothing)
+        self.watch.want(read=True, write=False)
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.watch.close()
+            return
+        if not data:
+            self.watch.close()
+            return
+        self.machine.feed(data)
+        out = self.machine.data_to_send()
+        if out:
+            try:
+                self.sock.send(out)  # a few bytes into an empty send buffer
+            except OSError:
+                self.watch.close()
+                return
+        if self.machine.failed:
+            log.info("SOCKS5 connection refused: %s", self.machine.error)
+            self.watch.close()
+        elif self.machine.request is not None:
+            self.watch.want(read=False, write=False)  # the socket changes hands: the flow watches it from now on
+            self.fwd.socks_requested(self.sock, self.forward, self.machine.request, self.machine.remainder)
 
 
 def _nothing() -> None:

@@ -54,22 +54,37 @@ from tunnel_core.forwarding.events import (
     CloseTcp,
     CloseUdp,
     DialTcp,
+    DynamicReply,
     ForwardingEvent,
     OpenUdp,
     PauseReading,
+    ResolveTarget,
     ResumeReading,
     SendTcp,
     SendUdp,
     SendUdpTo,
     ShutdownTcpWrite,
 )
+from tunnel_core.policy import AccessPolicy, Decision, NeedsResolution, PolicyError, Source, parse_source
 from tunnel_core.quic.connection import TunnelQuicConnection
+from tunnel_core.socks5 import CONNECTION_REFUSED as SOCKS_CONNECTION_REFUSED
+from tunnel_core.socks5 import GENERAL_FAILURE as SOCKS_GENERAL_FAILURE
+from tunnel_core.socks5 import HOST_UNREACHABLE as SOCKS_HOST_UNREACHABLE
+from tunnel_core.socks5 import NOT_ALLOWED as SOCKS_NOT_ALLOWED
+from tunnel_core.socks5 import SUCCEEDED as SOCKS_SUCCEEDED
 from tunnel_core.types import Address
 from tunnel_core.wire import (
     MAX_UDP_DATAGRAM,
     STREAM_OPEN_MARKER,
+    MessageReader,
+    SourceRequest,
+    SourceResponse,
     UdpFrameDecoder,
     WireError,
+    decode_source_request,
+    decode_source_response,
+    encode_source_request,
+    encode_source_response,
     encode_udp_frame,
 )
 
@@ -107,10 +122,18 @@ class _Kind(enum.Enum):
 @attrs.frozen
 class Route:
     """One forward of a session that carries several: its protocol and, on the server, the addresses its source
-    resolved to when the policy allowed it (empty: refused, its streams are reset)."""
+    resolved to when the policy allowed it (empty: refused, its streams are reset).
 
-    protocol: Literal["tcp", "udp"]
+    A ``dynamic`` route (SOCKS5, docs/forwards.md) names its target per stream: each stream carries a
+    SourceRequest after its forward header, which the server checks with ``policy`` (None: refused)."""
+
+    protocol: Literal["tcp", "udp", "dynamic"]
     addresses: tuple[Address, ...] = ()
+    policy: AccessPolicy | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return bool(self.addresses) or self.policy is not None
 
 
 def forward_header(index: int) -> bytes:
@@ -140,6 +163,9 @@ class _Flow:
     last_active: float = 0.0
     packet: int = 0  # UDP over datagrams: the next fragmented datagram's number (u16, wraps)
     forward: int = 0  # the forward (route index) this flow belongs to
+    # dynamic forwards: the SourceRequest (server) or SourceResponse (client) still being read, and the target
+    request: MessageReader | None = None
+    source: Source | None = None
 
 
 def _client_initiated(stream_id: int) -> bool:
@@ -170,7 +196,7 @@ class ForwardingSession:
         if routes is not None:
             if not routes or len(routes) > 0xFFFF:
                 raise LocalProtocolError("a session with forwards needs 1..65535 routes")
-            protocol = routes[0].protocol
+            protocol = "tcp" if routes[0].protocol == "dynamic" else routes[0].protocol  # type: ignore[assignment]
         if protocol not in ("tcp", "udp"):
             raise LocalProtocolError(f"protocol must be 'tcp' or 'udp', got {protocol!r}")
         if quic.configuration.is_client != is_client:
@@ -284,6 +310,8 @@ class ForwardingSession:
         if flow.connected:
             return
         flow.connected = True
+        if flow.source is not None:  # a dynamic flow: tell the client only now, so its SOCKS reply is the truth
+            self._quic.send_stream_data(flow_id, encode_source_response(SourceResponse(accepted=True)))
         if flow.early:
             data, flow.early = bytes(flow.early), bytearray()
             self._deliver_tcp(flow, data)
@@ -466,11 +494,14 @@ class ForwardingSession:
         rest = bytes(buffer[FORWARD_HEADER_SIZE:])
         self._quic.consume(stream_id, FORWARD_HEADER_SIZE)
         route = self._routes[index] if index < len(self._routes) else None
-        if route is None or not route.addresses:
+        if route is None or not route.allowed:
             self._abort_stream(stream_id, RESET_REJECTED)  # a refused (or unknown) forward: nothing is dialled
             return None, b""
         flow: _Flow
-        if route.protocol == "tcp":
+        if route.protocol == "dynamic":
+            flow = _Flow(stream_id, _Kind.TCP, connected=False, forward=index,
+                         request=MessageReader("SourceRequest"))
+        elif route.protocol == "tcp":
             flow = _Flow(stream_id, _Kind.TCP, connected=False, forward=index)
             self._events.append(DialTcp(stream_id, route.addresses))
         else:
@@ -480,6 +511,10 @@ class ForwardingSession:
         return flow, rest
 
     def _on_tcp_data(self, flow: _Flow, data: bytes, fin: bool) -> None:
+        if flow.request is not None:
+            data = self._read_preamble(flow, data, fin)
+            if flow.request is not None or flow.flow_id not in self._flows:
+                return
         if flow.awaiting_marker:
             if not data:
                 if fin:  # the stream ended before it even started: just end ours too
@@ -501,6 +536,90 @@ class ForwardingSession:
             self._deliver_tcp(flow, data)
         if fin:
             self._finish_receiving_tcp(flow)
+
+    # ------------------------------------------------------------------------------------------ dynamic forwards
+
+    def open_dynamic(self, now: float, forward: int, source: str) -> int:
+        """Client: an application asked this dynamic forward's SOCKS listener for ``source`` (tcp://host:port, a
+        name unresolved); returns the flow id. ``DynamicReply`` follows once the server answered."""
+        self._require(client=True, kind=_Kind.TCP, forward=forward, protocol="dynamic")
+        self._now = now
+        flow_id = self._quic.get_next_available_stream_id(is_unidirectional=False)
+        request = encode_source_request(SourceRequest(source=source))
+        self._quic.send_stream_data(flow_id, forward_header(forward) + request)
+        self._flows[flow_id] = _Flow(flow_id, _Kind.TCP, forward=forward, request=MessageReader("SourceResponse"))
+        return flow_id
+
+    def flow_resolved(self, flow_id: int, addresses: Sequence[str]) -> None:
+        """Server: the names of a dynamic flow's target resolved to ``addresses`` (empty: they did not)."""
+        flow = self._flows.get(flow_id)
+        if flow is None or flow.source is None or flow.connected:
+            return
+        policy = self._routes[flow.forward].policy
+        assert policy is not None
+        self._decided(flow, policy.decide_resolved(flow.source, addresses))
+
+    def _read_preamble(self, flow: _Flow, data: bytes, fin: bool) -> bytes:
+        """Dynamic flows: the SourceRequest (server) or SourceResponse (client) before the payload."""
+        assert flow.request is not None
+        try:
+            body = flow.request.feed(data) if data else None
+            if body is None:
+                if fin:
+                    flow.request.feed_eof()
+                return b""
+            reader, flow.request = flow.request, None
+            self._quic.consume(flow.flow_id, 4 + len(body))
+            if self._is_client:
+                self._on_source_response(flow, decode_source_response(body, expected_version=1))
+            else:
+                self._on_source_request(flow, decode_source_request(body, expected_version=1))
+        except (WireError, PolicyError) as exc:
+            log.debug("dynamic flow %d: %s", flow.flow_id, exc)
+            self._refuse_dynamic(flow, None)
+            return b""
+        return reader.remainder
+
+    def _on_source_request(self, flow: _Flow, request: SourceRequest) -> None:
+        source = parse_source(request.source)
+        if source.protocol != "tcp":
+            raise PolicyError("dynamic forwards carry TCP only")
+        flow.source = source
+        policy = self._routes[flow.forward].policy
+        assert policy is not None
+        verdict = policy.decide(source)
+        if isinstance(verdict, NeedsResolution):
+            self._events.append(ResolveTarget(flow.flow_id, verdict.host, verdict.port))
+        else:
+            self._decided(flow, verdict)
+
+    def _decided(self, flow: _Flow, decision: Decision) -> None:
+        if not decision.allowed:
+            reason = decision.reason or "not allowed"
+            log.info("Dynamic target %s refused: %s", flow.source.url() if flow.source else "?", reason)
+            # The verdict, then FIN; no STOP_SENDING, which could overtake the verdict. The client resets the rest.
+            self._quic.send_stream_data(
+                flow.flow_id, encode_source_response(SourceResponse(accepted=False, reason=reason)), end_stream=True
+            )
+            self._forget(flow)
+            return
+        self._events.append(DialTcp(flow.flow_id, decision.addresses))
+
+    def _on_source_response(self, flow: _Flow, response: SourceResponse) -> None:
+        if response.accepted:
+            self._events.append(DynamicReply(flow.flow_id, SOCKS_SUCCEEDED))
+            return
+        reason = response.reason or ""
+        code = SOCKS_HOST_UNREACHABLE if "DNS resolution" in reason else SOCKS_NOT_ALLOWED
+        log.info("Dynamic target refused by the server: %s", reason)
+        self._refuse_dynamic(flow, code)
+
+    def _refuse_dynamic(self, flow: _Flow, code: int | None) -> None:
+        """End a dynamic flow before it carried payload; the client tells its application ``code``."""
+        self._abort_stream(flow.flow_id, RESET_REJECTED)
+        if self._is_client:
+            self._events.append(DynamicReply(flow.flow_id, SOCKS_GENERAL_FAILURE if code is None else code))
+        self._forget(flow)
 
     def _deliver_tcp(self, flow: _Flow, data: bytes) -> None:
         flow.delivered += len(data)
@@ -650,7 +769,10 @@ class ForwardingSession:
         if flow is None:
             return
         self._abort_stream(stream_id, RESET_LOCAL_ERROR)
-        if flow.kind is _Kind.TCP:
+        if self._is_client and flow.request is not None:  # a dynamic flow the server could not connect
+            self._events.append(DynamicReply(stream_id, SOCKS_CONNECTION_REFUSED))
+            self._forget(flow)
+        elif flow.kind is _Kind.TCP:
             self._events.append(AbortTcp(stream_id))
             self._forget(flow)
         else:
@@ -667,9 +789,9 @@ class ForwardingSession:
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    def _require(self, *, client: bool, kind: _Kind, forward: int = 0) -> None:
+    def _require(self, *, client: bool, kind: _Kind, forward: int = 0, protocol: str | None = None) -> None:
         route = self._routes[forward] if 0 <= forward < len(self._routes) else None
-        if self._is_client != client or route is None or route.protocol != kind.value:
+        if self._is_client != client or route is None or route.protocol != (protocol or kind.value):
             role = "client" if client else "server"
             raise LocalProtocolError(f"only a {kind.value} {role} session (or forward) can do that")
 

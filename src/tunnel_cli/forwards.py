@@ -102,3 +102,19 @@ def socks_listen(namespace: argparse.Namespace) -> SocksListen | None:
             raise usage_error("SOCKS5 username and password must be 1..255 bytes")
         credentials = (user, password)
     return SocksListen(listen=listen.strip(), credentials=credentials)
+
+
+def check_allow_listen(text: str) -> str:
+    """One ``--allow-listen``: an IP literal and a port 1..65535 (a name or port 0 could match more than meant)."""
+    import ipaddress
+
+    from tunnel_core.policy import PolicyError, parse_target
+
+    try:
+        host, port = parse_target(text.strip())
+        ipaddress.ip_address(host)
+    except (PolicyError, ValueError):
+        raise usage_error(f"Invalid --allow-listen '{text}'. Expected format: IP:PORT (e.g. 127.0.0.1:8080)") from None
+    if port == 0:
+        raise usage_error(f"Invalid --allow-listen '{text}': port 0 is not an address a client can ask for")
+    return text.strip()

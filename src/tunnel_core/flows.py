@@ -327,25 +327,72 @@ def local_forwards(
         ip = yield from listen_ip(host, port, listen)
         credentials = socks5.credentials if src is None and socks5 is not None else None
         out.append(LocalForward(parsed, listen, ip, port, credentials))
-    if not out:
-        raise TunnelError("No forward given", ExitCode.USAGE)
     return out
 
 
-def several(forwards: Sequence[LocalForward]) -> bool:
-    """Whether the client needs the forwards extension (several forwards, or a dynamic one)."""
-    return len(forwards) > 1 or any(f.source is None for f in forwards)
+REVERSE_SCHEME = "reverse://"
 
 
-def forward_routes(forwards: Sequence[LocalForward], verdicts: Sequence[str] | None) -> list[Route] | None:
+@attrs.frozen
+class ReverseForward:
+    """A reverse forward: the server listens at ``listen`` (ip:port) and the client dials ``addresses`` (the
+    resolved ``target``) for every connection it accepts."""
+
+    listen: str
+    target: Source
+    addresses: tuple[Address, ...]
+
+    def url(self) -> str:
+        return REVERSE_SCHEME + self.listen
+
+    def name(self) -> str:
+        return f"reverse {self.listen}={self.target.url()}"
+
+
+def reverse_forwards(wanted: Sequence[Forward]) -> Generator[Effect, Any, list[ReverseForward]]:
+    """Check every ``--reverse`` and resolve its client-side target (it is dialled from here)."""
+    out: list[ReverseForward] = []
+    for fwd in wanted:
+        try:
+            target = parse_source(fwd.source)
+            parse_target(fwd.listen)
+        except PolicyError as exc:
+            raise _input_error(exc) from None
+        if target.protocol != "tcp":
+            raise TunnelError(f"Reverse forward '{fwd.listen}={fwd.source}': only tcp:// targets", ExitCode.USAGE)
+        ips = yield Resolve(target.host, target.port)
+        if not ips:
+            raise TunnelError(f"Reverse forward target '{fwd.source}' does not resolve", ExitCode.USAGE)
+        out.append(ReverseForward(fwd.listen, target, tuple((ip, target.port) for ip in ips)))
+    return out
+
+
+def several(forwards: Sequence[LocalForward], reverses: Sequence[ReverseForward] = ()) -> bool:
+    """Whether the client needs the forwards extension (several forwards, a dynamic or a reverse one)."""
+    return len(forwards) + len(reverses) > 1 or any(f.source is None for f in forwards) or bool(reverses)
+
+
+def forward_routes(
+    forwards: Sequence[LocalForward], verdicts: Sequence[str] | None, reverses: Sequence[ReverseForward] = ()
+) -> list[Route] | None:
     """The client's session routes once the server answered; None keeps upstream's one-forward wire."""
-    if not several(forwards):
+    if not several(forwards, reverses):
         return None
     if verdicts is None:
         raise TunnelError(OLD_SERVER_FORWARDS, ExitCode.GENERAL)
-    if len(verdicts) != len(forwards):
+    if len(verdicts) != len(forwards) + len(reverses):
         raise TunnelError("The server answered for a different number of forwards", ExitCode.USAGE)
-    return [Route(f.protocol) for f in forwards]
+    return [Route(f.protocol) for f in forwards] + [Route("reverse", r.addresses) for r in reverses]
+
+
+def say_reverse_verdicts(
+    reverses: Sequence[ReverseForward], verdicts: Sequence[str], first: int
+) -> Generator[Effect, Any, None]:
+    for index, rev in enumerate(reverses, first):
+        if verdicts[index]:
+            yield Say(f"Forward {rev.name()} refused by the server: {verdicts[index]}")
+        else:
+            yield Say(f"The server listens on {rev.listen} for reverse forward to {rev.target.url()}")
 
 
 def listen_all(forwards: Sequence[LocalForward], verdicts: Sequence[str] | None) -> Generator[Effect, Any, None]:
@@ -370,21 +417,70 @@ def listen_all(forwards: Sequence[LocalForward], verdicts: Sequence[str] | None)
                   f"client to {what} here{suffix}")
 
 
-def requested_sources(source: str | None, extra: Sequence[str]) -> list[Source | None]:
+@attrs.frozen
+class ReverseListen:
+    """A reverse forward as the server sees it: where the client asks it to listen."""
+
+    ip: str
+    port: int
+    text: str
+
+
+Requested = Source | ReverseListen | None
+
+
+def requested_sources(source: str | None, extra: Sequence[str]) -> list[Requested]:
     """The forwards a client's signaling asks for (None: a dynamic one); PolicyError on a malformed source."""
-    texts = [s.strip() for s in (source or "", *extra)]
-    return [None if text == DYNAMIC_SOURCE else parse_source(text) for text in texts]
+    out: list[Requested] = []
+    for text in (s.strip() for s in (source or "", *extra)):
+        if text == DYNAMIC_SOURCE:
+            out.append(None)
+        elif text.startswith(REVERSE_SCHEME):
+            listen = text[len(REVERSE_SCHEME):]
+            host, port = parse_target(listen)
+            out.append(ReverseListen(host, port, listen))
+        else:
+            out.append(parse_source(text))
+    return out
+
+
+def _listen_allowed(allow_listen: Sequence[str], want: ReverseListen) -> bool:
+    """Exact ip:port matches only (a name or port 0 in the request never matches)."""
+    import ipaddress
+
+    try:
+        wanted_ip = ipaddress.ip_address(want.ip)
+    except ValueError:
+        return False
+    for text in allow_listen:
+        host, port = parse_target(text)
+        if port == want.port and port != 0 and ipaddress.ip_address(host) == wanted_ip:
+            return True
+    return False
 
 
 def server_verdicts(
-    policy: AccessPolicy, sources: Sequence[Source | None]
+    policy: AccessPolicy, sources: Sequence[Requested], allow_listen: Sequence[str] = ()
 ) -> Generator[Effect, Any, tuple[list[str], list[Route]]]:
     """The server's verdict on every forward a client asked for (each checked alone by the policy), and the
     session routes that follow from them (a refused forward gets a route without addresses). A dynamic forward
-    is accepted: each of its targets is checked by the same policy when the application names it."""
+    is accepted: each of its targets is checked by the same policy when the application names it. A reverse one
+    only if ``allow_listen`` names its exact address."""
     verdicts: list[str] = []
     routes: list[Route] = []
     for source in sources:
+        if isinstance(source, ReverseListen):
+            if _listen_allowed(allow_listen, source):
+                verdicts.append("")
+                routes.append(Route("reverse", granted=True))
+                yield Say(f"Client requests a reverse forward on {source.text} (allowed)")
+            else:
+                reason = (f"Listening on '{source.text}' is not allowed: the server allows reverse forwards only "
+                          f"on the addresses given with --allow-listen")
+                verdicts.append(reason)
+                routes.append(Route("reverse"))
+                yield Say(f"Client requests a reverse forward on {source.text} (refused: {reason})")
+            continue
         if source is None:
             verdicts.append("")
             routes.append(Route("dynamic", policy=policy))
@@ -405,13 +501,18 @@ def server_verdicts(
 
 def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -> Flow:
     forwards = yield from local_forwards(opts.source, opts.target, opts.extra_forwards, opts.socks5)
+    reverses = yield from reverse_forwards(opts.reverse)
+    if not forwards and not reverses:
+        raise TunnelError("No forward given", ExitCode.USAGE)
     yield Say(dialogue.CLIENT_BANNER)
     pins: dict[str, str] = {}
-    spec: dict[str, Any] = {"protocol": "tcp" if forwards[0].source is None else forwards[0].source.protocol}
+    first = forwards[0].source if forwards else None
+    spec: dict[str, Any] = {"protocol": "tcp" if first is None else first.protocol}
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, identity=None, pins=pins,
                                      session_spec=spec)
     yield Say(dialogue.OFFER_TITLE)
-    offer = dialogue.make_offer(peer.ice, forwards[0].url(), [f.url() for f in forwards[1:]])
+    urls = [f.url() for f in forwards] + [r.url() for r in reverses]
+    offer = dialogue.make_offer(peer.ice, urls[0], urls[1:])
     yield PrintBlock(encode_block("OFFER", offer))
     yield Say(dialogue.PROMPT_FOR_ANSWER)
     text = yield ReadBlock("ANSWER")
@@ -420,11 +521,13 @@ def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -
         pins["server"] = dialogue.answer_fingerprint(answer)
     except RemoteProtocolError as exc:
         raise _input_error(exc) from None
-    verdicts = answer.forward_verdicts if several(forwards) else None
-    spec["routes"] = forward_routes(forwards, verdicts)
+    verdicts = answer.forward_verdicts if several(forwards, reverses) else None
+    spec["routes"] = forward_routes(forwards, verdicts, reverses)
     yield from _start_checks(peer, _checked_ice(answer))
     yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
     yield from listen_all(forwards, verdicts)
+    if reverses and verdicts is not None:
+        yield from say_reverse_verdicts(reverses, verdicts, len(forwards))
     closed = yield Wait("closed")
     raise client_end(closed)
 
@@ -444,8 +547,9 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
     text = yield ReadBlock("OFFER")
     try:
         offer = decode_offer(text)
-        dynamic = (offer.source or "").strip() == DYNAMIC_SOURCE
-        source = dialogue.offer_source(offer) if not dynamic else None
+        first = (offer.source or "").strip()
+        special = first == DYNAMIC_SOURCE or first.startswith(REVERSE_SCHEME)
+        source = None if special else dialogue.offer_source(offer)  # its own messages for a missing source
         sources = requested_sources(offer.source, offer.extra_sources)
     except (RemoteProtocolError, PolicyError) as exc:
         raise TunnelError(str(exc), ExitCode.USAGE) from None
@@ -459,7 +563,7 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
         spec["addresses"] = decision.addresses
         yield Say(f"Client requests {source.url()} (allowed)")
     else:
-        verdicts, routes = yield from server_verdicts(policy, sources)
+        verdicts, routes = yield from server_verdicts(policy, sources, opts.allow_listen)
         if all(verdicts):
             raise TunnelError(f"No forward the client asked for is allowed: {verdicts[0]}", ExitCode.AUTH)
         spec["protocol"] = "tcp"
@@ -470,11 +574,26 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
     yield PrintBlock(encode_block("ANSWER", answer))
     yield from _start_checks(peer, remote)
     yield from until_up(peer, "Timeout waiting for QUIC connection", "Client connected over QUIC.")
+    yield from listen_reverse(sources, verdicts)
     closed = yield Wait("closed")
     if closed_orderly(closed):
         yield Say("Connection closed.")
         return
     raise failure(closed)
+
+
+def listen_reverse(sources: Sequence[Requested], verdicts: Sequence[str] | None) -> Generator[Effect, Any, None]:
+    """Server: open the listener of every granted reverse forward (a failure is said, the rest carries on)."""
+    for index, source in enumerate(sources):
+        if not isinstance(source, ReverseListen) or verdicts is None or verdicts[index]:
+            continue
+        try:
+            bound = yield Listen("tcp", source.ip, source.port, index)
+        except OSError as exc:
+            yield Say(f"Warning: cannot listen on {source.text} for the client's reverse forward: "
+                      f"{exc.strerror or exc}")
+            continue
+        yield Say(f"Listening on TCP {dialogue.format_address(bound)} for the client's reverse forward")
 
 
 def decide_source(policy: AccessPolicy, source: Source) -> Generator[Effect, Any, Any]:

@@ -64,6 +64,8 @@ class ManualServerOptions:
     allowed_tcp: tuple[str, ...] = ()
     allowed_udp: tuple[str, ...] = ()
     ice: IceOptions = IceOptions()
+    #: Reverse forwards (docs/forwards.md): the exact ip:port addresses a client may ask this server to listen on.
+    allow_listen: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -93,5 +95,7 @@ class ManualClientOptions:
     target: str | None
     ice: IceOptions = IceOptions()
     extra_forwards: tuple[Forward, ...] = ()
-    #: A dynamic (SOCKS5) forward, last among the forwards.
+    #: A dynamic (SOCKS5) forward, last among the local forwards.
     socks5: SocksListen | None = None
+    #: Reverse forwards: ``listen`` on the server's side, ``source`` the client-side tcp:// target.
+    reverse: tuple[Forward, ...] = ()

@@ -178,3 +178,27 @@ def test_one_forward_offer_is_upstream_bytes() -> None:
     assert both.extra_sources == ("b",)
     verdicts = ManualAnswer.from_json(ManualAnswer("u", "p", [], forward_verdicts=["", "no"]).to_json())
     assert verdicts.forward_verdicts == ("", "no")
+
+
+def test_reverse_forward_serves_a_client_side_http_server_only_with_allow_listen(tmp_path: Path) -> None:
+    import socket
+
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "index.html").write_text("from the client's side\n")
+    granted, refused = programs.free_port(), programs.free_port()
+    with http_server(tmp_path / "www") as http_port:
+        with tunnel(
+            f"tcp://{LOOPBACK}:{http_port}", allowed_tcp=("127.0.0.0/8",),
+            server_extra_args=("--allow-listen", f"{LOOPBACK}:{granted}"),
+            client_extra_args=("--reverse", f"{LOOPBACK}:{granted}=tcp://{LOOPBACK}:{http_port}",
+                               "--reverse", f"{LOOPBACK}:{refused}=tcp://{LOOPBACK}:{http_port}"),
+        ) as t:
+            assert t.client is not None and t.server is not None
+            t.server.wait_stderr(r"Listening on TCP .* for the client's reverse forward", 20)
+            done = curl(granted, "/index.html")  # served on the server's side, by the client's HTTP server
+            assert done.returncode == 0 and done.stdout == "from the client's side\n", done.stderr + t.logs()
+            t.client.wait_stderr(rf"Forward reverse {LOOPBACK}:{refused}=.* refused by the server: Listening on "
+                                 rf"'{LOOPBACK}:{refused}' is not allowed", 20)
+            with pytest.raises(OSError):
+                socket.create_connection((LOOPBACK, refused), timeout=2).close()
+            assert "Serving 2 of 3 forwards in one session" in t.server.stderr, t.logs()

@@ -125,15 +125,19 @@ class Route:
     resolved to when the policy allowed it (empty: refused, its streams are reset).
 
     A ``dynamic`` route (SOCKS5, docs/forwards.md) names its target per stream: each stream carries a
-    SourceRequest after its forward header, which the server checks with ``policy`` (None: refused)."""
+    SourceRequest after its forward header, which the server checks with ``policy`` (None: refused).
 
-    protocol: Literal["tcp", "udp", "dynamic"]
+    A ``reverse`` route runs the other way: the server listens (``granted``) and opens the streams, the client
+    dials its ``addresses``."""
+
+    protocol: Literal["tcp", "udp", "dynamic", "reverse"]
     addresses: tuple[Address, ...] = ()
     policy: AccessPolicy | None = None
+    granted: bool = False
 
     @property
     def allowed(self) -> bool:
-        return bool(self.addresses) or self.policy is not None
+        return bool(self.addresses) or self.policy is not None or self.granted
 
 
 def forward_header(index: int) -> bytes:
@@ -196,7 +200,8 @@ class ForwardingSession:
         if routes is not None:
             if not routes or len(routes) > 0xFFFF:
                 raise LocalProtocolError("a session with forwards needs 1..65535 routes")
-            protocol = "tcp" if routes[0].protocol == "dynamic" else routes[0].protocol  # type: ignore[assignment]
+            first = routes[0].protocol
+            protocol = "tcp" if first in ("dynamic", "reverse") else first  # type: ignore[assignment]
         if protocol not in ("tcp", "udp"):
             raise LocalProtocolError(f"protocol must be 'tcp' or 'udp', got {protocol!r}")
         if quic.configuration.is_client != is_client:
@@ -255,9 +260,12 @@ class ForwardingSession:
     # ------------------------------------------------------------------------------------------ TCP, adapter side
 
     def open_tcp(self, now: float, forward: int = 0) -> int:
-        """Client: a local TCP connection was accepted (on ``forward``'s listener); returns its flow id (a new
-        bidirectional stream)."""
-        self._require(client=True, kind=_Kind.TCP, forward=forward)
+        """Client (or server, for a reverse forward): a local TCP connection was accepted on ``forward``'s
+        listener; returns its flow id (a new bidirectional stream)."""
+        if self._is_client:
+            self._require(client=True, kind=_Kind.TCP, forward=forward)
+        else:
+            self._require(client=False, kind=_Kind.TCP, forward=forward, protocol="reverse")
         self._now = now
         flow_id = self._quic.get_next_available_stream_id(is_unidirectional=False)
         # The marker (or forward header) makes aioquic emit a STREAM frame at once, so the server learns of the
@@ -463,7 +471,8 @@ class ForwardingSession:
         if _client_initiated(stream_id) == self._is_client or not self._is_new_peer_stream(stream_id):
             return None
         self._mark_peer_stream(stream_id)
-        if self._is_client or not _bidirectional(stream_id):
+        # Upstream's server never opens streams; ours does only for reverse forwards, in a session with routes.
+        if (self._is_client and not self._tagged) or not _bidirectional(stream_id):
             self._abort_stream(stream_id, RESET_REJECTED)  # upstream's server never opens streams
             return None
         if self._max_flows and len(self._flows) + len(self._headers) >= self._max_flows:
@@ -494,6 +503,8 @@ class ForwardingSession:
         rest = bytes(buffer[FORWARD_HEADER_SIZE:])
         self._quic.consume(stream_id, FORWARD_HEADER_SIZE)
         route = self._routes[index] if index < len(self._routes) else None
+        if route is not None and (route.protocol == "reverse") != self._is_client:
+            route = None  # a stream in the wrong direction for its forward
         if route is None or not route.allowed:
             self._abort_stream(stream_id, RESET_REJECTED)  # a refused (or unknown) forward: nothing is dialled
             return None, b""
@@ -501,7 +512,7 @@ class ForwardingSession:
         if route.protocol == "dynamic":
             flow = _Flow(stream_id, _Kind.TCP, connected=False, forward=index,
                          request=MessageReader("SourceRequest"))
-        elif route.protocol == "tcp":
+        elif route.protocol in ("tcp", "reverse"):
             flow = _Flow(stream_id, _Kind.TCP, connected=False, forward=index)
             self._events.append(DialTcp(stream_id, route.addresses))
         else:

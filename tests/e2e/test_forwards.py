@@ -7,9 +7,9 @@ command line; one forward stays upstream's bytes.
 from __future__ import annotations
 
 import contextlib
-import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,15 +44,14 @@ def curl(port: int, path: str = "/") -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=30)
 
 
-def wait_listening(t: ManualTunnel, count: int) -> None:
+def wait_listening(t: ManualTunnel, count: int, timeout: float = 30.0) -> None:
+    """Wait until the client said ``Listening on`` ``count`` times (one line per forward)."""
     assert t.client is not None
-    for _ in range(60):
-        if len(re.findall(r"Listening on", t.client.stderr)) >= count:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if t.client.stderr.count("Listening on") >= count:
             return
-        t.client.wait_stderr(r"Listening on|refused by the server", 2.0)
-        import time
-
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise AssertionError(f"client did not open {count} listeners\n{t.logs()}")
 
 
@@ -202,3 +201,36 @@ def test_reverse_forward_serves_a_client_side_http_server_only_with_allow_listen
             with pytest.raises(OSError):
                 socket.create_connection((LOOPBACK, refused), timeout=2).close()
             assert "Serving 2 of 3 forwards in one session" in t.server.stderr, t.logs()
+
+
+def test_config_file_forward_list_runs_and_the_command_line_replaces_it(tmp_path: Path) -> None:
+    """Real processes: a [[forward]] list (TCP + UDP) in the client's file is carried next to the command line's
+    --source/--target; a --forward on the command line replaces the file's list."""
+    import socket
+
+    file_tcp, file_udp, cli_tcp = programs.free_port(), programs.free_port(tcp=False, udp=True), programs.free_port()
+    with programs.TcpEchoServer() as echo, programs.UdpEchoServer(prefix=b"u:") as uecho:
+        config = tmp_path / "client.toml"
+        config.write_text(
+            'role = "client"\nmode = "manual"\n'
+            f'[[forward]]\nlisten = "{LOOPBACK}:{file_tcp}"\nsource = "tcp://{LOOPBACK}:{echo.port}"\n'
+            f'[[forward]]\nlisten = "{LOOPBACK}:{file_udp}"\nsource = "udp://{LOOPBACK}:{uecho.port}"\n'
+        )
+        common = {"allowed_tcp": ("127.0.0.0/8",), "allowed_udp": ("127.0.0.0/8",)}
+        with tunnel(f"tcp://{LOOPBACK}:{echo.port}", client_extra_args=("-c", str(config)), **common) as t:
+            wait_listening(t, 3)
+            with socket.create_connection((LOOPBACK, file_tcp), timeout=10) as sock:
+                sock.sendall(b"from the file")
+                assert sock.recv(100) == b"from the file", t.logs()
+            with programs.udp_socket() as usock:
+                assert programs.udp_exchange(usock, (LOOPBACK, file_udp), b"x") == b"u:x", t.logs()
+        with tunnel(f"tcp://{LOOPBACK}:{echo.port}", **common, client_extra_args=(
+            "-c", str(config), "--forward", f"{LOOPBACK}:{cli_tcp}=tcp://{LOOPBACK}:{echo.port}",
+        )) as t:
+            wait_listening(t, 2)
+            with socket.create_connection((LOOPBACK, cli_tcp), timeout=10) as sock:
+                sock.sendall(b"from the command line")
+                assert sock.recv(100) == b"from the command line", t.logs()
+            assert t.server is not None and "Serving 2 of 2 forwards" in t.server.stderr, t.logs()
+            with pytest.raises(OSError):
+                socket.create_connection((LOOPBACK, file_tcp), timeout=2).close()

@@ -36,7 +36,7 @@ from tunnel_core.options import (
 from tunnel_core.peer import IceConnected, Peer, TunnelClosed
 from tunnel_core.policy import AccessPolicy, NeedsResolution, PolicyError, Source, parse_source, parse_target
 from tunnel_core.quic.identity import QuicIdentity
-from tunnel_core.signal import ManualAnswer, ManualOffer, decode_answer, decode_offer, encode_block
+from tunnel_core.signal import MAX_FORWARDS, ManualAnswer, ManualOffer, decode_answer, decode_offer, encode_block
 from tunnel_core.turn import TurnServer, parse_turn_url
 from tunnel_core.types import Address
 
@@ -504,6 +504,9 @@ def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -
     reverses = yield from reverse_forwards(opts.reverse)
     if not forwards and not reverses:
         raise TunnelError("No forward given", ExitCode.USAGE)
+    urls = [f.url() for f in forwards] + [r.url() for r in reverses]
+    if len(urls) > MAX_FORWARDS:
+        raise TunnelError(f"At most {MAX_FORWARDS} forwards per tunnel (got {len(urls)})", ExitCode.USAGE)
     yield Say(dialogue.CLIENT_BANNER)
     pins: dict[str, str] = {}
     first = forwards[0].source if forwards else None
@@ -511,7 +514,6 @@ def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, identity=None, pins=pins,
                                      session_spec=spec)
     yield Say(dialogue.OFFER_TITLE)
-    urls = [f.url() for f in forwards] + [r.url() for r in reverses]
     offer = dialogue.make_offer(peer.ice, urls[0], urls[1:])
     yield PrintBlock(encode_block("OFFER", offer))
     yield Say(dialogue.PROMPT_FOR_ANSWER)

@@ -221,6 +221,7 @@ class LocalForwarder:
         #: Client listeners, by forward (route index): one per forward of the tunnel.
         self.udp_listeners: dict[int, _Datagrams] = {}
         self.tcp_listeners: dict[int, _Acceptor] = {}
+        self.handshakes: set[_SocksHandshake] = set()  # SOCKS5 connections still negotiating
         self._closed = False
 
     # ------------------------------------------------------------------------------------- client listeners
@@ -251,7 +252,7 @@ class LocalForwarder:
         conn.setblocking(False)
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _SocksHandshake(self, conn, forward, Socks5Server(credentials or None))
+        self.handshakes.add(_SocksHandshake(self, conn, forward, Socks5Server(credentials or None)))
 
     def socks_requested(self, conn: Any, forward: int, request: ConnectRequest, early: bytes) -> None:
         """The application's CONNECT: a dynamic flow; the SOCKS reply waits for the server's DynamicReply."""
@@ -437,6 +438,8 @@ class LocalForwarder:
         for acceptor in self.tcp_listeners.values():
             acceptor.close()
         self.tcp_listeners.clear()
+        for handshake in list(self.handshakes):
+            handshake.close()
 
 
 class _Acceptor:
@@ -495,16 +498,20 @@ class _SocksHandshake:
         self.watch: Watch = fwd.reactor.watch(sock, self._on_readable, _nothing)
         self.watch.want(read=True, write=False)
 
+    def close(self) -> None:
+        self.fwd.handshakes.discard(self)
+        self.watch.close()
+
     def _on_readable(self) -> None:
         try:
             data = self.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self.watch.close()
+            self.close()
             return
         if not data:
-            self.watch.close()
+            self.close()
             return
         self.machine.feed(data)
         out = self.machine.data_to_send()
@@ -512,12 +519,13 @@ class _SocksHandshake:
             try:
                 self.sock.send(out)  # a few bytes into an empty send buffer
             except OSError:
-                self.watch.close()
+                self.close()
                 return
         if self.machine.failed:
             log.info("SOCKS5 connection refused: %s", self.machine.error)
-            self.watch.close()
+            self.close()
         elif self.machine.request is not None:
+            self.fwd.handshakes.discard(self)
             self.watch.want(read=False, write=False)  # the socket changes hands: the flow watches it from now on
             self.fwd.socks_requested(self.sock, self.forward, self.machine.request, self.machine.remainder)
 

@@ -30,6 +30,8 @@ from tunnel_io.driver import DRAIN_LIMIT
 from tunnel_io.reactor import Reactor, Timer, Watch
 
 log = logging.getLogger("tunnel")
+#: SOCKS5 listener messages, shown at the default level (the "tunnel" logger above is not).
+socks_log = logging.getLogger("tunnel_io.socks")
 
 READ_SIZE = 65536
 #: Bytes written per send call; bounded so one flow's burst does not monopolise the loop.
@@ -38,6 +40,8 @@ WRITE_CHUNK = 256 * 1024
 ACCEPT_LIMIT = 64
 #: Out of file descriptors: stop accepting for this long instead of spinning on EMFILE.
 EMFILE_BACKOFF = 0.1
+#: A SOCKS5 application that has not finished its handshake by then is dropped (it would hold a socket forever).
+SOCKS_HANDSHAKE_TIMEOUT = 10.0
 
 
 class TcpFlow:
@@ -497,8 +501,14 @@ class _SocksHandshake:
         self.machine = machine
         self.watch: Watch = fwd.reactor.watch(sock, self._on_readable, _nothing)
         self.watch.want(read=True, write=False)
+        self.timer = fwd.reactor.call_at(fwd.reactor.time() + SOCKS_HANDSHAKE_TIMEOUT, self._timed_out)
+
+    def _timed_out(self) -> None:
+        socks_log.info("SOCKS5 connection dropped: no complete request within %.0f s", SOCKS_HANDSHAKE_TIMEOUT)
+        self.close()
 
     def close(self) -> None:
+        self.timer.cancel()
         self.fwd.handshakes.discard(self)
         self.watch.close()
 
@@ -522,9 +532,10 @@ class _SocksHandshake:
                 self.close()
                 return
         if self.machine.failed:
-            log.info("SOCKS5 connection refused: %s", self.machine.error)
+            socks_log.info("SOCKS5 connection refused: %s", self.machine.error)
             self.close()
         elif self.machine.request is not None:
+            self.timer.cancel()
             self.fwd.handshakes.discard(self)
             self.watch.want(read=False, write=False)  # the socket changes hands: the flow watches it from now on
             self.fwd.socks_requested(self.sock, self.forward, self.machine.request, self.machine.remainder)

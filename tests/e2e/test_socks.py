@@ -112,7 +112,17 @@ def test_socks5_reaches_server_side_names_and_refuses_what_the_allowlist_forbids
 
             wrong = curl(f"socks5h://alice:nope@{LOOPBACK}:{socks_port}", f"http://{NAME}:{http_port}/")
             assert wrong.returncode != 0 and "served" not in wrong.stdout
+            client.wait_stderr("SOCKS5 connection refused: wrong username or password", 5)
             assert server.stderr.count("Client connected over QUIC.") == 1
+
+            # Not SOCKS at all: closed at once. A handshake that never completes: dropped after 10 s.
+            with socket.create_connection((LOOPBACK, socks_port), timeout=5) as raw:
+                raw.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                assert raw.recv(100) == b""
+            with socket.create_connection((LOOPBACK, socks_port), timeout=20) as slow:
+                slow.sendall(b"\x05")
+                assert slow.recv(100) == b""
+            client.wait_stderr("SOCKS5 connection dropped: no complete request within 10 s", 5)
     finally:
         for listener in (forbidden, both_allowed, both_forbidden):
             listener.close()

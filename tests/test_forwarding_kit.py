@@ -6,7 +6,7 @@ sockets) and reports back through the session's flow_* methods, on top of test_q
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -22,6 +22,7 @@ from tunnel_core.forwarding import (
     OpenUdp,
     PauseReading,
     ResumeReading,
+    Route,
     SendTcp,
     SendUdp,
     SendUdpTo,
@@ -75,20 +76,21 @@ class Adapter:
         self.tcp: dict[int, LocalTcp] = {}
         self.udp: dict[int, UdpFlow] = {}
         self.udp_inbox: dict[Address, list[bytes]] = {}
+        self.udp_forwards: dict[Address, set[int]] = {}  # client: which forwards' sockets answered each peer
         self.events: list[Any] = []
         self.dials: list[tuple[float, int]] = []
 
     # -------------------------------------------------------------- local side acting
 
-    def connect(self, outbox: bytes = b"", *, want_eof: bool = False) -> tuple[int, LocalTcp]:
-        """Client: a local application connects to the listening socket."""
-        fid = self.session.open_tcp(self.tunnel.pair.now)
+    def connect(self, outbox: bytes = b"", *, want_eof: bool = False, forward: int = 0) -> tuple[int, LocalTcp]:
+        """Client: a local application connects to the listening socket (of ``forward``)."""
+        fid = self.session.open_tcp(self.tunnel.pair.now, forward)
         sock = self.tcp[fid] = LocalTcp(outbox=bytearray(outbox), want_eof=want_eof)
         self.drain()
         return fid, sock
 
-    def send_udp(self, peer: Address, data: bytes) -> None:
-        self.session.udp_received(peer, data, self.tunnel.pair.now)
+    def send_udp(self, peer: Address, data: bytes, forward: int = 0) -> None:
+        self.session.udp_received(peer, data, self.tunnel.pair.now, forward)
         self.drain()
 
     def poll(self) -> bool:
@@ -179,6 +181,7 @@ class Adapter:
                 self.session.udp_reply(ev.flow_id, reply)
         elif isinstance(ev, SendUdpTo):
             self.udp_inbox.setdefault(ev.peer, []).append(ev.data)
+            self.udp_forwards.setdefault(ev.peer, set()).add(ev.forward)
         elif isinstance(ev, CloseUdp):
             self.udp[ev.flow_id].closed = True
         else:
@@ -212,6 +215,7 @@ class Tunnel:
         max_udp_peers: int = 256,
         dial_ok: bool = True,
         dial_delay: float = 0.01,
+        routes: Sequence[Route] | None = None,
         **pair_kwargs: Any,
     ) -> None:
         self.pair = Pair(packet_size=packet_size, **pair_kwargs)
@@ -221,6 +225,8 @@ class Tunnel:
             max_udp_peers=max_udp_peers,
         )
         self.max_flows = max_flows
+        #: Several forwards (the server's routes; the client gets the same protocols without addresses).
+        self.routes = routes
         self.dial_ok = dial_ok
         self.dial_delay = dial_delay
         self.adapters: dict[str, Adapter] = {}
@@ -238,6 +244,7 @@ class Tunnel:
                 protocol=self.protocol,  # type: ignore[arg-type]
                 target_addresses=TARGETS if side == "server" else (),
                 max_flows=self.max_flows if side == "server" else 0,
+                routes=self._routes(side),
                 **self.session_kwargs,
             )
             adapter = self.adapters[side] = Adapter(self, side, session)
@@ -246,6 +253,11 @@ class Tunnel:
             adapter = self.adapters[side]
             adapter.session.handle_quic_event(ev, self.pair.now)
             adapter.drain()
+
+    def _routes(self, side: str) -> list[Route] | None:
+        if self.routes is None:
+            return None
+        return list(self.routes) if side == "server" else [Route(r.protocol) for r in self.routes]
 
     @property
     def client(self) -> Adapter:

@@ -462,3 +462,61 @@ def test_client_pin_mismatch_delivers_no_application_data() -> None:
     assert opened  # the client did try
     assert "server" not in t.adapters  # no session, hence no DialTcp and no data, on the server
     assert [type(e) for e in t.quic_events["server"]] == [PeerVerificationFailed]
+
+
+# ------------------------------------------------------------------------------------------ several forwards
+
+
+def _routed() -> Tunnel:
+    from tunnel_core.forwarding import Route
+
+    # forward 0: TCP, 1: UDP, 2: TCP refused by the server's policy (no addresses), 3: UDP
+    routes = [Route("tcp", TARGETS), Route("udp", TARGETS), Route("tcp"), Route("udp", TARGETS)]
+    return Tunnel("tcp", routes=routes).start()
+
+
+def test_several_forwards_share_one_connection_tcp_and_udp() -> None:
+    t = _routed()
+    fid, sock = t.client.connect(b"hello", want_eof=True, forward=0)
+    t.new_target = lambda _fid: LocalTcp(outbox=bytearray(b"world"), want_eof=True)
+    peer = ("127.0.0.1", 40000)
+    t.client.send_udp(peer, b"one", forward=1)
+    t.client.send_udp(peer, b"three", forward=3)  # the same local peer on another forward: its own flow
+    t.run(lambda: sock.closed and len(t.client.udp_inbox.get(peer, [])) == 2)
+    assert t.server.tcp[fid].received == b"hello" and sock.received == b"world"
+    assert sorted(t.client.udp_inbox[peer]) == [b"re:one", b"re:three"]
+    assert t.client.udp_forwards[peer] == {1, 3}  # each reply leaves from its own forward's socket
+    assert len(t.server.udp) == 2
+
+
+def test_a_refused_forward_dials_nothing_and_others_carry_on() -> None:
+    t = _routed()
+    fid, sock = t.client.connect(b"let me in", forward=2)
+    t.run(lambda: sock.aborted, max_time=5.0)
+    assert sock.aborted and t.client.session.flows == 0
+    assert not any(isinstance(ev, DialTcp) for ev in t.server.events)
+    assert fid not in t.server.tcp
+    ok, _ = t.client.connect(b"fine", want_eof=True, forward=0)
+    t.run(lambda: ok in t.server.tcp and t.server.tcp[ok].received == b"fine")
+
+
+def test_forward_header_is_the_only_change_on_the_wire() -> None:
+    """With routes, a TCP stream starts with the u16 forward index; without, with upstream's 0x00 marker."""
+    from tunnel_core.forwarding.session import forward_header
+
+    assert forward_header(0) == b"\x00\x00" and forward_header(3) == b"\x00\x03"
+    with pytest.raises(LocalProtocolError):
+        forward_header(0x10000)
+    plain = Tunnel("tcp").start()
+    fid, _ = plain.client.connect(b"")
+    assert plain.client.session._quic._streams[fid].sender._buffer[:1] == b"\x00"
+
+
+def test_a_stream_for_an_unknown_forward_is_reset() -> None:
+    t = _routed()
+    quic = t.client.session._quic  # a hostile client writes the header by hand
+    sid = quic.get_next_available_stream_id(is_unidirectional=False)
+    quic.send_stream_data(sid, b"\x00\x09payload")
+    t.run(lambda: any(isinstance(ev, qe.StreamReset) and ev.stream_id == sid for ev in t.quic_events["client"]),
+          max_time=5.0)
+    assert not any(isinstance(ev, DialTcp | OpenUdp) for ev in t.server.events)

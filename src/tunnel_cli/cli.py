@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from tunnel_cli import checks, output, precedence
 from tunnel_cli import config as cfg
 from tunnel_cli.fdlimit import raise_open_files_limit
+from tunnel_cli.forwards import add_socks_args, check_allow_listen, client_forwards, parse_forward, socks_listen
 from tunnel_cli.ice_flags import add_ice_args, ice_options
 from tunnel_cli.manual_section import ManualSection, manual_section
 from tunnel_cli.parser import Parser, VersionAction, add_config_args, given, stdin_config_wanted
@@ -104,6 +105,11 @@ def build_parser(program: Program) -> tuple[Parser, dict[tuple[str, str | None],
                         "--allowed-udp", metavar="CIDR", action="append", default=[],
                         help="networks clients may reach over UDP (repeatable), e.g. 10.0.0.0/8",
                     )
+                    mode_parser.add_argument(
+                        "--allow-listen", metavar="IP:PORT", action="append", default=[],
+                        help="let clients' reverse forwards listen here (repeatable, exact address); "
+                             "see docs/forwards.md",
+                    )
                 else:
                     mode_parser.add_argument(
                         "-s", "--source", metavar="URL",
@@ -112,6 +118,17 @@ def build_parser(program: Program) -> tuple[Parser, dict[tuple[str, str | None],
                     mode_parser.add_argument(
                         "-t", "--target", metavar="HOST:PORT",
                         help="local address to listen on, e.g. 127.0.0.1:2222",
+                    )
+                    mode_parser.add_argument(
+                        "-L", "--forward", metavar="LISTEN=URL", action="append", default=[],
+                        help="one more forward over the same tunnel (repeatable), e.g. "
+                             "127.0.0.1:8080=tcp://127.0.0.1:80; see docs/forwards.md",
+                    )
+                    add_socks_args(mode_parser)
+                    mode_parser.add_argument(
+                        "-R", "--reverse", metavar="LISTEN=URL", action="append", default=[],
+                        help="reverse forward (repeatable): the server listens on LISTEN and carries each "
+                             "connection to URL (tcp://) on this side; needs the server's --allow-listen",
                     )
                 add_ice_args(mode_parser)
             else:
@@ -179,7 +196,7 @@ def build_options(
     ice = ice_options(namespace, section, interfaces)
     if role == "server":
         return "server manual", _server_options(namespace, section, ice)
-    return "client manual", _client_options(namespace, section, ice)
+    return "client manual", _client_options(namespace, section, ice, config)
 
 
 
@@ -190,20 +207,35 @@ def _server_options(
     cli_udp = checks.check_cli_cidrs(getattr(namespace, "allowed_udp", []), "--allowed-udp")
     allowed_tcp = precedence.cli_or_config(cli_tcp, section.allowed_tcp)
     allowed_udp = precedence.cli_or_config(cli_udp, section.allowed_udp)
-    if not allowed_tcp and not allowed_udp:
+    allow_listen = tuple(check_allow_listen(text) for text in getattr(namespace, "allow_listen", []))
+    if not allowed_tcp and not allowed_udp and not allow_listen:
         raise cfg.usage_error(
             "At least one of --allowed-tcp or --allowed-udp is required for custom-manual server"
         )
-    return ManualServerOptions(allowed_tcp=allowed_tcp, allowed_udp=allowed_udp, ice=ice)
+    return ManualServerOptions(allowed_tcp=allowed_tcp, allowed_udp=allowed_udp, ice=ice,
+                               allow_listen=allow_listen)
 
 
 def _client_options(
-    namespace: argparse.Namespace, section: ManualSection, ice: IceOptions
+    namespace: argparse.Namespace, section: ManualSection, ice: IceOptions, config: cfg.ConfigFile | None
 ) -> ManualClientOptions:
     cli_source = given(getattr(namespace, "source", None))
     cli_target = given(getattr(namespace, "target", None))
     source = cli_source or section.source
     target = cli_target or section.target
+    if cli_source is not None:
+        checks.check_cli_source(cli_source)
+    if cli_target is not None:
+        checks.check_cli_target(cli_target)
+    forwards = client_forwards(cli_source, cli_target, source, target, getattr(namespace, "forward", []), config)
+    socks = socks_listen(namespace)
+    reverse = tuple(parse_forward(spec) for spec in getattr(namespace, "reverse", []))
+    if forwards:
+        first, *rest = forwards
+        return ManualClientOptions(source=first.source, target=first.listen, ice=ice, extra_forwards=tuple(rest),
+                                   socks5=socks, reverse=reverse)
+    if (socks is not None or reverse) and source is None and target is None:
+        return ManualClientOptions(source=None, target=None, ice=ice, socks5=socks, reverse=reverse)
     if source is None:
         raise cfg.usage_error(
             "--source is required for manual client. Specify the source to request from server "
@@ -213,10 +245,6 @@ def _client_options(
         raise cfg.usage_error(
             "--target is required. Specify local address to listen on (e.g., --target 127.0.0.1:2222)"
         )
-    if cli_source is not None:
-        checks.check_cli_source(cli_source)
-    if cli_target is not None:
-        checks.check_cli_target(cli_target)
     return ManualClientOptions(source=source, target=target, ice=ice)
 
 

@@ -207,7 +207,7 @@ def blank_is_none(value: str | None) -> str | None:
 
 #: Top-level keys an ICE-mode config may hold: routing keys, the server's (refused) ``source``, and the sections of
 #: every mode (a file may carry several; the one being run is read, the others are left alone).
-TOP_LEVEL_KEYS = frozenset({"role", "mode", "source", "manual", "ice-manual", "nostr", "ice-nostr", "iroh"})
+TOP_LEVEL_KEYS = frozenset({"role", "mode", "source", "forward", "manual", "ice-manual", "nostr", "ice-nostr", "iroh"})
 
 
 def warn_unknown_keys(

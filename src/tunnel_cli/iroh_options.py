@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunnel_cli import checks, precedence
 from tunnel_cli import config as cfg
+from tunnel_cli.forwards import parse_forward
 from tunnel_cli.iroh_env import IrohEnv
 from tunnel_cli.iroh_identity import allowed_clients, authorized_keys, private_key, secret_key
 from tunnel_cli.iroh_network import check_ip_port
@@ -116,7 +117,11 @@ def client_options(
         seed = private_key(ns, section, env or IrohEnv())
     elif given(flag(ns, "private_key_file")) is not None:  # a config value is just unused under e2
         raise cfg.usage_error("--private-key-file needs --protocol e4 (e2 identifies clients by --secret-file)")
+    extra = tuple(parse_forward(spec) for spec in (flag(ns, "forward") or []))
+    if any(not f.source.lower().startswith("tcp://") for f in extra):
+        raise cfg.usage_error("iroh mode carries extra forwards over TCP only (--forward LISTEN=tcp://host:port)")
     return IrohClientOptions(server_id=server_id, source=source, target=target, secret_key=secret_key(ns, section),
-                             server_addrs=addrs, network=network, protocol=protocol, auth_seed=seed)
+                             server_addrs=addrs, network=network, protocol=protocol, auth_seed=seed,
+                             extra_forwards=extra)
 
 

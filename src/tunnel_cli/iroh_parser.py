@@ -66,6 +66,9 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--server-node-id", metavar="ID", help="the server's EndpointId")
     p.add_argument("-s", "--source", metavar="URL", help="service on the server's side: tcp://host:port or udp://host:port")
     p.add_argument("-t", "--target", metavar="HOST:PORT", help="local address to listen on, e.g. 127.0.0.1:2222")
+    p.add_argument("-L", "--forward", metavar="LISTEN=URL", action="append", default=[],
+                   help="one more TCP forward over the same connection (repeatable), e.g. "
+                        "127.0.0.1:8080=tcp://127.0.0.1:80; see docs/forwards.md")
     p.add_argument("--server-addr", metavar="IP:PORT", action="append", default=[],
                    help="dial the server directly at this address (repeatable; LAN or offline use)")
     p.add_argument("--private-key-file", metavar="FILE",

@@ -96,6 +96,8 @@ def manual_section(
             f"[{name}] 'source' / 'request_source' / 'target' are client-only fields. "
             "Servers use 'allowed_sources' to restrict what clients can request."
         )
+    if role == "server" and "forward" in data:
+        raise usage_error("[[forward]] is a client-only list. Servers use 'allowed_sources'.")
     if role == "client" and "allowed_sources" in table:
         raise usage_error(
             f"[{name}] 'allowed_sources' is a server-only field. "

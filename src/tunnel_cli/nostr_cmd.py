@@ -20,6 +20,7 @@ import attrs
 
 from tunnel_cli import checks, precedence, turn_settings
 from tunnel_cli import config as cfg
+from tunnel_cli.forwards import config_forwards, parse_forward
 from tunnel_cli.ice_flags import add_ice_args, ice_options
 from tunnel_cli.keyfiles import check_secret_file_mode, write_secret_file
 from tunnel_cli.parser import Parser, add_config_args, pre_parse_config
@@ -146,6 +147,9 @@ def _parser(role: str, program: Any) -> Parser:
                        help="service to request on the server's side: tcp://host:port or udp://host:port")
         p.add_argument("-t", "--target", metavar="HOST:PORT",
                        help="local address to listen on; udp://host:port selects UDP")
+        p.add_argument("-L", "--forward", metavar="LISTEN=URL", action="append", default=[],
+                       help="one more forward over the same tunnel (repeatable), e.g. "
+                            "127.0.0.1:8080=tcp://127.0.0.1:80; see docs/forwards.md")
     p.add_argument("--nsec", metavar="KEY", help="this side's Nostr secret key (nsec1... or 64 hex)")
     p.add_argument("--nsec-file", metavar="PATH", help="file holding this side's nsec (generate-nostr-key)")
     p.add_argument("--peer-npub", metavar="KEY", help="the other side's public key (npub1... or 64 hex)")
@@ -235,6 +239,8 @@ def nostr_section(
     table = data.get(name, {})
     if not isinstance(table, Mapping):
         raise config.parse_error(f"'{name}' must be a table")
+    if role == "server" and "forward" in data:
+        raise _usage("[[forward]] is a client-only list. Servers use 'allowed_sources'.")
     if role == "server" and "source" in data:
         raise _usage(f"Top-level 'source' is not allowed for {name} server mode. "
                      f"Use [{name}.allowed_sources] to restrict what clients can request.")
@@ -461,8 +467,12 @@ def _build(
     except PolicyError:
         raise _usage("Invalid listen address format. Use format like localhost:2222, 127.0.0.1:2222 or "
                      "[::]:2222") from None
+    # --forward on the command line replaces the file's [[forward]] list; --source/--target stay the first one.
+    extra = tuple(parse_forward(spec) for spec in namespace.forward) if namespace.forward else \
+        config_forwards(config)
     return "client nostr", NostrClientOptions(
         nsec=nsec, peer_npub=peer, source=source.strip(), target=target.strip(), relays=relays, ice=ice,
+        extra_forwards=extra,
         max_wait=max_wait, plaintext=plaintext, event_kind=kind,
         republish_interval=_seconds(namespace.republish_interval, "--republish-interval", DEFAULT_CLIENT_REPUBLISH),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from tunnel_core.forwarding import ForwardingSession
+from tunnel_core.forwarding import ForwardingSession, Route
 from tunnel_core.ice.agent import IceAgent
 from tunnel_core.ice.timing import IceTiming
 from tunnel_core.peer import Peer, is_loopback_pair
@@ -79,8 +79,10 @@ def new_quic(
 
 
 def new_session(quic: TunnelQuicConnection, *, is_client: bool, protocol: Literal["tcp", "udp"],
-                targets: Sequence[Address]) -> ForwardingSession:
-    return ForwardingSession(quic, is_client=is_client, protocol=protocol, target_addresses=tuple(targets))
+                targets: Sequence[Address], routes: Sequence[Route] | None = None) -> ForwardingSession:
+    """``routes``: several forwards in this session (docs/forwards.md); None keeps upstream's single forward."""
+    return ForwardingSession(quic, is_client=is_client, protocol=protocol, target_addresses=tuple(targets),
+                             routes=routes)
 
 
 def new_peer(

@@ -22,12 +22,21 @@ from tunnel_core import assembly
 from tunnel_core import manual as dialogue
 from tunnel_core.candidate import CandidateType
 from tunnel_core.errors import RemoteProtocolError
+from tunnel_core.forwarding import Route
 from tunnel_core.ice.events import GatheringComplete
-from tunnel_core.options import ExitCode, IceOptions, ManualClientOptions, ManualServerOptions, TunnelError
+from tunnel_core.options import (
+    ExitCode,
+    Forward,
+    IceOptions,
+    ManualClientOptions,
+    ManualServerOptions,
+    SocksListen,
+    TunnelError,
+)
 from tunnel_core.peer import IceConnected, Peer, TunnelClosed
 from tunnel_core.policy import AccessPolicy, NeedsResolution, PolicyError, Source, parse_source, parse_target
 from tunnel_core.quic.identity import QuicIdentity
-from tunnel_core.signal import ManualAnswer, ManualOffer, decode_answer, decode_offer, encode_block
+from tunnel_core.signal import MAX_FORWARDS, ManualAnswer, ManualOffer, decode_answer, decode_offer, encode_block
 from tunnel_core.turn import TurnServer, parse_turn_url
 from tunnel_core.types import Address
 
@@ -105,11 +114,15 @@ class Wait:
 
 @attrs.frozen
 class Listen:
-    """Open the client's local listener (TCP server or UDP socket) at ip:port; returns the bound address."""
+    """Open the client's local listener (TCP server or UDP socket) at ip:port for ``forward`` (its index among
+    the tunnel's forwards); returns the bound address."""
 
-    protocol: Literal["tcp", "udp"]
+    protocol: Literal["tcp", "udp", "dynamic"]
     ip: str
     port: int
+    forward: int = 0
+    #: ``protocol`` "dynamic": a SOCKS5 listener, with these credentials if any.
+    credentials: tuple[str, str] | None = attrs.field(default=None, repr=False)
 
 
 class Stopped(Exception):
@@ -215,7 +228,7 @@ def start_peer(
 
     def session_factory(quic: Any) -> Any:
         return assembly.new_session(quic, is_client=is_client, protocol=session_spec["protocol"],
-                                    targets=session_spec.get("addresses", ()))
+                                    targets=session_spec.get("addresses", ()), routes=session_spec.get("routes"))
 
     peer = assembly.new_peer(agent, is_client=is_client, quic_factory=quic_factory, session_factory=session_factory)
     yield Start(peer)
@@ -264,19 +277,247 @@ def until_up(peer: Peer, ready_message: str, ready_line: str) -> Generator[Effec
 # ------------------------------------------------------------------------------------------------ manual mode
 
 
-def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -> Flow:
+#: What a dynamic (SOCKS5) forward asks for in the signaling, where other forwards give their source URL.
+DYNAMIC_SOURCE = "dynamic"
+
+
+@attrs.frozen
+class LocalForward:
+    """A client's forward, checked: what it asks the server for and where it listens. ``source`` None is a
+    dynamic forward (a SOCKS5 listener whose applications name their targets, docs/forwards.md)."""
+
+    source: Source | None
+    listen: str  # as the user wrote it, for messages
+    ip: str
+    port: int
+    credentials: tuple[str, str] | None = attrs.field(default=None, repr=False)
+
+    @property
+    def protocol(self) -> Literal["tcp", "udp", "dynamic"]:
+        return "dynamic" if self.source is None else self.source.protocol
+
+    def url(self) -> str:
+        return DYNAMIC_SOURCE if self.source is None else self.source.url()
+
+    def name(self) -> str:
+        """How messages name this forward: the user's own words."""
+        return f"socks5 {self.listen}" if self.source is None else f"{self.listen}={self.source.url()}"
+
+
+#: A client asked for several forwards and the server's answer carried no verdicts: an upstream or older server.
+OLD_SERVER_FORWARDS = ("The server does not support several forwards in one tunnel (upstream tunnel-rs or an older "
+                       "tunnel); run one client per forward")
+
+
+def local_forwards(
+    source: str | None, target: str | None, extra: Sequence[Forward], socks5: SocksListen | None = None
+) -> Generator[Effect, Any, list[LocalForward]]:
+    """Parse and resolve every forward of a client (the first one is ``source``/``target`` when given, a dynamic
+    one last); exit 2 on bad input."""
+    wanted = [(f.source, f.listen) for f in extra]
+    if source is not None and target is not None:
+        wanted.insert(0, (source, target))
+    if socks5 is not None:
+        wanted.append((None, socks5.listen))
+    out: list[LocalForward] = []
+    for src, listen in wanted:
+        try:
+            parsed = None if src is None else parse_source(src)
+            host, port = parse_target(listen)
+        except PolicyError as exc:
+            raise _input_error(exc) from None
+        ip = yield from listen_ip(host, port, listen)
+        credentials = socks5.credentials if src is None and socks5 is not None else None
+        out.append(LocalForward(parsed, listen, ip, port, credentials))
+    return out
+
+
+REVERSE_SCHEME = "reverse://"
+
+
+@attrs.frozen
+class ReverseForward:
+    """A reverse forward: the server listens at ``listen`` (ip:port) and the client dials ``addresses`` (the
+    resolved ``target``) for every connection it accepts."""
+
+    listen: str
+    target: Source
+    addresses: tuple[Address, ...]
+
+    def url(self) -> str:
+        return REVERSE_SCHEME + self.listen
+
+    def name(self) -> str:
+        return f"reverse {self.listen}={self.target.url()}"
+
+
+def reverse_forwards(wanted: Sequence[Forward]) -> Generator[Effect, Any, list[ReverseForward]]:
+    """Check every ``--reverse`` and resolve its client-side target (it is dialled from here)."""
+    out: list[ReverseForward] = []
+    for fwd in wanted:
+        try:
+            target = parse_source(fwd.source)
+            parse_target(fwd.listen)
+        except PolicyError as exc:
+            raise _input_error(exc) from None
+        if target.protocol != "tcp":
+            raise TunnelError(f"Reverse forward '{fwd.listen}={fwd.source}': only tcp:// targets", ExitCode.USAGE)
+        ips = yield Resolve(target.host, target.port)
+        if not ips:
+            raise TunnelError(f"Reverse forward target '{fwd.source}' does not resolve", ExitCode.USAGE)
+        out.append(ReverseForward(fwd.listen, target, tuple((ip, target.port) for ip in ips)))
+    return out
+
+
+def several(forwards: Sequence[LocalForward], reverses: Sequence[ReverseForward] = ()) -> bool:
+    """Whether the client needs the forwards extension (several forwards, a dynamic or a reverse one)."""
+    return len(forwards) + len(reverses) > 1 or any(f.source is None for f in forwards) or bool(reverses)
+
+
+def forward_routes(
+    forwards: Sequence[LocalForward], verdicts: Sequence[str] | None, reverses: Sequence[ReverseForward] = ()
+) -> list[Route] | None:
+    """The client's session routes once the server answered; None keeps upstream's one-forward wire."""
+    if not several(forwards, reverses):
+        return None
+    if verdicts is None:
+        raise TunnelError(OLD_SERVER_FORWARDS, ExitCode.GENERAL)
+    if len(verdicts) != len(forwards) + len(reverses):
+        raise TunnelError("The server answered for a different number of forwards", ExitCode.USAGE)
+    return [Route(f.protocol) for f in forwards] + [Route("reverse", r.addresses) for r in reverses]
+
+
+def say_reverse_verdicts(
+    reverses: Sequence[ReverseForward], verdicts: Sequence[str], first: int
+) -> Generator[Effect, Any, None]:
+    for index, rev in enumerate(reverses, first):
+        if verdicts[index]:
+            yield Say(f"Forward {rev.name()} refused by the server: {verdicts[index]}")
+        else:
+            yield Say(f"The server listens on {rev.listen} for reverse forward to {rev.target.url()}")
+
+
+def listen_all(forwards: Sequence[LocalForward], verdicts: Sequence[str] | None) -> Generator[Effect, Any, None]:
+    """Open the listener of every accepted forward; name every refused one."""
+    for index, fwd in enumerate(forwards):
+        reason = verdicts[index] if verdicts is not None else ""
+        if reason:
+            yield Say(f"Forward {fwd.name()} refused by the server: {reason}")
+            continue
+        try:
+            bound = yield Listen(fwd.protocol, fwd.ip, fwd.port, index, fwd.credentials)
+        except OSError as exc:
+            raise TunnelError(f"Failed to listen on {fwd.listen}: {exc.strerror or exc}", ExitCode.GENERAL) from None
+        if fwd.source is None:
+            auth = " (username/password required)" if fwd.credentials else ""
+            yield Say(f"Listening on SOCKS5 {dialogue.format_address(bound)}{auth} - point your applications' "
+                      f"socks5h proxy here")
+            continue
+        what = "connect" if fwd.source.protocol == "tcp" else "send"
+        suffix = f" (forward to {fwd.source.url()})" if len(forwards) > 1 else ""
+        yield Say(f"Listening on {fwd.source.protocol.upper()} {dialogue.format_address(bound)} - configure your "
+                  f"client to {what} here{suffix}")
+
+
+@attrs.frozen
+class ReverseListen:
+    """A reverse forward as the server sees it: where the client asks it to listen."""
+
+    ip: str
+    port: int
+    text: str
+
+
+Requested = Source | ReverseListen | None
+
+
+def requested_sources(source: str | None, extra: Sequence[str]) -> list[Requested]:
+    """The forwards a client's signaling asks for (None: a dynamic one); PolicyError on a malformed source."""
+    out: list[Requested] = []
+    for text in (s.strip() for s in (source or "", *extra)):
+        if text == DYNAMIC_SOURCE:
+            out.append(None)
+        elif text.startswith(REVERSE_SCHEME):
+            listen = text[len(REVERSE_SCHEME):]
+            host, port = parse_target(listen)
+            out.append(ReverseListen(host, port, listen))
+        else:
+            out.append(parse_source(text))
+    return out
+
+
+def _listen_allowed(allow_listen: Sequence[str], want: ReverseListen) -> bool:
+    """Exact ip:port matches only (a name or port 0 in the request never matches)."""
+    import ipaddress
+
     try:
-        source = parse_source(opts.source)
-        listen_host, listen_port = parse_target(opts.target)
-    except PolicyError as exc:
-        raise _input_error(exc) from None
-    local_ip = yield from listen_ip(listen_host, listen_port, opts.target)
+        wanted_ip = ipaddress.ip_address(want.ip)
+    except ValueError:
+        return False
+    for text in allow_listen:
+        host, port = parse_target(text)
+        if port == want.port and port != 0 and ipaddress.ip_address(host) == wanted_ip:
+            return True
+    return False
+
+
+def server_verdicts(
+    policy: AccessPolicy, sources: Sequence[Requested], allow_listen: Sequence[str] = ()
+) -> Generator[Effect, Any, tuple[list[str], list[Route]]]:
+    """The server's verdict on every forward a client asked for (each checked alone by the policy), and the
+    session routes that follow from them (a refused forward gets a route without addresses). A dynamic forward
+    is accepted: each of its targets is checked by the same policy when the application names it. A reverse one
+    only if ``allow_listen`` names its exact address."""
+    verdicts: list[str] = []
+    routes: list[Route] = []
+    for source in sources:
+        if isinstance(source, ReverseListen):
+            if _listen_allowed(allow_listen, source):
+                verdicts.append("")
+                routes.append(Route("reverse", granted=True))
+                yield Say(f"Client requests a reverse forward on {source.text} (allowed)")
+            else:
+                reason = (f"Listening on '{source.text}' is not allowed: the server allows reverse forwards only "
+                          f"on the addresses given with --allow-listen")
+                verdicts.append(reason)
+                routes.append(Route("reverse"))
+                yield Say(f"Client requests a reverse forward on {source.text} (refused: {reason})")
+            continue
+        if source is None:
+            verdicts.append("")
+            routes.append(Route("dynamic", policy=policy))
+            yield Say("Client requests a dynamic (SOCKS5) forward (each target checked by the allowlist)")
+            continue
+        decision = yield from decide_source(policy, source)
+        if decision.allowed:
+            verdicts.append("")
+            routes.append(Route(source.protocol, tuple(decision.addresses)))
+            yield Say(f"Client requests {source.url()} (allowed)")
+        else:
+            reason = decision.reason or f"Source '{source.url()}' is not allowed"
+            verdicts.append(reason)
+            routes.append(Route(source.protocol))
+            yield Say(f"Client requests {source.url()} (refused: {reason})")
+    return verdicts, routes
+
+
+def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -> Flow:
+    forwards = yield from local_forwards(opts.source, opts.target, opts.extra_forwards, opts.socks5)
+    reverses = yield from reverse_forwards(opts.reverse)
+    if not forwards and not reverses:
+        raise TunnelError("No forward given", ExitCode.USAGE)
+    urls = [f.url() for f in forwards] + [r.url() for r in reverses]
+    if len(urls) > MAX_FORWARDS:
+        raise TunnelError(f"At most {MAX_FORWARDS} forwards per tunnel (got {len(urls)})", ExitCode.USAGE)
     yield Say(dialogue.CLIENT_BANNER)
     pins: dict[str, str] = {}
+    first = forwards[0].source if forwards else None
+    spec: dict[str, Any] = {"protocol": "tcp" if first is None else first.protocol}
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, identity=None, pins=pins,
-                                     session_spec={"protocol": source.protocol})
+                                     session_spec=spec)
     yield Say(dialogue.OFFER_TITLE)
-    yield PrintBlock(encode_block("OFFER", dialogue.make_offer(peer.ice, source.url())))
+    offer = dialogue.make_offer(peer.ice, urls[0], urls[1:])
+    yield PrintBlock(encode_block("OFFER", offer))
     yield Say(dialogue.PROMPT_FOR_ANSWER)
     text = yield ReadBlock("ANSWER")
     try:
@@ -284,15 +525,13 @@ def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -
         pins["server"] = dialogue.answer_fingerprint(answer)
     except RemoteProtocolError as exc:
         raise _input_error(exc) from None
+    verdicts = answer.forward_verdicts if several(forwards, reverses) else None
+    spec["routes"] = forward_routes(forwards, verdicts, reverses)
     yield from _start_checks(peer, _checked_ice(answer))
     yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
-    try:
-        bound = yield Listen(source.protocol, local_ip, listen_port)
-    except OSError as exc:
-        raise TunnelError(f"Failed to listen on {opts.target}: {exc.strerror or exc}", ExitCode.GENERAL) from None
-    what = "connect" if source.protocol == "tcp" else "send"
-    yield Say(f"Listening on {source.protocol.upper()} {dialogue.format_address(bound)} - configure your client "
-              f"to {what} here")
+    yield from listen_all(forwards, verdicts)
+    if reverses and verdicts is not None:
+        yield from say_reverse_verdicts(reverses, verdicts, len(forwards))
     closed = yield Wait("closed")
     raise client_end(closed)
 
@@ -312,25 +551,53 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
     text = yield ReadBlock("OFFER")
     try:
         offer = decode_offer(text)
-        source = dialogue.offer_source(offer)
-    except RemoteProtocolError as exc:
-        raise _input_error(exc) from None
+        first = (offer.source or "").strip()
+        special = first == DYNAMIC_SOURCE or first.startswith(REVERSE_SCHEME)
+        source = None if special else dialogue.offer_source(offer)  # its own messages for a missing source
+        sources = requested_sources(offer.source, offer.extra_sources)
+    except (RemoteProtocolError, PolicyError) as exc:
+        raise TunnelError(str(exc), ExitCode.USAGE) from None
     remote = _checked_ice(offer)  # before the ANSWER is printed: a bad offer gets no answer (item 7)
-    decision = yield from decide_source(policy, source)
-    if not decision.allowed:
-        raise TunnelError(decision.reason or f"Source '{source.url()}' is not allowed", ExitCode.AUTH)
-    spec["protocol"] = source.protocol
-    spec["addresses"] = decision.addresses
-    yield Say(f"Client requests {source.url()} (allowed)")
+    verdicts: list[str] | None = None
+    if source is not None and len(sources) == 1:
+        decision = yield from decide_source(policy, source)
+        if not decision.allowed:
+            raise TunnelError(decision.reason or f"Source '{source.url()}' is not allowed", ExitCode.AUTH)
+        spec["protocol"] = source.protocol
+        spec["addresses"] = decision.addresses
+        yield Say(f"Client requests {source.url()} (allowed)")
+    else:
+        verdicts, routes = yield from server_verdicts(policy, sources, opts.allow_listen)
+        if all(verdicts):
+            raise TunnelError(f"No forward the client asked for is allowed: {verdicts[0]}", ExitCode.AUTH)
+        spec["protocol"] = "tcp"
+        spec["routes"] = routes
+        yield Say(f"Serving {len(routes) - sum(map(bool, verdicts))} of {len(routes)} forwards in one session")
     yield Say(dialogue.ANSWER_TITLE)
-    yield PrintBlock(encode_block("ANSWER", dialogue.make_answer(peer.ice, identity.fingerprint)))
+    answer = dialogue.make_answer(peer.ice, identity.fingerprint, verdicts)
+    yield PrintBlock(encode_block("ANSWER", answer))
     yield from _start_checks(peer, remote)
     yield from until_up(peer, "Timeout waiting for QUIC connection", "Client connected over QUIC.")
+    yield from listen_reverse(sources, verdicts)
     closed = yield Wait("closed")
     if closed_orderly(closed):
         yield Say("Connection closed.")
         return
     raise failure(closed)
+
+
+def listen_reverse(sources: Sequence[Requested], verdicts: Sequence[str] | None) -> Generator[Effect, Any, None]:
+    """Server: open the listener of every granted reverse forward (a failure is said, the rest carries on)."""
+    for index, source in enumerate(sources):
+        if not isinstance(source, ReverseListen) or verdicts is None or verdicts[index]:
+            continue
+        try:
+            bound = yield Listen("tcp", source.ip, source.port, index)
+        except OSError as exc:
+            yield Say(f"Warning: cannot listen on {source.text} for the client's reverse forward: "
+                      f"{exc.strerror or exc}")
+            continue
+        yield Say(f"Listening on TCP {dialogue.format_address(bound)} for the client's reverse forward")
 
 
 def decide_source(policy: AccessPolicy, source: Source) -> Generator[Effect, Any, Any]:

@@ -23,7 +23,6 @@ from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.flows import (
     QUIC_CONNECT_TIMEOUT,
     Effect,
-    Listen,
     NewIdentity,
     Poke,
     Say,
@@ -32,7 +31,10 @@ from tunnel_core.flows import (
     closed_orderly,
     decide_source,
     failure,
-    listen_ip,
+    forward_routes,
+    listen_all,
+    local_forwards,
+    server_verdicts,
     start_peer,
     until_up,
 )
@@ -203,10 +205,10 @@ def _start_checks(peer: Peer, ufrag: str, pwd: str, candidates: tuple[str, ...])
 def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> NostrFlow:
     source, target = client_protocol(opts.source, opts.target)
     try:
-        listen_host, listen_port = parse_target(target)
+        parse_target(target)
     except PolicyError as exc:
         raise _usage(str(exc)) from None
-    local_ip = yield from listen_ip(listen_host, listen_port, target)
+    forwards = yield from local_forwards(source.url(), target, opts.extra_forwards)
     secret, peer_key = parse_keys(opts.nsec, opts.peer_npub)
     channel = Channel(secret, peer_key, plaintext=opts.plaintext, kind=opts.event_kind)
     yield Say(CLIENT_BANNER)
@@ -220,8 +222,9 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
 
     identity: QuicIdentity | None = None if opts.plaintext else (yield NewIdentity())
     pins: dict[str, str] = {}
+    spec: dict[str, Any] = {"protocol": source.protocol}
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, controlling=False, identity=identity, pins=pins,
-                                     session_spec={"protocol": source.protocol})
+                                     session_spec=spec)
     times: Times = yield Clock()
     sid = session_id(rng)
     request = NostrRequest(
@@ -232,11 +235,14 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
             session_id=sid,
             timestamp=times.wall,
             source=source.url(),
+            extra_sources=tuple(f.source.url() for f in forwards[1:]),
         ),
         quic_fingerprint=None if identity is None else identity.fingerprint,
     )
-    yield Say(f"Session {sid[:8]}: requesting {source.url()}")
+    yield Say(f"Session {sid[:8]}: requesting {', '.join(f.source.url() for f in forwards)}")
     offer = yield from _await_offer(channel, request, times, opts, rng)
+    verdicts = offer.forward_verdicts if len(forwards) > 1 else None
+    spec["routes"] = forward_routes(forwards, verdicts)
 
     answer_msg = dialogue.make_answer(peer.ice, "")
     answer_msg = attrs.evolve(answer_msg, quic_fingerprint=None, session_id=sid)
@@ -249,13 +255,7 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
         raise TunnelError(str(exc), ExitCode.CONNECT_FAILED) from None
     yield from _start_checks(peer, offer.ice_ufrag, offer.ice_pwd, offer.candidates)
     yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
-    try:
-        bound = yield Listen(source.protocol, local_ip, listen_port)
-    except OSError as exc:
-        raise TunnelError(f"Failed to listen on {target}: {exc.strerror or exc}", ExitCode.GENERAL) from None
-    what = "connect" if source.protocol == "tcp" else "send"
-    yield Say(f"Listening on {source.protocol.upper()} {dialogue.format_address(bound)} - configure your client "
-              f"to {what} here")
+    yield from listen_all(forwards, verdicts)
     closed = yield Wait("closed")
     raise client_end(closed)
 
@@ -385,11 +385,27 @@ def server_session_flow(
     except PolicyError as exc:
         yield from reject(str(exc))
         raise TunnelError(str(exc), ExitCode.AUTH) from None
-    decision = yield from decide_source(policy, source)
-    if not decision.allowed:
-        reason = decision.reason or f"Source '{source.url()}' is not allowed"
-        yield from reject(reason)
-        raise TunnelError(reason, ExitCode.AUTH)
+    try:
+        extra = [parse_source(s.strip()) for s in req.extra_sources]
+    except PolicyError as exc:
+        yield from reject(str(exc))
+        raise TunnelError(str(exc), ExitCode.AUTH) from None
+    spec: dict[str, Any] = {"protocol": source.protocol}
+    verdicts: list[str] | None = None
+    if not extra:
+        decision = yield from decide_source(policy, source)
+        if not decision.allowed:
+            reason = decision.reason or f"Source '{source.url()}' is not allowed"
+            yield from reject(reason)
+            raise TunnelError(reason, ExitCode.AUTH)
+        spec["addresses"] = decision.addresses
+    else:
+        verdicts, spec["routes"] = yield from server_verdicts(policy, [source, *extra])
+        if all(verdicts):
+            reason = f"No forward the client asked for is allowed: {verdicts[0]}"
+            yield from reject(reason)
+            raise TunnelError(reason, ExitCode.AUTH)
+        yield Say(f"Serving {len(verdicts) - sum(map(bool, verdicts))} of {len(verdicts)} forwards in one session")
     identity: QuicIdentity = yield NewIdentity()
     pins: dict[str, str] = {}
     if message.quic_fingerprint is not None:
@@ -402,7 +418,6 @@ def server_session_flow(
         reason = "Request carries no client certificate fingerprint (mutual authentication required)"
         yield from reject(reason)
         raise TunnelError(reason, ExitCode.AUTH)
-    spec = {"protocol": source.protocol, "addresses": decision.addresses}
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=False, controlling=True, identity=identity, pins=pins,
                                      session_spec=spec)
     offer = ManualOffer(
@@ -411,6 +426,7 @@ def server_session_flow(
         candidates=dialogue.candidate_strings(peer.ice),
         quic_fingerprint=identity.fingerprint,
         session_id=sid,
+        forward_verdicts=verdicts,
     )
     now: Times = yield Clock()
     yield Publish(channel.seal(offer, created_at=now.wall, rng=rng))

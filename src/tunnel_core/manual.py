@@ -73,24 +73,26 @@ def candidate_strings(agent: IceAgent) -> tuple[str, ...]:
     return tuple(c.to_sdp() for c in agent.local_candidates)
 
 
-def make_offer(agent: IceAgent, source: str) -> ManualOffer:
+def make_offer(agent: IceAgent, source: str, extra_sources: Sequence[str] = ()) -> ManualOffer:
     """The client's offer: its ICE credentials and candidates plus the source it wants (no fingerprint: the client
-    is the QUIC client)."""
+    is the QUIC client) and, for several forwards, the sources of the others (docs/forwards.md)."""
     return ManualOffer(
         ice_ufrag=agent.local_ufrag,
         ice_pwd=agent.local_pwd,
         candidates=candidate_strings(agent),
         quic_fingerprint="",
         source=source,
+        extra_sources=tuple(extra_sources),
     )
 
 
-def make_answer(agent: IceAgent, fingerprint: str) -> ManualAnswer:
+def make_answer(agent: IceAgent, fingerprint: str, forward_verdicts: Sequence[str] | None = None) -> ManualAnswer:
     return ManualAnswer(
         ice_ufrag=agent.local_ufrag,
         ice_pwd=agent.local_pwd,
         candidates=candidate_strings(agent),
         quic_fingerprint=fingerprint,
+        forward_verdicts=forward_verdicts,
     )
 
 

@@ -73,12 +73,38 @@ class ManualServerOptions:
     allowed_tcp: tuple[str, ...] = ()
     allowed_udp: tuple[str, ...] = ()
     ice: IceOptions = IceOptions()
+    #: Reverse forwards (docs/forwards.md): the exact ip:port addresses a client may ask this server to listen on.
+    allow_listen: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Forward:
+    """One forward of a client (docs/forwards.md): listen at ``listen`` (host:port) and carry what arrives to
+    ``source`` (tcp:// or udp:// host:port) on the server's side."""
+
+    listen: str
+    source: str
+
+
+@attrs.frozen
+class SocksListen:
+    """A dynamic forward (docs/forwards.md): a local SOCKS5 listener at ``listen`` (host:port), optionally asking
+    its applications for a username and password (RFC 1929)."""
+
+    listen: str
+    credentials: tuple[str, str] | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
 class ManualClientOptions:
-    """`tunnel client manual`: ask the server for ``source`` and expose it locally at ``target``."""
+    """`tunnel client manual`: ask the server for ``source`` and expose it locally at ``target``; every entry of
+    ``extra_forwards`` is one more forward over the same connection (the server must support it)."""
 
-    source: str
-    target: str
+    source: str | None
+    target: str | None
     ice: IceOptions = IceOptions()
+    extra_forwards: tuple[Forward, ...] = ()
+    #: A dynamic (SOCKS5) forward, last among the local forwards.
+    socks5: SocksListen | None = None
+    #: Reverse forwards: ``listen`` on the server's side, ``source`` the client-side tcp:// target.
+    reverse: tuple[Forward, ...] = ()

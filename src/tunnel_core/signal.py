@@ -130,6 +130,20 @@ def _opt(obj: dict[str, Any], name: str, value: object) -> None:
         obj[name] = value
 
 
+#: At most this many forwards in one offer: the block must stay pasteable.
+MAX_FORWARDS = 64
+
+
+def _opt_str_list(obj: dict[str, Any], name: str) -> tuple[str, ...]:
+    """An optional list of strings (our extensions); absent or null mean empty."""
+    if obj.get(name) is None:
+        return ()
+    items = field_str_list(obj, name, _json_fail)
+    if len(items) > MAX_FORWARDS:
+        raise _json_fail()
+    return items
+
+
 @attrs.frozen
 class ManualOffer:
     """Manual mode: the client's ICE credentials, candidates and requested source. Nostr mode: the server's, with
@@ -142,6 +156,13 @@ class ManualOffer:
     session_id: str | None = None
     source: str | None = None
     version: int = MANUAL_SIGNAL_VERSION
+    #: Our extension (docs/forwards.md): the sources of forwards 1.. (``source`` is forward 0). Omitted when
+    #: empty, so a one-forward offer is upstream's bytes.
+    extra_sources: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: Nostr mode, our extension: the server's verdict per forward (as ManualAnswer's in manual mode).
+    forward_verdicts: tuple[str, ...] | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else tuple(v)
+    )
 
     def to_json(self) -> bytes:
         _check_u16(self.version)
@@ -154,6 +175,10 @@ class ManualOffer:
         }
         _opt(obj, "session_id", self.session_id)
         _opt(obj, "source", self.source)
+        if self.extra_sources:
+            obj["extra_sources"] = list(self.extra_sources)
+        if self.forward_verdicts is not None:
+            obj["forward_verdicts"] = list(self.forward_verdicts)
         return dumps_compact(obj)
 
     @classmethod
@@ -167,6 +192,8 @@ class ManualOffer:
             session_id=field_opt_str(obj, "session_id", _json_fail),
             source=field_opt_str(obj, "source", _json_fail),
             version=version,
+            extra_sources=_opt_str_list(obj, "extra_sources"),
+            forward_verdicts=_opt_str_list(obj, "forward_verdicts") if "forward_verdicts" in obj else None,
         )
         _check_struct_version(version)
         return offer
@@ -183,6 +210,12 @@ class ManualAnswer:
     session_id: str | None = None
     quic_fingerprint: str | None = None
     version: int = MANUAL_SIGNAL_VERSION
+    #: Our extension (docs/forwards.md): the server's verdict on every forward the offer asked for, in order
+    #: ("" accepted, else the refusal reason). Present only in answer to ``extra_sources``: it is how the client
+    #: learns that the server carries several forwards at all.
+    forward_verdicts: tuple[str, ...] | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else tuple(v)
+    )
 
     def to_json(self) -> bytes:
         _check_u16(self.version)
@@ -194,6 +227,8 @@ class ManualAnswer:
         }
         _opt(obj, "session_id", self.session_id)
         _opt(obj, "quic_fingerprint", self.quic_fingerprint)
+        if self.forward_verdicts is not None:
+            obj["forward_verdicts"] = list(self.forward_verdicts)
         return dumps_compact(obj)
 
     @classmethod
@@ -206,6 +241,7 @@ class ManualAnswer:
             session_id=field_opt_str(obj, "session_id", _json_fail),
             quic_fingerprint=field_opt_str(obj, "quic_fingerprint", _json_fail),
             version=version,
+            forward_verdicts=_opt_str_list(obj, "forward_verdicts") if "forward_verdicts" in obj else None,
         )
         _check_struct_version(version)
         return answer
@@ -222,6 +258,8 @@ class ManualRequest:
     timestamp: int
     source: str | None = None
     version: int = MANUAL_SIGNAL_VERSION
+    #: Our extension, as ManualOffer's in manual mode: the sources of forwards 1.. (docs/forwards.md).
+    extra_sources: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def to_json(self) -> bytes:
         _check_u16(self.version)
@@ -236,6 +274,8 @@ class ManualRequest:
             "timestamp": self.timestamp,
         }
         _opt(obj, "source", self.source)
+        if self.extra_sources:
+            obj["extra_sources"] = list(self.extra_sources)
         return dumps_compact(obj)
 
     @classmethod
@@ -249,6 +289,7 @@ class ManualRequest:
             timestamp=field_uint(obj, "timestamp", _U64_MAX, _json_fail),
             source=field_opt_str(obj, "source", _json_fail),
             version=version,
+            extra_sources=_opt_str_list(obj, "extra_sources"),
         )
         _check_struct_version(version)
         return request

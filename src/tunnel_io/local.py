@@ -21,12 +21,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunnel_core.forwarding import events as fe
+from tunnel_core.socks5 import ConnectRequest, Socks5Server
+from tunnel_core.socks5 import reply as socks5_reply
 from tunnel_core.types import Address
+from tunnel_io import unique_addresses
 from tunnel_io.dial import HappyEyeballs
 from tunnel_io.driver import drain
 from tunnel_io.reactor import Reactor, Timer, Watch
 
 log = logging.getLogger("tunnel")
+#: SOCKS5 listener messages, shown at the default level (the "tunnel" logger above is not).
+socks_log = logging.getLogger("tunnel_io.socks")
 
 READ_SIZE = 65536
 #: Bytes written per send call; bounded so one flow's burst does not monopolise the loop.
@@ -35,6 +40,8 @@ WRITE_CHUNK = 256 * 1024
 ACCEPT_LIMIT = 64
 #: Out of file descriptors: stop accepting for this long instead of spinning on EMFILE.
 EMFILE_BACKOFF = 0.1
+#: A SOCKS5 application that has not finished its handshake by then is dropped (it would hold a socket forever).
+SOCKS_HANDSHAKE_TIMEOUT = 10.0
 
 
 class TcpFlow:
@@ -206,15 +213,16 @@ class LocalForwarder:
         self.tcp: dict[int, TcpFlow] = {}
         self.dials: dict[int, HappyEyeballs] = {}
         self.udp_flows: dict[int, _Datagrams] = {}
-        self.udp_listener: _Datagrams | None = None
-        self.tcp_listener: Any = None
-        self._accept_watch: Watch | None = None
-        self._backoff: Timer | None = None
+        #: Client listeners, by forward (route index): one per forward of the tunnel.
+        self.udp_listeners: dict[int, _Datagrams] = {}
+        self.tcp_listeners: dict[int, _Acceptor] = {}
+        self.handshakes: set[_SocksHandshake] = set()  # SOCKS5 connections still negotiating
         self._closed = False
 
     # ------------------------------------------------------------------------------------- client listeners
 
-    def listen_tcp(self, host: str, port: int) -> Address:
+    def listen_tcp(self, host: str, port: int, forward: int = 0) -> Address:
+        """Listen for ``forward`` (its index in the session's routes; 0 for a one-forward tunnel)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -225,34 +233,35 @@ class LocalForwarder:
         except BaseException:
             sock.close()
             raise
-        self.tcp_listener = sock
-        self._accept_watch = self.reactor.watch(sock, self._on_acceptable, _nothing)
-        self._accept_watch.want(read=True, write=False)
+        self.tcp_listeners[forward] = _Acceptor(self, sock, forward)
         name = sock.getsockname()
         return (name[0], name[1])
 
-    def _on_acceptable(self) -> None:
-        listener = self.tcp_listener
-        for _ in range(ACCEPT_LIMIT):
-            if self._closed or listener is None:
-                return
-            try:
-                conn, _peer = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE) and self._accept_watch is not None:
-                    self._accept_watch.want(read=False, write=False)  # back off instead of spinning
-                    self._backoff = self.reactor.call_at(self.reactor.time() + EMFILE_BACKOFF, self._accept_again)
-                return
-            self._accepted(conn)
+    def listen_socks(self, host: str, port: int, forward: int, credentials: tuple[str, str] | None) -> Address:
+        """A dynamic forward's SOCKS5 listener: each connection first speaks SOCKS5 (tunnel_core.socks5)."""
+        bound = self.listen_tcp(host, port, forward)
+        self.tcp_listeners[forward].socks = credentials or ()
+        return bound
 
-    def _accept_again(self) -> None:
-        self._backoff = None
-        if self._accept_watch is not None and not self._closed:
-            self._accept_watch.want(read=True, write=False)
+    def start_socks(self, conn: Any, forward: int, credentials: tuple[str, str] | tuple[()]) -> None:
+        conn.setblocking(False)
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.handshakes.add(_SocksHandshake(self, conn, forward, Socks5Server(credentials or None)))
 
-    def _accepted(self, conn: Any) -> None:
+    def socks_requested(self, conn: Any, forward: int, request: ConnectRequest, early: bytes) -> None:
+        """The application's CONNECT: a dynamic flow; the SOCKS reply waits for the server's DynamicReply."""
+        session = self.session()
+        if session is None or self._closed:
+            conn.close()
+            return
+        flow_id = session.open_dynamic(self.now(), forward, request.url())
+        self.tcp[flow_id] = TcpFlow(self, flow_id, conn)
+        if early:
+            session.flow_data(flow_id, early)
+        self.kick()
+
+    def accepted(self, conn: Any, forward: int) -> None:
         session = self.session()
         if session is None:
             conn.close()
@@ -260,11 +269,11 @@ class LocalForwarder:
         conn.setblocking(False)
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        flow_id = session.open_tcp(self.now())
+        flow_id = session.open_tcp(self.now(), forward) if forward else session.open_tcp(self.now())
         self.tcp[flow_id] = TcpFlow(self, flow_id, conn)
         self.kick()
 
-    def listen_udp(self, host: str, port: int) -> Address:
+    def listen_udp(self, host: str, port: int, forward: int = 0) -> Address:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -273,14 +282,19 @@ class LocalForwarder:
         except BaseException:
             sock.close()
             raise
-        self.udp_listener = _Datagrams(self, sock, self._udp_from_peer)
+
+        def from_peer(data: bytes, peer: Address, now: float) -> None:
+            session = self.session()
+            if session is None:
+                return
+            if forward:
+                session.udp_received(peer, data, now, forward)
+            else:
+                session.udp_received(peer, data, now)
+
+        self.udp_listeners[forward] = _Datagrams(self, sock, from_peer)
         name = sock.getsockname()
         return (name[0], name[1])
-
-    def _udp_from_peer(self, data: bytes, peer: Address, now: float) -> None:
-        session = self.session()
-        if session is not None:
-            session.udp_received(peer, data, now)
 
     # ------------------------------------------------------------------------------------- events
 
@@ -322,13 +336,22 @@ class LocalForwarder:
                 with contextlib.suppress(OSError):
                     entry.sock.send(ev.data)
         elif isinstance(ev, fe.SendUdpTo):
-            if self.udp_listener is not None:
+            listener = self.udp_listeners.get(ev.forward)
+            if listener is not None:
                 with contextlib.suppress(OSError):
-                    self.udp_listener.sock.sendto(ev.data, ev.peer)
+                    listener.sock.sendto(ev.data, ev.peer)
         elif isinstance(ev, fe.CloseUdp):
             entry = self.udp_flows.pop(ev.flow_id, None)
             if entry is not None:
                 entry.close()
+        elif isinstance(ev, fe.ResolveTarget):
+            self._resolve(ev.flow_id, ev.host, ev.port)
+        elif isinstance(ev, fe.DynamicReply):
+            flow = self.tcp.get(ev.flow_id)
+            if flow is not None:
+                flow.write(socks5_reply(ev.code))
+                if ev.code:
+                    flow.close()
 
     def forget_tcp(self, flow: TcpFlow, *, reset: bool) -> None:
         if self.tcp.get(flow.flow_id) is flow:
@@ -356,6 +379,18 @@ class LocalForwarder:
             self.kick()
 
         self.dials[flow_id] = HappyEyeballs(self.reactor, addresses, done)
+
+    def _resolve(self, flow_id: int, host: str, port: int) -> None:
+        """A dynamic flow's target name, resolved here on the server (socks5h); the session checks the answer."""
+
+        def done(ok: bool, value: Any) -> None:
+            session = self.session()
+            if session is None or self._closed:
+                return
+            session.flow_resolved(flow_id, unique_addresses(value) if ok else [])
+            self.kick()
+
+        self.reactor.run_blocking(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), done)
 
     def _open_udp(self, flow_id: int, addresses: Sequence[Address]) -> None:
         if not addresses:
@@ -392,15 +427,109 @@ class LocalForwarder:
         for entry in self.udp_flows.values():
             entry.close()
         self.udp_flows.clear()
-        if self.udp_listener is not None:
-            self.udp_listener.close()
-            self.udp_listener = None
-        if self._backoff is not None:
-            self._backoff.cancel()
-        if self._accept_watch is not None:
-            self._accept_watch.close()
-            self._accept_watch = None
-        self.tcp_listener = None
+        for listener in self.udp_listeners.values():
+            listener.close()
+        self.udp_listeners.clear()
+        for acceptor in self.tcp_listeners.values():
+            acceptor.close()
+        self.tcp_listeners.clear()
+        for handshake in list(self.handshakes):
+            handshake.close()
+
+
+class _Acceptor:
+    """A client's listening TCP socket for one forward: accepts in bounded batches, backs off on EMFILE."""
+
+    def __init__(self, fwd: LocalForwarder, sock: Any, forward: int) -> None:
+        self.fwd = fwd
+        self.sock = sock
+        self.forward = forward
+        #: A dynamic forward's credentials (() for none); None for a plain TCP forward.
+        self.socks: tuple[str, str] | tuple[()] | None = None
+        self.closed = False
+        self.backoff: Timer | None = None
+        self.watch: Watch = fwd.reactor.watch(sock, self._on_acceptable, _nothing)
+        self.watch.want(read=True, write=False)
+
+    def _on_acceptable(self) -> None:
+        for _ in range(ACCEPT_LIMIT):
+            if self.closed:
+                return
+            try:
+                conn, _peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self.watch.want(read=False, write=False)  # back off instead of spinning
+                    reactor = self.fwd.reactor
+                    self.backoff = reactor.call_at(reactor.time() + EMFILE_BACKOFF, self._accept_again)
+                return
+            if self.socks is None:
+                self.fwd.accepted(conn, self.forward)
+            else:
+                self.fwd.start_socks(conn, self.forward, self.socks)
+
+    def _accept_again(self) -> None:
+        self.backoff = None
+        if not self.closed:
+            self.watch.want(read=True, write=False)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.backoff is not None:
+            self.backoff.cancel()
+        self.watch.close()
+
+
+class _SocksHandshake:
+    """One application's SOCKS5 handshake on a dynamic forward's listener, before its flow exists."""
+
+    def __init__(self, fwd: LocalForwarder, sock: Any, forward: int, machine: Socks5Server) -> None:
+        self.fwd = fwd
+        self.sock = sock
+        self.forward = forward
+        self.machine = machine
+        self.watch: Watch = fwd.reactor.watch(sock, self._on_readable, _nothing)
+        self.watch.want(read=True, write=False)
+        self.timer = fwd.reactor.call_at(fwd.reactor.time() + SOCKS_HANDSHAKE_TIMEOUT, self._timed_out)
+
+    def _timed_out(self) -> None:
+        socks_log.info("SOCKS5 connection dropped: no complete request within %.0f s", SOCKS_HANDSHAKE_TIMEOUT)
+        self.close()
+
+    def close(self) -> None:
+        self.timer.cancel()
+        self.fwd.handshakes.discard(self)
+        self.watch.close()
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        self.machine.feed(data)
+        out = self.machine.data_to_send()
+        if out:
+            try:
+                self.sock.send(out)  # a few bytes into an empty send buffer
+            except OSError:
+                self.close()
+                return
+        if self.machine.failed:
+            socks_log.info("SOCKS5 connection refused: %s", self.machine.error)
+            self.close()
+        elif self.machine.request is not None:
+            self.timer.cancel()
+            self.fwd.handshakes.discard(self)
+            self.watch.want(read=False, write=False)  # the socket changes hands: the flow watches it from now on
+            self.fwd.socks_requested(self.sock, self.forward, self.machine.request, self.machine.remainder)
 
 
 def _nothing() -> None:

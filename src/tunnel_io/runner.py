@@ -241,9 +241,11 @@ class FlowRunner:
             return self._wait(self._milestone(effect.kind), effect.timeout)
         elif isinstance(effect, flows.Listen):
             assert self.local is not None
+            if effect.protocol == "dynamic":
+                return self.local.listen_socks(effect.ip, effect.port, effect.forward, effect.credentials)
             if effect.protocol == "tcp":
-                return self.local.listen_tcp(effect.ip, effect.port)
-            return self.local.listen_udp(effect.ip, effect.port)
+                return self.local.listen_tcp(effect.ip, effect.port, effect.forward)
+            return self.local.listen_udp(effect.ip, effect.port, effect.forward)
         elif isinstance(effect, fx.OpenRelays):
             return self._open_relays(effect)
         elif isinstance(effect, fx.Publish):

@@ -105,6 +105,8 @@ class IrohClient:
         self._watch = PathWatch(self.conn)
         self._watch.start()
         host, port = parse_target(opts.target)
+        for forward in opts.extra_forwards:  # more TCP forwards: each stream's SourceRequest names its source
+            await self._listen_tcp(forward.listen, forward.source)
         if self.source.protocol == "tcp":
             server = await asyncio.start_server(self._on_local_tcp, host, port, limit=TCP_LIMIT)
             self._servers.append(server)
@@ -200,8 +202,24 @@ class IrohClient:
 
     # ------------------------------------------------------------------------------------------ streams
 
-    async def open_source_stream(self, datagram_flow: int | None = None) -> tuple[Any, Any, bytes]:
-        """Open a bi-stream and run the SourceRequest dialogue; TunnelError when refused.
+    async def _listen_tcp(self, listen: str, source: str) -> None:
+        """One extra TCP forward (``--forward``): its own listener, its streams ask for ``source``."""
+        host, port = parse_target(listen)
+
+        async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._on_local_tcp(reader, writer, source)
+
+        server = await asyncio.start_server(on_connection, host, port, limit=TCP_LIMIT)
+        self._servers.append(server)
+        for sock in server.sockets:
+            address = sock.getsockname()
+            log.info("Listening on TCP %s:%d, forwarding to %s", address[0], address[1], source)
+
+    async def open_source_stream(
+        self, datagram_flow: int | None = None, source: str | None = None
+    ) -> tuple[Any, Any, bytes]:
+        """Open a bi-stream and run the SourceRequest dialogue (for ``source``, the client's own by default);
+        TunnelError when refused.
 
         ``datagram_flow`` offers QUIC datagrams for a UDP stream; ``self.datagram_flow`` then tells whether the
         server took the offer (our server does; upstream's ignores it)."""
@@ -218,7 +236,7 @@ class IrohClient:
                 await asyncio.sleep(OPEN_BACKOFF * (2**attempt))
         assert bi is not None
         send, recv = bi.send(), bi.recv()
-        machine = ClientStream(self.options.source, version=self.version, datagram_flow=datagram_flow)
+        machine = ClientStream(source or self.options.source, version=self.version, datagram_flow=datagram_flow)
         await send.write_all(machine.request_bytes())
         try:
             async with asyncio.timeout(RESPONSE_TIMEOUT):
@@ -245,14 +263,16 @@ class IrohClient:
             log.info("Tunnel to server established! Source: %s", self.options.source)
         return send, recv, event.payload
 
-    async def _on_local_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_local_tcp(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str | None = None
+    ) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         tune_tcp(writer)
         try:
             try:
-                send, recv, payload = await self.open_source_stream()
+                send, recv, payload = await self.open_source_stream(source=source)
             except TunnelError as exc:
                 log.error("%s", exc.message)
                 writer.transport.abort()

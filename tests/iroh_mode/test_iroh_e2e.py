@@ -200,3 +200,29 @@ def test_udp_with_datagrams_gives_each_local_peer_its_own_flow(keys: dict[str, t
             b.settimeout(5)
             assert a.recvfrom(65535)[0] == b"echo:a%d" % round_
             assert b.recvfrom(65535)[0] == b"echo:b%d" % round_
+
+
+def test_several_tcp_forwards_over_one_iroh_connection_and_a_refused_one_named(
+    keys: dict[str, tuple[Path, str]]
+) -> None:
+    """--forward in iroh mode (issue 17): each stream's SourceRequest names its own source on one connection."""
+    from tests.e2e.programs import free_port
+
+    second, refused = free_port(), free_port()
+    with TcpEchoServer() as e1, TcpEchoServer() as e2, \
+            IrohServerProc(keys["server"][0], "--allowed-tcp", "127.0.0.1/32",
+                           "--allowed-clients", keys["a"][1]) as server:
+        client = IrohClientProc(server, keys["a"][0], f"tcp://127.0.0.1:{e1.port}", wait=False,
+                                extra=("--forward", f"127.0.0.1:{second}=tcp://127.0.0.1:{e2.port}",
+                                       "--forward", f"127.0.0.1:{refused}=tcp://127.0.0.2:22"))
+        with client:
+            first = int(client.wait_for(rf"Listening on TCP 127\.0\.0\.1:(\d+), forwarding to tcp://127\.0\.0\.1:"
+                                        rf"{e1.port}").group(1))
+            client.wait_for(rf"Listening on TCP 127\.0\.0\.1:{second}, forwarding to tcp://127\.0\.0\.1:{e2.port}")
+            assert echo_through(first, b"one") == b"one"
+            assert echo_through(second, b"two") == b"two"
+            with socket.create_connection(("127.0.0.1", refused), timeout=10) as sock:
+                assert sock.recv(10) == b""  # refused by the server's allowlist, nothing forwarded
+            client.wait_for(r"Source request rejected: Source 'tcp://127\.0\.0\.2:22'")
+            assert echo_through(second, b"still") == b"still"
+            assert server.stderr.count(f"Client {keys['a'][1]} connected") == 1

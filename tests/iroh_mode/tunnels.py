@@ -111,10 +111,10 @@ class IrohServerProc(Proc):
 
 class IrohClientProc(Proc):
     def __init__(self, server: IrohServerProc, key: Path | None, source: str, target: str = "127.0.0.1:0",
-                 *, wait: bool = True) -> None:
+                 *, wait: bool = True, extra: tuple[str, ...] = ()) -> None:
         identity = ("--secret-file", str(key)) if key is not None else ()
         super().__init__("client", "iroh", "-n", server.node_id, "-s", source, "-t", target,
-                         "--server-addr", server.addr, *identity, *OFFLINE)
+                         "--server-addr", server.addr, *identity, *OFFLINE, *extra)
         self.port = 0
         if wait:
             self.port = int(self.wait_for(r"Listening on (?:TCP|UDP) 127\.0\.0\.1:(\d+)").group(1))

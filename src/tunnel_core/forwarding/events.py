@@ -83,10 +83,11 @@ class SendUdp:
 
 @attrs.frozen
 class SendUdpTo:
-    """Client: send ``data`` to the local UDP peer ``peer`` from the listening socket."""
+    """Client: send ``data`` to the local UDP peer ``peer`` from the listening socket of ``forward``."""
 
     peer: Address
     data: bytes
+    forward: int = 0
 
 
 @attrs.frozen
@@ -94,6 +95,25 @@ class CloseUdp:
     """Server: the UDP flow ended (FIN, reset or idle): close its socket."""
 
     flow_id: int
+
+
+@attrs.frozen
+class ResolveTarget:
+    """Server: resolve a dynamic flow's target name, then call ``flow_resolved(flow_id, addresses)`` (the session
+    checks them with the policy and dials only what it allowed)."""
+
+    flow_id: int
+    host: str
+    port: int
+
+
+@attrs.frozen
+class DynamicReply:
+    """Client: the server answered a dynamic flow; write SOCKS5 reply ``code`` to its application. Any code but
+    0 (succeeded) ends the flow: close the connection after the reply."""
+
+    flow_id: int
+    code: int
 
 
 ForwardingEvent = (
@@ -108,6 +128,8 @@ ForwardingEvent = (
     | SendUdp
     | SendUdpTo
     | CloseUdp
+    | ResolveTarget
+    | DynamicReply
 )
 
 __all__ = [

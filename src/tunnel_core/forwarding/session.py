@@ -13,6 +13,11 @@ docs/datagrams.md), a UDP flow still opens with its stream (its first datagram t
 later datagram travels as an RFC 9221 DATAGRAM frame - whole, in 2..16 fragments, or on the stream when larger -
 so a lost packet delays no other datagram. The adapter sees the same events either way: the choice lives here.
 
+Several forwards in one session (docs/forwards.md): when both ends agreed on it in the signaling (the client asked
+for more than one forward and the server answered with a verdict per forward), the session is built with ``routes``
+and every client stream, TCP or UDP, starts with a FORWARD_HEADER (the forward's index, u16 big-endian) instead of
+the 0x00 marker; the server routes the stream by it. Without ``routes`` the wire is upstream's, byte for byte.
+
 Backpressure runs both ways: reading a local socket pauses while its stream's QUIC send buffer is above
 ``high_water`` (and resumes below ``low_water``), and QUIC receive credit is returned only for bytes the local socket
 actually took (``flow_write_pending``), so a slow local reader slows the remote sender.
@@ -49,22 +54,37 @@ from tunnel_core.forwarding.events import (
     CloseTcp,
     CloseUdp,
     DialTcp,
+    DynamicReply,
     ForwardingEvent,
     OpenUdp,
     PauseReading,
+    ResolveTarget,
     ResumeReading,
     SendTcp,
     SendUdp,
     SendUdpTo,
     ShutdownTcpWrite,
 )
+from tunnel_core.policy import AccessPolicy, Decision, NeedsResolution, PolicyError, Source, parse_source
 from tunnel_core.quic.connection import TunnelQuicConnection
+from tunnel_core.socks5 import CONNECTION_REFUSED as SOCKS_CONNECTION_REFUSED
+from tunnel_core.socks5 import GENERAL_FAILURE as SOCKS_GENERAL_FAILURE
+from tunnel_core.socks5 import HOST_UNREACHABLE as SOCKS_HOST_UNREACHABLE
+from tunnel_core.socks5 import NOT_ALLOWED as SOCKS_NOT_ALLOWED
+from tunnel_core.socks5 import SUCCEEDED as SOCKS_SUCCEEDED
 from tunnel_core.types import Address
 from tunnel_core.wire import (
     MAX_UDP_DATAGRAM,
     STREAM_OPEN_MARKER,
+    MessageReader,
+    SourceRequest,
+    SourceResponse,
     UdpFrameDecoder,
     WireError,
+    decode_source_request,
+    decode_source_response,
+    encode_source_request,
+    encode_source_response,
     encode_udp_frame,
 )
 
@@ -74,6 +94,9 @@ RESET_DIAL_FAILED = 1  # the server could not reach the target
 RESET_REJECTED = 2  # over max_flows, or a stream the protocol does not allow
 RESET_BAD_FRAMING = 3  # a UDP stream ended in the middle of a frame
 RESET_IDLE = 4  # an idle UDP flow was retired
+
+#: Bytes of the forward index that opens every stream of a session with several forwards.
+FORWARD_HEADER_SIZE = 2
 
 DEFAULT_HIGH_WATER = 1 << 20
 DEFAULT_LOW_WATER = 256 << 10
@@ -96,6 +119,34 @@ class _Kind(enum.Enum):
     UDP = "udp"
 
 
+@attrs.frozen
+class Route:
+    """One forward of a session that carries several: its protocol and, on the server, the addresses its source
+    resolved to when the policy allowed it (empty: refused, its streams are reset).
+
+    A ``dynamic`` route (SOCKS5, docs/forwards.md) names its target per stream: each stream carries a
+    SourceRequest after its forward header, which the server checks with ``policy`` (None: refused).
+
+    A ``reverse`` route runs the other way: the server listens (``granted``) and opens the streams, the client
+    dials its ``addresses``."""
+
+    protocol: Literal["tcp", "udp", "dynamic", "reverse"]
+    addresses: tuple[Address, ...] = ()
+    policy: AccessPolicy | None = None
+    granted: bool = False
+
+    @property
+    def allowed(self) -> bool:
+        return bool(self.addresses) or self.policy is not None or self.granted
+
+
+def forward_header(index: int) -> bytes:
+    """The bytes that open a stream of forward ``index`` (sessions with several forwards only)."""
+    if not 0 <= index <= 0xFFFF:
+        raise LocalProtocolError(f"forward index out of range: {index}")
+    return index.to_bytes(FORWARD_HEADER_SIZE, "big")
+
+
 @attrs.define(eq=False)
 class _Flow:
     flow_id: int
@@ -115,6 +166,10 @@ class _Flow:
     peer: Address | None = None  # client UDP: the local peer this stream belongs to
     last_active: float = 0.0
     packet: int = 0  # UDP over datagrams: the next fragmented datagram's number (u16, wraps)
+    forward: int = 0  # the forward (route index) this flow belongs to
+    # dynamic forwards: the SourceRequest (server) or SourceResponse (client) still being read, and the target
+    request: MessageReader | None = None
+    source: Source | None = None
 
 
 def _client_initiated(stream_id: int) -> bool:
@@ -140,7 +195,13 @@ class ForwardingSession:
         udp_idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT,
         max_flows: int = 0,
         max_udp_peers: int = DEFAULT_MAX_UDP_PEERS,
+        routes: Sequence[Route] | None = None,
     ) -> None:
+        if routes is not None:
+            if not routes or len(routes) > 0xFFFF:
+                raise LocalProtocolError("a session with forwards needs 1..65535 routes")
+            first = routes[0].protocol
+            protocol = "tcp" if first in ("dynamic", "reverse") else first  # type: ignore[assignment]
         if protocol not in ("tcp", "udp"):
             raise LocalProtocolError(f"protocol must be 'tcp' or 'udp', got {protocol!r}")
         if quic.configuration.is_client != is_client:
@@ -153,19 +214,24 @@ class ForwardingSession:
             raise LocalProtocolError("max_flows must be >= 0 (0 = unlimited)")
         if max_udp_peers < 1:
             raise LocalProtocolError("max_udp_peers must be >= 1")
-        if not is_client and not target_addresses:
+        if not is_client and not target_addresses and routes is None:
             raise LocalProtocolError("a server session needs the target addresses it may use")
         self._quic = quic
         self._is_client = is_client
         self._kind = _Kind(protocol)
         self._targets: tuple[Address, ...] = tuple((str(h), int(p)) for h, p in target_addresses)
+        #: With routes every stream carries a forward header; without, the session is upstream's single forward.
+        self._tagged = routes is not None
+        self._routes: tuple[Route, ...] = tuple(routes) if routes is not None else (Route(protocol, self._targets),)
+        self._has_udp = any(r.protocol == "udp" for r in self._routes)
+        self._headers: dict[int, bytearray] = {}  # server: streams whose forward header is still incomplete
         self._high_water = high_water
         self._low_water = low_water
         self._udp_idle_timeout = udp_idle_timeout
         self._max_flows = max_flows
         self._max_udp_peers = max_udp_peers
         self._flows: dict[int, _Flow] = {}
-        self._udp_by_peer: dict[Address, int] = {}
+        self._udp_by_peer: dict[tuple[int, Address], int] = {}
         self._paused: set[int] = set()
         self._events: deque[ForwardingEvent] = deque()
         self._now = 0.0
@@ -174,10 +240,10 @@ class ForwardingSession:
         self._peer_seen: set[int] = set()
         # UDP over QUIC datagrams: decided once, by the handshake both ends just completed.
         self.stats = UdpStats()
-        self.datagrams = self._kind is _Kind.UDP and bool(getattr(quic, "datagrams_negotiated", False))
+        self.datagrams = self._has_udp and bool(getattr(quic, "datagrams_negotiated", False))
         self._reassembler = Reassembler()
         self._early: deque[tuple[float, Whole | Fragment]] = deque()
-        if self._kind is _Kind.UDP:
+        if self._has_udp:
             log.debug("UDP travels %s", "as QUIC datagrams" if self.datagrams else "on streams (no datagram support)")
 
     # ------------------------------------------------------------------------------------------ properties
@@ -193,14 +259,19 @@ class ForwardingSession:
 
     # ------------------------------------------------------------------------------------------ TCP, adapter side
 
-    def open_tcp(self, now: float) -> int:
-        """Client: a local TCP connection was accepted; returns its flow id (a new bidirectional stream)."""
-        self._require(client=True, kind=_Kind.TCP)
+    def open_tcp(self, now: float, forward: int = 0) -> int:
+        """Client (or server, for a reverse forward): a local TCP connection was accepted on ``forward``'s
+        listener; returns its flow id (a new bidirectional stream)."""
+        if self._is_client:
+            self._require(client=True, kind=_Kind.TCP, forward=forward)
+        else:
+            self._require(client=False, kind=_Kind.TCP, forward=forward, protocol="reverse")
         self._now = now
         flow_id = self._quic.get_next_available_stream_id(is_unidirectional=False)
-        # The marker makes aioquic emit a STREAM frame at once, so the server learns of the stream and dials.
-        self._quic.send_stream_data(flow_id, STREAM_OPEN_MARKER)
-        self._flows[flow_id] = _Flow(flow_id, _Kind.TCP)
+        # The marker (or forward header) makes aioquic emit a STREAM frame at once, so the server learns of the
+        # stream and dials.
+        self._quic.send_stream_data(flow_id, forward_header(forward) if self._tagged else STREAM_OPEN_MARKER)
+        self._flows[flow_id] = _Flow(flow_id, _Kind.TCP, forward=forward)
         return flow_id
 
     def flow_data(self, flow_id: int, data: bytes) -> None:
@@ -247,6 +318,8 @@ class ForwardingSession:
         if flow.connected:
             return
         flow.connected = True
+        if flow.source is not None:  # a dynamic flow: tell the client only now, so its SOCKS reply is the truth
+            self._quic.send_stream_data(flow_id, encode_source_response(SourceResponse(accepted=True)))
         if flow.early:
             data, flow.early = bytes(flow.early), bytearray()
             self._deliver_tcp(flow, data)
@@ -282,14 +355,16 @@ class ForwardingSession:
 
     # ------------------------------------------------------------------------------------------ UDP, adapter side
 
-    def udp_received(self, peer: Address, data: bytes, now: float) -> None:
-        """Client: a datagram from local UDP peer ``peer``; each peer gets its own stream."""
-        self._require(client=True, kind=_Kind.UDP)
+    def udp_received(self, peer: Address, data: bytes, now: float, forward: int = 0) -> None:
+        """Client: a datagram from local UDP peer ``peer`` (on ``forward``'s socket); each peer gets its own
+        stream."""
+        self._require(client=True, kind=_Kind.UDP, forward=forward)
         self._now = now
         if len(data) > MAX_UDP_DATAGRAM:
             self.stats.too_big += 1
             return  # cannot be framed; a real UDP socket never hands us more anyway
-        flow_id = self._udp_by_peer.get(peer)
+        key = (forward, peer)
+        flow_id = self._udp_by_peer.get(key)
         if flow_id is None:
             if len(self._udp_by_peer) >= self._max_udp_peers:
                 # Full: retire the least recently active peer (a clean FIN, as an idle expiry would); it gets a
@@ -297,9 +372,11 @@ class ForwardingSession:
                 oldest = min(self._udp_by_peer.values(), key=lambda fid: self._flows[fid].last_active)
                 self._expire_udp(self._flows[oldest])
             flow_id = self._quic.get_next_available_stream_id(is_unidirectional=False)
-            flow = _Flow(flow_id, _Kind.UDP, decoder=UdpFrameDecoder(), peer=peer, last_active=now)
+            flow = _Flow(flow_id, _Kind.UDP, decoder=UdpFrameDecoder(), peer=peer, last_active=now, forward=forward)
             self._flows[flow_id] = flow
-            self._udp_by_peer[peer] = flow_id
+            self._udp_by_peer[key] = flow_id
+            if self._tagged:
+                self._quic.send_stream_data(flow_id, forward_header(forward))
             # The first datagram opens the stream (QUIC shows the server a stream only once it carries data), so
             # the server learns of the flow reliably; the next ones may travel as datagrams.
             self._send_udp_on_stream(flow, data, now)
@@ -311,7 +388,8 @@ class ForwardingSession:
 
         Pass ``now`` so replies keep the flow from idling out; without it the last time the session saw is used.
         """
-        self._require(client=False, kind=_Kind.UDP)
+        if self._is_client or not self._has_udp:
+            raise LocalProtocolError("only a server session with a UDP forward can do that")
         if now is not None:
             self._now = max(self._now, now)
         flow = self._flows.get(flow_id)
@@ -337,7 +415,7 @@ class ForwardingSession:
 
     def get_timer(self) -> float | None:
         """The next UDP idle expiry (TCP flows need no timer)."""
-        if self._kind is _Kind.TCP:
+        if not self._has_udp:
             return None
         deadlines = [f.last_active + self._udp_idle_timeout for f in self._flows.values() if f.kind is _Kind.UDP]
         reassembly = self._reassembler.get_timer()
@@ -373,9 +451,14 @@ class ForwardingSession:
     def _on_stream_data(self, stream_id: int, data: bytes, fin: bool, now: float) -> None:
         flow = self._flows.get(stream_id)
         if flow is None:
-            flow = self._accept_stream(stream_id, now)
+            if stream_id not in self._headers:
+                flow = self._accept_stream(stream_id, now)
             if flow is None:
-                return
+                if stream_id not in self._headers:
+                    return
+                flow, data = self._read_header(stream_id, data, fin, now)
+                if flow is None:
+                    return
         if flow.kind is _Kind.TCP:
             self._on_tcp_data(flow, data, fin)
         else:
@@ -388,11 +471,15 @@ class ForwardingSession:
         if _client_initiated(stream_id) == self._is_client or not self._is_new_peer_stream(stream_id):
             return None
         self._mark_peer_stream(stream_id)
-        if self._is_client or not _bidirectional(stream_id):
+        # Upstream's server never opens streams; ours does only for reverse forwards, in a session with routes.
+        if (self._is_client and not self._tagged) or not _bidirectional(stream_id):
             self._abort_stream(stream_id, RESET_REJECTED)  # upstream's server never opens streams
             return None
-        if self._max_flows and len(self._flows) >= self._max_flows:
+        if self._max_flows and len(self._flows) + len(self._headers) >= self._max_flows:
             self._abort_stream(stream_id, RESET_REJECTED)
+            return None
+        if self._tagged:
+            self._headers[stream_id] = bytearray()  # routed once its forward header is complete
             return None
         if self._kind is _Kind.TCP:
             flow = _Flow(stream_id, _Kind.TCP, awaiting_marker=True, connected=False)
@@ -402,7 +489,43 @@ class ForwardingSession:
         self._flows[stream_id] = flow
         return flow
 
+    def _read_header(self, stream_id: int, data: bytes, fin: bool, now: float) -> tuple[_Flow | None, bytes]:
+        """Server, several forwards: collect the stream's forward header, then open the flow its route names."""
+        buffer = self._headers[stream_id]
+        buffer += data
+        if len(buffer) < FORWARD_HEADER_SIZE:
+            if fin:  # ended before it said which forward: nothing to do but end ours too
+                del self._headers[stream_id]
+                self._abort_stream(stream_id, RESET_REJECTED)
+            return None, b""
+        del self._headers[stream_id]
+        index = int.from_bytes(buffer[:FORWARD_HEADER_SIZE], "big")
+        rest = bytes(buffer[FORWARD_HEADER_SIZE:])
+        self._quic.consume(stream_id, FORWARD_HEADER_SIZE)
+        route = self._routes[index] if index < len(self._routes) else None
+        if route is not None and (route.protocol == "reverse") != self._is_client:
+            route = None  # a stream in the wrong direction for its forward
+        if route is None or not route.allowed:
+            self._abort_stream(stream_id, RESET_REJECTED)  # a refused (or unknown) forward: nothing is dialled
+            return None, b""
+        flow: _Flow
+        if route.protocol == "dynamic":
+            flow = _Flow(stream_id, _Kind.TCP, connected=False, forward=index,
+                         request=MessageReader("SourceRequest"))
+        elif route.protocol in ("tcp", "reverse"):
+            flow = _Flow(stream_id, _Kind.TCP, connected=False, forward=index)
+            self._events.append(DialTcp(stream_id, route.addresses))
+        else:
+            flow = _Flow(stream_id, _Kind.UDP, decoder=UdpFrameDecoder(), last_active=now, forward=index)
+            self._events.append(OpenUdp(stream_id, route.addresses))
+        self._flows[stream_id] = flow
+        return flow, rest
+
     def _on_tcp_data(self, flow: _Flow, data: bytes, fin: bool) -> None:
+        if flow.request is not None:
+            data = self._read_preamble(flow, data, fin)
+            if flow.request is not None or flow.flow_id not in self._flows:
+                return
         if flow.awaiting_marker:
             if not data:
                 if fin:  # the stream ended before it even started: just end ours too
@@ -424,6 +547,90 @@ class ForwardingSession:
             self._deliver_tcp(flow, data)
         if fin:
             self._finish_receiving_tcp(flow)
+
+    # ------------------------------------------------------------------------------------------ dynamic forwards
+
+    def open_dynamic(self, now: float, forward: int, source: str) -> int:
+        """Client: an application asked this dynamic forward's SOCKS listener for ``source`` (tcp://host:port, a
+        name unresolved); returns the flow id. ``DynamicReply`` follows once the server answered."""
+        self._require(client=True, kind=_Kind.TCP, forward=forward, protocol="dynamic")
+        self._now = now
+        flow_id = self._quic.get_next_available_stream_id(is_unidirectional=False)
+        request = encode_source_request(SourceRequest(source=source))
+        self._quic.send_stream_data(flow_id, forward_header(forward) + request)
+        self._flows[flow_id] = _Flow(flow_id, _Kind.TCP, forward=forward, request=MessageReader("SourceResponse"))
+        return flow_id
+
+    def flow_resolved(self, flow_id: int, addresses: Sequence[str]) -> None:
+        """Server: the names of a dynamic flow's target resolved to ``addresses`` (empty: they did not)."""
+        flow = self._flows.get(flow_id)
+        if flow is None or flow.source is None or flow.connected:
+            return
+        policy = self._routes[flow.forward].policy
+        assert policy is not None
+        self._decided(flow, policy.decide_resolved(flow.source, addresses))
+
+    def _read_preamble(self, flow: _Flow, data: bytes, fin: bool) -> bytes:
+        """Dynamic flows: the SourceRequest (server) or SourceResponse (client) before the payload."""
+        assert flow.request is not None
+        try:
+            body = flow.request.feed(data) if data else None
+            if body is None:
+                if fin:
+                    flow.request.feed_eof()
+                return b""
+            reader, flow.request = flow.request, None
+            self._quic.consume(flow.flow_id, 4 + len(body))
+            if self._is_client:
+                self._on_source_response(flow, decode_source_response(body, expected_version=1))
+            else:
+                self._on_source_request(flow, decode_source_request(body, expected_version=1))
+        except (WireError, PolicyError) as exc:
+            log.debug("dynamic flow %d: %s", flow.flow_id, exc)
+            self._refuse_dynamic(flow, None)
+            return b""
+        return reader.remainder
+
+    def _on_source_request(self, flow: _Flow, request: SourceRequest) -> None:
+        source = parse_source(request.source)
+        if source.protocol != "tcp":
+            raise PolicyError("dynamic forwards carry TCP only")
+        flow.source = source
+        policy = self._routes[flow.forward].policy
+        assert policy is not None
+        verdict = policy.decide(source)
+        if isinstance(verdict, NeedsResolution):
+            self._events.append(ResolveTarget(flow.flow_id, verdict.host, verdict.port))
+        else:
+            self._decided(flow, verdict)
+
+    def _decided(self, flow: _Flow, decision: Decision) -> None:
+        if not decision.allowed:
+            reason = decision.reason or "not allowed"
+            log.info("Dynamic target %s refused: %s", flow.source.url() if flow.source else "?", reason)
+            # The verdict, then FIN; no STOP_SENDING, which could overtake the verdict. The client resets the rest.
+            self._quic.send_stream_data(
+                flow.flow_id, encode_source_response(SourceResponse(accepted=False, reason=reason)), end_stream=True
+            )
+            self._forget(flow)
+            return
+        self._events.append(DialTcp(flow.flow_id, decision.addresses))
+
+    def _on_source_response(self, flow: _Flow, response: SourceResponse) -> None:
+        if response.accepted:
+            self._events.append(DynamicReply(flow.flow_id, SOCKS_SUCCEEDED))
+            return
+        reason = response.reason or ""
+        code = SOCKS_HOST_UNREACHABLE if "DNS resolution" in reason else SOCKS_NOT_ALLOWED
+        log.info("Dynamic target refused by the server: %s", reason)
+        self._refuse_dynamic(flow, code)
+
+    def _refuse_dynamic(self, flow: _Flow, code: int | None) -> None:
+        """End a dynamic flow before it carried payload; the client tells its application ``code``."""
+        self._abort_stream(flow.flow_id, RESET_REJECTED)
+        if self._is_client:
+            self._events.append(DynamicReply(flow.flow_id, SOCKS_GENERAL_FAILURE if code is None else code))
+        self._forget(flow)
 
     def _deliver_tcp(self, flow: _Flow, data: bytes) -> None:
         flow.delivered += len(data)
@@ -447,7 +654,7 @@ class ForwardingSession:
             flow.last_active = now
             for datagram in flow.decoder.feed(data):
                 if flow.peer is not None:
-                    self._events.append(SendUdpTo(flow.peer, datagram))
+                    self._events.append(SendUdpTo(flow.peer, datagram, flow.forward))
                 else:
                     self._events.append(SendUdp(flow.flow_id, datagram))
         if not fin:
@@ -498,7 +705,7 @@ class ForwardingSession:
         self._quic.send_stream_data(flow.flow_id, encode_udp_frame(data))
 
     def _on_datagram(self, data: bytes, now: float) -> None:
-        if self._kind is not _Kind.UDP:
+        if not self._has_udp:
             self.stats.unknown_flow += 1
             return
         try:
@@ -541,13 +748,13 @@ class ForwardingSession:
             return
         flow.last_active = now
         if flow.peer is not None:
-            self._events.append(SendUdpTo(flow.peer, payload))
+            self._events.append(SendUdpTo(flow.peer, payload, flow.forward))
         else:
             self._events.append(SendUdp(flow.flow_id, payload))
 
     def report_stats(self) -> None:
         """Log what happened to this session's UDP datagrams (once, when the tunnel closes)."""
-        if self._kind is _Kind.UDP:
+        if self._has_udp:
             mode = "QUIC datagrams" if self.datagrams else "streams"
             log.info("UDP over %s: %s", mode, self.stats.summary())
 
@@ -566,17 +773,24 @@ class ForwardingSession:
         self._forget(flow)
 
     def _on_peer_abort(self, stream_id: int) -> None:
+        if self._headers.pop(stream_id, None) is not None:
+            self._abort_stream(stream_id, RESET_LOCAL_ERROR)
+            return
         flow = self._flows.get(stream_id)
         if flow is None:
             return
         self._abort_stream(stream_id, RESET_LOCAL_ERROR)
-        if flow.kind is _Kind.TCP:
+        if self._is_client and flow.request is not None:  # a dynamic flow the server could not connect
+            self._events.append(DynamicReply(stream_id, SOCKS_CONNECTION_REFUSED))
+            self._forget(flow)
+        elif flow.kind is _Kind.TCP:
             self._events.append(AbortTcp(stream_id))
             self._forget(flow)
         else:
             self._end_udp(flow)
 
     def _on_connection_lost(self) -> None:
+        self._headers.clear()
         for flow in list(self._flows.values()):
             if flow.kind is _Kind.TCP:
                 self._events.append(AbortTcp(flow.flow_id))
@@ -586,10 +800,11 @@ class ForwardingSession:
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    def _require(self, *, client: bool, kind: _Kind) -> None:
-        if self._is_client != client or self._kind is not kind:
+    def _require(self, *, client: bool, kind: _Kind, forward: int = 0, protocol: str | None = None) -> None:
+        route = self._routes[forward] if 0 <= forward < len(self._routes) else None
+        if self._is_client != client or route is None or route.protocol != (protocol or kind.value):
             role = "client" if client else "server"
-            raise LocalProtocolError(f"only a {kind.value} {role} session can do that")
+            raise LocalProtocolError(f"only a {kind.value} {role} session (or forward) can do that")
 
     def _check_resume(self) -> None:
         for flow_id in sorted(self._paused):
@@ -614,8 +829,8 @@ class ForwardingSession:
     def _forget(self, flow: _Flow) -> None:
         self._flows.pop(flow.flow_id, None)
         self._paused.discard(flow.flow_id)
-        if flow.peer is not None and self._udp_by_peer.get(flow.peer) == flow.flow_id:
-            del self._udp_by_peer[flow.peer]
+        if flow.peer is not None and self._udp_by_peer.get((flow.forward, flow.peer)) == flow.flow_id:
+            del self._udp_by_peer[(flow.forward, flow.peer)]
 
     def _is_new_peer_stream(self, stream_id: int) -> bool:
         return stream_id >= self._peer_floor and stream_id not in self._peer_seen

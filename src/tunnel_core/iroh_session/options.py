@@ -6,6 +6,7 @@ from __future__ import annotations
 import attrs
 
 from tunnel_core.iroh_session.constants import DEFAULT_MAX_SESSIONS
+from tunnel_core.options import Forward
 
 
 @attrs.frozen
@@ -53,6 +54,9 @@ class IrohClientOptions:
     server_id: bytes
     source: str
     target: str
+    #: More TCP forwards over the same connection (``--forward``; docs/forwards.md): each stream's SourceRequest
+    #: names its own source, so upstream's server serves them as it is.
+    extra_forwards: tuple[Forward, ...] = ()
     #: Persistent identity (what the server allowlists); None means a fresh identity for this run.
     secret_key: bytes | None = None
     #: ``ip:port`` addresses of the server to dial directly (no discovery needed).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from tunnel_core.nostr.constants import KIND
-from tunnel_core.options import IceOptions
+from tunnel_core.options import Forward, IceOptions
 
 #: Upstream E3's default relays (reference 5.7). Tests always pass their own local relay.
 DEFAULT_RELAYS: tuple[str, ...] = (
@@ -49,6 +49,8 @@ class NostrClientOptions:
     peer_npub: str
     source: str
     target: str
+    #: More forwards over the same connection (docs/forwards.md); each names its protocol in its source URL.
+    extra_forwards: tuple[Forward, ...] = ()
     relays: tuple[str, ...] = DEFAULT_RELAYS
     ice: IceOptions = attrs.field(factory=IceOptions)
     republish_interval: float = DEFAULT_CLIENT_REPUBLISH

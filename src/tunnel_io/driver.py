@@ -16,7 +16,7 @@ from typing import Any
 from tunnel_core.types import Address
 from tunnel_io.reactor import Reactor, Timer, Watch
 
-log = logging.getLogger("tunnel")
+log = logging.getLogger("tunnel_io.driver")
 
 #: Every driver fires a timer closer than this at once, as if due: the runtime's timer granularity would otherwise
 #: throttle aioquic's pacer. It stays well below aioquic's 1 ms ACK delay, so the delayed ACK keeps batching: fired

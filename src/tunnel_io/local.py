@@ -29,7 +29,6 @@ from tunnel_io.dial import HappyEyeballs
 from tunnel_io.driver import drain
 from tunnel_io.reactor import Reactor, Timer, Watch
 
-log = logging.getLogger("tunnel")
 #: SOCKS5 listener messages, shown at the default level (the "tunnel" logger above is not).
 socks_log = logging.getLogger("tunnel_io.socks")
 

@@ -112,11 +112,28 @@ class Listen:
     port: int
 
 
+@attrs.frozen
+class Detach:
+    """Let go of the lost tunnel (its peer, driver and UDP sockets) but keep the local listeners bound: open local
+    connections are reset with one line each, new ones wait in the listen backlog until the next tunnel is ready
+    (docs/reconnect.md). The next ``BindHostSockets``/``Start`` build a fresh tunnel."""
+
+
+@attrs.frozen
+class Sleep:
+    """Wait ``seconds`` (reconnect backoff); a stop request ends the wait like any other."""
+
+    seconds: float
+
+
 class Stopped(Exception):
     """Thrown into a flow by its interpreter when the user asked the program to stop."""
 
 
-Effect = Say | PrintBlock | ReadBlock | BindHostSockets | Resolve | NewIdentity | Start | Poke | Wait | Listen
+Effect = (
+    Say | PrintBlock | ReadBlock | BindHostSockets | Resolve | NewIdentity | Start | Poke | Wait | Listen | Detach
+    | Sleep
+)
 Flow = Generator[Effect, Any, None]
 
 # ------------------------------------------------------------------------------------------------ shared steps
@@ -242,7 +259,8 @@ def _start_checks(peer: Peer, remote: dialogue.RemoteIce) -> Generator[Effect, A
     yield Poke(peer.ice.connect)
 
 
-def until_up(peer: Peer, ready_message: str, ready_line: str) -> Generator[Effect, Any, None]:
+def until_up(peer: Peer, ready_message: str, ready_line: str) -> Generator[Effect, Any, IceConnected]:
+    """Wait for ICE, then QUIC; say so; return ICE's result (its ``connection_type`` names the path)."""
     connected = yield Wait("connected")
     if isinstance(connected, TunnelClosed):
         raise failure(connected)
@@ -257,6 +275,7 @@ def until_up(peer: Peer, ready_message: str, ready_line: str) -> Generator[Effec
     if isinstance(ready, TunnelClosed):
         raise failure(ready)
     yield Say(ready_line)
+    return connected
 
 
 # ------------------------------------------------------------------------------------------------ manual mode
@@ -284,15 +303,20 @@ def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -
         raise _input_error(exc) from None
     yield from _start_checks(peer, _checked_ice(answer))
     yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
-    try:
-        bound = yield Listen(source.protocol, local_ip, listen_port)
-    except OSError as exc:
-        raise TunnelError(f"Failed to listen on {opts.target}: {exc.strerror or exc}", ExitCode.GENERAL) from None
-    what = "connect" if source.protocol == "tcp" else "send"
-    yield Say(f"Listening on {source.protocol.upper()} {dialogue.format_address(bound)} - configure your client "
-              f"to {what} here")
+    yield from listen_locally(source.protocol, local_ip, listen_port, opts.target)
     closed = yield Wait("closed")
     raise client_end(closed)
+
+
+def listen_locally(protocol: Literal["tcp", "udp"], ip: str, port: int, target: str) -> Generator[Effect, Any, None]:
+    """The client's local listener, and the line that tells the user where to connect; shared by the ICE modes."""
+    try:
+        bound = yield Listen(protocol, ip, port)
+    except OSError as exc:
+        raise TunnelError(f"Failed to listen on {target}: {exc.strerror or exc}", ExitCode.GENERAL) from None
+    what = "connect" if protocol == "tcp" else "send"
+    yield Say(f"Listening on {protocol.upper()} {dialogue.format_address(bound)} - configure your client "
+              f"to {what} here")
 
 
 def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -> Flow:

@@ -23,7 +23,6 @@ from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.flows import (
     QUIC_CONNECT_TIMEOUT,
     Effect,
-    Listen,
     NewIdentity,
     Poke,
     Say,
@@ -33,6 +32,7 @@ from tunnel_core.flows import (
     decide_source,
     failure,
     listen_ip,
+    listen_locally,
     start_peer,
     until_up,
 )
@@ -51,10 +51,11 @@ from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
 from tunnel_core.nostr.pool import RelayPool
 from tunnel_core.nostr.target import client_protocol
 from tunnel_core.options import ExitCode, TunnelError
-from tunnel_core.peer import Peer
+from tunnel_core.peer import IceConnected, Peer
 from tunnel_core.peertext import quote_peer
 from tunnel_core.policy import AccessPolicy, PolicyError, parse_source, parse_target
 from tunnel_core.quic.identity import QuicIdentity
+from tunnel_core.reconnect import keep_reconnecting
 from tunnel_core.signal import ManualOffer, ManualReject, ManualRequest
 
 #: Reference 5.5: requests older than this are replays (some relays store ephemeral events anyway).
@@ -214,10 +215,36 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
     yield Say(f"Transfer ID: {channel.transfer_id}")
     yield Say(f"Relays: {format_relays(opts.relays)}")
 
+    def establish(remaining: float) -> Generator[Any, Any, IceConnected]:
+        # A reconnect attempt waits for the server's offer no longer than the reconnect budget left.
+        return _client_session(attrs.evolve(opts, max_wait=min(opts.max_wait, remaining)), rng, channel, source)
+
+    yield from _client_session(opts, rng, channel, source)
+    yield from listen_locally(source.protocol, local_ip, listen_port, target)
+    while True:
+        closed = yield Wait("closed")
+        # A new request through the relays builds a new tunnel; the listener stays (docs/reconnect.md).
+        yield from keep_reconnecting(establish, client_end(closed), opts.reconnect_timeout, Clock())
+
+
+def _client_session(
+    opts: NostrClientOptions, rng: Callable[[int], bytes], channel: Channel, source: Any
+) -> Generator[Any, Any, IceConnected]:
+    """One tunnel: open the relays, request, answer, connect; the relays are left once the answer is out (or at
+    once when this attempt fails, so a reconnect's next attempt starts clean)."""
     pool = RelayPool(opts.relays, filters=[channel.subscription_filter()], subscription_id=rng(8).hex())
     opened = yield OpenRelays(pool)
     yield Say(f"Connected to {opened}/{len(opts.relays)} relay(s)")
+    try:
+        return (yield from _client_request(opts, rng, channel, source))
+    except TunnelError:
+        yield CloseRelays()
+        raise
 
+
+def _client_request(
+    opts: NostrClientOptions, rng: Callable[[int], bytes], channel: Channel, source: Any
+) -> Generator[Any, Any, IceConnected]:
     identity: QuicIdentity | None = None if opts.plaintext else (yield NewIdentity())
     pins: dict[str, str] = {}
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, controlling=False, identity=identity, pins=pins,
@@ -248,16 +275,7 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
     except RemoteProtocolError as exc:
         raise TunnelError(str(exc), ExitCode.CONNECT_FAILED) from None
     yield from _start_checks(peer, offer.ice_ufrag, offer.ice_pwd, offer.candidates)
-    yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
-    try:
-        bound = yield Listen(source.protocol, local_ip, listen_port)
-    except OSError as exc:
-        raise TunnelError(f"Failed to listen on {target}: {exc.strerror or exc}", ExitCode.GENERAL) from None
-    what = "connect" if source.protocol == "tcp" else "send"
-    yield Say(f"Listening on {source.protocol.upper()} {dialogue.format_address(bound)} - configure your client "
-              f"to {what} here")
-    closed = yield Wait("closed")
-    raise client_end(closed)
+    return (yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC."))
 
 
 def _await_offer(

@@ -220,6 +220,8 @@ class LocalForwarder:
         self._accept_watch: Watch | None = None
         self._backoff: Timer | None = None
         self._closed = False
+        #: between ``detach`` and ``attach`` (a reconnect): new connections wait in the listen backlog
+        self._held = False
 
     # ------------------------------------------------------------------------------------- client listeners
 
@@ -258,7 +260,7 @@ class LocalForwarder:
 
     def _accept_again(self) -> None:
         self._backoff = None
-        if self._accept_watch is not None and not self._closed:
+        if self._accept_watch is not None and not self._closed and not self._held:
             self._accept_watch.want(read=True, write=False)
 
     def _accepted(self, conn: Any) -> None:
@@ -388,6 +390,32 @@ class LocalForwarder:
 
     # ------------------------------------------------------------------------------------- lifetime
 
+    def detach(self) -> None:
+        """The tunnel is lost and a new one will be built (docs/reconnect.md): reset every open local connection
+        with one line each (streams do not survive a reconnect yet), drop UDP flows towards services, and let new
+        connections wait in the listen backlog until ``attach``. The listeners stay bound."""
+        for dial in self.dials.values():
+            dial.cancel()
+        self.dials.clear()
+        for flow in list(self.tcp.values()):
+            log.warning("Connection from %s reset: the tunnel was lost", _peer_name(flow.sock))
+            flow.release(abort=True)
+        self.tcp.clear()
+        for entry in self.udp_flows.values():
+            entry.close()
+        self.udp_flows.clear()
+        self._held = True
+        if self._accept_watch is not None:
+            self._accept_watch.want(read=False, write=False)
+
+    def attach(self) -> None:
+        """A new tunnel is ready: accept again (connections that waited in the backlog come first)."""
+        if not self._held:
+            return
+        self._held = False
+        if self._accept_watch is not None and not self._closed and self._backoff is None:
+            self._accept_watch.want(read=True, write=False)
+
     def close(self) -> None:
         if self._closed:
             return
@@ -414,3 +442,11 @@ class LocalForwarder:
 
 def _nothing() -> None:
     pass
+
+
+def _peer_name(sock: Any) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "a local client"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

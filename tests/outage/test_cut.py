@@ -16,8 +16,10 @@ import queue
 import time
 
 import pytest
-from tests.nat.lab import Lab, is_root, reap_stale_labs, tools_missing
+from tests.nat.lab import Lab
 from tests.nat.modes import MODES, PROBE, PYTHON, Connected, Proc, RunningPair
+
+from .cut import cut, heal
 
 pytestmark = [pytest.mark.nat, pytest.mark.timeout(400)]
 
@@ -30,36 +32,6 @@ CUT_AFTER = 4 * 1024 * 1024
 #: Python binding has no hook for it): it resumes at quinn's next backed-off probe or relay reconnect, measured at
 #: about 6 s after a 20 s cut; the bound below says "it comes back by itself", docs/reconnect.md says the rest.
 RESUME_LIMIT = {"manual": 2.0, "nostr": 2.0, "iroh": 15.0}
-CUT_TABLE = "tunnel_outage_cut"
-
-
-def cut_rules() -> str:
-    """Everything on the router's WAN side dropped, both ways (before conntrack inbound, after NAT outbound)."""
-    return f"""table inet {CUT_TABLE} {{
-  chain cut_in {{
-    type filter hook prerouting priority -300; policy accept;
-    iifname "wan" counter drop
-  }}
-  chain cut_out {{
-    type filter hook postrouting priority 300; policy accept;
-    oifname "wan" counter drop
-  }}
-}}
-"""
-
-
-@pytest.fixture
-def lab():
-    if not is_root():
-        pytest.fail("the outage tests build network namespaces and must run as root (CI does)", pytrace=False)
-    missing = tools_missing()
-    if missing:
-        pytest.fail(f"the outage tests need {', '.join(missing)} (scripts/install.sh --test)", pytrace=False)
-    reap_stale_labs()
-    with Lab("fullcone", "fullcone") as built:
-        yield built
-
-
 class Progress:
     """The probe's stdout: progress lines (bytes, monotonic time) and its final JSON verdict."""
 
@@ -106,11 +78,11 @@ def run_cut(lab: Lab, pair: RunningPair) -> dict[str, object]:
         while progress.received < CUT_AFTER and progress.verdict is None and time.monotonic() < deadline:
             progress.pump(time.monotonic() + 0.5)
         assert progress.verdict is None and progress.received >= CUT_AFTER, (progress.verdict, pair.describe())
-        lab.nx("rA", "nft", "-f", "-", input_text=cut_rules())
+        cut(lab)
         cut_at = time.monotonic()
         progress.pump(cut_at + CUT_SECONDS)
         at_heal = progress.received
-        lab.nx("rA", "nft", "delete", "table", "inet", CUT_TABLE)
+        heal(lab)
         healed_at = time.monotonic()
         progress.pump(healed_at + 280)
         resumed = progress.first_growth_after(healed_at, at_heal)

@@ -25,7 +25,24 @@ MAX_DELAY = 30.0
 #: Failures that retrying cannot fix.
 FINAL = (ExitCode.AUTH, ExitCode.USAGE)
 
-__all__ = ["DEFAULT_RECONNECT_TIMEOUT", "FIRST_DELAY", "MAX_DELAY", "keep_reconnecting", "quiet"]
+__all__ = [
+    "DEFAULT_RECONNECT_TIMEOUT", "FINAL", "FIRST_DELAY", "MAX_DELAY", "back_line", "gave_up", "keep_reconnecting",
+    "lost_line", "quiet",
+]
+
+
+def lost_line(reason: str, timeout: float) -> str:
+    """The one line a client says when its tunnel is lost and it starts reconnecting (every mode says the same)."""
+    return f"Tunnel lost: {reason}. Reconnecting... (giving up after {timeout:g}s)"
+
+
+def back_line(elapsed: float, attempts: int, path: str) -> str:
+    return f"Tunnel back after {elapsed:.1f}s ({attempts} attempt(s)): {path}"
+
+
+def gave_up(elapsed: float, attempts: int, last: str) -> TunnelError:
+    return TunnelError(f"Gave up reconnecting after {elapsed:.0f}s ({attempts} attempt(s)); last error: {last}",
+                       ExitCode.CONNECTION_LOST)
 
 
 def quiet(gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
@@ -63,7 +80,7 @@ def keep_reconnecting(
     if lost.exit_code in FINAL or timeout <= 0:
         raise lost
     yield Detach()
-    yield Say(f"Tunnel lost: {lost.message}. Reconnecting... (giving up after {timeout:g}s)")
+    yield Say(lost_line(lost.message, timeout))
     started = (yield clock).monotonic
     delay = FIRST_DELAY
     attempts = 0
@@ -79,12 +96,11 @@ def keep_reconnecting(
             last = exc.message
         else:
             elapsed = (yield clock).monotonic - started
-            yield Say(f"Tunnel back after {elapsed:.1f}s ({attempts} attempt(s)): {connected.connection_type}")
+            yield Say(back_line(elapsed, attempts, connected.connection_type))
             return connected
         yield Detach()
         elapsed = (yield clock).monotonic - started
         if elapsed + delay > timeout:
-            raise TunnelError(f"Gave up reconnecting after {elapsed:.0f}s ({attempts} attempt(s)); last error: "
-                              f"{last}", ExitCode.CONNECTION_LOST)
+            raise gave_up(elapsed, attempts, last)
         yield Sleep(delay)
         delay = min(delay * 2, MAX_DELAY)

@@ -180,8 +180,9 @@ def run_restart(mode: str, prefixes: list[str]) -> RestartResult:
                 mover.stop()
 
         try:
-            # Nostr clients reconnect by default (docs/reconnect.md); this run checks the old behaviour, exit 11.
-            options = {"client_extra": ("--reconnect-timeout", "0")} if mode == "nostr" else {}
+            # Nostr and iroh clients reconnect by default (docs/reconnect.md); this run checks the old behaviour,
+            # exit 11 at once, which --reconnect-timeout 0 restores.
+            options = {"client_extra": ("--reconnect-timeout", "0")} if mode in ("nostr", "iroh") else {}
             return _run_pair(lab, mode, False, 7104, body, **options)  # type: ignore[return-value]
         except Exception:
             return RestartResult(None, detail=traceback.format_exc())

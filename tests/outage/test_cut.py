@@ -30,7 +30,7 @@ CUT_AFTER = 4 * 1024 * 1024
 #: How soon after the heal data must flow again. Manual and nostr mode: the ICE consent check that is answered again
 #: makes our QUIC probe at once (tunnel_core.peer). Iroh mode runs quinn inside iroh, which we cannot prod (the
 #: Python binding has no hook for it): it resumes at quinn's next backed-off probe or relay reconnect, measured at
-#: about 6 s after a 20 s cut; the bound below says "it comes back by itself", docs/reconnect.md says the rest.
+#: 6 to 9 s after a 20 s cut; the bound below says "it comes back by itself", docs/reconnect.md says the rest.
 RESUME_LIMIT = {"manual": 2.0, "nostr": 2.0, "iroh": 15.0}
 class Progress:
     """The probe's stdout: progress lines (bytes, monotonic time) and its final JSON verdict."""

@@ -27,13 +27,18 @@ FINAL = (ExitCode.AUTH, ExitCode.USAGE)
 
 __all__ = [
     "DEFAULT_RECONNECT_TIMEOUT", "FINAL", "FIRST_DELAY", "MAX_DELAY", "back_line", "gave_up", "keep_reconnecting",
-    "lost_line", "quiet",
+    "lost_line", "quiet", "reset_line",
 ]
 
 
 def lost_line(reason: str, timeout: float) -> str:
     """The one line a client says when its tunnel is lost and it starts reconnecting (every mode says the same)."""
     return f"Tunnel lost: {reason}. Reconnecting... (giving up after {timeout:g}s)"
+
+
+def reset_line(peer: str) -> str:
+    """One line per local connection a lost tunnel took with it (durable streams are a later step, issue 15 item 4)."""
+    return f"Connection from {peer} reset: the tunnel was lost"
 
 
 def back_line(elapsed: float, attempts: int, path: str) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunnel_core.forwarding import events as fe
+from tunnel_core.reconnect import reset_line
 from tunnel_core.types import Address
 from tunnel_io.dial import HappyEyeballs
 from tunnel_io.driver import DRAIN_LIMIT
@@ -398,7 +399,7 @@ class LocalForwarder:
             dial.cancel()
         self.dials.clear()
         for flow in list(self.tcp.values()):
-            log.warning("Connection from %s reset: the tunnel was lost", _peer_name(flow.sock))
+            log.warning("%s", reset_line(_peer_name(flow.sock)))
             flow.release(abort=True)
         self.tcp.clear()
         for entry in self.udp_flows.values():

@@ -34,7 +34,7 @@ from tunnel_core.iroh_session.options import IrohClientOptions
 from tunnel_core.keys import format_endpoint_id
 from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.policy import parse_source, parse_target
-from tunnel_core.reconnect import FINAL, FIRST_DELAY, MAX_DELAY, back_line, gave_up, lost_line
+from tunnel_core.reconnect import FINAL, FIRST_DELAY, MAX_DELAY, back_line, gave_up, lost_line, reset_line
 from tunnel_core.types import Address
 from tunnel_core.wire import UdpFrameDecoder, WireError
 from tunnel_iroh import ffi
@@ -300,12 +300,16 @@ class IrohClient:
         try:
             try:
                 await self._up.wait()  # during a reconnect: until the new connection is there
+                conn = self.conn
                 send, recv, payload = await self.open_source_stream()
             except TunnelError as exc:
                 log.error("%s", exc.message)
                 writer.transport.abort()
                 return
             await bridge_tcp(reader, writer, send, recv, first=payload)
+            if not self._closing and (conn is not self.conn or _closed(conn)):
+                peer = writer.get_extra_info("peername")
+                log.warning("%s", reset_line(f"{peer[0]}:{peer[1]}" if peer else "a local client"))
         finally:
             if task is not None:
                 self._tasks.discard(task)
@@ -462,3 +466,11 @@ def _path_text(conn: Any) -> str:
     if chosen is None:
         return "connected"
     return f"{'Relay' if chosen.is_relay else 'Direct'} {chosen.remote}"
+
+
+def _closed(conn: Any) -> bool:
+    """Whether an iroh connection has ended (its close reason is known)."""
+    try:
+        return conn.close_reason() is not None
+    except Exception:
+        return False

@@ -56,8 +56,7 @@ def test_client_reconnects_by_itself_after_a_server_restart(lab: Lab, mode: str)
         again = pair.transfer(SMALL, timeout=60)
         assert again.get("ok") is True, (again, pair.describe())
         assert _count(pair.client, "Reconnecting...") == 1
-        if mode == "nostr":  # iroh: the open stream ends with its connection (bridge_tcp)
-            assert _count(pair.client, "reset: the tunnel was lost") == 1, pair.describe()
+        assert _count(pair.client, "reset: the tunnel was lost") == 1, pair.describe()
         print(f"\n[reconnect] {mode} server restart: back after {back.group(1)}s of reconnecting, "
               f"{took:.1f}s after the restart", flush=True)
     finally:

@@ -16,7 +16,9 @@ from tunnel_core.errors import LocalProtocolError
 from tunnel_core.ice import (
     REASON_ALL_FAILED,
     REASON_TIMEOUT,
+    ConsentDegraded,
     ConsentLost,
+    ConsentRestored,
     GatheringComplete,
     IceAgent,
     IceFailed,
@@ -472,21 +474,57 @@ def _selected_controlled_agent() -> IceAgent:
     return agent
 
 
-def test_consent_checks_every_5s_plus_minus_20_percent_and_loss_after_30s() -> None:
+def test_consent_checks_every_5s_plus_minus_20_percent_then_every_second_while_unanswered_and_loss_after_30s(
+) -> None:
     agent = _selected_controlled_agent()
-    sent = run_timers(agent, T0 + 100)
-    fresh = {}
-    for t, x in sent:
-        tid = stun.decode(x.data).transaction_id
-        fresh.setdefault(tid, t)
-        assert (x.local, x.remote) == (LOCAL, REMOTE)
-    starts = sorted(fresh.values())
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert gaps and all(4.0 <= g <= 6.0 for g in gaps)
-    assert len(set(round(g, 3) for g in gaps)) > 1  # randomised
-    (lost,) = events(agent)
+    answered_until = T0 + 60
+    starts: list[float] = []
+    for _ in range(100_000):  # answer every consent check for 60 s, then none
+        t = agent.get_timer()
+        if t is None or t > T0 + 100:
+            break
+        agent.handle_timer(t)
+        for msg, x in decode_all(agent.datagrams_to_send(t)):
+            assert (x.local, x.remote) == (LOCAL, REMOTE)
+            if msg.transaction_id not in {tid for tid, _ in starts}:
+                starts.append((msg.transaction_id, t))
+            if t < answered_until:
+                agent.receive_datagram(success(msg, LOCAL), x.local, x.remote, t + 0.01)
+    times = [t for _, t in starts]
+    fresh_gaps = [b - a for a, b in itertools.pairwise(t for t in times if t < answered_until)]
+    assert fresh_gaps and all(4.0 <= g <= 6.0 for g in fresh_gaps)
+    assert len(set(round(g, 3) for g in fresh_gaps)) > 1  # randomised
+    last_answer = max(t for t in times if t < answered_until) + 0.01
+    degraded, lost = events(agent)
+    assert degraded == ConsentDegraded(since=last_answer)
+    # Unanswered: checks every second (so the path's return is noticed within about one), from the first miss.
+    late = [t for t in times if t > answered_until]
+    assert late[0] - last_answer <= 6.0 + 0.01
+    assert all(abs(b - a - 1.0) < 1e-6 for a, b in itertools.pairwise(late[1:]))
     assert lost == ConsentLost()
     assert agent.state is IceState.FAILED and agent.get_timer() is None
+
+
+def test_a_consent_answer_after_a_silence_reports_the_path_back_once() -> None:
+    agent = _selected_controlled_agent()
+    pending = []
+    t = agent.get_timer()
+    while t is not None and t < T0 + 12:
+        agent.handle_timer(t)
+        pending.extend(decode_all(agent.datagrams_to_send(t)))
+        t = agent.get_timer()
+    (degraded,) = events(agent)
+    assert isinstance(degraded, ConsentDegraded)
+    msg, x = pending[-1]
+    agent.receive_datagram(success(msg, LOCAL), x.local, x.remote, T0 + 12)
+    (restored,) = events(agent)
+    assert restored == ConsentRestored(outage=T0 + 12 - degraded.since)
+    for msg, x in pending[:-1]:  # late answers to older checks: fresh, but nothing more to report
+        agent.receive_datagram(success(msg, LOCAL), x.local, x.remote, T0 + 12.1)
+    assert events(agent) == [] and agent.state is IceState.CONNECTED
+    # Back to the ordinary pace.
+    agent.datagrams_to_send(T0 + 12.1)
+    assert 12 + 4.0 <= agent.get_timer() - T0 <= 12 + 6.0
 
 
 def test_answered_consent_keeps_the_agent_connected_and_peer_checks_are_answered() -> None:

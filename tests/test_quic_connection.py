@@ -285,3 +285,39 @@ def test_get_timer_is_cached_until_the_next_input() -> None:
     pair.flush()  # datagrams_to_send and receive_datagram clear it
     assert client.get_timer() != -1.0
     assert fresh is not None
+
+
+def test_probe_now_forgets_the_backoff_of_a_cut_and_pings_at_once() -> None:
+    """After a cut QUIC's probe timeout has doubled many times; probe_now resets it (aioquic 1.7 keeps the count in
+    ``_loss._pto_count``, which this test pins) and sends a PING whose acknowledgement is ours, not the user's."""
+    pair = Pair()
+    pair.handshake()
+    stream = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(stream, b"x" * 10_000)
+    pair.drop = lambda side, data: True  # the cut
+    pair.idle(20.0)
+    assert pair.client._loss._pto_count >= 5
+    late_probe = pair.client.get_timer()
+    assert late_probe is not None and late_probe - pair.now > 5.0
+    pair.drop = lambda side, data: False
+    sent_before = pair.datagrams["client"]
+    pair.client.probe_now(pair.now)
+    assert pair.client._loss._pto_count == 0
+    pair.flush()
+    assert pair.datagrams["client"] > sent_before
+    pair.run(lambda: pair.client._loss.bytes_in_flight == 0, max_time=2.0)
+    assert not pair.has("client", qe.PingAcknowledged)
+
+
+def test_probe_now_does_nothing_before_the_handshake_or_after_close() -> None:
+    pair = Pair()
+    pair.client.probe_now(pair.now)  # the Initial is in flight, nothing is established: no PING
+    assert not pair.client._keepalive_uids
+    done = Pair()
+    done.handshake()
+    done.client.close()
+    done.idle(5.0)
+    sent = done.datagrams["client"]
+    done.client.probe_now(done.now)
+    done.flush()
+    assert done.datagrams["client"] == sent

@@ -166,3 +166,26 @@ def parse_cli_packet_size(text: str) -> int:
     return check_packet_size(value, "--packet-size")
 
 
+
+
+#: Units ``--reconnect-timeout`` understands, in seconds.
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: A day: longer is a typo, not a plan (the tunnel would hold listeners for a peer that is not coming back).
+MAX_DURATION = 86400.0
+
+
+def parse_duration(value: object, where: str) -> float:
+    """``--reconnect-timeout`` / ``reconnect_timeout``: seconds as a number, or text like ``90``, ``90s``, ``5m``,
+    ``1h``; 0 is allowed (it turns reconnecting off)."""
+    text = str(value).strip().lower() if not isinstance(value, bool) else ""
+    number, unit = text, ""
+    if text and text[-1] in "smh":
+        number, unit = text[:-1], text[-1]
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_DURATION or seconds != seconds:
+        raise usage_error(f"Invalid {where} '{value}'. Expected a duration such as 0, 90, 90s, 5m or 1h "
+                          "(at most 24h)")
+    return seconds

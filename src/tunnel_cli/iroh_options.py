@@ -14,6 +14,7 @@ from tunnel_cli.iroh_identity import allowed_clients, authorized_keys, private_k
 from tunnel_cli.iroh_network import check_ip_port
 from tunnel_cli.iroh_section import IrohSection, section_list, section_str
 from tunnel_cli.parser import flag, given
+from tunnel_core.options import DEFAULT_RECONNECT_TIMEOUT
 
 if TYPE_CHECKING:
     from tunnel_core.iroh_session.options import IrohClientOptions, IrohNetwork, IrohServerOptions
@@ -120,8 +121,15 @@ def client_options(
     extra = tuple(parse_forward(spec) for spec in (flag(ns, "forward") or []))
     if any(not f.source.lower().startswith("tcp://") for f in extra):
         raise cfg.usage_error("iroh mode carries extra forwards over TCP only (--forward LISTEN=tcp://host:port)")
+    reconnect = given(flag(ns, "reconnect_timeout"))
+    if reconnect is not None:
+        reconnect_timeout = checks.parse_duration(reconnect, "--reconnect-timeout")
+    elif "reconnect_timeout" in section.values:
+        reconnect_timeout = checks.parse_duration(section.values["reconnect_timeout"], "[iroh] reconnect_timeout")
+    else:
+        reconnect_timeout = DEFAULT_RECONNECT_TIMEOUT
     return IrohClientOptions(server_id=server_id, source=source, target=target, secret_key=secret_key(ns, section),
                              server_addrs=addrs, network=network, protocol=protocol, auth_seed=seed,
-                             extra_forwards=extra)
+                             extra_forwards=extra, reconnect_timeout=reconnect_timeout)
 
 

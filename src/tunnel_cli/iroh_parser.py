@@ -73,6 +73,9 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
                    help="dial the server directly at this address (repeatable; LAN or offline use)")
     p.add_argument("--private-key-file", metavar="FILE",
                    help="this client's Ed25519 key file ('ed25519-sec:...', see generate-auth-key; selects e4)")
+    p.add_argument("--reconnect-timeout", metavar="DURATION",
+                   help="when the connection is lost, dial the server again for up to this long, keeping the local "
+                   "listener (default 300s; e.g. 90s, 5m; 0 = exit at once; TCP sources)")
     _network_flags(p)
 
 

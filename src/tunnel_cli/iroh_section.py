@@ -18,7 +18,7 @@ SERVER_KEYS = frozenset({
 CLIENT_KEYS = frozenset({
     "secret", "secret_file", "relay_urls", "dns_server", "server_node_id", "node_id", "request_source", "source",
     "target", "socks5_proxy", "server_addrs", "bind_addr", "protocol", "private_key_file", "private_key",
-    "relay_auth_token", "transport",
+    "relay_auth_token", "transport", "reconnect_timeout",
 })
 #: Top-level keys of an iroh config: upstream v0.6 refuses any other (serde ``deny_unknown_fields``); ``mode`` is
 #: the E2/E3 routing key, still read by us.

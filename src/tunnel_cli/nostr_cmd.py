@@ -34,7 +34,7 @@ from tunnel_core.nostr.options import (
     NostrClientOptions,
     NostrServerOptions,
 )
-from tunnel_core.options import ExitCode, IceOptions, TunnelError
+from tunnel_core.options import DEFAULT_RECONNECT_TIMEOUT, ExitCode, IceOptions, TunnelError
 
 KEY_TOOLS = ("generate-nostr-key", "show-npub")
 MODE_WORDS = ("nostr", "ice-nostr")
@@ -42,7 +42,7 @@ MODE_WORDS = ("nostr", "ice-nostr")
 _KEYS = frozenset({
     "relays", "nsec", "nsec_file", "peer_npub", "stun_servers", "max_sessions", "allowed_sources",
     "request_source", "source", "target", "transport", "host_candidates", "packet_size", "event_kind", "plaintext",
-    "turn_servers", "turn_user", "turn_password", "turn_password_file", "congestion",
+    "turn_servers", "turn_user", "turn_password", "turn_password_file", "congestion", "reconnect_timeout",
 })
 
 
@@ -150,6 +150,9 @@ def _parser(role: str, program: Any) -> Parser:
         p.add_argument("-L", "--forward", metavar="LISTEN=URL", action="append", default=[],
                        help="one more forward over the same tunnel (repeatable), e.g. "
                             "127.0.0.1:8080=tcp://127.0.0.1:80; see docs/forwards.md")
+        p.add_argument("--reconnect-timeout", metavar="DURATION",
+                       help=f"when the tunnel is lost, re-establish it for up to this long, keeping the local "
+                       f"listener (default {DEFAULT_RECONNECT_TIMEOUT:g}s; e.g. 90s, 5m; 0 = exit at once)")
     p.add_argument("--nsec", metavar="KEY", help="this side's Nostr secret key (nsec1... or 64 hex)")
     p.add_argument("--nsec-file", metavar="PATH", help="file holding this side's nsec (generate-nostr-key)")
     p.add_argument("--peer-npub", metavar="KEY", help="the other side's public key (npub1... or 64 hex)")
@@ -195,6 +198,7 @@ class NostrSection:
     turn_user: str | None = None
     turn_password: str | None = attrs.field(default=None, repr=False)
     turn_password_file: str | None = None
+    reconnect_timeout: float | None = None
 
     @property
     def section(self) -> str:
@@ -252,6 +256,8 @@ def nostr_section(
                      "Clients use 'source' to specify what to request from server.")
     if role == "client" and "max_sessions" in table:
         raise _usage(f"[{name}] 'max_sessions' is a server-only field.")
+    if role == "server" and "reconnect_timeout" in table:
+        raise _usage(f"[{name}] 'reconnect_timeout' is a client-only field.")
     if "nsec" in table and "nsec_file" in table:
         raise _usage(f"[{name}] Use only one of 'nsec' or 'nsec_file'.")
     cfg.warn_unknown_keys(config, data, cfg.TOP_LEVEL_KEYS, "the top level", warn)
@@ -303,6 +309,8 @@ def nostr_section(
         congestion=cfg.read_congestion(config, table, name),
         event_kind=_int(config, table, name, "event_kind"),
         plaintext=plaintext,
+        reconnect_timeout=(checks.parse_duration(table["reconnect_timeout"], f"[{name}] reconnect_timeout")
+                           if "reconnect_timeout" in table else None),
         turn_servers=turn.turn_servers,
         turn_user=turn.turn_user,
         turn_password=turn.turn_password,
@@ -470,10 +478,14 @@ def _build(
     # --forward on the command line replaces the file's [[forward]] list; --source/--target stay the first one.
     extra = tuple(parse_forward(spec) for spec in namespace.forward) if namespace.forward else \
         config_forwards(config)
+    reconnect_timeout = section.reconnect_timeout
+    if namespace.reconnect_timeout is not None:
+        reconnect_timeout = checks.parse_duration(namespace.reconnect_timeout, "--reconnect-timeout")
     return "client nostr", NostrClientOptions(
         nsec=nsec, peer_npub=peer, source=source.strip(), target=target.strip(), relays=relays, ice=ice,
         extra_forwards=extra,
         max_wait=max_wait, plaintext=plaintext, event_kind=kind,
+        reconnect_timeout=DEFAULT_RECONNECT_TIMEOUT if reconnect_timeout is None else reconnect_timeout,
         republish_interval=_seconds(namespace.republish_interval, "--republish-interval", DEFAULT_CLIENT_REPUBLISH),
     )
 

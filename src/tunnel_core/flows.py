@@ -125,11 +125,28 @@ class Listen:
     credentials: tuple[str, str] | None = attrs.field(default=None, repr=False)
 
 
+@attrs.frozen
+class Detach:
+    """Let go of the lost tunnel (its peer, driver and UDP sockets) but keep the local listeners bound: open local
+    connections are reset with one line each, new ones wait in the listen backlog until the next tunnel is ready
+    (docs/reconnect.md). The next ``BindHostSockets``/``Start`` build a fresh tunnel."""
+
+
+@attrs.frozen
+class Sleep:
+    """Wait ``seconds`` (reconnect backoff); a stop request ends the wait like any other."""
+
+    seconds: float
+
+
 class Stopped(Exception):
     """Thrown into a flow by its interpreter when the user asked the program to stop."""
 
 
-Effect = Say | PrintBlock | ReadBlock | BindHostSockets | Resolve | NewIdentity | Start | Poke | Wait | Listen
+Effect = (
+    Say | PrintBlock | ReadBlock | BindHostSockets | Resolve | NewIdentity | Start | Poke | Wait | Listen | Detach
+    | Sleep
+)
 Flow = Generator[Effect, Any, None]
 
 # ------------------------------------------------------------------------------------------------ shared steps
@@ -257,7 +274,8 @@ def _start_checks(peer: Peer, remote: dialogue.RemoteIce) -> Generator[Effect, A
     yield Poke(peer.ice.connect)
 
 
-def until_up(peer: Peer, ready_message: str, ready_line: str) -> Generator[Effect, Any, None]:
+def until_up(peer: Peer, ready_message: str, ready_line: str) -> Generator[Effect, Any, IceConnected]:
+    """Wait for ICE, then QUIC; say so; return ICE's result (its ``connection_type`` names the path)."""
     connected = yield Wait("connected")
     if isinstance(connected, TunnelClosed):
         raise failure(connected)
@@ -272,6 +290,7 @@ def until_up(peer: Peer, ready_message: str, ready_line: str) -> Generator[Effec
     if isinstance(ready, TunnelClosed):
         raise failure(ready)
     yield Say(ready_line)
+    return connected
 
 
 # ------------------------------------------------------------------------------------------------ manual mode

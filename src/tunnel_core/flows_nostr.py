@@ -13,7 +13,7 @@ signaling can neither read the ICE credentials nor complete the QUIC handshake i
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import attrs
@@ -53,10 +53,11 @@ from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
 from tunnel_core.nostr.pool import RelayPool
 from tunnel_core.nostr.target import client_protocol
 from tunnel_core.options import ExitCode, TunnelError
-from tunnel_core.peer import Peer
+from tunnel_core.peer import IceConnected, Peer
 from tunnel_core.peertext import quote_peer
 from tunnel_core.policy import AccessPolicy, PolicyError, parse_source, parse_target
 from tunnel_core.quic.identity import QuicIdentity
+from tunnel_core.reconnect import keep_reconnecting
 from tunnel_core.signal import ManualOffer, ManualReject, ManualRequest
 
 #: Reference 5.5: requests older than this are replays (some relays store ephemeral events anyway).
@@ -215,11 +216,43 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
     yield Say(f"Your pubkey: {secret.public_key.npub}")
     yield Say(f"Transfer ID: {channel.transfer_id}")
     yield Say(f"Relays: {format_relays(opts.relays)}")
+    verdicts: list[Sequence[str] | None] = []  # the first session's per-forward verdicts (which listeners to open)
 
+    def establish(remaining: float) -> Generator[Any, Any, IceConnected]:
+        # A reconnect attempt waits for the server's offer no longer than the reconnect budget left.
+        return _client_session(attrs.evolve(opts, max_wait=min(opts.max_wait, remaining)), rng, channel, forwards,
+                               verdicts)
+
+    yield from _client_session(opts, rng, channel, forwards, verdicts)
+    yield from listen_all(forwards, verdicts[0])
+    while True:
+        closed = yield Wait("closed")
+        # A new request through the relays builds a new tunnel; the listeners stay (docs/reconnect.md).
+        yield from keep_reconnecting(establish, client_end(closed), opts.reconnect_timeout, Clock())
+
+
+def _client_session(
+    opts: NostrClientOptions, rng: Callable[[int], bytes], channel: Channel, forwards: Sequence[Any],
+    verdicts: list[Sequence[str] | None],
+) -> Generator[Any, Any, IceConnected]:
+    """One tunnel: open the relays, request, answer, connect; the relays are left once the answer is out (or at
+    once when this attempt fails, so a reconnect's next attempt starts clean). The server's per-forward verdicts
+    are appended to ``verdicts``."""
     pool = RelayPool(opts.relays, filters=[channel.subscription_filter()], subscription_id=rng(8).hex())
     opened = yield OpenRelays(pool)
     yield Say(f"Connected to {opened}/{len(opts.relays)} relay(s)")
+    try:
+        return (yield from _client_request(opts, rng, channel, forwards, verdicts))
+    except TunnelError:
+        yield CloseRelays()
+        raise
 
+
+def _client_request(
+    opts: NostrClientOptions, rng: Callable[[int], bytes], channel: Channel, forwards: Sequence[Any],
+    verdicts: list[Sequence[str] | None],
+) -> Generator[Any, Any, IceConnected]:
+    source = forwards[0].source
     identity: QuicIdentity | None = None if opts.plaintext else (yield NewIdentity())
     pins: dict[str, str] = {}
     spec: dict[str, Any] = {"protocol": source.protocol}
@@ -241,8 +274,9 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
     )
     yield Say(f"Session {sid[:8]}: requesting {', '.join(f.source.url() for f in forwards)}")
     offer = yield from _await_offer(channel, request, times, opts, rng)
-    verdicts = offer.forward_verdicts if len(forwards) > 1 else None
-    spec["routes"] = forward_routes(forwards, verdicts)
+    verdict = offer.forward_verdicts if len(forwards) > 1 else None
+    verdicts.append(verdict)
+    spec["routes"] = forward_routes(forwards, verdict)
 
     answer_msg = dialogue.make_answer(peer.ice, "")
     answer_msg = attrs.evolve(answer_msg, quic_fingerprint=None, session_id=sid)
@@ -254,10 +288,7 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
     except RemoteProtocolError as exc:
         raise TunnelError(str(exc), ExitCode.CONNECT_FAILED) from None
     yield from _start_checks(peer, offer.ice_ufrag, offer.ice_pwd, offer.candidates)
-    yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC.")
-    yield from listen_all(forwards, verdicts)
-    closed = yield Wait("closed")
-    raise client_end(closed)
+    return (yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC."))
 
 
 def _await_offer(

@@ -22,6 +22,11 @@ class ExitCode(enum.IntEnum):
     CONNECTION_LOST = 11  # the tunnel was up and then died
 
 
+#: ``--reconnect-timeout`` default (tunnel_core.reconnect): long enough for a laptop to change networks or a server
+#: to restart; 0 exits at once when the tunnel is lost, as before.
+DEFAULT_RECONNECT_TIMEOUT = 300.0
+
+
 class TunnelError(Exception):
     """An error meant for the user: one line on stderr and a documented exit code, never a traceback."""
 

@@ -343,6 +343,16 @@ class Peer:
                 _show(ev.remote_address))
         elif isinstance(ev, ice_events.IceFailed):
             self._finish(TunnelClosed(reason=ev.reason, was_up=False, by_peer=False), now)
+        elif isinstance(ev, ice_events.ConsentDegraded):
+            log.warning(
+                "Tunnel degraded: no answer from the peer for %.0f s; holding on (consent limit %.0f s)",
+                now - ev.since, self.ice.timing.consent_timeout)
+        elif isinstance(ev, ice_events.ConsentRestored):
+            log.warning("Tunnel back after %.1f s without an answer from the peer", ev.outage)
+            probe = getattr(self.quic, "probe_now", None)  # TunnelQuicConnection's; a plain aioquic one has none
+            if probe is not None and self._ready and not self._closed:
+                # QUIC's probe timeout backed off during the cut: probe now rather than at the next late probe.
+                probe(now)
         elif isinstance(ev, ice_events.ConsentLost):
             reason = "ICE consent lost - the peer stopped answering connectivity checks"
             if self.quic is not None:

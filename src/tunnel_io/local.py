@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunnel_core.forwarding import events as fe
+from tunnel_core.reconnect import reset_line
 from tunnel_core.socks5 import ConnectRequest, Socks5Server
 from tunnel_core.socks5 import reply as socks5_reply
 from tunnel_core.types import Address
@@ -29,7 +30,8 @@ from tunnel_io.dial import HappyEyeballs
 from tunnel_io.driver import drain
 from tunnel_io.reactor import Reactor, Timer, Watch
 
-#: SOCKS5 listener messages, shown at the default level (the "tunnel" logger above is not).
+log = logging.getLogger("tunnel_io.local")
+#: SOCKS5 listener messages, shown at the default level.
 socks_log = logging.getLogger("tunnel_io.socks")
 
 READ_SIZE = 65536
@@ -217,6 +219,13 @@ class LocalForwarder:
         self.tcp_listeners: dict[int, _Acceptor] = {}
         self.handshakes: set[_SocksHandshake] = set()  # SOCKS5 connections still negotiating
         self._closed = False
+        #: between ``detach`` and ``attach`` (a reconnect): new connections wait in the listen backlog
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        """Between ``detach`` and ``attach``: the listeners do not accept."""
+        return self._held
 
     # ------------------------------------------------------------------------------------- client listeners
 
@@ -413,6 +422,32 @@ class LocalForwarder:
 
     # ------------------------------------------------------------------------------------- lifetime
 
+    def detach(self) -> None:
+        """The tunnel is lost and a new one will be built (docs/reconnect.md): reset every open local connection
+        with one line each (streams do not survive a reconnect yet), drop UDP flows towards services, and let new
+        connections wait in the listen backlog until ``attach``. The listeners stay bound."""
+        for dial in self.dials.values():
+            dial.cancel()
+        self.dials.clear()
+        for flow in list(self.tcp.values()):
+            log.warning("%s", reset_line(_peer_name(flow.sock)))
+            flow.release(abort=True)
+        self.tcp.clear()
+        for entry in self.udp_flows.values():
+            entry.close()
+        self.udp_flows.clear()
+        self._held = True
+        for acceptor in self.tcp_listeners.values():
+            acceptor.hold()
+
+    def attach(self) -> None:
+        """A new tunnel is ready: accept again (connections that waited in the backlog come first)."""
+        if not self._held:
+            return
+        self._held = False
+        for acceptor in self.tcp_listeners.values():
+            acceptor.release()
+
     def close(self) -> None:
         if self._closed:
             return
@@ -471,7 +506,16 @@ class _Acceptor:
 
     def _accept_again(self) -> None:
         self.backoff = None
-        if not self.closed:
+        if not self.closed and not self.fwd.held:
+            self.watch.want(read=True, write=False)
+
+    def hold(self) -> None:
+        """A reconnect: new connections wait in the listen backlog (LocalForwarder.detach)."""
+        self.watch.want(read=False, write=False)
+
+    def release(self) -> None:
+        """The new tunnel is ready: accept again, unless backing off from EMFILE."""
+        if not self.closed and self.backoff is None:
             self.watch.want(read=True, write=False)
 
     def close(self) -> None:
@@ -533,3 +577,11 @@ class _SocksHandshake:
 
 def _nothing() -> None:
     pass
+
+
+def _peer_name(sock: Any) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "a local client"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

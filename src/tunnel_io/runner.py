@@ -239,6 +239,10 @@ class FlowRunner:
             self.driver.flush()
         elif isinstance(effect, flows.Wait):
             return self._wait(self._milestone(effect.kind), effect.timeout)
+        elif isinstance(effect, flows.Detach):
+            self._detach()
+        elif isinstance(effect, flows.Sleep):
+            return self._wait(lambda: _NOT_YET, effect.seconds)
         elif isinstance(effect, flows.Listen):
             assert self.local is not None
             if effect.protocol == "dynamic":
@@ -340,7 +344,25 @@ class FlowRunner:
     def _start(self, peer: Any) -> None:
         self.peer = peer
         self.driver = PeerDriver(self.reactor, peer, self.sockets, self._on_event)
-        self.local = LocalForwarder(self.reactor, lambda: peer.session, self.driver.kick_now, self.driver.now)
+        if self.local is None:
+            self.local = LocalForwarder(self.reactor, self._session, self.driver.kick_now, self.driver.now)
+        else:  # a reconnect: the listeners (and what waits in their backlog) carry over to the new tunnel
+            self.local.kick, self.local.now = self.driver.kick_now, self.driver.now
+
+    def _session(self) -> Any:
+        """The forwarding session local sockets talk to; None while there is no live tunnel."""
+        peer = self.peer
+        return None if peer is None or peer.closed else peer.session
+
+    def _detach(self) -> None:
+        """flows.Detach: drop the lost tunnel, keep the listeners (docs/reconnect.md)."""
+        if self.driver is not None:
+            self.driver.close()
+        for sock in self.sockets.values():
+            sock.close()
+        self.peer, self.driver, self.sockets, self.results = None, None, {}, {}
+        if self.local is not None:
+            self.local.detach()
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, GatheringComplete):
@@ -350,6 +372,8 @@ class FlowRunner:
             assert self.driver is not None
             self.driver.keep_only(ev.local_address)
         elif isinstance(ev, TunnelReady):
+            if self.local is not None:
+                self.local.attach()  # after a reconnect: accept what waited in the backlog
             self._settle("ready", ev)
         elif isinstance(ev, TunnelClosed):
             self._settle("closed", ev)

@@ -34,6 +34,7 @@ from tunnel_core.iroh_session.options import IrohClientOptions
 from tunnel_core.keys import format_endpoint_id
 from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.policy import parse_source, parse_target
+from tunnel_core.reconnect import FINAL, FIRST_DELAY, MAX_DELAY, back_line, gave_up, lost_line, reset_line
 from tunnel_core.types import Address
 from tunnel_core.wire import UdpFrameDecoder, WireError
 from tunnel_iroh import ffi
@@ -47,7 +48,7 @@ from tunnel_iroh.bridge import (
     read_frames,
     tune_tcp,
 )
-from tunnel_iroh.endpoint import PathWatch, bind_endpoint, connect, endpoint_id_bytes
+from tunnel_iroh.endpoint import PathWatch, bind_endpoint, connect, endpoint_id_bytes, path_views
 from tunnel_iroh.socks import OnionBridges
 
 log = logging.getLogger("tunnel_iroh")
@@ -78,6 +79,9 @@ class IrohClient:
         self._watch: PathWatch | None = None
         self._established = False
         self._closing = False
+        #: set while ``conn`` is usable; cleared during a reconnect so new local connections wait for the next one
+        self._up = asyncio.Event()
+        self._dial_args: dict[str, Any] = {}
         self.datagram_flow: int | None = None
         self._link: DatagramLink | None = None
         self.e4 = options.protocol == "e4"
@@ -97,13 +101,8 @@ class IrohClient:
         relays = () if opts.network.relays_disabled else relay_urls
         # --relay-only: the relays are the only way in; direct addresses are not even offered to iroh.
         addrs = () if opts.network.relay_only else opts.server_addrs
-        self.conn = await connect(self.endpoint, opts.server_id, alpn=self.alpn, relay_urls=relays,
-                                  server_addrs=addrs)
-        log.info("Connected to server %s", format_endpoint_id(opts.server_id))
-        if self.e4:
-            await self._authenticate()
-        self._watch = PathWatch(self.conn)
-        self._watch.start()
+        self._dial_args = {"alpn": self.alpn, "relay_urls": relays, "server_addrs": addrs}
+        await self._connect()
         host, port = parse_target(opts.target)
         for forward in opts.extra_forwards:  # more TCP forwards: each stream's SourceRequest names its source
             await self._listen_tcp(forward.listen, forward.source)
@@ -116,18 +115,66 @@ class IrohClient:
         else:
             await self._start_udp(host, port)
 
+    async def _connect(self) -> None:
+        """Dial the server (and authenticate under e4); then watch the path and let local connections through."""
+        opts = self.options
+        self.conn = await connect(self.endpoint, opts.server_id, **self._dial_args)
+        log.info("Connected to server %s", format_endpoint_id(opts.server_id))
+        if self.e4:
+            await self._authenticate()
+        if self._watch is not None:
+            await self._watch.stop()
+        self._watch = PathWatch(self.conn)
+        self._watch.start()
+        self._up.set()
+
     async def wait(self) -> None:
-        """Until the connection closes; a close we did not ask for is an error with the right exit code."""
-        reason = await self.conn.closed()
-        if self._closing:
-            return
-        text = str(reason)
-        if "unauthorized" in text and "code 1" in text:
-            raise TunnelError(
-                f"Server refused this client (unauthorized): add its EndpointId {self.client_id} to the server's "
-                "--allowed-clients", ExitCode.AUTH,
-            )
-        raise TunnelError(f"Connection to server lost: {text}", ExitCode.CONNECTION_LOST)
+        """Until the connection closes for good; a close we did not ask for is an error with the right exit code.
+
+        A lost connection of a TCP tunnel is dialled again for ``reconnect_timeout`` (docs/reconnect.md): the
+        local listener stays, new local connections wait for the new connection, open ones end with it."""
+        while True:
+            reason = await self.conn.closed()
+            if self._closing:
+                return
+            text = str(reason)
+            if "unauthorized" in text and "code 1" in text:
+                raise TunnelError(
+                    f"Server refused this client (unauthorized): add its EndpointId {self.client_id} to the "
+                    "server's --allowed-clients", ExitCode.AUTH,
+                )
+            lost = TunnelError(f"Connection to server lost: {text}", ExitCode.CONNECTION_LOST)
+            if self.options.reconnect_timeout <= 0 or self.source.protocol != "tcp":
+                raise lost
+            await self._reconnect(lost)
+
+    async def _reconnect(self, lost: TunnelError) -> None:
+        """Dial again with backoff until connected or ``reconnect_timeout`` passed (then exit 11)."""
+        self._up.clear()
+        timeout = self.options.reconnect_timeout
+        log.warning("%s", lost_line(lost.message, timeout))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        delay, attempts, last = FIRST_DELAY, 0, lost.message
+        while True:
+            attempts += 1
+            try:
+                remaining = max(FIRST_DELAY, timeout - (loop.time() - started))
+                await asyncio.wait_for(self._connect(), remaining)
+            except TunnelError as exc:
+                if exc.exit_code in FINAL:
+                    raise
+                last = exc.message
+            except TimeoutError:
+                last = "timed out"
+            else:
+                log.warning("%s", back_line(loop.time() - started, attempts, _path_text(self.conn)))
+                return
+            elapsed = loop.time() - started
+            if elapsed + delay > timeout:
+                raise gave_up(elapsed, attempts, last)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY)
 
     async def close(self) -> None:
         self._closing = True
@@ -272,12 +319,17 @@ class IrohClient:
         tune_tcp(writer)
         try:
             try:
+                await self._up.wait()  # during a reconnect: until the new connection is there
+                conn = self.conn
                 send, recv, payload = await self.open_source_stream(source=source)
             except TunnelError as exc:
                 log.error("%s", exc.message)
                 writer.transport.abort()
                 return
             await bridge_tcp(reader, writer, send, recv, first=payload)
+            if not self._closing and (conn is not self.conn or _closed(conn)):
+                peer = writer.get_extra_info("peername")
+                log.warning("%s", reset_line(f"{peer[0]}:{peer[1]}" if peer else "a local client"))
         finally:
             if task is not None:
                 self._tasks.discard(task)
@@ -423,3 +475,22 @@ class _PeerFlow:
 
 
 __all__ = ["CLOSE_UNAUTHORIZED", "IrohClient"]
+
+
+def _path_text(conn: Any) -> str:
+    """The selected path in a few words for the "Tunnel back" line (the PathWatch line follows with details)."""
+    try:
+        chosen = next((v for v in path_views(conn) if v.selected), None)
+    except Exception:
+        chosen = None
+    if chosen is None:
+        return "connected"
+    return f"{'Relay' if chosen.is_relay else 'Direct'} {chosen.remote}"
+
+
+def _closed(conn: Any) -> bool:
+    """Whether an iroh connection has ended (its close reason is known)."""
+    try:
+        return conn.close_reason() is not None
+    except Exception:
+        return False

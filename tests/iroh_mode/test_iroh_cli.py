@@ -168,3 +168,22 @@ def test_cli_default_matches_the_core_constant() -> None:
     from tunnel_core.iroh_session import constants
 
     assert iroh_options.DEFAULT_MAX_SESSIONS == constants.DEFAULT_MAX_SESSIONS
+
+
+def test_client_reconnect_timeout_flag_and_config_key(tmp_path: Path) -> None:
+    base = ["client", "iroh", "--protocol", "e2", "-n", SERVER_ID, "-s", "tcp://127.0.0.1:22", "-t", "127.0.0.1:2222",
+            "--relay-url", "http://127.0.0.1:3340"]
+    _, options = build_options(base)
+    assert isinstance(options, IrohClientOptions) and options.reconnect_timeout == 300.0
+    _, options = build_options([*base, "--reconnect-timeout", "0"])
+    assert isinstance(options, IrohClientOptions) and options.reconnect_timeout == 0.0
+    with pytest.raises(TunnelError, match="Invalid --reconnect-timeout 'later'"):
+        build_options([*base, "--reconnect-timeout", "later"])
+    client = tmp_path / "client.toml"
+    client.write_text(f'role = "client"\nmode = "iroh"\n[iroh]\nserver_node_id = "{SERVER_ID}"\nprotocol = "e2"\n'
+                      'source = "tcp://127.0.0.1:22"\ntarget = "127.0.0.1:2222"\nreconnect_timeout = "90s"\n'
+                      'relay_urls = ["http://127.0.0.1:3340"]\n')
+    _, options = build_options(["client", "-c", str(client)])
+    assert isinstance(options, IrohClientOptions) and options.reconnect_timeout == 90.0
+    _, options = build_options(["client", "iroh", "-c", str(client), "--reconnect-timeout", "5m"])
+    assert isinstance(options, IrohClientOptions) and options.reconnect_timeout == 300.0

@@ -343,7 +343,7 @@ class NostrMode:
     connect_from = "client's request published (`Session ...: requesting`)"
 
     def start(self, lab: Lab, *, turn: bool, listen_port: int = LISTEN_PORT, echo_port: int = ECHO_PORT,
-              extra: Sequence[str] = ()) -> RunningPair:
+              extra: Sequence[str] = (), client_extra: Sequence[str] = ()) -> RunningPair:
         from tunnel_core.nostr.keys import SecretKey
 
         relay_port = listen_port + 1000
@@ -372,7 +372,7 @@ class NostrMode:
             pair.client = Proc("client", lab.in_ns("pA", [
                 *CLI, "client", "nostr", "--nsec-file", str(files["A"]), "--peer-npub", keys["B"].public_key.npub,
                 "--source", f"tcp://127.0.0.1:{echo_port}", "--target", f"127.0.0.1:{listen_port}", *signaling,
-                *ice_args(lab, "A", turn), *extra]))
+                *ice_args(lab, "A", turn), *extra, *client_extra]))
             pair.answered_at = time.monotonic()
         except BaseException as exc:
             raise _abort(pair, exc) from None
@@ -395,7 +395,7 @@ class IrohMode:
     direct_pattern = r"Connection: (Direct \S+) \(rtt"
 
     def start(self, lab: Lab, *, turn: bool, listen_port: int = LISTEN_PORT, echo_port: int = ECHO_PORT,
-              extra: Sequence[str] = ()) -> RunningPair:
+              extra: Sequence[str] = (), client_extra: Sequence[str] = ()) -> RunningPair:
         from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id, format_secret_key
 
         relay_port = listen_port + 1000
@@ -424,7 +424,8 @@ class IrohMode:
                 raise RunError("iroh server did not start")
             pair.client = Proc("client", lab.in_ns("pA", [
                 *CLI, "client", "iroh", "--secret-file", str(files["A"]), "-n", ids["B"], "-s",
-                f"tcp://127.0.0.1:{echo_port}", "-t", f"127.0.0.1:{listen_port}", *network, *extra]))
+                f"tcp://127.0.0.1:{echo_port}", "-t", f"127.0.0.1:{listen_port}", *network, *extra,
+                *client_extra]))
             pair.answered_at = pair.client.started_at
         except BaseException as exc:
             raise _abort(pair, exc) from None

@@ -6,7 +6,8 @@
     python probe.py bindable PORT        exit 0 when 127.0.0.1:PORT can be bound for TCP (the port is released)
 
 Every wait is bounded (``--timeout``); transfer prints "started" once the first echoed bytes are back, so a test can
-kill the far side mid-transfer.
+kill the far side mid-transfer; with ``--progress`` it also prints "progress BYTES MONOTONIC" each 256 KiB echoed
+back (the outage tests time the resume after a cut from these).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import threading
 import time
 
 CHUNK = 64 * 1024
+PROGRESS_STEP = 256 * 1024
 
 
 def echo(port: int) -> int:
@@ -46,7 +48,7 @@ def echo(port: int) -> int:
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
-def transfer(port: int, total: int, timeout: float) -> int:
+def transfer(port: int, total: int, timeout: float, progress: bool = False) -> int:
     start = time.monotonic()
     rng = random.Random(7)
     sent_hash = hashlib.sha256()
@@ -81,7 +83,9 @@ def transfer(port: int, total: int, timeout: float) -> int:
                 started.set()
                 print("started", flush=True)
             recv_hash.update(data)
-            received += len(data)
+            before, received = received, received + len(data)
+            if progress and before // PROGRESS_STEP != received // PROGRESS_STEP:
+                print(f"progress {received} {time.monotonic():.3f}", flush=True)
             if time.monotonic() - start > timeout:
                 raise TimeoutError("transfer took too long")
         thread.join(timeout=5)
@@ -111,11 +115,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("port", type=int)
     parser.add_argument("bytes", type=int, nargs="?", default=0)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "echo":
         return echo(args.port)
     if args.command == "transfer":
-        return transfer(args.port, args.bytes, args.timeout)
+        return transfer(args.port, args.bytes, args.timeout, args.progress)
     return bindable(args.port)
 
 

@@ -85,8 +85,9 @@ class SuiteResults:
     seconds: float = 0.0
 
 
-def _run_pair(lab: Lab, mode: str, turn: bool, listen_port: int, body: Callable[[RunningPair], object]) -> object:
-    pair = MODES[mode].start(lab, turn=turn, listen_port=listen_port, echo_port=listen_port - 100)
+def _run_pair(lab: Lab, mode: str, turn: bool, listen_port: int, body: Callable[[RunningPair], object],
+              **options: object) -> object:
+    pair = MODES[mode].start(lab, turn=turn, listen_port=listen_port, echo_port=listen_port - 100, **options)
     try:
         return body(pair)
     finally:
@@ -179,7 +180,10 @@ def run_restart(mode: str, prefixes: list[str]) -> RestartResult:
                 mover.stop()
 
         try:
-            return _run_pair(lab, mode, False, 7104, body)  # type: ignore[return-value]
+            # Nostr and iroh clients reconnect by default (docs/reconnect.md); this run checks the old behaviour,
+            # exit 11 at once, which --reconnect-timeout 0 restores.
+            options = {"client_extra": ("--reconnect-timeout", "0")} if mode in ("nostr", "iroh") else {}
+            return _run_pair(lab, mode, False, 7104, body, **options)  # type: ignore[return-value]
         except Exception:
             return RestartResult(None, detail=traceback.format_exc())
 

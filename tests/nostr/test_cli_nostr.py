@@ -93,6 +93,33 @@ def test_options_and_precedence() -> None:
     assert copts.republish_interval == 5.0 and copts.max_wait == 120.0 and copts.plaintext
 
 
+@pytest.mark.parametrize(("text", "seconds"), [("0", 0.0), ("90", 90.0), ("90s", 90.0), ("5m", 300.0), ("1h", 3600.0),
+                                               ("2.5", 2.5)])
+def test_reconnect_timeout_flag(text: str, seconds: float) -> None:
+    client = [*BASE_CLIENT, "--target", "127.0.0.1:2222", "--source", "tcp://127.0.0.1:22"]
+    _, default = build_options(client, program=TUNNEL)
+    assert isinstance(default, NostrClientOptions) and default.reconnect_timeout == 300.0
+    _, opts = build_options([*client, "--reconnect-timeout", text], program=TUNNEL)
+    assert isinstance(opts, NostrClientOptions) and opts.reconnect_timeout == seconds
+
+
+@pytest.mark.parametrize("text", ["-1", "soon", "5d", "25h", "nan", ""])
+def test_reconnect_timeout_flag_errors(text: str) -> None:
+    client = [*BASE_CLIENT, "--target", "127.0.0.1:2222", "--source", "tcp://127.0.0.1:22"]
+    with pytest.raises(TunnelError) as info:
+        build_options([*client, "--reconnect-timeout", text], program=TUNNEL)
+    assert info.value.message.startswith(f"Invalid --reconnect-timeout '{text}'")
+    assert info.value.exit_code == 2
+
+
+def test_reconnect_timeout_config_key_and_flag_precedence(tmp_path: Path) -> None:
+    conf = _nostr_config(tmp_path, 'reconnect_timeout = "2m"')
+    _, opts = build_options(["client", "nostr", "--config", str(conf)], program=TUNNEL)
+    assert isinstance(opts, NostrClientOptions) and opts.reconnect_timeout == 120.0
+    _, opts = build_options(["client", "nostr", "--config", str(conf), "--reconnect-timeout", "0"], program=TUNNEL)
+    assert isinstance(opts, NostrClientOptions) and opts.reconnect_timeout == 0.0
+
+
 def test_config_section(tmp_path: Path) -> None:
     key = tmp_path / "s.nsec"
     key.write_text(SERVER.nsec + "\n")

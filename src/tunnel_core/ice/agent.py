@@ -139,6 +139,10 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
         self._now = float("-inf")
         self._next_consent: float | None = None
         self._last_consent = 0.0
+        #: set (to the last confirmed time) while consent checks go unanswered; see ConsentDegraded
+        self._consent_missing_since: float | None = None
+        #: when the oldest consent check still unanswered was sent (None when all are answered)
+        self._consent_pending_since: float | None = None
         self._outbox: list[Transmit] = []
         self._events: deque[ev.IceEvent] = deque()
         #: remote addresses whose late nomination was reported (NominationIgnored is reported once per address)
@@ -309,6 +313,8 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
         if self._selected is not None and self._next_consent is not None:
             times.append(self._next_consent)
             times.append(self._last_consent + self.timing.consent_timeout)
+            if self._consent_pending_since is not None and self._consent_missing_since is None:
+                times.append(self._consent_pending_since + self.timing.consent_degraded_after)
         for client in self._turn_by_path.values():
             t = client.get_timer()
             if t is not None:
@@ -351,6 +357,7 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
                 self._transactions.clear()
                 self._events.append(ev.ConsentLost())
                 return
+            self._check_consent_degraded(now)
             if self._next_consent is not None and now >= self._next_consent:
                 self._send_consent(now)
         if now >= self._next_pace and self._send_paced(now):

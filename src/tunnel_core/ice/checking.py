@@ -12,6 +12,7 @@ from tunnel_core.candidate import (
     CandidateType,
     compute_foundation,
 )
+from tunnel_core.ice import events as ev
 from tunnel_core.ice.checklist import CandidatePair, PairState, Trigger, unspecified_address
 from tunnel_core.ice.transaction import Purpose, StunTransaction
 from tunnel_core.types import Address, Transmit
@@ -34,7 +35,7 @@ class CheckingMixin:
         pair = tx.pair
         if tx.purpose is Purpose.CONSENT:
             if (local, remote) == (tx.local, tx.remote) and msg.message_class == stun.MessageClass.SUCCESS:
-                self._last_consent = max(self._last_consent, now)
+                self._consent_fresh(now)
             return
         assert pair is not None
         if (local, remote) != (tx.local, tx.remote):
@@ -66,7 +67,7 @@ class CheckingMixin:
                 other.apply(Trigger.UNFREEZE)
         if self._selected is not None:
             if pair is self._selected:
-                self._last_consent = max(self._last_consent, now)
+                self._consent_fresh(now)
             return
         if self.controlling:
             if tx.use_candidate and tx.controlling:
@@ -225,11 +226,40 @@ class CheckingMixin:
                 return pair
         return None
 
+    def _consent_fresh(self, now: float) -> None:
+        """The selected pair answered: consent is fresh; after a silence report the path back (ConsentRestored)."""
+        self._last_consent = max(self._last_consent, now)
+        self._consent_pending_since = None
+        since = self._consent_missing_since
+        if since is None:
+            return
+        self._consent_missing_since = None
+        self._next_consent = now + self._consent_interval()
+        self._events.append(ev.ConsentRestored(outage=max(0.0, now - since)))
+
+    def _check_consent_degraded(self, now: float) -> None:
+        """A consent check unanswered for ``consent_degraded_after``: report it once and check every second."""
+        since = self._consent_pending_since
+        if since is None or self._consent_missing_since is not None:
+            return
+        if now < since + self.timing.consent_degraded_after:
+            return
+        self._consent_missing_since = self._last_consent
+        self._events.append(ev.ConsentDegraded(since=self._last_consent))
+        if self._next_consent is not None:
+            self._next_consent = min(self._next_consent, now + self.timing.consent_retry_interval)
+
     def _send_consent(self, now: float) -> None:
         pair = self._selected
         assert pair is not None and self.remote_pwd is not None
+        if self._consent_pending_since is None:
+            self._consent_pending_since = now
         msg, priority = self._check_request(pair, use_candidate=False)
-        interval = self._consent_interval()
+        if self._consent_missing_since is not None:
+            # Degraded: check often, so the return of the path is noticed within about a second.
+            interval = self.timing.consent_retry_interval
+        else:
+            interval = self._consent_interval()
         self._start_tx(
             Purpose.CONSENT, msg, pair.base, pair.remote.address, now, stun.short_term_key(self.remote_pwd),
             pair=pair, controlling=self.controlling, priority=priority, retransmit_until=now + interval * 0.8,

@@ -14,7 +14,9 @@ from tunnel_core.types import Address
 __all__ = [
     "REASON_ALL_FAILED",
     "REASON_TIMEOUT",
+    "ConsentDegraded",
     "ConsentLost",
+    "ConsentRestored",
     "GatheringComplete",
     "IceEvent",
     "IceFailed",
@@ -92,6 +94,23 @@ class ConsentLost:
 
 
 @attrs.frozen
+class ConsentDegraded:
+    """The selected pair has not answered consent checks for a while (a cut, a roaming client). Nothing ends yet:
+    consent is still valid until ``ConsentLost``; checks now run every ``consent_retry_interval``. ``since`` is
+    when consent was last confirmed."""
+
+    since: float
+
+
+@attrs.frozen
+class ConsentRestored:
+    """A consent check was answered again after ``ConsentDegraded``: the path is back. ``outage`` is how long no
+    answer came. The Peer prods QUIC to probe at once (its probe timeout backed off during the cut)."""
+
+    outage: float
+
+
+@attrs.frozen
 class RoleChanged:
     """A role conflict (RFC 8445 7.3.1.1 / 7.2.5.1) flipped our role."""
 
@@ -100,5 +119,5 @@ class RoleChanged:
 
 IceEvent = (
     GatheringComplete | ServerReflexiveDiscovered | PairSelected | NominationIgnored | IceFailed | ConsentLost
-    | RoleChanged
+    | ConsentDegraded | ConsentRestored | RoleChanged
 )

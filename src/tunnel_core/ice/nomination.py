@@ -86,7 +86,7 @@ class NominationMixin:
         self._selected = pair
         pair.nominated = True
         self.selected_pair = (pair.valid_local or pair.local, pair.remote)
-        self._last_consent = max(self._last_consent, now)
+        self._consent_fresh(now)
         self._next_consent = now
         return True
 

@@ -24,5 +24,10 @@ class IceTiming:
     gather_timeout: float = 3.0
     consent_interval: float = 5.0
     consent_timeout: float = 30.0
+    #: while consent checks go unanswered (a cut), check this often, so the path's return is noticed within about
+    #: a second (docs/reconnect.md); still one small request per second, far below RFC 7675's rate limits
+    consent_retry_interval: float = 1.0
+    #: a consent check unanswered this long marks the path degraded (ConsentDegraded; the check retransmits)
+    consent_degraded_after: float = 2.0
     #: how long the controlling side holds back nominating a relayed pair while direct pairs may still succeed
     relay_grace: float = 1.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 
 from tunnel_core.iroh_session.constants import DEFAULT_MAX_SESSIONS
-from tunnel_core.options import Forward
+from tunnel_core.options import DEFAULT_RECONNECT_TIMEOUT, Forward
 
 
 @attrs.frozen
@@ -66,3 +66,5 @@ class IrohClientOptions:
     protocol: str = "e2"
     #: E4 only: the 32-byte Ed25519 seed used to answer the server's challenge.
     auth_seed: bytes | None = None
+    #: How long a lost connection is dialled again before giving up (exit 11); 0 exits at once (docs/reconnect.md).
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT

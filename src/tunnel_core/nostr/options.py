@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from tunnel_core.nostr.constants import KIND
-from tunnel_core.options import Forward, IceOptions
+from tunnel_core.options import DEFAULT_RECONNECT_TIMEOUT, Forward, IceOptions
 
 #: Upstream E3's default relays (reference 5.7). Tests always pass their own local relay.
 DEFAULT_RELAYS: tuple[str, ...] = (
@@ -56,6 +56,8 @@ class NostrClientOptions:
     republish_interval: float = DEFAULT_CLIENT_REPUBLISH
     max_wait: float = DEFAULT_MAX_WAIT
     plaintext: bool = False
+    #: How long a lost tunnel is re-established before giving up (exit 11); 0 exits at once (docs/reconnect.md).
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
     #: Upstream's kind 24242 by default. Some relays refuse it (it is also Blossom's authorization kind, and
     #: nostr-sdk's relay blacklists it), so another ephemeral kind can be agreed on both sides.
     event_kind: int = KIND

@@ -240,6 +240,23 @@ class TunnelQuicConnection(QuicConnection):
         """The path MTU search, when enabled."""
         return self._pmtu
 
+    def probe_now(self, now: float) -> None:
+        """The path is back after a cut (an ICE consent check was answered again): probe at once.
+
+        During a cut QUIC's probe timeout doubles with every unanswered probe (RFC 9002 6.2.1), so after a 20 s cut
+        the next probe may be many seconds away. Forgetting that backoff and sending a PING now gets an ACK within
+        one round trip, which declares the packets of the cut lost and retransmits them: traffic resumes within
+        about a second of the path's return (docs/reconnect.md). The owner flushes afterwards, as after any input.
+        """
+        if not self._established or self._state in END_STATES:
+            return
+        self._loss._pto_count = 0  # aioquic 1.7 keeps the backoff here; tests/test_quic_connection.py pins it
+        uid = self._next_keepalive_uid
+        self._next_keepalive_uid += 1
+        self._keepalive_uids.add(uid)
+        self.send_ping(uid)
+        self._last_sent = now
+
     # ------------------------------------------------------------------------------------------ aioquic API
 
     def connect(self, addr: NetworkAddress, now: float) -> None:

@@ -9,6 +9,7 @@ import atheris
 
 with atheris.instrument_imports():
     from tunnel_core.candidate import Candidate, CandidateError
+    from tunnel_core.peertext import quote_peer
 
 # Plausible fields, so most inputs reach the field checks instead of failing the field count.
 VOCABULARY = [
@@ -33,7 +34,7 @@ def TestOneInput(data: bytes) -> None:
     try:
         candidate = Candidate.from_sdp(text)
     except CandidateError as exc:
-        assert str(exc) == f"Invalid ICE candidate: {text}"
+        assert str(exc) == f"Invalid ICE candidate: {quote_peer(text)}"  # escaped and capped (issue 18 item 6)
         return
     assert Candidate.from_sdp(candidate.to_sdp()) == candidate
 

@@ -77,6 +77,11 @@ def test_client_address_change_mid_transfer_completes_intact_in_every_mode() -> 
             report = "\n".join(f"[roaming] {mode}: ok={v.get('ok')} resumed {r}s after the move, "
                                f"transfer {v.get('seconds')}s" for mode, (v, r) in results.items())
             print("\n" + report, flush=True)
+            for mode in ("manual", "nostr"):
+                client = pairs[mode].client
+                for line, at in zip(client.stderr_lines, client.stderr_times, strict=False):
+                    if at >= moved_at:
+                        print(f"[roaming] {mode} client +{at - moved_at:.2f}s: {line}", flush=True)
             for mode, (verdict, _) in results.items():
                 assert verdict.get("ok") is True, (mode, verdict, pairs[mode].describe())
                 assert pairs[mode].alive(), (mode, pairs[mode].describe())

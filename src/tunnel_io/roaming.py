@@ -78,6 +78,11 @@ class AddressWatch:
         self.ips = set(now_ips)
         for addr in [a for a in self.driver.sockets if a[0] in gone]:
             self.driver.remove_socket(addr)
+        if gone:
+            # The addresses that stayed but whose sockets were closed after nomination (a second interface) may be
+            # the way out now: they get sockets again.
+            live = {a[0] for a in self.driver.sockets}
+            new += [ip for ip in now_ips if ip not in live and ip not in new]
         added: list[Address] = []
         for ip in new:
             try:

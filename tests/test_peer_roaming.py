@@ -14,7 +14,7 @@ import logging
 
 import pytest
 from tests.test_peer import Side
-from tests.test_peer_outage import CLIENT_IP, PAYLOAD, SERVER_IP, Received, _start_transfer
+from tests.test_peer_outage import CLIENT_IP, PAYLOAD, SERVER_IP, _start_transfer
 
 from tunnel_core.ice import ConsentLost
 from tunnel_core.peer import TunnelClosed
@@ -117,4 +117,15 @@ def test_a_path_answered_on_the_server_moves_nothing_there() -> None:
     net.run_for(5.0)
     assert server.peer.selected == selected
     assert not server.has(TunnelClosed) and not client.has(TunnelClosed)
-    _ = Received
+
+
+def test_a_hold_longer_than_quic_idle_limit_ends_at_the_idle_limit() -> None:
+    net = Network(VirtualClock())
+    client, server, _got = _start_transfer(net, cut_after=64 * 1024)
+    _hold(client, server, seconds=600.0)
+    net.cut(CLIENT_IP, SERVER_IP)
+    cut_at = net.clock.now
+    assert net.run_until(lambda: client.has(TunnelClosed), net.clock.now + 400)
+    assert 290 <= net.clock.now - cut_at <= 320
+    reason = client.first(TunnelClosed).reason
+    assert reason.startswith("Gave up reconnecting after ") and "last error: QUIC: Idle timeout" in reason, reason

@@ -481,8 +481,10 @@ class Peer:
         elif isinstance(ev, qe.ConnectionTerminated):
             self._quic_done = True
             by_peer = not self._closing_locally
-            if self._lost_at is not None and not self._closed:
-                self._give_up(now, f"QUIC: {ev.reason_phrase or _close_reason(ev.error_code)}")
+            orderly = ev.error_code == 0 and ev.reason_phrase in ("done", "")
+            if self._lost_at is not None and not self._closed and not orderly:
+                # Held past QUIC's own idle limit (aioquic reports it as a termination): that ends the hold too.
+                self._give_up(now, f"QUIC: {quote_peer(ev.reason_phrase) or _close_reason(ev.error_code)}")
                 return
             self._finish(
                 TunnelClosed(

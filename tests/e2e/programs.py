@@ -161,6 +161,16 @@ class Sshd(_Background):
         self.config = workdir / "sshd_config"
 
     def __enter__(self) -> Sshd:
+        proc = self._spawn(self.prepare())
+        try:
+            wait_tcp_listening(self.port, proc=proc)
+        except ProgramError as exc:
+            self.stop()
+            raise ProgramError(f"sshd did not start: {exc}\n{self.output()}") from exc
+        return self
+
+    def prepare(self) -> list[str]:
+        """Keys and config in ``workdir``; the sshd command line (also for running it in a namespace)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation directory
         for key in (self.host_key, self.user_key):
@@ -194,13 +204,7 @@ class Sshd(_Background):
                 ]
             )
         )
-        proc = self._spawn(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config), "-p", str(self.port)])
-        try:
-            wait_tcp_listening(self.port, proc=proc)
-        except ProgramError as exc:
-            self.stop()
-            raise ProgramError(f"sshd did not start: {exc}\n{self.output()}") from exc
-        return self
+        return ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config), "-p", str(self.port)]
 
     def ssh_base(self, port: int) -> list[str]:
         """ssh options for a non-interactive key login to root@127.0.0.1:port (no known_hosts, no agent)."""

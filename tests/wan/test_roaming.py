@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import subprocess
 import time
 from collections.abc import Callable
 
 import pytest
+from tests.e2e.programs import Sshd
 from tests.nat.lab import is_root, reap_stale_labs
 from tests.nat.modes import PROBE, Proc
 from tests.outage.test_cut import Progress
@@ -100,10 +102,42 @@ CUT_SECONDS = 90.0
 CUT_AFTER = 8 * 1024 * 1024
 
 
-def test_manual_mode_holds_a_100_mib_transfer_across_a_90s_cut_and_gives_up_after_its_timeout() -> None:
+SSH_PORT = 7222
+
+
+def _sshd(lab: WanLab) -> tuple[Sshd, Proc]:
+    """A real sshd in ``b`` on its loopback (key login only, files in the lab's workdir), answering."""
+    sshd = Sshd(lab.workdir / "sshd", SSH_PORT)
+    proc = Proc("sshd", lab.in_ns("b", sshd.prepare()))
+    check = [PYTHON, "-c", f"import socket; socket.create_connection(('127.0.0.1', {SSH_PORT}), 1)"]
+    deadline = time.monotonic() + 20
+    while subprocess.run(lab.in_ns("b", check), capture_output=True, timeout=10, check=False).returncode != 0:
+        assert time.monotonic() < deadline and proc.proc.poll() is None, f"sshd did not start\n{proc.stderr}"
+        time.sleep(0.2)
+    return sshd, proc
+
+
+def _typed(shell: Proc, command: str, expect: str, timeout: float) -> bool:
+    """Type a command into the remote shell; whether its output line came back in time."""
+    shell.paste(command + "\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = shell.stdout.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return False
+        if line is None:
+            return False
+        if line.strip() == expect:
+            return True
+    return False
+
+
+def test_manual_mode_holds_a_100_mib_transfer_and_an_ssh_session_across_a_90s_cut() -> None:
     """A cut past the consent limit (30 s) in manual mode, both processes alive: the QUIC connection is held
-    (docs/reconnect.md) and the transfer completes intact once the path is back; a second pair in the same lab with
-    ``--reconnect-timeout 10s`` gives up meanwhile with exit 11, saying why and how long it tried."""
+    (docs/reconnect.md); once the path is back the transfer completes intact and a command typed into the ssh
+    session opened before the cut answers. A pair in the same lab with ``--reconnect-timeout 10s`` gives up
+    meanwhile with exit 11, saying why and how long it tried."""
     if not is_root():
         pytest.fail("the WAN lab builds network namespaces and must run as root (CI does)", pytrace=False)
     reap_stale_labs()
@@ -116,6 +150,13 @@ def test_manual_mode_holds_a_100_mib_transfer_across_a_90s_cut_and_gives_up_afte
                 procs.append(service(lab, "b", "tcp-echo", "127.0.0.1", port))
                 pairs[name] = start_manual(lab, lab.addr, port, extra=extra)
                 pairs[name].wait_listening()
+            sshd, sshd_proc = _sshd(lab)
+            procs.append(sshd_proc)
+            pairs["ssh"] = start_manual(lab, lab.addr, SSH_PORT)
+            pairs["ssh"].wait_listening()
+            shell = Proc("ssh", lab.in_ns("a", [*sshd.ssh_base(SSH_PORT), "root@127.0.0.1", "sh"]))
+            procs.append(shell)
+            assert _typed(shell, "echo before-the-cut", "before-the-cut", 30), (shell.stderr, pairs["ssh"].describe())
             total = HOLD_MIB * 1024 * 1024
             probe = Proc("transfer", lab.in_ns("a", [PYTHON, PROBE, "transfer", str(pairs["holds"].listen_port),
                                                      str(total), "--timeout", "280", "--progress"]))
@@ -143,6 +184,12 @@ def test_manual_mode_holds_a_100_mib_transfer_across_a_90s_cut_and_gives_up_afte
             print(f"\n[hold] manual, {HOLD_MIB} MiB, {CUT_SECONDS:g}s cut: ok={verdict.get('ok')} resumed "
                   f"{None if resumed is None else round(resumed - healed_at, 2)}s after the heal, transfer "
                   f"{verdict.get('seconds')}s; the 10s pair gave up {gave_up_after:.1f}s after the cut", flush=True)
+            typed_at = time.monotonic()
+            answered = _typed(shell, "echo after-the-cut", "after-the-cut", 30)
+            print(f"[hold] ssh session opened before the cut: a command typed after it answered={answered} in "
+                  f"{time.monotonic() - typed_at:.2f}s", flush=True)
+            assert answered, (shell.stderr, pairs["ssh"].describe())
+            assert pairs["ssh"].alive() and shell.proc.poll() is None, pairs["ssh"].describe()
             holds = pairs["holds"]
             assert verdict.get("ok") is True, (verdict, holds.describe())
             assert resumed is not None and resumed - healed_at < 5.0, holds.describe()

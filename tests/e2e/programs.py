@@ -128,6 +128,14 @@ class _Background:
             )
         return self.proc
 
+    def _listening(self, port: int) -> None:
+        """Wait until the spawned program accepts on ``port``; stopped and ProgramError (with its output) if not."""
+        try:
+            wait_tcp_listening(port, proc=self.proc)
+        except ProgramError as exc:
+            self.stop()
+            raise ProgramError(f"{self.name} did not start: {exc}\n{self.output()}") from exc
+
     def output(self) -> str:
         try:
             return self._log_path.read_text(errors="replace")
@@ -161,12 +169,8 @@ class Sshd(_Background):
         self.config = workdir / "sshd_config"
 
     def __enter__(self) -> Sshd:
-        proc = self._spawn(self.prepare())
-        try:
-            wait_tcp_listening(self.port, proc=proc)
-        except ProgramError as exc:
-            self.stop()
-            raise ProgramError(f"sshd did not start: {exc}\n{self.output()}") from exc
+        self._spawn(self.prepare())
+        self._listening(self.port)
         return self
 
     def prepare(self) -> list[str]:
@@ -266,12 +270,8 @@ class SshForward(_Background):
             f"{LOOPBACK}:{self.local_port}:{LOOPBACK}:{self.target_port}",
             f"root@{LOOPBACK}",
         ]
-        proc = self._spawn(argv)
-        try:
-            wait_tcp_listening(self.local_port, proc=proc)
-        except ProgramError as exc:
-            self.stop()
-            raise ProgramError(f"ssh -L did not start: {exc}\n{self.output()}") from exc
+        self._spawn(argv)
+        self._listening(self.local_port)
         return self
 
 
@@ -289,18 +289,14 @@ class SocatRelay(_Background):
         self.target_port = target_port
 
     def __enter__(self) -> SocatRelay:
-        proc = self._spawn(
+        self._spawn(
             [
                 "socat",
                 f"TCP-LISTEN:{self.local_port},bind={LOOPBACK},reuseaddr,fork",
                 f"TCP:{LOOPBACK}:{self.target_port},nodelay",
             ]
         )
-        try:
-            wait_tcp_listening(self.local_port, proc=proc)
-        except ProgramError as exc:
-            self.stop()
-            raise ProgramError(f"socat did not start: {exc}\n{self.output()}") from exc
+        self._listening(self.local_port)
         return self
 
 

@@ -1,8 +1,8 @@
 """Roaming on the client side of the ICE modes: notice the machine's addresses changing under a running tunnel.
 
 Issue 15 item 3 (docs/reconnect.md). How it notices: the host-candidate choice (``tunnel_core.hostaddr``, the
-same rules as at start, so ``--host-candidate IFACE`` follows that interface) is re-evaluated once a second and at
-once after a send fails with an error that says "this address or network is gone" (``PeerDriver.on_send_error``:
+same rules as at start, so ``--host-candidate IFACE`` follows that interface) is re-evaluated every few seconds
+and at once after a send fails with an error that says "this address or network is gone" (``PeerDriver.on_send_error``:
 EADDRNOTAVAIL, ENETUNREACH, ...). Listing the interfaces is one getifaddrs() call, cheap at this rate. What
 changed is carried out here - sockets on new addresses bound and driven, those on vanished ones closed - and
 handed to the Peer (``Peer.local_addresses_changed``), which decides everything else: re-checks from the new
@@ -23,8 +23,11 @@ from tunnel_io.reactor import Reactor, Timer
 
 log = logging.getLogger(__name__)
 
-#: How often the interfaces are looked at while a tunnel runs.
-INTERVAL = 1.0
+#: How often the interfaces are looked at while a tunnel runs (one getifaddrs(), a few ms on a busy machine): it
+#: finds new addresses; a vanished one usually shows at once through a failed send.
+INTERVAL = 3.0
+#: At most one look per this long on failed sends (a network that stays unreachable fails every send).
+ERROR_SPACING = 0.5
 
 
 class AddressWatch:
@@ -41,6 +44,7 @@ class AddressWatch:
         self.ips: set[str] = {addr[0] for addr in driver.sockets}
         self._timer: Timer | None = None
         self._soon = False
+        self._last = -1e18
         self._closed = False
         driver.on_send_error = self.check_soon
         self._arm()
@@ -56,8 +60,13 @@ class AddressWatch:
 
     def check_soon(self) -> None:
         """A send failed in a way that may mean our address is gone: look now (once per loop turn)."""
-        if not self._soon and not self._closed:
-            self._soon = True
+        if self._soon or self._closed:
+            return
+        self._soon = True
+        wait = self._last + ERROR_SPACING - self.reactor.time()
+        if wait > 0:
+            self.reactor.call_at(self.reactor.time() + wait, self.check)
+        else:
             self.reactor.call_soon(self.check)
 
     def current(self) -> list[str]:
@@ -70,6 +79,7 @@ class AddressWatch:
         self._soon = False
         if self._closed or not getattr(self.peer, "ready", False) or self.peer.closed:
             return
+        self._last = self.reactor.time()
         now_ips = self.current()
         gone = sorted(ip for ip in self.ips if ip not in now_ips)
         new = [ip for ip in now_ips if ip not in self.ips]

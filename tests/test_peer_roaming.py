@@ -16,7 +16,7 @@ import pytest
 from tests.test_peer import Side
 from tests.test_peer_outage import CLIENT_IP, PAYLOAD, SERVER_IP, _start_transfer
 
-from tunnel_core.ice import ConsentLost
+from tunnel_core.ice import ConsentLost, PairState
 from tunnel_core.peer import TunnelClosed
 from tunnel_core.testing import VirtualClock
 from tunnel_core.testing.network import Network
@@ -130,3 +130,18 @@ def test_a_hold_longer_than_quic_idle_limit_ends_at_the_idle_limit() -> None:
     assert 290 <= took <= 320
     reason = client.first(TunnelClosed).reason
     assert reason.startswith("Gave up reconnecting after ") and "last error: QUIC: Idle timeout" in reason, reason
+
+
+@pytest.mark.parametrize("state", list(PairState))
+def test_a_recheck_starts_from_any_pair_state(state: PairState) -> None:
+    """After selection a pair can be left in any state (in-flight checks are dropped at selection, leaving pairs
+    in progress without a transaction): a re-check round must start from each (the NAT suite's killed-server run
+    found IN_PROGRESS crashing it)."""
+    net = Network(VirtualClock())
+    client, _server, _got = _start_transfer(net, cut_after=64 * 1024)
+    extra = net.add_host(NEW_CLIENT_IP).bind(client.peer)
+    client.agent.add_roaming_address(extra, net.clock.now)
+    for pair in client.agent.pairs:
+        pair.state = state
+    assert client.agent.recheck(net.clock.now) == len(client.agent.pairs)
+    assert client.agent.recheck(net.clock.now) == 0  # all in flight: nothing twice

@@ -68,7 +68,8 @@ class RoamingMixin:
                 continue
             if pair.base in self._turn_by_relayed:
                 continue  # a released or idle allocation: TURN is re-gathered only by a new session
-            if pair.state is PairState.FAILED:
+            if pair.state in (PairState.FAILED, PairState.IN_PROGRESS):
+                # IN_PROGRESS without a transaction: its check was dropped at selection (8.1.2).
                 pair.apply(Trigger.TRIGGER)
             self._rechecking.add(pair.key)
             self._send_check(pair, now)

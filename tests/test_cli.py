@@ -610,3 +610,29 @@ def test_tunnel_process_raises_its_open_files_soft_limit() -> None:
     raised = int(line.split()[3])
     assert raised == (65536 if hard == resource.RLIM_INFINITY else min(hard, 65536))
     assert raised > 256
+
+
+MANUAL_CLIENT = ["client", "manual", "--source", "tcp://127.0.0.1:22", "--target", "127.0.0.1:2222"]
+MANUAL_SERVER = ["server", "manual", "--allowed-tcp", "127.0.0.0/8"]
+
+
+@pytest.mark.parametrize("base", [MANUAL_CLIENT, MANUAL_SERVER], ids=["client", "server"])
+def test_manual_reconnect_timeout_flag_default_and_errors(base: list[str]) -> None:
+    """issue 15 (docs/reconnect.md): both manual roles hold a silent path for --reconnect-timeout."""
+    assert cli.build_options(base)[1].reconnect_timeout == 300.0
+    assert cli.build_options([*base, "--reconnect-timeout", "90s"])[1].reconnect_timeout == 90.0
+    assert cli.build_options([*base, "--reconnect-timeout", "0"])[1].reconnect_timeout == 0.0
+    with pytest.raises(TunnelError) as info:
+        cli.build_options([*base, "--reconnect-timeout", "soon"])
+    assert info.value.message.startswith("Invalid --reconnect-timeout 'soon'") and info.value.exit_code == 2
+
+
+def test_manual_reconnect_timeout_config_key_and_flag_precedence(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", CLIENT_TOML + 'reconnect_timeout = "2m"\n')
+    assert cli.build_options(["client", "-c", str(path)])[1].reconnect_timeout == 120.0
+    _, flagged = cli.build_options(["client", "manual", "-c", str(path), "--reconnect-timeout", "5s"])
+    assert flagged.reconnect_timeout == 5.0
+    bad = write(tmp_path / "bad.toml", CLIENT_TOML + 'reconnect_timeout = "later"\n')
+    with pytest.raises(TunnelError) as info:
+        cli.build_options(["client", "-c", str(bad)])
+    assert "[manual] reconnect_timeout" in info.value.message and info.value.exit_code == 2

@@ -12,6 +12,8 @@ import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
+import attrs
+
 from tunnel_cli import checks, output, precedence
 from tunnel_cli import config as cfg
 from tunnel_cli.fdlimit import raise_open_files_limit
@@ -22,6 +24,7 @@ from tunnel_cli.parser import Parser, VersionAction, add_config_args, given, std
 from tunnel_cli.program import TUNNEL, TUNNEL_RS, TUNNEL_RS_ICE, Program
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.options import (
+    DEFAULT_RECONNECT_TIMEOUT,
     ExitCode,
     IceOptions,
     ManualClientOptions,
@@ -130,6 +133,12 @@ def build_parser(program: Program) -> tuple[Parser, dict[tuple[str, str | None],
                         help="reverse forward (repeatable): the server listens on LISTEN and carries each "
                              "connection to URL (tcp://) on this side; needs the server's --allow-listen",
                     )
+                mode_parser.add_argument(  # issue 15; docs/reconnect.md
+                    "--reconnect-timeout", metavar="DURATION",
+                    help=f"when the peer stops answering, hold the tunnel (QUIC and its streams) and look for a "
+                         f"path again for up to this long (default {DEFAULT_RECONNECT_TIMEOUT:g}s, at most the "
+                         f"QUIC idle limit of 300s; e.g. 90s, 5m; 0 = exit 11 when ICE consent is lost)",
+                )
                 add_ice_args(mode_parser)
             else:
                 mode_parser = modes.add_parser(
@@ -213,10 +222,24 @@ def _server_options(
             "At least one of --allowed-tcp or --allowed-udp is required for custom-manual server"
         )
     return ManualServerOptions(allowed_tcp=allowed_tcp, allowed_udp=allowed_udp, ice=ice,
-                               allow_listen=allow_listen)
+                               allow_listen=allow_listen, reconnect_timeout=_reconnect_timeout(namespace, section))
+
+
+def _reconnect_timeout(namespace: argparse.Namespace, section: ManualSection) -> float:
+    text = given(getattr(namespace, "reconnect_timeout", None))
+    if text is not None:
+        return checks.parse_duration(text, "--reconnect-timeout")
+    return DEFAULT_RECONNECT_TIMEOUT if section.reconnect_timeout is None else section.reconnect_timeout
 
 
 def _client_options(
+    namespace: argparse.Namespace, section: ManualSection, ice: IceOptions, config: cfg.ConfigFile | None
+) -> ManualClientOptions:
+    options = _client_forwards(namespace, section, ice, config)
+    return attrs.evolve(options, reconnect_timeout=_reconnect_timeout(namespace, section))
+
+
+def _client_forwards(
     namespace: argparse.Namespace, section: ManualSection, ice: IceOptions, config: cfg.ConfigFile | None
 ) -> ManualClientOptions:
     cli_source = given(getattr(namespace, "source", None))

@@ -18,6 +18,7 @@ from tunnel_cli.checks import (
     check_packet_size,
     check_stun_server,
     cidr_ok,
+    parse_duration,
 )
 from tunnel_cli.config import (
     SECTION_NAMES,
@@ -52,13 +53,15 @@ class ManualSection:
     turn_user: str | None = None
     turn_password: str | None = attrs.field(default=None, repr=False)
     turn_password_file: str | None = None
+    #: issue 15 (docs/reconnect.md): seconds; None when the key is absent
+    reconnect_timeout: float | None = None
 
 
 ALLOWED_SOURCES_KEYS = frozenset({"tcp", "udp"})
 _MANUAL_KEYS = frozenset({
     "stun_servers", "allowed_sources", "request_source", "source", "target", "host_candidates", "packet_size",
     "transport", "turn_servers", "turn_user", "turn_password", "turn_password_file",
-    "congestion",
+    "congestion", "reconnect_timeout",
 })
 
 
@@ -170,6 +173,8 @@ def manual_section(
         host_candidates=hosts,
         packet_size=packet_size,
         congestion=read_congestion(config, table, name),
+        reconnect_timeout=(parse_duration(table["reconnect_timeout"], f"[{name}] reconnect_timeout")
+                           if "reconnect_timeout" in table else None),
     )
 
 

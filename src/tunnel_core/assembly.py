@@ -91,5 +91,7 @@ def new_peer(
     is_client: bool,
     quic_factory: Callable[[bytes | None, Address, Address], Any],
     session_factory: Callable[[Any], Any],
+    hold: float = 0.0,
 ) -> Peer:
-    return Peer(ice=agent, is_client=is_client, quic_factory=quic_factory, session_factory=session_factory)
+    return Peer(ice=agent, is_client=is_client, quic_factory=quic_factory, session_factory=session_factory,
+                hold=hold)

@@ -219,12 +219,14 @@ def start_peer(
     pins: dict[str, str],
     session_spec: dict[str, Any],
     controlling: bool | None = None,
+    hold: float = 0.0,
 ) -> Generator[Effect, Any, tuple[Peer, GatheringComplete]]:
     """Bind, build the Peer (ICE -> QUIC -> forwarding), gather; shared by every ICE-mode role.
 
     ``is_client`` is the QUIC/forwarding role. ICE's controlling role defaults to it (manual mode); ice-nostr
     passes the opposite. ``pins`` is read when QUIC starts (the answer arrives after gathering): "server" pins the
-    server's certificate on the client, "client" the client's on the server.
+    server's certificate on the client, "client" the client's on the server. ``hold``: see ``Peer`` (manual mode
+    holds on past the consent limit, docs/reconnect.md).
     """
     addresses = yield BindHostSockets(ice.host_candidates)
     stun = yield from _resolve_stun(ice.stun_servers)
@@ -247,7 +249,8 @@ def start_peer(
         return assembly.new_session(quic, is_client=is_client, protocol=session_spec["protocol"],
                                     targets=session_spec.get("addresses", ()), routes=session_spec.get("routes"))
 
-    peer = assembly.new_peer(agent, is_client=is_client, quic_factory=quic_factory, session_factory=session_factory)
+    peer = assembly.new_peer(agent, is_client=is_client, quic_factory=quic_factory, session_factory=session_factory,
+                             hold=hold)
     yield Start(peer)
     yield Poke(agent.gather)
     gathered = yield Wait("gathered")
@@ -533,7 +536,7 @@ def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -
     first = forwards[0].source if forwards else None
     spec: dict[str, Any] = {"protocol": "tcp" if first is None else first.protocol}
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, identity=None, pins=pins,
-                                     session_spec=spec)
+                                     session_spec=spec, hold=opts.reconnect_timeout)
     yield Say(dialogue.OFFER_TITLE)
     offer = dialogue.make_offer(peer.ice, urls[0], urls[1:])
     yield PrintBlock(encode_block("OFFER", offer))
@@ -565,7 +568,7 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
     spec: dict[str, Any] = {}
     # Gather before reading the offer (as upstream), so the answer can be printed at once.
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=False, identity=identity, pins={},
-                                     session_spec=spec)
+                                     session_spec=spec, hold=opts.reconnect_timeout)
     yield Say(dialogue.PROMPT_FOR_OFFER)
     text = yield ReadBlock("OFFER")
     try:

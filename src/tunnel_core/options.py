@@ -80,6 +80,9 @@ class ManualServerOptions:
     ice: IceOptions = IceOptions()
     #: Reverse forwards (docs/forwards.md): the exact ip:port addresses a client may ask this server to listen on.
     allow_listen: tuple[str, ...] = ()
+    #: How long a session whose path went silent is kept for its client to come back (docs/reconnect.md); 0 ends
+    #: it when ICE consent is lost, as before.
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
 
 
 @attrs.frozen
@@ -113,3 +116,6 @@ class ManualClientOptions:
     socks5: SocksListen | None = None
     #: Reverse forwards: ``listen`` on the server's side, ``source`` the client-side tcp:// target.
     reverse: tuple[Forward, ...] = ()
+    #: How long to hold on and look for a path again when the server stops answering (docs/reconnect.md); 0 exits
+    #: with 11 when ICE consent is lost, as before.
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 #: How many QUIC datagrams we hold while our own ICE selection has not happened yet (the peer may finish first).
 EARLY_QUIC_LIMIT = 64
+#: The QUIC client re-checks the peer's known candidates this often while its path does not answer or its local
+#: address went away (tunnel_core.ice.roaming): a path found again is used within about this long.
+RECHECK_INTERVAL = 2.0
 
 Kind = Literal["stun", "quic", "turn"]
 
@@ -128,8 +131,20 @@ class Peer:
         is_client: bool,
         quic_factory: Callable[[bytes | None, Address, Address], QuicConnection],
         session_factory: Callable[[QuicConnection], Any],
+        hold: float = 0.0,
     ) -> None:
+        """``hold`` > 0: when ICE consent is lost the tunnel holds on that long (QUIC kept alive, the client
+        re-checking the peer's candidates) instead of ending; the open streams survive a path that comes back
+        (docs/reconnect.md, "Manual mode")."""
         self.ice = ice
+        self.hold = hold
+        if hold > 0:
+            ice.hold_on_consent_loss = True
+        #: while holding on after consent was lost: when it was lost, when we give up
+        self._lost_at: float | None = None
+        self._give_up_at: float | None = None
+        self._rechecks = 0
+        self._next_recheck: float | None = None
         self.is_client = is_client
         self._quic_factory = quic_factory
         self._session_factory = session_factory
@@ -195,7 +210,52 @@ class Peer:
             t = self.session.get_timer()
             if t is not None and t <= now:
                 self.session.handle_timer(now)
+        if self._give_up_at is not None and now >= self._give_up_at and not self._closed:
+            self._give_up(now, "ICE consent lost - the peer stopped answering connectivity checks")
+        elif self._next_recheck is not None and now >= self._next_recheck:
+            self._recheck(now)
         self._pump(now)
+
+    def local_addresses_changed(self, added: list[Address], removed: list[str], now: float) -> None:
+        """Roaming (issue 15 item 3): the adapter bound sockets at ``added`` and closed those on the IPs
+        ``removed`` because the machine's addresses changed. The QUIC client re-checks the peer's candidates from
+        where it is now and moves to a path that answers (``PathAnswered``); the server's QUIC validates the
+        move."""
+        if self._closed or self.selected is None:
+            return
+        for ip in removed:
+            self.ice.retire_local_ip(ip)
+        for addr in added:
+            self.ice.add_roaming_address(addr, now)
+        log.warning("Local addresses changed (%s); looking for a path from here",
+                    ", ".join([*(f"+{_show(a)}" for a in added), *(f"-{ip}" for ip in removed)]))
+        if self.is_client:
+            self._recheck(now)
+        self._pump(now)
+
+    def _recheck(self, now: float) -> None:
+        """One round of re-checks while the path is in doubt; the next one RECHECK_INTERVAL later."""
+        self._next_recheck = None
+        if self._closed or not self.is_client or not self._path_in_doubt():
+            return
+        if self.ice.recheck(now):
+            self._rechecks += 1
+        self._next_recheck = now + RECHECK_INTERVAL
+
+    def _path_in_doubt(self) -> bool:
+        return self._ready and (self.ice.consent_missing or self.ice.selected_base_retired)
+
+    def _give_up(self, now: float, last: str) -> None:
+        from tunnel_core.reconnect import gave_up
+
+        lost_at = self._lost_at if self._lost_at is not None else now
+        if self.is_client:
+            reason = gave_up(now - lost_at, max(1, self._rechecks), last).message
+        else:
+            reason = f"Gave up waiting for the client to come back after {now - lost_at:.0f}s; last error: {last}"
+        if self.quic is not None and not self._quic_done:
+            self.quic.close(error_code=0, reason_phrase="ice disconnected")
+        self._finish(TunnelClosed(reason=reason, was_up=True, by_peer=False), now)
 
     def close(self, now: float, reason: str = "done", error_code: int = 0) -> None:
         """Orderly stop: QUIC CONNECTION_CLOSE with code 0 "done" (as upstream), then the ICE agent."""
@@ -239,6 +299,10 @@ class Peer:
             t = self.quic.get_timer()
             if t is not None and (best is None or t < best):
                 best = t
+        if not self._closed:
+            for t in (self._give_up_at, self._next_recheck):
+                if t is not None and (best is None or t < best):
+                    best = t
         return best
 
     def next_event(self) -> Any:
@@ -347,12 +411,34 @@ class Peer:
             log.warning(
                 "Tunnel degraded: no answer from the peer for %.0f s; holding on (consent limit %.0f s)",
                 now - ev.since, self.ice.timing.consent_timeout)
+            self._recheck(now)
         elif isinstance(ev, ice_events.ConsentRestored):
-            log.warning("Tunnel back after %.1f s without an answer from the peer", ev.outage)
-            probe = getattr(self.quic, "probe_now", None)  # TunnelQuicConnection's; a plain aioquic one has none
-            if probe is not None and self._ready and not self._closed:
-                # QUIC's probe timeout backed off during the cut: probe now rather than at the next late probe.
-                probe(now)
+            if self._lost_at is not None:
+                from tunnel_core.reconnect import back_line
+
+                path = connection_type(*self.ice.selected_pair) if self.ice.selected_pair else "?"
+                if self.is_client:
+                    log.warning("%s", back_line(now - self._lost_at, max(1, self._rechecks), path))
+                else:
+                    log.warning("Tunnel back after %.1fs: the client is back: %s", now - self._lost_at, path)
+                self._lost_at = self._give_up_at = None
+            else:
+                log.warning("Tunnel back after %.1f s without an answer from the peer", ev.outage)
+            self._next_recheck = None
+            self._prod_quic(now)
+        elif isinstance(ev, ice_events.PathAnswered):
+            self._on_path_answered(ev, now)
+        elif isinstance(ev, ice_events.ConsentLost) and self.hold > 0 and self._ready and not self._closed:
+            from tunnel_core.reconnect import lost_line
+
+            self._lost_at, self._give_up_at = now, now + self.hold
+            silent = f"no answer from the peer for {self.ice.timing.consent_timeout:.0f} s"
+            if self.is_client:
+                log.warning("%s (the QUIC connection and its streams are kept)", lost_line(silent, self.hold))
+            else:
+                log.warning("Tunnel lost: %s. Keeping the session for the client to come back (giving up after "
+                            "%gs)", silent, self.hold)
+            self._recheck(now)
         elif isinstance(ev, ice_events.ConsentLost):
             reason = "ICE consent lost - the peer stopped answering connectivity checks"
             if self.quic is not None:
@@ -362,6 +448,31 @@ class Peer:
             # Gathering results and role changes are for the adapter (it prints them or waits on them).
             self._events.append(ev)
 
+    def _prod_quic(self, now: float) -> None:
+        probe = getattr(self.quic, "probe_now", None)  # TunnelQuicConnection's; a plain aioquic one has none
+        if probe is not None and self._ready and not self._closed:
+            # QUIC's probe timeout backed off during the cut: probe now rather than at the next late probe.
+            probe(now)
+
+    def _on_path_answered(self, ev: ice_events.PathAnswered, now: float) -> None:
+        """QUIC client: a re-check found a working path while ours is in doubt - send from there from now on.
+
+        The answer was authenticated with the peer's ICE password; the server's QUIC still validates the new path
+        (PATH_CHALLENGE) before it moves, so this cannot move the server's end by itself."""
+        if not self.is_client or self._closed or not self._path_in_doubt():
+            return
+        path = (ev.local_address, ev.remote_address)
+        if path == self.selected or self.ice.is_relayed(ev.local_address):
+            return
+        missing = self.ice.consent_missing
+        if not self.ice.move_to(path[0], path[1], now):
+            return
+        old, self.selected = self.selected, path
+        log.warning("Path moved to %s -> %s: %s (was %s)", _show(path[0]), _show(path[1]),
+                    connection_type(ev.local, ev.remote), _show(old[0]) if old else "-")
+        if not missing:
+            self._prod_quic(now)  # ConsentRestored prods QUIC when the path had been silent
+
     def _on_quic_event(self, ev: Any, now: float) -> None:
         if isinstance(ev, qe.HandshakeCompleted):
             self._ready = True
@@ -370,6 +481,11 @@ class Peer:
         elif isinstance(ev, qe.ConnectionTerminated):
             self._quic_done = True
             by_peer = not self._closing_locally
+            orderly = ev.error_code == 0 and ev.reason_phrase in ("done", "")
+            if self._lost_at is not None and not self._closed and not orderly:
+                # Held past QUIC's own idle limit (aioquic reports it as a termination): that ends the hold too.
+                self._give_up(now, f"QUIC: {quote_peer(ev.reason_phrase) or _close_reason(ev.error_code)}")
+                return
             self._finish(
                 TunnelClosed(
                     # The peer wrote the reason phrase: escaped and capped before anyone prints it.

@@ -71,11 +71,24 @@ class PeerDriver:
         self._flushing = False
         self._flush_queued = False
         self._closed = False
+        #: called after a send failed with a TRANSIENT_SEND_ERRORS error (tunnel_io.roaming looks at the addresses)
+        self.on_send_error: Callable[[], None] | None = None
         for addr, sock in sockets.items():
-            self.sockets[addr] = sock
-            watch = reactor.watch(sock, self._readable(addr, sock), _never)
-            watch.want(read=True, write=False)
-            self._watches[addr] = watch
+            self.add_socket(addr, sock)
+
+    def add_socket(self, addr: Address, sock: Any) -> None:
+        """Drive one more socket (at start, or when roaming bound one on a new address)."""
+        self.sockets[addr] = sock
+        watch = self.reactor.watch(sock, self._readable(addr, sock), _never)
+        watch.want(read=True, write=False)
+        self._watches[addr] = watch
+
+    def remove_socket(self, addr: Address) -> None:
+        """Stop driving the socket at ``addr`` and close it (its address left the machine)."""
+        self.sockets.pop(addr, None)
+        watch = self._watches.pop(addr, None)
+        if watch is not None:
+            watch.close()  # closes the socket too
 
     def now(self) -> float:
         """The reactor's clock, but never behind a timer fired early: machines need monotonic time."""
@@ -160,6 +173,8 @@ class PeerDriver:
             except OSError as exc:
                 if exc.errno not in TRANSIENT_SEND_ERRORS:
                     log.debug("send from %s to %s failed: %s", t.local, t.remote, exc)
+                elif self.on_send_error is not None:
+                    self.on_send_error()
 
     def _rearm(self) -> None:
         if self._closed:

@@ -34,6 +34,7 @@ from tunnel_io.driver import PeerDriver
 from tunnel_io.local import LocalForwarder
 from tunnel_io.reactor import Reactor, Timer
 from tunnel_io.relays import RelayConnections
+from tunnel_io.roaming import AddressWatch
 
 log = logging.getLogger("tunnel_io.runner")
 
@@ -129,6 +130,9 @@ class FlowRunner:
         self._closing = False
         self._close_timer: Timer | None = None
         self._close_step: Callable[[], None] | None = None
+        #: the client's --host-candidate choice, for roaming (tunnel_io.roaming), and its watch while a tunnel runs
+        self._wanted: tuple[str, ...] = ()
+        self._watch: AddressWatch | None = None
 
     # ------------------------------------------------------------------------------------------ public
 
@@ -225,6 +229,7 @@ class FlowRunner:
         elif isinstance(effect, flows.ReadBlock):
             return self._read_block(effect.kind)
         elif isinstance(effect, flows.BindHostSockets):
+            self._wanted = effect.wanted
             self.sockets = bind_host_sockets(effect.wanted)
             return list(self.sockets)
         elif isinstance(effect, flows.Resolve):
@@ -344,6 +349,8 @@ class FlowRunner:
     def _start(self, peer: Any) -> None:
         self.peer = peer
         self.driver = PeerDriver(self.reactor, peer, self.sockets, self._on_event)
+        if getattr(peer, "is_client", False) and hasattr(peer, "local_addresses_changed"):
+            self._watch = AddressWatch(self.reactor, self.driver, peer, self._wanted)
         if self.local is None:
             self.local = LocalForwarder(self.reactor, self._session, self.driver.kick_now, self.driver.now)
         else:  # a reconnect: the listeners (and what waits in their backlog) carry over to the new tunnel
@@ -356,6 +363,7 @@ class FlowRunner:
 
     def _detach(self) -> None:
         """flows.Detach: drop the lost tunnel, keep the listeners (docs/reconnect.md)."""
+        self._stop_watch()
         if self.driver is not None:
             self.driver.close()
         for sock in self.sockets.values():
@@ -363,6 +371,11 @@ class FlowRunner:
         self.peer, self.driver, self.sockets, self.results = None, None, {}, {}
         if self.local is not None:
             self.local.detach()
+
+    def _stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, GatheringComplete):
@@ -445,6 +458,7 @@ class FlowRunner:
         if self.finished:
             return
         self.finished = True
+        self._stop_watch()
         if self.local is not None:
             self.local.close()
         if self.driver is not None:

@@ -60,6 +60,8 @@ OPEN_BACKOFF = 0.1
 PENDING_LIMIT = 64
 #: The flow id our one UDP stream offers for QUIC datagrams (iroh mode keeps upstream's one stream per client).
 UDP_FLOW = 0
+#: How often a UDP stream that ended with its connection looks whether the reconnect is done.
+NEXT_CONNECTION_POLL = 0.1
 
 
 class IrohClient:
@@ -84,6 +86,8 @@ class IrohClient:
         self._dial_args: dict[str, Any] = {}
         self.datagram_flow: int | None = None
         self._link: DatagramLink | None = None
+        #: called by ``_connect`` on a reconnect, before new local traffic is let through (UDP flows start anew)
+        self._on_reconnect: Callable[[], None] | None = None
         self.e4 = options.protocol == "e4"
         self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
         self.alpn = ALPN_E4 if self.e4 else ALPN_E2
@@ -126,13 +130,16 @@ class IrohClient:
             await self._watch.stop()
         self._watch = PathWatch(self.conn)
         self._watch.start()
+        if self._on_reconnect is not None and self._established:
+            self._on_reconnect()
         self._up.set()
 
     async def wait(self) -> None:
         """Until the connection closes for good; a close we did not ask for is an error with the right exit code.
 
-        A lost connection of a TCP tunnel is dialled again for ``reconnect_timeout`` (docs/reconnect.md): the
-        local listener stays, new local connections wait for the new connection, open ones end with it."""
+        A lost connection is dialled again for ``reconnect_timeout`` (docs/reconnect.md): the local listener
+        stays; new local TCP connections wait for the new connection, open ones end with it; UDP flows are opened
+        anew on it (the local UDP socket and its peers stay)."""
         while True:
             reason = await self.conn.closed()
             if self._closing:
@@ -144,7 +151,7 @@ class IrohClient:
                     "server's --allowed-clients", ExitCode.AUTH,
                 )
             lost = TunnelError(f"Connection to server lost: {text}", ExitCode.CONNECTION_LOST)
-            if self.options.reconnect_timeout <= 0 or self.source.protocol != "tcp":
+            if self.options.reconnect_timeout <= 0:
                 raise lost
             await self._reconnect(lost)
 
@@ -197,6 +204,12 @@ class IrohClient:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.endpoint.close(), 5.0)
         await self._bridges.close()
+
+    async def _next_connection(self, old: Any) -> bool:
+        """After ``old`` failed under a stream: wait until a new connection is up; False when closing."""
+        while not self._closing and (self.conn is old or not self._up.is_set()):
+            await asyncio.sleep(NEXT_CONNECTION_POLL)
+        return not self._closing
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -352,13 +365,13 @@ class IrohClient:
             await self._start_udp_flows(host, port, (send, recv, payload))
             return
         log.debug("UDP travels on the stream (server without datagrams)")
-        writer = FrameWriter(send)
+        writers = [FrameWriter(send)]
         peer: list[Address] = []
 
         def from_local(data: bytes, addr: Address) -> None:
             if not peer or peer[0] != addr:
                 peer[:] = [addr]  # the last sender wins (reference 3.1)
-            writer.push(data)
+            writers[0].push(data)
 
         transport = await self._listen_udp(host, port, from_local)
 
@@ -366,33 +379,51 @@ class IrohClient:
             if peer:
                 transport.sendto(datagram, peer[0])
 
-        async def pump() -> None:
+        async def pump(recv: Any, payload: bytes) -> None:
             f = ffi.load()
-            try:
-                if payload:
-                    for datagram in UdpFrameDecoder().feed(payload):
-                        to_local(datagram)
-                await read_frames(recv, to_local)
-            except (WireError, f.IrohError) as exc:
-                log.warning("UDP stream ended: %s", ffi.error_text(exc) if isinstance(exc, f.IrohError) else exc)
+            while True:
+                conn = self.conn
+                try:
+                    if payload:
+                        for datagram in UdpFrameDecoder().feed(payload):
+                            to_local(datagram)
+                    await read_frames(recv, to_local)
+                except (WireError, f.IrohError) as exc:
+                    log.warning("UDP stream ended: %s", ffi.error_text(exc) if isinstance(exc, f.IrohError) else exc)
+                # A lost connection: the same stream on the next one (the local socket and its peer stay).
+                if self.options.reconnect_timeout <= 0 or not await self._next_connection(conn):
+                    return
+                try:
+                    send, recv, payload = await self.open_source_stream()
+                except TunnelError as exc:
+                    log.warning("UDP stream not reopened: %s", exc.message)
+                    return
+                writers[0].close()
+                writers[0] = FrameWriter(send)
+                self._spawn(writers[0].run())
 
-        self._spawn(writer.run())
-        self._spawn(pump())
+        self._spawn(writers[0].run())
+        self._spawn(pump(recv, payload))
 
     async def _start_udp_flows(self, host: str, port: int, first: tuple[Any, Any, bytes]) -> None:
         """With our server (it took the datagram offer): one flow per local UDP peer, as in the ICE modes - its own
         stream (and so its own server socket), replies only to it, QUIC datagrams both ways, idle expiry and a cap
         on live peers (the least recently active is retired)."""
         loop = asyncio.get_running_loop()
-        link = self._link = DatagramLink(self.conn)
+        self._link = DatagramLink(self.conn)
         flows: dict[Address, _PeerFlow] = {}
         spare: list[tuple[Any, Any, bytes]] = [first]  # the stream already opened goes to the first peer
         next_flow = [UDP_FLOW]
         log.debug("UDP travels as QUIC datagrams, one flow per local peer")
 
+        def link() -> DatagramLink:
+            assert self._link is not None
+            return self._link
+
         def retire(flow: _PeerFlow) -> None:
-            flows.pop(flow.peer, None)
-            link.unregister(flow.flow_id)
+            if flows.get(flow.peer) is flow:
+                flows.pop(flow.peer)
+            link().unregister(flow.flow_id)
             if flow.writer is not None:
                 flow.writer.close()  # a clean FIN: the server closes the flow's socket and finishes its side
             elif flow.opening is not None:
@@ -410,10 +441,22 @@ class IrohClient:
             if flow.writer is None:
                 if len(flow.pending) < PENDING_LIMIT:
                     flow.pending.append(data)
-            elif not flow.datagrams or not link.send(flow.flow_id, data):
+            elif not flow.datagrams or not link().send(flow.flow_id, data):
                 flow.writer.push(data)
 
         transport = await self._listen_udp(host, port, from_local)
+
+        def renew() -> None:
+            """A reconnect: the old connection's flows are over (their next datagram opens a new flow), and the
+            new connection gets its own datagram link."""
+            for flow in [f for f in flows.values() if f.writer is not None]:
+                retire(flow)
+            if self._link is not None:
+                self._link.report()
+            self._link = DatagramLink(self.conn)
+            self._spawn(self._link.run())
+
+        self._on_reconnect = renew
 
         async def open_flow(flow: _PeerFlow) -> None:
             f = ffi.load()
@@ -422,6 +465,7 @@ class IrohClient:
                     send, recv, payload = spare.pop()
                     flow.flow_id = UDP_FLOW
                 else:
+                    await self._up.wait()  # during a reconnect: on the next connection
                     send, recv, payload = await self.open_source_stream(datagram_flow=flow.flow_id)
             except TunnelError as exc:
                 log.warning("UDP flow for %s:%d not opened: %s", flow.peer[0], flow.peer[1], exc.message)
@@ -434,11 +478,11 @@ class IrohClient:
                 transport.sendto(datagram, flow.peer)
 
             if flow.datagrams:
-                link.register(flow.flow_id, to_peer)
+                link().register(flow.flow_id, to_peer)
             flow.writer = FrameWriter(send)
             self._spawn(flow.writer.run())
             for data in flow.pending:
-                if not flow.datagrams or not link.send(flow.flow_id, data):
+                if not flow.datagrams or not link().send(flow.flow_id, data):
                     flow.writer.push(data)
             flow.pending.clear()
             try:
@@ -447,8 +491,7 @@ class IrohClient:
                 await read_frames(recv, to_peer)
             except (WireError, f.IrohError) as exc:
                 log.debug("UDP flow stream ended: %s", ffi.error_text(exc) if isinstance(exc, f.IrohError) else exc)
-            if flows.get(flow.peer) is flow:
-                retire(flow)
+            retire(flow)
 
         async def expire() -> None:
             while True:
@@ -457,7 +500,7 @@ class IrohClient:
                 for flow in [f for f in flows.values() if f.last_active + UDP_IDLE_TIMEOUT <= now]:
                     retire(flow)
 
-        self._spawn(link.run())
+        self._spawn(link().run())
         self._spawn(expire())
 
 

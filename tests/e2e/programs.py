@@ -128,6 +128,14 @@ class _Background:
             )
         return self.proc
 
+    def _listening(self, port: int) -> None:
+        """Wait until the spawned program accepts on ``port``; stopped and ProgramError (with its output) if not."""
+        try:
+            wait_tcp_listening(port, proc=self.proc)
+        except ProgramError as exc:
+            self.stop()
+            raise ProgramError(f"{self.name} did not start: {exc}\n{self.output()}") from exc
+
     def output(self) -> str:
         try:
             return self._log_path.read_text(errors="replace")
@@ -161,6 +169,12 @@ class Sshd(_Background):
         self.config = workdir / "sshd_config"
 
     def __enter__(self) -> Sshd:
+        self._spawn(self.prepare())
+        self._listening(self.port)
+        return self
+
+    def prepare(self) -> list[str]:
+        """Keys and config in ``workdir``; the sshd command line (also for running it in a namespace)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation directory
         for key in (self.host_key, self.user_key):
@@ -194,13 +208,7 @@ class Sshd(_Background):
                 ]
             )
         )
-        proc = self._spawn(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config), "-p", str(self.port)])
-        try:
-            wait_tcp_listening(self.port, proc=proc)
-        except ProgramError as exc:
-            self.stop()
-            raise ProgramError(f"sshd did not start: {exc}\n{self.output()}") from exc
-        return self
+        return ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config), "-p", str(self.port)]
 
     def ssh_base(self, port: int) -> list[str]:
         """ssh options for a non-interactive key login to root@127.0.0.1:port (no known_hosts, no agent)."""
@@ -262,12 +270,8 @@ class SshForward(_Background):
             f"{LOOPBACK}:{self.local_port}:{LOOPBACK}:{self.target_port}",
             f"root@{LOOPBACK}",
         ]
-        proc = self._spawn(argv)
-        try:
-            wait_tcp_listening(self.local_port, proc=proc)
-        except ProgramError as exc:
-            self.stop()
-            raise ProgramError(f"ssh -L did not start: {exc}\n{self.output()}") from exc
+        self._spawn(argv)
+        self._listening(self.local_port)
         return self
 
 
@@ -285,18 +289,14 @@ class SocatRelay(_Background):
         self.target_port = target_port
 
     def __enter__(self) -> SocatRelay:
-        proc = self._spawn(
+        self._spawn(
             [
                 "socat",
                 f"TCP-LISTEN:{self.local_port},bind={LOOPBACK},reuseaddr,fork",
                 f"TCP:{LOOPBACK}:{self.target_port},nodelay",
             ]
         )
-        try:
-            wait_tcp_listening(self.local_port, proc=proc)
-        except ProgramError as exc:
-            self.stop()
-            raise ProgramError(f"socat did not start: {exc}\n{self.output()}") from exc
+        self._listening(self.local_port)
         return self
 
 

@@ -180,9 +180,10 @@ def run_restart(mode: str, prefixes: list[str]) -> RestartResult:
                 mover.stop()
 
         try:
-            # Nostr and iroh clients reconnect by default (docs/reconnect.md); this run checks the old behaviour,
-            # exit 11 at once, which --reconnect-timeout 0 restores.
-            options = {"client_extra": ("--reconnect-timeout", "0")} if mode in ("nostr", "iroh") else {}
+            # Clients reconnect (nostr, iroh) or hold on (manual) by default (docs/reconnect.md); this run checks
+            # the old behaviour, exit 11 at once, which --reconnect-timeout 0 restores.
+            off = ("--reconnect-timeout", "0")
+            options = {"client_extra": off} if mode in ("nostr", "iroh") else {"extra": off}
             return _run_pair(lab, mode, False, 7104, body, **options)  # type: ignore[return-value]
         except Exception:
             return RestartResult(None, detail=traceback.format_exc())

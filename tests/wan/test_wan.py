@@ -163,13 +163,14 @@ def test_server_address_change_keeps_forwarding_or_ends_cleanly(lab: WanLab) -> 
     assert lab.link is not None
     lab.link.set(loss=0)
     echo = service(lab, "b", "tcp-echo", "127.0.0.1", 7003)
-    pair = start_manual(lab, lab.addr, 7003)
+    # The client cannot find a server that moved without new signalling; it holds on for --reconnect-timeout.
+    pair = start_manual(lab, lab.addr, 7003, extra=("--reconnect-timeout", "5s"))
     try:
         pair.wait_listening()
         before = probe(lab, "a", "rr", "127.0.0.1", 7003, "--rate", "20", "--seconds", "0.5")
         assert before["n"] >= 3, f"{before}\n{pair.describe()}"
         lab.move("b", "203.0.113.3")
-        deadline = time.monotonic() + 60  # ICE consent freshness gives up after 30 s at the latest
+        deadline = time.monotonic() + 60  # ICE consent freshness gives up after 30 s, plus the 5 s held
         while time.monotonic() < deadline:
             after = probe(lab, "a", "rr", "127.0.0.1", 7003, "--rate", "20", "--seconds", "0.5")
             if after["n"] >= 3 or pair.client.proc.poll() is not None:

@@ -102,8 +102,10 @@ def _source(proto: str, port: int, *, target_scheme: bool = False) -> list[str]:
 
 
 def start_manual(lab: Lab, addr: dict[str, str], service_port: int, *, proto: str = "tcp", runtime: str = "asyncio",
-                 listen_port: int | None = None, extra: Sequence[str] = ()) -> Pair:
-    """``tunnel server|client manual`` with the blocks piped across; returns once the OFFER/ANSWER are exchanged."""
+                 listen_port: int | None = None, extra: Sequence[str] = (), client_host: str | None = None) -> Pair:
+    """``tunnel server|client manual`` with the blocks piped across; returns once the OFFER/ANSWER are exchanged.
+
+    ``client_host``: the client's ``--host-candidate`` (default its WAN address; an interface name lets it roam)."""
     listen = listen_port or service_port
     server = Proc("server", lab.in_ns("b", [*cli(runtime), "server", "manual", "--allowed-tcp", "127.0.0.0/8",
                                             "--allowed-udp", "127.0.0.0/8", "--no-stun", "--host-candidate",
@@ -111,8 +113,8 @@ def start_manual(lab: Lab, addr: dict[str, str], service_port: int, *, proto: st
     started = time.time()
     client = Proc("client", lab.in_ns("a", [*cli(runtime), "client", "manual", "--source",
                                             f"{proto}://127.0.0.1:{service_port}", "--target",
-                                            f"127.0.0.1:{listen}", "--no-stun", "--host-candidate", addr["a"],
-                                            *extra]))
+                                            f"127.0.0.1:{listen}", "--no-stun", "--host-candidate",
+                                            client_host or addr["a"], *extra]))
     pair = Pair(client=client, server=server, listen_port=listen, started_at=started)
     try:
         server.paste(client.read_block("OFFER", 30))
@@ -125,7 +127,7 @@ def start_manual(lab: Lab, addr: dict[str, str], service_port: int, *, proto: st
 
 
 def start_nostr(lab: Lab, addr: dict[str, str], service_port: int, *, proto: str = "tcp",
-                relay_port: int = 7700) -> Pair:
+                relay_port: int = 7700, client_host: str | None = None) -> Pair:
     """``tunnel server|client nostr`` through a Nostr relay in ``b``; the server subscribes before the client asks."""
     from tunnel_core.nostr.keys import SecretKey
 
@@ -151,11 +153,12 @@ def start_nostr(lab: Lab, addr: dict[str, str], service_port: int, *, proto: str
     client = Proc("client", lab.in_ns("a", [*cli(), "client", "nostr", "--nsec-file", str(files["a"]),
                                             "--peer-npub", keys["b"].public_key.npub,
                                             *_source(proto, service_port, target_scheme=True),
-                                            *signaling, *ice, "--host-candidate", addr["a"]]))
+                                            *signaling, *ice, "--host-candidate", client_host or addr["a"]]))
     return Pair(client=client, server=server, listen_port=service_port, started_at=started, helpers=[relay])
 
 
-def start_iroh(lab: Lab, addr: dict[str, str], service_port: int, *, proto: str = "tcp") -> Pair:
+def start_iroh(lab: Lab, addr: dict[str, str], service_port: int, *, proto: str = "tcp",
+               client_bind: str | None = None) -> Pair:
     """``tunnel server|client iroh``, the client dialing the server's logged direct address (no relay, no DNS)."""
     from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id, format_secret_key
 
@@ -178,5 +181,6 @@ def start_iroh(lab: Lab, addr: dict[str, str], service_port: int, *, proto: str 
     started = time.time()
     client = Proc("client", lab.in_ns("a", [*cli(), "client", "iroh", "--secret-file", str(files["a"]), "-n",
                                             ids["b"], "--server-addr", found.group(1), *offline,
-                                            "--bind-addr", f"{addr['a']}:0", *_source(proto, service_port)]))
+                                            "--bind-addr", client_bind or f"{addr['a']}:0",
+                                            *_source(proto, service_port)]))
     return Pair(client=client, server=server, listen_port=service_port, started_at=started)

@@ -13,6 +13,7 @@ from tunnel_core.ice.events import (
     IceFailed,
     NominationIgnored,
     PairSelected,
+    PathAnswered,
     RoleChanged,
     ServerReflexiveDiscovered,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "NominationIgnored",
     "PairSelected",
     "PairState",
+    "PathAnswered",
     "RoleChanged",
     "ServerReflexiveDiscovered",
     "pair_priority",

@@ -68,6 +68,7 @@ from tunnel_core.ice.credentials import (
 from tunnel_core.ice.gathering import GatheringMixin
 from tunnel_core.ice.nomination import NominationMixin
 from tunnel_core.ice.relaying import RelayingMixin
+from tunnel_core.ice.roaming import RoamingMixin
 from tunnel_core.ice.state import IceState
 from tunnel_core.ice.timing import IceTiming
 from tunnel_core.ice.transaction import StunTransaction
@@ -77,7 +78,7 @@ from tunnel_core.types import Address, Transmit
 __all__ = ["EARLY_CHECK_LIMIT", "IceAgent", "IceState"]
 
 
-class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, NominationMixin):
+class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, NominationMixin, RoamingMixin):
     """See the module docstring. All time comes from ``now`` arguments; all randomness from ``rng``."""
 
     def __init__(
@@ -90,6 +91,7 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
         local_ufrag: str | None = None,
         local_pwd: str | None = None,
         turn_servers: Sequence[TurnServer] = (),
+        hold_on_consent_loss: bool = False,
     ) -> None:
         self._rng = rng
         self.timing = timing
@@ -147,6 +149,12 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
         self._events: deque[ev.IceEvent] = deque()
         #: remote addresses whose late nomination was reported (NominationIgnored is reported once per address)
         self._ignored_nominations: set[Address] = set()
+        #: hold on past the consent limit (docs/reconnect.md): ConsentLost is reported once and checks go on
+        self.hold_on_consent_loss = hold_on_consent_loss
+        self._consent_lost_reported = False
+        #: roaming (tunnel_core.ice.roaming): bases whose address left the machine; pairs re-checked this round
+        self._retired: set[Address] = set()
+        self._rechecking: set[tuple[Address, Address]] = set()
 
     # ------------------------------------------------------------------------------------------ properties
 
@@ -178,6 +186,10 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
         """Register the base of a UDP socket the adapter bound; it becomes a host candidate at once."""
         if self._connect_started or self._finished:
             raise LocalProtocolError("local addresses must be added before connect()")
+        self._add_host(address)
+
+    def _add_host(self, address: Address) -> Address | None:
+        """A host candidate for a socket's base; its normalised base, or None if it was known already."""
         try:
             ip = ipaddress.ip_address(address[0])
             port = int(address[1])
@@ -187,7 +199,7 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
             raise LocalProtocolError(f"a host candidate needs a concrete address, got {address!r}")
         base = (ip.compressed, port)
         if base in self._bases:
-            return
+            return None
         self._bases.append(base)
         index = sum(1 for c, _ in self._locals if c.type is CandidateType.HOST)
         priority = compute_priority(CandidateType.HOST, local_preference(CandidateType.HOST, ip.version == 6, index))
@@ -204,6 +216,7 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
         hosts = [x for x in self._locals if x[0].type is CandidateType.HOST]
         others = [x for x in self._locals if x[0].type is not CandidateType.HOST]
         self._locals = [*hosts, (cand, base), *others]
+        return base
 
     def gather(self, now: float) -> None:
         """Start server-reflexive gathering: one Binding request per (base, STUN server of its family)."""
@@ -312,7 +325,8 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
             times.append(self._nominate_at)
         if self._selected is not None and self._next_consent is not None:
             times.append(self._next_consent)
-            times.append(self._last_consent + self.timing.consent_timeout)
+            if not self._consent_lost_reported:
+                times.append(self._last_consent + self.timing.consent_timeout)
             if self._consent_pending_since is not None and self._consent_missing_since is None:
                 times.append(self._consent_pending_since + self.timing.consent_degraded_after)
         for client in self._turn_by_path.values():
@@ -352,7 +366,12 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
                 self._start_nomination(hold_relay=False)
         if self._selected is not None:
             # Compare with the very sum get_timer() reports: a difference can round below the timeout.
-            if now >= self._last_consent + self.timing.consent_timeout:
+            if now >= self._last_consent + self.timing.consent_timeout and self.hold_on_consent_loss:
+                if not self._consent_lost_reported:
+                    # Holding on: the caller decides when to give up; checks keep going every retry interval.
+                    self._consent_lost_reported = True
+                    self._events.append(ev.ConsentLost())
+            elif now >= self._last_consent + self.timing.consent_timeout:
                 self._state = IceState.FAILED
                 self._transactions.clear()
                 self._events.append(ev.ConsentLost())

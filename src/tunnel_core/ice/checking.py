@@ -67,7 +67,10 @@ class CheckingMixin:
                 other.apply(Trigger.UNFREEZE)
         if self._selected is not None:
             if pair is self._selected:
+                self._rechecking.discard(pair.key)
                 self._consent_fresh(now)
+            else:
+                self._on_recheck_answered(pair)
             return
         if self.controlling:
             if tx.use_candidate and tx.controlling:
@@ -230,6 +233,7 @@ class CheckingMixin:
         """The selected pair answered: consent is fresh; after a silence report the path back (ConsentRestored)."""
         self._last_consent = max(self._last_consent, now)
         self._consent_pending_since = None
+        self._consent_lost_reported = False
         since = self._consent_missing_since
         if since is None:
             return

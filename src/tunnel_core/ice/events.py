@@ -22,6 +22,7 @@ __all__ = [
     "IceFailed",
     "NominationIgnored",
     "PairSelected",
+    "PathAnswered",
     "RoleChanged",
     "ServerReflexiveDiscovered",
 ]
@@ -84,6 +85,18 @@ class NominationIgnored:
 
 
 @attrs.frozen
+class PathAnswered:
+    """After selection, a re-check of another pair was answered by the peer (tunnel_core.ice.roaming): a path
+    that works now. Nothing moved: the QUIC client may send from there (``IceAgent.move_to``); the QUIC server
+    follows only once QUIC validated the path."""
+
+    local: Candidate
+    remote: Candidate
+    local_address: Address
+    remote_address: Address
+
+
+@attrs.frozen
 class IceFailed:
     reason: str
 
@@ -118,6 +131,7 @@ class RoleChanged:
 
 
 IceEvent = (
-    GatheringComplete | ServerReflexiveDiscovered | PairSelected | NominationIgnored | IceFailed | ConsentLost
+    GatheringComplete | ServerReflexiveDiscovered | PairSelected | NominationIgnored | PathAnswered | IceFailed
+    | ConsentLost
     | ConsentDegraded | ConsentRestored | RoleChanged
 )

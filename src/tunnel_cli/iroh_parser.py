@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tunnel_cli.forwards import add_client_extra_args
+from tunnel_cli.forwards import add_client_extra_args, add_server_extra_args
 from tunnel_cli.iroh_options import DEFAULT_MAX_SESSIONS
 from tunnel_cli.parser import Parser, VersionAction
 
@@ -60,6 +60,7 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sessions", metavar="N", help=f"concurrent forwarded streams (default {DEFAULT_MAX_SESSIONS})")
     p.add_argument("--authorized-keys-file", metavar="FILE",
                    help="file of client public keys, 'ed25519-pub:<b64url>[ comment]' per line (selects e4)")
+    add_server_extra_args(p)
     _network_flags(p)
 
 

@@ -466,8 +466,8 @@ def _build(
     # --forward on the command line replaces the file's [[forward]] list; --source/--target stay the first one.
     extra = tuple(parse_forward(spec) for spec in namespace.forward) if namespace.forward else \
         config_forwards(config)
-    # Only a SOCKS5 listener and/or reverse forwards: no first forward is needed (docs/forwards.md).
-    if not (source is None and target is None and (socks is not None or reverse) and not extra):
+    # Without --source/--target the other forwards are the whole list ([[forward]], SOCKS5, reverse; docs/forwards.md).
+    if not (source is None and target is None and (socks is not None or reverse or extra)):
         if target is None:
             raise _usage("target is required. Provide via --target or in config file.")
         if source is None:

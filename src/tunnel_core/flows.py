@@ -613,7 +613,7 @@ def bind_reverse(
         try:
             bound = yield Listen("tcp", source.ip, source.port, index, held=True)
         except OSError as exc:
-            reason = cannot_listen(source.text, exc)
+            reason = cannot_listen(source.text, exc.strerror or str(exc))
             verdicts[index] = reason
             routes[index] = Route("reverse")
             yield Say(f"Warning: {reason}")

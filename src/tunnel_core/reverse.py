@@ -34,6 +34,7 @@ def listen_refusal(text: str) -> str:
             "with --allow-listen")
 
 
-def cannot_listen(text: str, error: OSError) -> str:
-    """The reason a server gives when it granted a reverse forward but could not bind it (port in use, ...)."""
-    return f"The server cannot listen on {text}: {error.strerror or error}"
+def cannot_listen(text: str, why: str) -> str:
+    """The reason a server gives when it granted a reverse forward but could not bind it (``why``: the OS's words,
+    e.g. "Address already in use")."""
+    return f"The server cannot listen on {text}: {why}"

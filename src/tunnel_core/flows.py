@@ -400,6 +400,22 @@ def reverse_forwards(wanted: Sequence[Forward]) -> Generator[Effect, Any, list[R
     return out
 
 
+def client_forwards(
+    source: str | None, target: str | None, extra: Sequence[Forward], socks5: SocksListen | None,
+    reverse: Sequence[Forward],
+) -> Generator[Effect, Any, tuple[list[LocalForward], list[ReverseForward]]]:
+    """Every forward of an ICE-mode client, checked: local ones (``local_forwards``) and reverse ones, at least one
+    and at most MAX_FORWARDS in all (exit 2 otherwise)."""
+    forwards = yield from local_forwards(source, target, extra, socks5)
+    reverses = yield from reverse_forwards(reverse)
+    if not forwards and not reverses:
+        raise TunnelError("No forward given", ExitCode.USAGE)
+    count = len(forwards) + len(reverses)
+    if count > MAX_FORWARDS:
+        raise TunnelError(f"At most {MAX_FORWARDS} forwards per tunnel (got {count})", ExitCode.USAGE)
+    return forwards, reverses
+
+
 def several(forwards: Sequence[LocalForward], reverses: Sequence[ReverseForward] = ()) -> bool:
     """Whether the client needs the forwards extension (several forwards, a dynamic or a reverse one)."""
     return len(forwards) + len(reverses) > 1 or any(f.source is None for f in forwards) or bool(reverses)
@@ -517,13 +533,9 @@ def server_verdicts(
 
 
 def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -> Flow:
-    forwards = yield from local_forwards(opts.source, opts.target, opts.extra_forwards, opts.socks5)
-    reverses = yield from reverse_forwards(opts.reverse)
-    if not forwards and not reverses:
-        raise TunnelError("No forward given", ExitCode.USAGE)
+    forwards, reverses = yield from client_forwards(opts.source, opts.target, opts.extra_forwards, opts.socks5,
+                                                    opts.reverse)
     urls = [f.url() for f in forwards] + [r.url() for r in reverses]
-    if len(urls) > MAX_FORWARDS:
-        raise TunnelError(f"At most {MAX_FORWARDS} forwards per tunnel (got {len(urls)})", ExitCode.USAGE)
     yield Say(dialogue.CLIENT_BANNER)
     pins: dict[str, str] = {}
     first = forwards[0].source if forwards else None

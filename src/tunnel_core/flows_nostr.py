@@ -22,7 +22,6 @@ from tunnel_core import manual as dialogue
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.flows import (
     DYNAMIC_SOURCE,
-    MAX_FORWARDS,
     QUIC_CONNECT_TIMEOUT,
     REVERSE_SCHEME,
     Effect,
@@ -32,15 +31,14 @@ from tunnel_core.flows import (
     Wait,
     bind_reverse,
     client_end,
+    client_forwards,
     closed_orderly,
     decide_source,
     failure,
     forward_routes,
     listen_all,
-    local_forwards,
     old_server_error,
     requested_sources,
-    reverse_forwards,
     say_reverse_verdicts,
     server_verdicts,
     several,
@@ -221,13 +219,7 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
         except PolicyError as exc:
             raise _usage(str(exc)) from None
         first = (source.url(), target)
-    forwards = yield from local_forwards(*first, opts.extra_forwards, opts.socks5)
-    reverses = yield from reverse_forwards(opts.reverse)
-    if not forwards and not reverses:
-        raise TunnelError("No forward given", ExitCode.USAGE)
-    if len(forwards) + len(reverses) > MAX_FORWARDS:
-        raise TunnelError(f"At most {MAX_FORWARDS} forwards per tunnel (got {len(forwards) + len(reverses)})",
-                          ExitCode.USAGE)
+    forwards, reverses = yield from client_forwards(*first, opts.extra_forwards, opts.socks5, opts.reverse)
     secret, peer_key = parse_keys(opts.nsec, opts.peer_npub)
     channel = Channel(secret, peer_key, plaintext=opts.plaintext, kind=opts.event_kind)
     yield Say(CLIENT_BANNER)

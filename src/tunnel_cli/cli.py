@@ -17,10 +17,26 @@ import attrs
 from tunnel_cli import checks, output, precedence
 from tunnel_cli import config as cfg
 from tunnel_cli.fdlimit import raise_open_files_limit
-from tunnel_cli.forwards import add_socks_args, check_allow_listen, client_forwards, parse_forward, socks_listen
+from tunnel_cli.forwards import (
+    add_client_extra_args,
+    add_server_extra_args,
+    allow_listen,
+    check_extra_keys,
+    client_forwards,
+    reverse_forwards,
+    socks_listen,
+)
 from tunnel_cli.ice_flags import add_ice_args, ice_options
 from tunnel_cli.manual_section import ManualSection, manual_section
-from tunnel_cli.parser import Parser, VersionAction, add_config_args, given, stdin_config_wanted
+from tunnel_cli.parser import (
+    Parser,
+    VersionAction,
+    add_config_args,
+    config_file_mode,
+    given,
+    insert_mode_word,
+    stdin_config_wanted,
+)
 from tunnel_cli.program import TUNNEL, TUNNEL_RS, TUNNEL_RS_ICE, Program
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.options import (
@@ -108,11 +124,7 @@ def build_parser(program: Program) -> tuple[Parser, dict[tuple[str, str | None],
                         "--allowed-udp", metavar="CIDR", action="append", default=[],
                         help="networks clients may reach over UDP (repeatable), e.g. 10.0.0.0/8",
                     )
-                    mode_parser.add_argument(
-                        "--allow-listen", metavar="IP:PORT", action="append", default=[],
-                        help="let clients' reverse forwards listen here (repeatable, exact address); "
-                             "see docs/forwards.md",
-                    )
+                    add_server_extra_args(mode_parser)
                 else:
                     mode_parser.add_argument(
                         "-s", "--source", metavar="URL",
@@ -127,12 +139,7 @@ def build_parser(program: Program) -> tuple[Parser, dict[tuple[str, str | None],
                         help="one more forward over the same tunnel (repeatable), e.g. "
                              "127.0.0.1:8080=tcp://127.0.0.1:80; see docs/forwards.md",
                     )
-                    add_socks_args(mode_parser)
-                    mode_parser.add_argument(
-                        "-R", "--reverse", metavar="LISTEN=URL", action="append", default=[],
-                        help="reverse forward (repeatable): the server listens on LISTEN and carries each "
-                             "connection to URL (tcp://) on this side; needs the server's --allow-listen",
-                    )
+                    add_client_extra_args(mode_parser)
                 mode_parser.add_argument(  # issue 15; docs/reconnect.md
                     "--reconnect-timeout", metavar="DURATION",
                     help=f"when the peer stops answering, hold the tunnel (QUIC and its streams) and look for a "
@@ -182,7 +189,14 @@ def build_options(
     if claimed_nostr is not None:
         return claimed_nostr  # type: ignore[return-value]
     parser, parsers = build_parser(program)
-    namespace, extras = parser.parse_known_args(list(argv))
+    argv = list(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first in ("server", "client"):
+        rest = argv[argv.index(first) + 1:]
+        file_mode = stdin_config.mode if stdin_config is not None else config_file_mode(first, rest, program.ice)
+        if file_mode is not None and cfg.MODE_ALIASES.get(file_mode) == "manual":
+            argv = insert_mode_word(argv, "manual")  # the file names the mode: its flags may follow without it
+    namespace, extras = parser.parse_known_args(argv)
     role: str | None = namespace.role
     if role is None:
         parser.error("a command is required: server or client")
@@ -203,26 +217,27 @@ def build_options(
         if config is not None else ManualSection()
     )
     ice = ice_options(namespace, section, interfaces)
+    check_extra_keys(config, role)
     if role == "server":
-        return "server manual", _server_options(namespace, section, ice)
+        return "server manual", _server_options(namespace, section, ice, config)
     return "client manual", _client_options(namespace, section, ice, config)
 
 
 
 def _server_options(
-    namespace: argparse.Namespace, section: ManualSection, ice: IceOptions
+    namespace: argparse.Namespace, section: ManualSection, ice: IceOptions, config: cfg.ConfigFile | None
 ) -> ManualServerOptions:
     cli_tcp = checks.check_cli_cidrs(getattr(namespace, "allowed_tcp", []), "--allowed-tcp")
     cli_udp = checks.check_cli_cidrs(getattr(namespace, "allowed_udp", []), "--allowed-udp")
     allowed_tcp = precedence.cli_or_config(cli_tcp, section.allowed_tcp)
     allowed_udp = precedence.cli_or_config(cli_udp, section.allowed_udp)
-    allow_listen = tuple(check_allow_listen(text) for text in getattr(namespace, "allow_listen", []))
-    if not allowed_tcp and not allowed_udp and not allow_listen:
+    listen_allowed = allow_listen(namespace, config)
+    if not allowed_tcp and not allowed_udp and not listen_allowed:
         raise cfg.usage_error(
             "At least one of --allowed-tcp or --allowed-udp is required for custom-manual server"
         )
     return ManualServerOptions(allowed_tcp=allowed_tcp, allowed_udp=allowed_udp, ice=ice,
-                               allow_listen=allow_listen, reconnect_timeout=_reconnect_timeout(namespace, section))
+                               allow_listen=listen_allowed, reconnect_timeout=_reconnect_timeout(namespace, section))
 
 
 def _reconnect_timeout(namespace: argparse.Namespace, section: ManualSection) -> float:
@@ -251,8 +266,8 @@ def _client_forwards(
     if cli_target is not None:
         checks.check_cli_target(cli_target)
     forwards = client_forwards(cli_source, cli_target, source, target, getattr(namespace, "forward", []), config)
-    socks = socks_listen(namespace)
-    reverse = tuple(parse_forward(spec) for spec in getattr(namespace, "reverse", []))
+    socks = socks_listen(namespace, config)
+    reverse = reverse_forwards(namespace, config)
     if forwards:
         first, *rest = forwards
         return ManualClientOptions(source=first.source, target=first.listen, ice=ice, extra_forwards=tuple(rest),

@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 
 from tunnel_cli.checks import check_cli_source, check_cli_target, check_config_source, check_config_target
-from tunnel_cli.config import ConfigFile, string_value, usage_error
+from tunnel_cli.config import ConfigFile, string_list, string_value, usage_error
 from tunnel_cli.turn_settings import read_password_file
 from tunnel_core.options import Forward, SocksListen
 
@@ -30,23 +30,24 @@ def parse_forward(spec: str) -> Forward:
     return Forward(listen=listen, source=source)
 
 
-def config_forwards(config: ConfigFile | None) -> tuple[Forward, ...]:
-    """The file's ``[[forward]]`` list: each table has ``listen`` and ``source``, both required."""
-    if config is None or "forward" not in config.data:
+def config_forwards(config: ConfigFile | None, key: str = "forward") -> tuple[Forward, ...]:
+    """The file's ``[[forward]]`` (or ``[[reverse]]``) list: each table has ``listen`` and ``source``, both
+    required."""
+    if config is None or key not in config.data:
         return ()
-    items = config.data["forward"]
+    items = config.data[key]
     if not isinstance(items, list) or not all(isinstance(item, Mapping) for item in items):
-        raise config.parse_error("'forward' must be a list of tables ([[forward]] with listen and source)")
+        raise config.parse_error(f"'{key}' must be a list of tables ([[{key}]] with listen and source)")
     out = []
     for number, item in enumerate(items, 1):
-        where = f"forward #{number}"
+        where = f"{key} #{number}"
         unknown = sorted(set(item) - _FORWARD_KEYS)
         if unknown:
-            raise usage_error(f"[[forward]] #{number}: unknown key '{unknown[0]}' (use 'listen' and 'source')")
+            raise usage_error(f"[[{key}]] #{number}: unknown key '{unknown[0]}' (use 'listen' and 'source')")
         listen = string_value(config, item, where, "listen")
         source = string_value(config, item, where, "source")
         if not listen or not source:
-            raise usage_error(f"[[forward]] #{number} needs both 'listen' and 'source'")
+            raise usage_error(f"[[{key}]] #{number} needs both 'listen' and 'source'")
         check_config_target(listen)
         check_config_source(source)
         out.append(Forward(listen=listen, source=source))
@@ -73,26 +74,68 @@ def client_forwards(
     return []
 
 
-def add_socks_args(parser: argparse.ArgumentParser) -> None:
-    """The dynamic forward's flags (docs/forwards.md)."""
+#: Top-level config keys of the dynamic and reverse forwards (every mode; docs/forwards.md).
+CLIENT_EXTRA_KEYS = frozenset({"socks5", "socks5_user", "socks5_password_file", "reverse"})
+SERVER_EXTRA_KEYS = frozenset({"allow_listen"})
+EXTRA_KEYS = CLIENT_EXTRA_KEYS | SERVER_EXTRA_KEYS | {"forward"}
+
+
+def add_client_extra_args(parser: argparse.ArgumentParser) -> None:
+    """The dynamic and reverse forwards' flags, the same in every mode (docs/forwards.md)."""
     parser.add_argument("--socks5", metavar="HOST:PORT",
                         help="also listen here as a SOCKS5 proxy (socks5h: the server resolves names and checks "
                              "every target with its allowlist), e.g. 127.0.0.1:1080")
     parser.add_argument("--socks5-user", metavar="USER", help="require this username on the SOCKS5 listener")
     parser.add_argument("--socks5-password-file", metavar="PATH",
                         help="file whose first line is the SOCKS5 password (with --socks5-user)")
+    parser.add_argument("-R", "--reverse", metavar="LISTEN=URL", action="append", default=[],
+                        help="reverse forward (repeatable): the server listens on LISTEN and carries each "
+                             "connection to URL (tcp://) on this side; needs the server's --allow-listen")
 
 
-def socks_listen(namespace: argparse.Namespace) -> SocksListen | None:
-    """The --socks5 listener, checked; None without --socks5."""
-    listen = getattr(namespace, "socks5", None)
+def add_server_extra_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-listen", metavar="IP:PORT", action="append", default=[],
+                        help="let clients' reverse forwards listen here (repeatable, exact address); "
+                             "see docs/forwards.md")
+
+
+def check_extra_keys(config: ConfigFile | None, role: str) -> None:
+    """A server file with a client's forward keys, or the reverse, is refused (exit 2), as ``[[forward]]`` is."""
+    if config is None:
+        return
+    if role == "server":
+        wrong = sorted(k for k in config.data if k in CLIENT_EXTRA_KEYS)
+        if wrong:
+            raise usage_error(f"'{wrong[0]}' is a client-only key. Servers use 'allow_listen' for reverse forwards.")
+    else:
+        if "allow_listen" in config.data:
+            raise usage_error("'allow_listen' is a server-only key. Clients use [[reverse]] to ask for one.")
+
+
+def _config_str(config: ConfigFile | None, key: str) -> str | None:
+    if config is None:
+        return None
+    value = string_value(config, config.data, "top level", key)
+    return value.strip() if value is not None and value.strip() else None
+
+
+def socks_listen(namespace: argparse.Namespace, config: ConfigFile | None = None) -> SocksListen | None:
+    """The --socks5 listener (flag, else the file's ``socks5``), checked; None without one. Each of the three
+    values is taken from the command line when given there, else from the file."""
+    cli_listen = getattr(namespace, "socks5", None)
+    listen = cli_listen if cli_listen is not None else _config_str(config, "socks5")
     user = getattr(namespace, "socks5_user", None)
+    user = user if user is not None else _config_str(config, "socks5_user")
     password_file = getattr(namespace, "socks5_password_file", None)
+    password_file = password_file if password_file is not None else _config_str(config, "socks5_password_file")
     if listen is None:
         if user is not None or password_file is not None:
             raise usage_error("--socks5-user and --socks5-password-file need --socks5")
         return None
-    check_cli_target(listen.strip())
+    if cli_listen is not None:
+        check_cli_target(listen.strip())
+    else:
+        check_config_target(listen.strip())
     if (user is None) != (password_file is None):
         raise usage_error("--socks5-user and --socks5-password-file go together")
     credentials = None
@@ -102,6 +145,25 @@ def socks_listen(namespace: argparse.Namespace) -> SocksListen | None:
             raise usage_error("SOCKS5 username and password must be 1..255 bytes")
         credentials = (user, password)
     return SocksListen(listen=listen.strip(), credentials=credentials)
+
+
+def reverse_forwards(namespace: argparse.Namespace, config: ConfigFile | None = None) -> tuple[Forward, ...]:
+    """``--reverse`` (repeatable), else the file's ``[[reverse]]`` list (``listen`` on the server, ``source`` the
+    client-side tcp:// target); the command line's list replaces the file's."""
+    cli = getattr(namespace, "reverse", None) or []
+    if cli:
+        return tuple(parse_forward(spec) for spec in cli)
+    return config_forwards(config, "reverse")
+
+
+def allow_listen(namespace: argparse.Namespace, config: ConfigFile | None = None) -> tuple[str, ...]:
+    """The server's ``--allow-listen`` list, else the file's ``allow_listen``; each one checked."""
+    cli = getattr(namespace, "allow_listen", None) or []
+    if cli:
+        return tuple(check_allow_listen(text) for text in cli)
+    if config is None or "allow_listen" not in config.data:
+        return ()
+    return tuple(check_allow_listen(text) for text in string_list(config, config.data, "top level", "allow_listen"))
 
 
 def check_allow_listen(text: str) -> str:

@@ -29,7 +29,7 @@ from tunnel_cli.iroh_network import network_options
 from tunnel_cli.iroh_options import client_options, server_options
 from tunnel_cli.iroh_parser import build_parser
 from tunnel_cli.iroh_section import IrohSection, read_iroh_section, reject_inline_keys, section_str
-from tunnel_cli.parser import flag, given, pre_parse_config
+from tunnel_cli.parser import flag, given, insert_mode_word, pre_parse_config
 from tunnel_core.options import ExitCode, TunnelError
 
 # Everything heavier (cryptography through tunnel_core.keys, the policy, the iroh_session package) is imported
@@ -106,6 +106,8 @@ def claim(
     else:
         stdin_iroh = bool(known.config_stdin)
     says_iroh = mode_word is None and (stdin_iroh or _config_says_iroh(word, rest, ice=False))
+    if says_iroh and not iroh_only:  # the file names the mode: its flags may follow without the word
+        return _build(insert_mode_word(args, "iroh"), program, warn, stdin_config)
     if iroh_only or mode_word == "iroh" or says_iroh:
         return _build(args, program, warn, stdin_config)
     return None
@@ -185,8 +187,8 @@ def _build(argv: Sequence[str], program: Any, warn: Callable[[str], None] | None
         env = IrohEnv()
     network = network_options(ns, section, protocol=protocol, env_relay_token=env.relay_auth_token)
     if role == "server":
-        return "server iroh", server_options(ns, section, network, warn, protocol, env)
-    return "client iroh", client_options(ns, section, network, protocol, env)
+        return "server iroh", server_options(ns, section, network, warn, protocol, env, config=config)
+    return "client iroh", client_options(ns, section, network, protocol, env, config=config)
 
 
 def _print_role_help(parser: argparse.ArgumentParser, role: str) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunnel_cli import checks, precedence
 from tunnel_cli import config as cfg
-from tunnel_cli.forwards import parse_forward
+from tunnel_cli.forwards import allow_listen, config_forwards, parse_forward, reverse_forwards, socks_listen
 from tunnel_cli.iroh_env import IrohEnv
 from tunnel_cli.iroh_identity import allowed_clients, authorized_keys, private_key, secret_key
 from tunnel_cli.iroh_network import check_ip_port
@@ -24,7 +24,7 @@ DEFAULT_MAX_SESSIONS = 100
 
 def server_options(
     ns: argparse.Namespace, section: IrohSection, network: IrohNetwork, warn: Callable[[str], None] | None,
-    protocol: str = "e2", env: IrohEnv | None = None,
+    protocol: str = "e2", env: IrohEnv | None = None, *, config: cfg.ConfigFile | None = None,
 ) -> IrohServerOptions:
     from tunnel_core.iroh_session.options import IrohServerOptions
 
@@ -44,7 +44,8 @@ def server_options(
     udp = precedence.cli_or_config(checks.check_cli_cidrs(flag(ns, "allowed_udp") or [], "--allowed-udp"),
                             checks.check_cli_cidrs(section_list(section, "udp", sources, "iroh.allowed_sources"),
                                                 "--allowed-udp"))
-    if not tcp and not udp:
+    listen_allowed = allow_listen(ns, config)
+    if not tcp and not udp and not listen_allowed:
         raise cfg.usage_error(
             "At least one --allowed-tcp or --allowed-udp network must be specified.\n"
             "Example: --allowed-tcp 127.0.0.0/8 --allowed-udp 10.0.0.0/8"
@@ -71,12 +72,12 @@ def server_options(
         raise cfg.usage_error(f"Invalid --max-sessions value '{max_value}': expected a whole number of at least 1")
     return IrohServerOptions(secret_key=secret, allowed_clients=clients, allowed_tcp=tcp, allowed_udp=udp,
                              max_sessions=max_sessions, network=network, protocol=protocol,
-                             authorized_keys=keys, authorized_key_comments=comments)
+                             authorized_keys=keys, authorized_key_comments=comments, allow_listen=listen_allowed)
 
 
 def client_options(
     ns: argparse.Namespace, section: IrohSection, network: IrohNetwork, protocol: str = "e2",
-    env: IrohEnv | None = None,
+    env: IrohEnv | None = None, *, config: cfg.ConfigFile | None = None,
 ) -> IrohClientOptions:
     from tunnel_core.iroh_session.options import IrohClientOptions
     from tunnel_core.keys import KeyFormatError, parse_endpoint_id
@@ -92,22 +93,30 @@ def client_options(
         raise cfg.usage_error(f"{exc} (got: {server_text})") from None
     cli_source = given(flag(ns, "source"))
     source = cli_source or section_str(section, "request_source") or section_str(section, "source")
-    if source is None:
-        raise cfg.usage_error("--source is required for iroh client mode. Specify the source to request from "
-                              "server (e.g., --source tcp://127.0.0.1:22)")
-    if cli_source is not None:
-        checks.check_cli_source(source)
-    else:
-        checks.check_config_source(source)
     cli_target = given(flag(ns, "target"))
     target = cli_target or section_str(section, "target")
-    if target is None:
+    # --forward on the command line replaces the file's [[forward]] list; --source/--target stay the first one.
+    cli_forwards = flag(ns, "forward") or []
+    extra = tuple(parse_forward(spec) for spec in cli_forwards) if cli_forwards else config_forwards(config)
+    socks = socks_listen(ns, config)
+    reverse = reverse_forwards(ns, config)
+    others = bool(extra) or socks is not None or bool(reverse)
+    if source is None and (target is not None or not others):
+        raise cfg.usage_error("--source is required for iroh client mode. Specify the source to request from "
+                              "server (e.g., --source tcp://127.0.0.1:22)")
+    if source is not None:
+        if cli_source is not None:
+            checks.check_cli_source(source)
+        else:
+            checks.check_config_source(source)
+    if target is None and source is not None:
         raise cfg.usage_error("--target is required. Provide the local address to listen on "
                               "(e.g., --target 127.0.0.1:2222)")
-    if cli_target is not None:
-        checks.check_cli_target(target)
-    else:
-        checks.check_config_target(target)
+    if target is not None:
+        if cli_target is not None:
+            checks.check_cli_target(target)
+        else:
+            checks.check_config_target(target)
     addrs = precedence.cli_or_config([check_ip_port(a, "--server-addr") for a in (flag(ns, "server_addr") or [])],
                               [check_ip_port(a, "server_addrs") for a in section_list(section, "server_addrs")])
     if not addrs and not network.discovery and (network.relays_disabled or not network.relay_urls):
@@ -118,9 +127,6 @@ def client_options(
         seed = private_key(ns, section, env or IrohEnv())
     elif given(flag(ns, "private_key_file")) is not None:  # a config value is just unused under e2
         raise cfg.usage_error("--private-key-file needs --protocol e4 (e2 identifies clients by --secret-file)")
-    extra = tuple(parse_forward(spec) for spec in (flag(ns, "forward") or []))
-    if any(not f.source.lower().startswith("tcp://") for f in extra):
-        raise cfg.usage_error("iroh mode carries extra forwards over TCP only (--forward LISTEN=tcp://host:port)")
     reconnect = given(flag(ns, "reconnect_timeout"))
     if reconnect is not None:
         reconnect_timeout = checks.parse_duration(reconnect, "--reconnect-timeout")
@@ -130,6 +136,7 @@ def client_options(
         reconnect_timeout = DEFAULT_RECONNECT_TIMEOUT
     return IrohClientOptions(server_id=server_id, source=source, target=target, secret_key=secret_key(ns, section),
                              server_addrs=addrs, network=network, protocol=protocol, auth_seed=seed,
-                             extra_forwards=extra, reconnect_timeout=reconnect_timeout)
+                             extra_forwards=extra, socks5=socks, reverse=reverse,
+                             reconnect_timeout=reconnect_timeout)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tunnel_cli.forwards import add_client_extra_args, add_server_extra_args
 from tunnel_cli.iroh_options import DEFAULT_MAX_SESSIONS
 from tunnel_cli.parser import Parser, VersionAction
 
@@ -59,6 +60,7 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sessions", metavar="N", help=f"concurrent forwarded streams (default {DEFAULT_MAX_SESSIONS})")
     p.add_argument("--authorized-keys-file", metavar="FILE",
                    help="file of client public keys, 'ed25519-pub:<b64url>[ comment]' per line (selects e4)")
+    add_server_extra_args(p)
     _network_flags(p)
 
 
@@ -67,8 +69,9 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-s", "--source", metavar="URL", help="service on the server's side: tcp://host:port or udp://host:port")
     p.add_argument("-t", "--target", metavar="HOST:PORT", help="local address to listen on, e.g. 127.0.0.1:2222")
     p.add_argument("-L", "--forward", metavar="LISTEN=URL", action="append", default=[],
-                   help="one more TCP forward over the same connection (repeatable), e.g. "
-                        "127.0.0.1:8080=tcp://127.0.0.1:80; see docs/forwards.md")
+                   help="one more forward over the same connection (repeatable), e.g. "
+                        "127.0.0.1:8080=tcp://127.0.0.1:80 or 127.0.0.1:5353=udp://127.0.0.1:53; see docs/forwards.md")
+    add_client_extra_args(p)
     p.add_argument("--server-addr", metavar="IP:PORT", action="append", default=[],
                    help="dial the server directly at this address (repeatable; LAN or offline use)")
     p.add_argument("--private-key-file", metavar="FILE",

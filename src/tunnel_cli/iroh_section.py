@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from tunnel_cli import config as cfg
+from tunnel_cli.forwards import EXTRA_KEYS, check_extra_keys
 
 SERVER_KEYS = frozenset({
     "secret", "secret_file", "relay_urls", "dns_server", "allowed_sources", "max_sessions", "allowed_clients",
@@ -22,7 +23,9 @@ CLIENT_KEYS = frozenset({
 })
 #: Top-level keys of an iroh config: upstream v0.6 refuses any other (serde ``deny_unknown_fields``); ``mode`` is
 #: the E2/E3 routing key, still read by us.
-TOP_LEVEL_KEYS = frozenset({"role", "mode", "source", "iroh"})
+#: Ours, added deliberately (docs/forwards.md): ``[[forward]]``, ``socks5``/``socks5_user``/``socks5_password_file``,
+#: ``[[reverse]]`` (clients) and ``allow_listen`` (servers), at the top level as in the ICE modes' files.
+TOP_LEVEL_KEYS = frozenset({"role", "mode", "source", "iroh"}) | EXTRA_KEYS
 ALLOWED_SOURCES_KEYS = frozenset({"tcp", "udp"})
 #: ``[iroh.transport]`` keys and the ranges upstream accepts (quinn tuning; the Python binding cannot apply them).
 TRANSPORT_RANGES: Mapping[str, tuple[int, int]] = {
@@ -45,6 +48,9 @@ def read_iroh_section(config: cfg.ConfigFile, role: str, *, from_stdin: bool = F
     for key in config.data:
         if key not in TOP_LEVEL_KEYS:
             raise config.parse_error(f"unknown field '{key}'")
+    check_extra_keys(config, role)
+    if "forward" in config.data and role == "server":
+        raise cfg.usage_error("[[forward]] is a client-only list. Servers use 'allowed_sources'.")
     if "source" in config.data and role == "server":
         raise cfg.usage_error("Top-level 'source' is not allowed for iroh server mode. "
                               "Use [iroh.allowed_sources] to restrict what clients can request.")

@@ -20,10 +20,19 @@ import attrs
 
 from tunnel_cli import checks, precedence, turn_settings
 from tunnel_cli import config as cfg
-from tunnel_cli.forwards import config_forwards, parse_forward
+from tunnel_cli.forwards import (
+    add_client_extra_args,
+    add_server_extra_args,
+    allow_listen,
+    check_extra_keys,
+    config_forwards,
+    parse_forward,
+    reverse_forwards,
+    socks_listen,
+)
 from tunnel_cli.ice_flags import add_ice_args, ice_options
 from tunnel_cli.keyfiles import check_secret_file_mode, write_secret_file
-from tunnel_cli.parser import Parser, add_config_args, pre_parse_config
+from tunnel_cli.parser import Parser, add_config_args, config_file_mode, pre_parse_config
 from tunnel_core.nostr.constants import EPHEMERAL_KINDS, KIND
 from tunnel_core.nostr.options import (
     DEFAULT_CLIENT_REPUBLISH,
@@ -71,20 +80,6 @@ def _usage(message: str) -> TunnelError:
 # ---------------------------------------------------------------------------------------------- claiming
 
 
-def _config_mode(role: str, rest: Sequence[str], ice: bool) -> str | None:
-    try:
-        known, _ = pre_parse_config(rest)
-        if known.config is not None:
-            path = cfg.expand_path(known.config)
-        elif known.default_config:
-            path = cfg.default_config_path(role, ice=ice)
-        else:
-            return None
-        return cfg.load_config(path).mode
-    except (TunnelError, SystemExit):
-        return None
-
-
 def claim(
     argv: Sequence[str],
     *,
@@ -111,7 +106,7 @@ def claim(
     mode_word = leftover[0] if leftover and not leftover[0].startswith("-") else None
     if mode_word is None:
         mode = stdin_config.mode if stdin_config is not None else \
-            _config_mode(word, rest, ice=bool(getattr(program, "ice", False)))
+            config_file_mode(word, rest, ice=bool(getattr(program, "ice", False)))
         if mode is None or cfg.MODE_ALIASES.get(mode) != "nostr":
             return None
     elif mode_word not in MODE_WORDS:
@@ -142,6 +137,7 @@ def _parser(role: str, program: Any) -> Parser:
                        help="networks clients may reach over UDP (repeatable)")
         p.add_argument("--max-sessions", metavar="N",
                        help=f"concurrent sessions (default {DEFAULT_MAX_SESSIONS}; 0 = unlimited)")
+        add_server_extra_args(p)
     else:
         p.add_argument("-s", "--source", metavar="URL",
                        help="service to request on the server's side: tcp://host:port or udp://host:port")
@@ -150,6 +146,7 @@ def _parser(role: str, program: Any) -> Parser:
         p.add_argument("-L", "--forward", metavar="LISTEN=URL", action="append", default=[],
                        help="one more forward over the same tunnel (repeatable), e.g. "
                             "127.0.0.1:8080=tcp://127.0.0.1:80; see docs/forwards.md")
+        add_client_extra_args(p)
         p.add_argument("--reconnect-timeout", metavar="DURATION",
                        help=f"when the tunnel is lost, re-establish it for up to this long, keeping the local "
                        f"listener (default {DEFAULT_RECONNECT_TIMEOUT:g}s; e.g. 90s, 5m; 0 = exit at once)")
@@ -434,6 +431,7 @@ def _build(
         cfg.check_role(config, role)
         cfg.resolve_mode(mode_word, config, program.modes)
         section = nostr_section(config, role, warn=warn, interfaces=interfaces)
+    check_extra_keys(config, role)
     ice = _ice(namespace, section, interfaces)
     nsec = _resolve_nsec(namespace, section, program)
     peer = _resolve_peer(namespace, section)
@@ -446,7 +444,8 @@ def _build(
                                         section.allowed_tcp)
         allowed_udp = precedence.cli_or_config(checks.check_cli_cidrs(namespace.allowed_udp, "--allowed-udp"),
                                         section.allowed_udp)
-        if not allowed_tcp and not allowed_udp:
+        listen_allowed = allow_listen(namespace, config)
+        if not allowed_tcp and not allowed_udp and not listen_allowed:
             raise _usage("At least one of --allowed-tcp or --allowed-udp must be specified for nostr server mode.")
         max_sessions = section.max_sessions if section.max_sessions is not None else DEFAULT_MAX_SESSIONS
         if namespace.max_sessions is not None:
@@ -456,34 +455,40 @@ def _build(
         return "server nostr", NostrServerOptions(
             nsec=nsec, peer_npub=peer, allowed_tcp=allowed_tcp, allowed_udp=allowed_udp, relays=relays, ice=ice,
             max_sessions=max_sessions, max_wait=max_wait, plaintext=plaintext, event_kind=kind,
+            allow_listen=listen_allowed,
             republish_interval=_seconds(namespace.republish_interval, "--republish-interval",
                                         DEFAULT_SERVER_REPUBLISH),
         )
     target = namespace.target if namespace.target and namespace.target.strip() else section.target
     source = namespace.source if namespace.source and namespace.source.strip() else section.source
-    if target is None:
-        raise _usage("target is required. Provide via --target or in config file.")
-    if source is None:
-        raise _usage("--source is required for nostr client mode. Specify the source to request from server "
-                     "(e.g., --source tcp://127.0.0.1:22)")
-    from tunnel_core.nostr.target import client_protocol
-    from tunnel_core.policy import PolicyError, parse_target
-
-    _src, bare_target = client_protocol(source.strip(), target.strip())
-    try:
-        parse_target(bare_target)
-    except PolicyError:
-        raise _usage("Invalid listen address format. Use format like localhost:2222, 127.0.0.1:2222 or "
-                     "[::]:2222") from None
+    socks = socks_listen(namespace, config)
+    reverse = reverse_forwards(namespace, config)
     # --forward on the command line replaces the file's [[forward]] list; --source/--target stay the first one.
     extra = tuple(parse_forward(spec) for spec in namespace.forward) if namespace.forward else \
         config_forwards(config)
+    # Without --source/--target the other forwards are the whole list ([[forward]], SOCKS5, reverse; docs/forwards.md).
+    if not (source is None and target is None and (socks is not None or reverse or extra)):
+        if target is None:
+            raise _usage("target is required. Provide via --target or in config file.")
+        if source is None:
+            raise _usage("--source is required for nostr client mode. Specify the source to request from server "
+                         "(e.g., --source tcp://127.0.0.1:22)")
+        from tunnel_core.nostr.target import client_protocol
+        from tunnel_core.policy import PolicyError, parse_target
+
+        _src, bare_target = client_protocol(source.strip(), target.strip())
+        try:
+            parse_target(bare_target)
+        except PolicyError:
+            raise _usage("Invalid listen address format. Use format like localhost:2222, 127.0.0.1:2222 or "
+                         "[::]:2222") from None
     reconnect_timeout = section.reconnect_timeout
     if namespace.reconnect_timeout is not None:
         reconnect_timeout = checks.parse_duration(namespace.reconnect_timeout, "--reconnect-timeout")
     return "client nostr", NostrClientOptions(
-        nsec=nsec, peer_npub=peer, source=source.strip(), target=target.strip(), relays=relays, ice=ice,
-        extra_forwards=extra,
+        nsec=nsec, peer_npub=peer, source=source.strip() if source else None,
+        target=target.strip() if target else None, relays=relays, ice=ice,
+        extra_forwards=extra, socks5=socks, reverse=reverse,
         max_wait=max_wait, plaintext=plaintext, event_kind=kind,
         reconnect_timeout=DEFAULT_RECONNECT_TIMEOUT if reconnect_timeout is None else reconnect_timeout,
         republish_interval=_seconds(namespace.republish_interval, "--republish-interval", DEFAULT_CLIENT_REPUBLISH),

@@ -83,6 +83,42 @@ def pre_parse_config(rest: Sequence[str]) -> tuple[argparse.Namespace, list[str]
     return known, leftover
 
 
+def config_file_mode(role: str, rest: Sequence[str], ice: bool) -> str | None:
+    """The ``mode`` of the file ``-c``/``--default-config`` names (None without one, or when it does not load:
+    the full parser reports that)."""
+    from tunnel_cli import config as cfg
+
+    try:
+        known, _ = pre_parse_config(rest)
+        if known.config is not None:
+            path = cfg.expand_path(known.config)
+        elif known.default_config:
+            path = cfg.default_config_path(role, ice=ice)
+        else:
+            return None
+        return cfg.load_config(path).mode
+    except (TunnelError, SystemExit):
+        return None
+
+
+def insert_mode_word(argv: Sequence[str], word: str) -> list[str]:
+    """``tunnel client -c FILE --flag V`` whose file names the mode: put the left-out mode word back right after
+    the role (``-c`` may stand on either side of it), so the mode's own flags parse instead of ``V`` being taken
+    for a mode word. A command line that has its mode word is returned as it is."""
+    args = list(argv)
+    first = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if first is None or args[first] not in ("server", "client"):
+        return args
+    rest = args[first + 1:]
+    try:
+        _known, leftover = pre_parse_config(rest)
+    except SystemExit:
+        return args
+    if not leftover or not leftover[0].startswith("-"):
+        return args  # nothing to parse, or a mode word is there
+    return [*args[: first + 1], word, *rest]
+
+
 def stdin_config_wanted(argv: Sequence[str]) -> bool:
     """True when a ``server``/``client`` command line asks for ``--config-stdin`` (read once, before routing)."""
     args = list(argv)

@@ -36,6 +36,7 @@ from tunnel_core.options import (
 from tunnel_core.peer import IceConnected, Peer, TunnelClosed
 from tunnel_core.policy import AccessPolicy, NeedsResolution, PolicyError, Source, parse_source, parse_target
 from tunnel_core.quic.identity import QuicIdentity
+from tunnel_core.reverse import REVERSE_SCHEME, cannot_listen, listen_allowed, listen_refusal
 from tunnel_core.signal import MAX_FORWARDS, ManualAnswer, ManualOffer, decode_answer, decode_offer, encode_block
 from tunnel_core.turn import TurnServer, parse_turn_url
 from tunnel_core.types import Address
@@ -123,6 +124,9 @@ class Listen:
     forward: int = 0
     #: ``protocol`` "dynamic": a SOCKS5 listener, with these credentials if any.
     credentials: tuple[str, str] | None = attrs.field(default=None, repr=False)
+    #: Bound now but accepting only once the tunnel is ready (a server's reverse forward, bound before its answer
+    #: so a failure can still be told to the client).
+    held: bool = False
 
 
 @attrs.frozen
@@ -331,6 +335,17 @@ OLD_SERVER_FORWARDS = ("The server does not support several forwards in one tunn
                        "tunnel); run one client per forward")
 
 
+def old_server_error(forwards: Sequence[LocalForward], reverses: Sequence[ReverseForward] = ()) -> TunnelError:
+    """A server that answered without per-forward verdicts (upstream tunnel-rs or an older tunnel) and so cannot
+    serve what this client asked for; the message names what it lacks (docs/forwards.md, exit 1)."""
+    wanted = (["dynamic forwarding (--socks5)"] if any(f.source is None for f in forwards) else []) + \
+        (["reverse forwards (--reverse)"] if reverses else [])
+    if not wanted:
+        return TunnelError(OLD_SERVER_FORWARDS, ExitCode.GENERAL)
+    return TunnelError(f"The server does not support {' or '.join(wanted)} (upstream tunnel-rs or an older "
+                       "tunnel)", ExitCode.GENERAL)
+
+
 def local_forwards(
     source: str | None, target: str | None, extra: Sequence[Forward], socks5: SocksListen | None = None
 ) -> Generator[Effect, Any, list[LocalForward]]:
@@ -352,9 +367,6 @@ def local_forwards(
         credentials = socks5.credentials if src is None and socks5 is not None else None
         out.append(LocalForward(parsed, listen, ip, port, credentials))
     return out
-
-
-REVERSE_SCHEME = "reverse://"
 
 
 @attrs.frozen
@@ -391,6 +403,22 @@ def reverse_forwards(wanted: Sequence[Forward]) -> Generator[Effect, Any, list[R
     return out
 
 
+def client_forwards(
+    source: str | None, target: str | None, extra: Sequence[Forward], socks5: SocksListen | None,
+    reverse: Sequence[Forward],
+) -> Generator[Effect, Any, tuple[list[LocalForward], list[ReverseForward]]]:
+    """Every forward of an ICE-mode client, checked: local ones (``local_forwards``) and reverse ones, at least one
+    and at most MAX_FORWARDS in all (exit 2 otherwise)."""
+    forwards = yield from local_forwards(source, target, extra, socks5)
+    reverses = yield from reverse_forwards(reverse)
+    if not forwards and not reverses:
+        raise TunnelError("No forward given", ExitCode.USAGE)
+    count = len(forwards) + len(reverses)
+    if count > MAX_FORWARDS:
+        raise TunnelError(f"At most {MAX_FORWARDS} forwards per tunnel (got {count})", ExitCode.USAGE)
+    return forwards, reverses
+
+
 def several(forwards: Sequence[LocalForward], reverses: Sequence[ReverseForward] = ()) -> bool:
     """Whether the client needs the forwards extension (several forwards, a dynamic or a reverse one)."""
     return len(forwards) + len(reverses) > 1 or any(f.source is None for f in forwards) or bool(reverses)
@@ -403,7 +431,7 @@ def forward_routes(
     if not several(forwards, reverses):
         return None
     if verdicts is None:
-        raise TunnelError(OLD_SERVER_FORWARDS, ExitCode.GENERAL)
+        raise old_server_error(forwards, reverses)
     if len(verdicts) != len(forwards) + len(reverses):
         raise TunnelError("The server answered for a different number of forwards", ExitCode.USAGE)
     return [Route(f.protocol) for f in forwards] + [Route("reverse", r.addresses) for r in reverses]
@@ -468,21 +496,6 @@ def requested_sources(source: str | None, extra: Sequence[str]) -> list[Requeste
     return out
 
 
-def _listen_allowed(allow_listen: Sequence[str], want: ReverseListen) -> bool:
-    """Exact ip:port matches only (a name or port 0 in the request never matches)."""
-    import ipaddress
-
-    try:
-        wanted_ip = ipaddress.ip_address(want.ip)
-    except ValueError:
-        return False
-    for text in allow_listen:
-        host, port = parse_target(text)
-        if port == want.port and port != 0 and ipaddress.ip_address(host) == wanted_ip:
-            return True
-    return False
-
-
 def server_verdicts(
     policy: AccessPolicy, sources: Sequence[Requested], allow_listen: Sequence[str] = ()
 ) -> Generator[Effect, Any, tuple[list[str], list[Route]]]:
@@ -494,13 +507,12 @@ def server_verdicts(
     routes: list[Route] = []
     for source in sources:
         if isinstance(source, ReverseListen):
-            if _listen_allowed(allow_listen, source):
+            if listen_allowed(allow_listen, source.ip, source.port):
                 verdicts.append("")
                 routes.append(Route("reverse", granted=True))
                 yield Say(f"Client requests a reverse forward on {source.text} (allowed)")
             else:
-                reason = (f"Listening on '{source.text}' is not allowed: the server allows reverse forwards only "
-                          f"on the addresses given with --allow-listen")
+                reason = listen_refusal(source.text)
                 verdicts.append(reason)
                 routes.append(Route("reverse"))
                 yield Say(f"Client requests a reverse forward on {source.text} (refused: {reason})")
@@ -524,13 +536,9 @@ def server_verdicts(
 
 
 def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -> Flow:
-    forwards = yield from local_forwards(opts.source, opts.target, opts.extra_forwards, opts.socks5)
-    reverses = yield from reverse_forwards(opts.reverse)
-    if not forwards and not reverses:
-        raise TunnelError("No forward given", ExitCode.USAGE)
+    forwards, reverses = yield from client_forwards(opts.source, opts.target, opts.extra_forwards, opts.socks5,
+                                                    opts.reverse)
     urls = [f.url() for f in forwards] + [r.url() for r in reverses]
-    if len(urls) > MAX_FORWARDS:
-        raise TunnelError(f"At most {MAX_FORWARDS} forwards per tunnel (got {len(urls)})", ExitCode.USAGE)
     yield Say(dialogue.CLIENT_BANNER)
     pins: dict[str, str] = {}
     first = forwards[0].source if forwards else None
@@ -590,6 +598,7 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
         yield Say(f"Client requests {source.url()} (allowed)")
     else:
         verdicts, routes = yield from server_verdicts(policy, sources, opts.allow_listen)
+        yield from bind_reverse(sources, verdicts, routes)
         if all(verdicts):
             raise TunnelError(f"No forward the client asked for is allowed: {verdicts[0]}", ExitCode.AUTH)
         spec["protocol"] = "tcp"
@@ -600,7 +609,6 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
     yield PrintBlock(encode_block("ANSWER", answer))
     yield from _start_checks(peer, remote)
     yield from until_up(peer, "Timeout waiting for QUIC connection", "Client connected over QUIC.")
-    yield from listen_reverse(sources, verdicts)
     closed = yield Wait("closed")
     if closed_orderly(closed):
         yield Say("Connection closed.")
@@ -608,16 +616,22 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
     raise failure(closed)
 
 
-def listen_reverse(sources: Sequence[Requested], verdicts: Sequence[str] | None) -> Generator[Effect, Any, None]:
-    """Server: open the listener of every granted reverse forward (a failure is said, the rest carries on)."""
+def bind_reverse(
+    sources: Sequence[Requested], verdicts: list[str], routes: list[Route]
+) -> Generator[Effect, Any, None]:
+    """Server: bind the listener of every granted reverse forward before the answer goes out, accepting only once
+    the tunnel is ready. One that cannot be bound (port in use, permission) becomes a refusal in ``verdicts``, so
+    the client names it (docs/forwards.md); the other forwards carry on."""
     for index, source in enumerate(sources):
-        if not isinstance(source, ReverseListen) or verdicts is None or verdicts[index]:
+        if not isinstance(source, ReverseListen) or verdicts[index]:
             continue
         try:
-            bound = yield Listen("tcp", source.ip, source.port, index)
+            bound = yield Listen("tcp", source.ip, source.port, index, held=True)
         except OSError as exc:
-            yield Say(f"Warning: cannot listen on {source.text} for the client's reverse forward: "
-                      f"{exc.strerror or exc}")
+            reason = cannot_listen(source.text, exc.strerror or str(exc))
+            verdicts[index] = reason
+            routes[index] = Route("reverse")
+            yield Say(f"Warning: {reason}")
             continue
         yield Say(f"Listening on TCP {dialogue.format_address(bound)} for the client's reverse forward")
 

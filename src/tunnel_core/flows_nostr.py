@@ -21,20 +21,27 @@ import attrs
 from tunnel_core import manual as dialogue
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.flows import (
+    DYNAMIC_SOURCE,
     QUIC_CONNECT_TIMEOUT,
+    REVERSE_SCHEME,
     Effect,
     NewIdentity,
     Poke,
     Say,
     Wait,
+    bind_reverse,
     client_end,
+    client_forwards,
     closed_orderly,
     decide_source,
     failure,
     forward_routes,
     listen_all,
-    local_forwards,
+    old_server_error,
+    requested_sources,
+    say_reverse_verdicts,
     server_verdicts,
+    several,
     start_peer,
     until_up,
 )
@@ -204,12 +211,15 @@ def _start_checks(peer: Peer, ufrag: str, pwd: str, candidates: tuple[str, ...])
 
 
 def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> NostrFlow:
-    source, target = client_protocol(opts.source, opts.target)
-    try:
-        parse_target(target)
-    except PolicyError as exc:
-        raise _usage(str(exc)) from None
-    forwards = yield from local_forwards(source.url(), target, opts.extra_forwards)
+    first: tuple[str | None, str | None] = (None, None)
+    if opts.source is not None and opts.target is not None:
+        source, target = client_protocol(opts.source, opts.target)
+        try:
+            parse_target(target)
+        except PolicyError as exc:
+            raise _usage(str(exc)) from None
+        first = (source.url(), target)
+    forwards, reverses = yield from client_forwards(*first, opts.extra_forwards, opts.socks5, opts.reverse)
     secret, peer_key = parse_keys(opts.nsec, opts.peer_npub)
     channel = Channel(secret, peer_key, plaintext=opts.plaintext, kind=opts.event_kind)
     yield Say(CLIENT_BANNER)
@@ -221,10 +231,12 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
     def establish(remaining: float) -> Generator[Any, Any, IceConnected]:
         # A reconnect attempt waits for the server's offer no longer than the reconnect budget left.
         return _client_session(attrs.evolve(opts, max_wait=min(opts.max_wait, remaining)), rng, channel, forwards,
-                               verdicts)
+                               verdicts, reverses)
 
-    yield from _client_session(opts, rng, channel, forwards, verdicts)
+    yield from _client_session(opts, rng, channel, forwards, verdicts, reverses)
     yield from listen_all(forwards, verdicts[0])
+    if reverses and verdicts[0] is not None:
+        yield from say_reverse_verdicts(reverses, verdicts[0], len(forwards))
     while True:
         closed = yield Wait("closed")
         # A new request through the relays builds a new tunnel; the listeners stay (docs/reconnect.md).
@@ -233,7 +245,7 @@ def nostr_client_flow(opts: NostrClientOptions, rng: Callable[[int], bytes]) -> 
 
 def _client_session(
     opts: NostrClientOptions, rng: Callable[[int], bytes], channel: Channel, forwards: Sequence[Any],
-    verdicts: list[Sequence[str] | None],
+    verdicts: list[Sequence[str] | None], reverses: Sequence[Any] = (),
 ) -> Generator[Any, Any, IceConnected]:
     """One tunnel: open the relays, request, answer, connect; the relays are left once the answer is out (or at
     once when this attempt fails, so a reconnect's next attempt starts clean). The server's per-forward verdicts
@@ -242,7 +254,7 @@ def _client_session(
     opened = yield OpenRelays(pool)
     yield Say(f"Connected to {opened}/{len(opts.relays)} relay(s)")
     try:
-        return (yield from _client_request(opts, rng, channel, forwards, verdicts))
+        return (yield from _client_request(opts, rng, channel, forwards, verdicts, reverses))
     except TunnelError:
         yield CloseRelays()
         raise
@@ -250,12 +262,13 @@ def _client_session(
 
 def _client_request(
     opts: NostrClientOptions, rng: Callable[[int], bytes], channel: Channel, forwards: Sequence[Any],
-    verdicts: list[Sequence[str] | None],
+    verdicts: list[Sequence[str] | None], reverses: Sequence[Any] = (),
 ) -> Generator[Any, Any, IceConnected]:
-    source = forwards[0].source
+    source = forwards[0].source if forwards else None
+    urls = [f.url() for f in forwards] + [r.url() for r in reverses]
     identity: QuicIdentity | None = None if opts.plaintext else (yield NewIdentity())
     pins: dict[str, str] = {}
-    spec: dict[str, Any] = {"protocol": source.protocol}
+    spec: dict[str, Any] = {"protocol": "tcp" if source is None else source.protocol}
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, controlling=False, identity=identity, pins=pins,
                                      session_spec=spec)
     times: Times = yield Clock()
@@ -267,16 +280,21 @@ def _client_request(
             candidates=dialogue.candidate_strings(peer.ice),
             session_id=sid,
             timestamp=times.wall,
-            source=source.url(),
-            extra_sources=tuple(f.source.url() for f in forwards[1:]),
+            source=urls[0],
+            extra_sources=tuple(urls[1:]),
         ),
         quic_fingerprint=None if identity is None else identity.fingerprint,
     )
-    yield Say(f"Session {sid[:8]}: requesting {', '.join(f.source.url() for f in forwards)}")
-    offer = yield from _await_offer(channel, request, times, opts, rng)
-    verdict = offer.forward_verdicts if len(forwards) > 1 else None
+    yield Say(f"Session {sid[:8]}: requesting {', '.join(urls)}")
+    try:
+        offer = yield from _await_offer(channel, request, times, opts, rng)
+    except TunnelError as exc:
+        if exc.exit_code is ExitCode.AUTH and _not_understood(exc.message, urls[0]):
+            raise old_server_error(forwards, reverses) from None
+        raise
+    verdict = offer.forward_verdicts if several(forwards, reverses) else None
     verdicts.append(verdict)
-    spec["routes"] = forward_routes(forwards, verdict)
+    spec["routes"] = forward_routes(forwards, verdict, reverses)
 
     answer_msg = dialogue.make_answer(peer.ice, "")
     answer_msg = attrs.evolve(answer_msg, quic_fingerprint=None, session_id=sid)
@@ -289,6 +307,14 @@ def _client_request(
         raise TunnelError(str(exc), ExitCode.CONNECT_FAILED) from None
     yield from _start_checks(peer, offer.ice_ufrag, offer.ice_pwd, offer.candidates)
     return (yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC."))
+
+
+def _not_understood(reason: str, first: str) -> bool:
+    """An upstream or older server refusing a request whose first forward is a dynamic or reverse one names it as
+    an unknown source ("Unknown protocol in source 'dynamic'", "Invalid source ..."); a server that knows these
+    forwards never does."""
+    special = first == DYNAMIC_SOURCE or first.startswith(REVERSE_SCHEME)
+    return special and f"'{first}'" in reason
 
 
 def _await_offer(
@@ -406,24 +432,22 @@ def server_session_flow(
 
     if not req.source or not req.source.strip():
         raise TunnelError("Request missing source field", ExitCode.USAGE)
-    scheme = req.source.strip().partition("://")[0].lower()
-    if scheme not in ("tcp", "udp"):
+    first = req.source.strip()
+    special = first == DYNAMIC_SOURCE or first.startswith(REVERSE_SCHEME)
+    scheme = first.partition("://")[0].lower()
+    if not special and scheme not in ("tcp", "udp"):
         reason = f"Unknown protocol in source '{quote_peer(str(req.source))}'. Use tcp:// or udp://"
         yield from reject(reason)
         raise TunnelError(reason, ExitCode.AUTH)
     try:
-        source = parse_source(req.source)
+        source = None if special else parse_source(req.source)
+        sources = requested_sources(req.source, req.extra_sources)
     except PolicyError as exc:
         yield from reject(str(exc))
         raise TunnelError(str(exc), ExitCode.AUTH) from None
-    try:
-        extra = [parse_source(s.strip()) for s in req.extra_sources]
-    except PolicyError as exc:
-        yield from reject(str(exc))
-        raise TunnelError(str(exc), ExitCode.AUTH) from None
-    spec: dict[str, Any] = {"protocol": source.protocol}
+    spec: dict[str, Any] = {"protocol": "tcp" if source is None else source.protocol}
     verdicts: list[str] | None = None
-    if not extra:
+    if source is not None and len(sources) == 1:
         decision = yield from decide_source(policy, source)
         if not decision.allowed:
             reason = decision.reason or f"Source '{source.url()}' is not allowed"
@@ -431,12 +455,11 @@ def server_session_flow(
             raise TunnelError(reason, ExitCode.AUTH)
         spec["addresses"] = decision.addresses
     else:
-        verdicts, spec["routes"] = yield from server_verdicts(policy, [source, *extra])
+        verdicts, spec["routes"] = yield from server_verdicts(policy, sources, opts.allow_listen)
         if all(verdicts):
             reason = f"No forward the client asked for is allowed: {verdicts[0]}"
             yield from reject(reason)
             raise TunnelError(reason, ExitCode.AUTH)
-        yield Say(f"Serving {len(verdicts) - sum(map(bool, verdicts))} of {len(verdicts)} forwards in one session")
     identity: QuicIdentity = yield NewIdentity()
     pins: dict[str, str] = {}
     if message.quic_fingerprint is not None:
@@ -451,6 +474,13 @@ def server_session_flow(
         raise TunnelError(reason, ExitCode.AUTH)
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=False, controlling=True, identity=identity, pins=pins,
                                      session_spec=spec)
+    if verdicts is not None:
+        yield from bind_reverse(sources, verdicts, spec["routes"])
+        if all(verdicts):
+            reason = f"No forward the client asked for is allowed: {verdicts[0]}"
+            yield from reject(reason)
+            raise TunnelError(reason, ExitCode.AUTH)
+        yield Say(f"Serving {len(verdicts) - sum(map(bool, verdicts))} of {len(verdicts)} forwards in one session")
     offer = ManualOffer(
         ice_ufrag=peer.ice.local_ufrag,
         ice_pwd=peer.ice.local_pwd,

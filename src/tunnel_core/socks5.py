@@ -52,6 +52,12 @@ def reply(code: int) -> bytes:
     return bytes([VERSION, code, 0, ATYP_IPV4, 0, 0, 0, 0, 0, 0])
 
 
+def refusal_code(reason: str) -> int:
+    """The reply for a target the server refused, from its reason: a name that did not resolve is "host
+    unreachable", anything else "not allowed by ruleset" (every mode's client asks this)."""
+    return HOST_UNREACHABLE if "DNS resolution" in reason else NOT_ALLOWED
+
+
 @attrs.frozen
 class ConnectRequest:
     """Where the application wants to go: an IP literal or a name (unresolved), and a port."""

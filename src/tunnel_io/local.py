@@ -229,8 +229,9 @@ class LocalForwarder:
 
     # ------------------------------------------------------------------------------------- client listeners
 
-    def listen_tcp(self, host: str, port: int, forward: int = 0) -> Address:
-        """Listen for ``forward`` (its index in the session's routes; 0 for a one-forward tunnel)."""
+    def listen_tcp(self, host: str, port: int, forward: int = 0, *, held: bool = False) -> Address:
+        """Listen for ``forward`` (its index in the session's routes; 0 for a one-forward tunnel). ``held``: accept
+        only from ``attach`` on (a server's reverse forward, bound before the tunnel is up)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -242,6 +243,9 @@ class LocalForwarder:
             sock.close()
             raise
         self.tcp_listeners[forward] = _Acceptor(self, sock, forward)
+        if held:
+            self._held = True
+            self.tcp_listeners[forward].hold()
         name = sock.getsockname()
         return (name[0], name[1])
 

@@ -253,7 +253,7 @@ class FlowRunner:
             if effect.protocol == "dynamic":
                 return self.local.listen_socks(effect.ip, effect.port, effect.forward, effect.credentials)
             if effect.protocol == "tcp":
-                return self.local.listen_tcp(effect.ip, effect.port, effect.forward)
+                return self.local.listen_tcp(effect.ip, effect.port, effect.forward, held=effect.held)
             return self.local.listen_udp(effect.ip, effect.port, effect.forward)
         elif isinstance(effect, fx.OpenRelays):
             return self._open_relays(effect)

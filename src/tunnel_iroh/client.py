@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -30,13 +31,17 @@ from tunnel_core.iroh_session import (
     SourceRejected,
 )
 from tunnel_core.iroh_session.auth import AuthClient, AuthOk, AuthRefused
+from tunnel_core.iroh_session.constants import INVALID_PROTOCOL_REASON
 from tunnel_core.iroh_session.options import IrohClientOptions
 from tunnel_core.keys import format_endpoint_id
-from tunnel_core.options import ExitCode, TunnelError
+from tunnel_core.options import ExitCode, SocksListen, TunnelError
 from tunnel_core.policy import parse_source, parse_target
 from tunnel_core.reconnect import FINAL, FIRST_DELAY, MAX_DELAY, back_line, gave_up, lost_line, reset_line
+from tunnel_core.reverse import REVERSE_SCHEME
+from tunnel_core.socks5 import GENERAL_FAILURE, SUCCEEDED, Socks5Server, refusal_code
+from tunnel_core.socks5 import reply as socks5_reply
 from tunnel_core.types import Address
-from tunnel_core.wire import UdpFrameDecoder, WireError
+from tunnel_core.wire import MessageReader, UdpFrameDecoder, WireError, decode_source_request
 from tunnel_iroh import ffi
 from tunnel_iroh.bridge import (
     READ_LIMIT,
@@ -48,6 +53,7 @@ from tunnel_iroh.bridge import (
     read_frames,
     tune_tcp,
 )
+from tunnel_iroh.dial import DialFailed, happy_eyeballs
 from tunnel_iroh.endpoint import PathWatch, bind_endpoint, connect, endpoint_id_bytes, path_views
 from tunnel_iroh.socks import OnionBridges
 
@@ -58,6 +64,8 @@ OPEN_ATTEMPTS = 3
 OPEN_BACKOFF = 0.1
 #: Datagrams a new local peer may send before its flow's stream is open; more are dropped.
 PENDING_LIMIT = 64
+#: An application that has not finished its SOCKS5 request by then is dropped (as in the ICE modes).
+SOCKS_HANDSHAKE_TIMEOUT = 10.0
 #: The flow id our one UDP stream offers for QUIC datagrams (iroh mode keeps upstream's one stream per client).
 UDP_FLOW = 0
 #: How often a UDP stream that ended with its connection looks whether the reconnect is done.
@@ -70,13 +78,12 @@ class IrohClient:
 
     def __init__(self, options: IrohClientOptions) -> None:
         self.options = options
-        self.source = parse_source(options.source)
+        self.source = parse_source(options.source) if options.source is not None else None
         self.endpoint: Any = None
         self.conn: Any = None
         self.local_addresses: list[Address] = []
         self._bridges = OnionBridges(options.network.socks5_proxy)
         self._servers: list[asyncio.base_events.Server] = []
-        self._udp: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watch: PathWatch | None = None
         self._established = False
@@ -86,8 +93,15 @@ class IrohClient:
         self._dial_args: dict[str, Any] = {}
         self.datagram_flow: int | None = None
         self._link: DatagramLink | None = None
-        #: called by ``_connect`` on a reconnect, before new local traffic is let through (UDP flows start anew)
-        self._on_reconnect: Callable[[], None] | None = None
+        #: called by ``_connect`` on a reconnect, before new local traffic is let through (UDP flows start anew),
+        #: one per UDP forward
+        self._on_reconnect: list[Callable[[], None]] = []
+        #: UDP flow ids are one space per connection, over every UDP forward (QUIC datagrams name them)
+        self._next_flow = UDP_FLOW
+        self._udp_transports: list[Any] = []
+        #: reverse forwards the server granted, by their signaling text (``reverse://ip:port``)
+        self._reverse: dict[str, tuple[Address, ...]] = {}
+        self._reverse_streams: list[Any] = []
         self.e4 = options.protocol == "e4"
         self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
         self.alpn = ALPN_E4 if self.e4 else ALPN_E2
@@ -107,9 +121,18 @@ class IrohClient:
         addrs = () if opts.network.relay_only else opts.server_addrs
         self._dial_args = {"alpn": self.alpn, "relay_urls": relays, "server_addrs": addrs}
         await self._connect()
+        await self._request_reverse()
+        for forward in opts.extra_forwards:  # more forwards: each stream's SourceRequest names its source
+            host, port = parse_target(forward.listen)
+            if forward.source.lower().startswith("udp://"):
+                await self._start_udp(host, port, forward.source)
+            else:
+                await self._listen_tcp(forward.listen, forward.source)
+        if opts.socks5 is not None:
+            await self._listen_socks(opts.socks5)
+        if self.source is None or opts.target is None:
+            return
         host, port = parse_target(opts.target)
-        for forward in opts.extra_forwards:  # more TCP forwards: each stream's SourceRequest names its source
-            await self._listen_tcp(forward.listen, forward.source)
         if self.source.protocol == "tcp":
             server = await asyncio.start_server(self._on_local_tcp, host, port, limit=TCP_LIMIT)
             self._servers.append(server)
@@ -117,7 +140,7 @@ class IrohClient:
             for address in self.local_addresses:
                 log.info("Listening on TCP %s:%d, forwarding to %s", address[0], address[1], opts.source)
         else:
-            await self._start_udp(host, port)
+            await self._start_udp(host, port, opts.source)
 
     async def _connect(self) -> None:
         """Dial the server (and authenticate under e4); then watch the path and let local connections through."""
@@ -130,8 +153,10 @@ class IrohClient:
             await self._watch.stop()
         self._watch = PathWatch(self.conn)
         self._watch.start()
-        if self._on_reconnect is not None and self._established:
-            self._on_reconnect()
+        if self._on_reconnect and self._established:
+            for renew in self._on_reconnect:
+                renew()
+            self._renew_link()
         self._up.set()
 
     async def wait(self) -> None:
@@ -176,6 +201,7 @@ class IrohClient:
                 last = "timed out"
             else:
                 log.warning("%s", back_line(loop.time() - started, attempts, _path_text(self.conn)))
+                await self._request_reverse()  # the server's listeners went with the lost connection
                 return
             elapsed = loop.time() - started
             if elapsed + delay > timeout:
@@ -187,8 +213,8 @@ class IrohClient:
         self._closing = True
         for server in self._servers:
             server.close()
-        if self._udp is not None:
-            self._udp.close()
+        for transport in self._udp_transports:
+            transport.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -204,6 +230,13 @@ class IrohClient:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.endpoint.close(), 5.0)
         await self._bridges.close()
+
+    def _renew_link(self) -> None:
+        """A reconnect: the old connection's datagram link reports its counts, the new connection gets its own."""
+        if self._link is not None:
+            self._link.report()
+        self._link = DatagramLink(self.conn)
+        self._spawn(self._link.run())
 
     async def _next_connection(self, old: Any) -> bool:
         """After ``old`` failed under a stream: wait until a new connection is up; False when closing."""
@@ -275,6 +308,147 @@ class IrohClient:
             address = sock.getsockname()
             log.info("Listening on TCP %s:%d, forwarding to %s", address[0], address[1], source)
 
+    async def _listen_socks(self, socks: SocksListen) -> None:
+        """The dynamic forward (``--socks5``): each CONNECT becomes a stream whose SourceRequest names its target,
+        which the server checks with its allowlist like any source (docs/forwards.md)."""
+        host, port = parse_target(socks.listen)
+
+        async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._on_socks(reader, writer, socks.credentials)
+
+        server = await asyncio.start_server(on_connection, host, port, limit=TCP_LIMIT)
+        self._servers.append(server)
+        auth = " (username/password required)" if socks.credentials else ""
+        for sock in server.sockets:
+            address = sock.getsockname()
+            log.info("Listening on SOCKS5 %s:%d%s - point your applications' socks5h proxy here", address[0],
+                     address[1], auth)
+
+    async def _on_socks(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, credentials: tuple[str, str] | None
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        tune_tcp(writer)
+        machine = Socks5Server(credentials)
+        try:
+            try:
+                async with asyncio.timeout(SOCKS_HANDSHAKE_TIMEOUT):
+                    while machine.request is None and not machine.failed:
+                        data = await reader.read(READ_LIMIT)
+                        if not data:
+                            writer.close()
+                            return
+                        machine.feed(data)
+                        writer.write(machine.data_to_send())
+            except TimeoutError:
+                log.info("SOCKS5 connection dropped: no complete request within %.0f s", SOCKS_HANDSHAKE_TIMEOUT)
+                writer.transport.abort()
+                return
+            if machine.request is None:
+                log.info("SOCKS5 connection refused: %s", machine.error)
+                writer.close()
+                return
+            try:
+                await self._up.wait()
+                send, recv, payload = await self.open_source_stream(source=machine.request.url())
+            except TunnelError as exc:
+                reason = exc.message.removeprefix("Source request rejected: ")
+                log.info("Dynamic target %s refused by the server: %s", machine.request.url(), reason)
+                writer.write(socks5_reply(refusal_code(reason) if exc.exit_code is ExitCode.AUTH else GENERAL_FAILURE))
+                writer.close()
+                return
+            writer.write(socks5_reply(SUCCEEDED))
+            if machine.remainder:
+                await send.write_all(machine.remainder)
+            await bridge_tcp(reader, writer, send, recv, first=payload)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _request_reverse(self) -> None:
+        """Ask the server for every reverse forward (``--reverse``): one control stream each, whose SourceRequest
+        names ``reverse://ip:port``; the server's listener lives as long as that stream. Accepted connections come
+        back as streams the server opens (``_serve_reverse``)."""
+        opts = self.options
+        if not opts.reverse:
+            return
+        self._reverse.clear()
+        for stream in self._reverse_streams:
+            with contextlib.suppress(Exception):
+                await stream.finish()
+        self._reverse_streams.clear()
+        last_refusal = ""
+        for forward in opts.reverse:
+            target = parse_source(forward.source)
+            if target.protocol != "tcp":
+                raise TunnelError(f"Reverse forward '{forward.listen}={forward.source}': only tcp:// targets",
+                                  ExitCode.USAGE)
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(target.host, target.port,
+                                                                     type=socket.SOCK_STREAM)
+            except OSError:
+                raise TunnelError(f"Reverse forward target '{forward.source}' does not resolve",
+                                  ExitCode.USAGE) from None
+            addresses = tuple(dict.fromkeys((str(i[4][0]), target.port) for i in infos))
+            text = REVERSE_SCHEME + forward.listen
+            name = f"reverse {forward.listen}={forward.source}"
+            try:
+                send, _recv, _payload = await self.open_source_stream(source=text)
+            except TunnelError as exc:
+                reason = exc.message.removeprefix("Source request rejected: ")
+                if reason == INVALID_PROTOCOL_REASON:
+                    raise TunnelError("The server does not support reverse forwards (--reverse) (upstream "
+                                      "tunnel-rs or an older tunnel)", ExitCode.GENERAL) from None
+                log.warning("Forward %s refused by the server: %s", name, reason)
+                last_refusal = reason
+                continue
+            self._reverse[text] = addresses
+            self._reverse_streams.append(send)
+            log.info("The server listens on %s for reverse forward to %s", forward.listen, forward.source)
+        if not self._reverse and self.source is None and not opts.extra_forwards and opts.socks5 is None:
+            raise TunnelError(f"No forward the client asked for is allowed: {last_refusal}", ExitCode.AUTH)
+        if self._reverse:
+            self._spawn(self._serve_reverse(self.conn))
+
+    async def _serve_reverse(self, conn: Any) -> None:
+        """Streams the server opens for its reverse listeners' connections: dial the forward's client-side target
+        and relay."""
+        f = ffi.load()
+        while True:
+            try:
+                bi = await conn.accept_bi()
+            except f.IrohError:
+                return
+            self._spawn(self._reverse_stream(bi.send(), bi.recv()))
+
+    async def _reverse_stream(self, send: Any, recv: Any) -> None:
+        f = ffi.load()
+        reader = MessageReader("SourceRequest")
+        try:
+            body = None
+            async with asyncio.timeout(RESPONSE_TIMEOUT):
+                while body is None:
+                    data = await recv.read(READ_LIMIT)
+                    if not data:
+                        reader.feed_eof()
+                    body = reader.feed(data)
+            request = decode_source_request(body, expected_version=self.version)
+            addresses = self._reverse.get(request.source)
+            if addresses is None:
+                raise WireError(f"no reverse forward {request.source}")
+            tcp_reader, tcp_writer = await happy_eyeballs(addresses, limit=TCP_LIMIT, timeout=RESPONSE_TIMEOUT)
+        except (TimeoutError, WireError, DialFailed, f.IrohError) as exc:
+            log.warning("Reverse connection not carried: %s", exc)
+            with contextlib.suppress(Exception):
+                await send.reset(0)
+            with contextlib.suppress(Exception):
+                await recv.stop(0)
+            return
+        tune_tcp(tcp_writer)
+        await bridge_tcp(tcp_reader, tcp_writer, send, recv, first=reader.remainder)
+
     async def open_source_stream(
         self, datagram_flow: int | None = None, source: str | None = None
     ) -> tuple[Any, Any, bytes]:
@@ -296,7 +470,7 @@ class IrohClient:
                 await asyncio.sleep(OPEN_BACKOFF * (2**attempt))
         assert bi is not None
         send, recv = bi.send(), bi.recv()
-        machine = ClientStream(source or self.options.source, version=self.version, datagram_flow=datagram_flow)
+        machine = ClientStream(source or self.options.source or "", version=self.version, datagram_flow=datagram_flow)
         await send.write_all(machine.request_bytes())
         try:
             async with asyncio.timeout(RESPONSE_TIMEOUT):
@@ -320,7 +494,7 @@ class IrohClient:
         self.datagram_flow = event.datagram_flow
         if not self._established:
             self._established = True
-            log.info("Tunnel to server established! Source: %s", self.options.source)
+            log.info("Tunnel to server established! Source: %s", source or self.options.source)
         return send, recv, event.payload
 
     async def _on_local_tcp(
@@ -347,22 +521,31 @@ class IrohClient:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _listen_udp(self, host: str, port: int, on_datagram: Callable[[bytes, Address], None]) -> Any:
-        """Bind the local UDP listener and say so (the line scripts and tests wait for)."""
+    async def _listen_udp(
+        self, host: str, port: int, on_datagram: Callable[[bytes, Address], None], source: str
+    ) -> Any:
+        """Bind a local UDP listener and say so (the line scripts and tests wait for)."""
         loop = asyncio.get_running_loop()
         transport, _protocol = await loop.create_datagram_endpoint(
             lambda: UdpEndpoint(on_datagram), local_addr=(host, port)
         )
-        self._udp = transport
+        self._udp_transports.append(transport)
         sockname = transport.get_extra_info("sockname")
-        self.local_addresses = [(sockname[0], sockname[1])]
-        log.info("Listening on UDP %s:%d, forwarding to %s", sockname[0], sockname[1], self.options.source)
+        if source == self.options.source:
+            self.local_addresses = [(sockname[0], sockname[1])]
+        log.info("Listening on UDP %s:%d, forwarding to %s", sockname[0], sockname[1], source)
         return transport
 
-    async def _start_udp(self, host: str, port: int) -> None:
-        send, recv, payload = await self.open_source_stream(datagram_flow=UDP_FLOW)
-        if self.datagram_flow is not None:
-            await self._start_udp_flows(host, port, (send, recv, payload))
+    def _new_flow(self) -> int:
+        flow, self._next_flow = self._next_flow, self._next_flow + 1
+        return flow
+
+    async def _start_udp(self, host: str, port: int, source: str) -> None:
+        """One UDP forward: its first stream is opened now (a refusal ends the client, as for one forward)."""
+        first_flow = self._new_flow()
+        send, recv, payload = await self.open_source_stream(datagram_flow=first_flow, source=source)
+        if self.datagram_flow is not None:  # read right after the dialogue: other streams' dialogues overwrite it
+            await self._start_udp_flows(host, port, source, (send, recv, payload), first_flow)
             return
         log.debug("UDP travels on the stream (server without datagrams)")
         writers = [FrameWriter(send)]
@@ -373,7 +556,7 @@ class IrohClient:
                 peer[:] = [addr]  # the last sender wins (reference 3.1)
             writers[0].push(data)
 
-        transport = await self._listen_udp(host, port, from_local)
+        transport = await self._listen_udp(host, port, from_local, source)
 
         def to_local(datagram: bytes) -> None:
             if peer:
@@ -394,7 +577,7 @@ class IrohClient:
                 if self.options.reconnect_timeout <= 0 or not await self._next_connection(conn):
                     return
                 try:
-                    send, recv, payload = await self.open_source_stream()
+                    send, recv, payload = await self.open_source_stream(source=source)
                 except TunnelError as exc:
                     log.warning("UDP stream not reopened: %s", exc.message)
                     return
@@ -405,15 +588,19 @@ class IrohClient:
         self._spawn(writers[0].run())
         self._spawn(pump(recv, payload))
 
-    async def _start_udp_flows(self, host: str, port: int, first: tuple[Any, Any, bytes]) -> None:
+    async def _start_udp_flows(
+        self, host: str, port: int, source: str, first: tuple[Any, Any, bytes], first_flow: int
+    ) -> None:
         """With our server (it took the datagram offer): one flow per local UDP peer, as in the ICE modes - its own
         stream (and so its own server socket), replies only to it, QUIC datagrams both ways, idle expiry and a cap
         on live peers (the least recently active is retired)."""
         loop = asyncio.get_running_loop()
-        self._link = DatagramLink(self.conn)
+        start_link = self._link is None
+        if self._link is None:  # one per connection, shared by every UDP forward
+            self._link = DatagramLink(self.conn)
         flows: dict[Address, _PeerFlow] = {}
         spare: list[tuple[Any, Any, bytes]] = [first]  # the stream already opened goes to the first peer
-        next_flow = [UDP_FLOW]
+        spare_id = [first_flow]  # ... with its flow id, taken when that peer's flow is created
         log.debug("UDP travels as QUIC datagrams, one flow per local peer")
 
         def link() -> DatagramLink:
@@ -434,8 +621,8 @@ class IrohClient:
             if flow is None:
                 if len(flows) >= MAX_UDP_PEERS:
                     retire(min(flows.values(), key=lambda f: f.last_active))
-                flow = flows[addr] = _PeerFlow(addr, next_flow[0], loop.time())
-                next_flow[0] += 1
+                flow_id = spare_id.pop() if spare_id else self._new_flow()
+                flow = flows[addr] = _PeerFlow(addr, flow_id, loop.time())
                 flow.opening = self._spawn(open_flow(flow))
             flow.last_active = loop.time()
             if flow.writer is None:
@@ -444,35 +631,32 @@ class IrohClient:
             elif not flow.datagrams or not link().send(flow.flow_id, data):
                 flow.writer.push(data)
 
-        transport = await self._listen_udp(host, port, from_local)
+        transport = await self._listen_udp(host, port, from_local, source)
 
         def renew() -> None:
-            """A reconnect: the old connection's flows are over (their next datagram opens a new flow), and the
-            new connection gets its own datagram link."""
+            """A reconnect: the old connection's flows are over (their next datagram opens a new flow); the new
+            connection's datagram link is made once for every forward (``_renew_link``)."""
             for flow in [f for f in flows.values() if f.writer is not None]:
                 retire(flow)
-            if self._link is not None:
-                self._link.report()
-            self._link = DatagramLink(self.conn)
-            self._spawn(self._link.run())
 
-        self._on_reconnect = renew
+        self._on_reconnect.append(renew)
 
         async def open_flow(flow: _PeerFlow) -> None:
             f = ffi.load()
             try:
-                if spare:
+                if spare and flow.flow_id == first_flow:
                     send, recv, payload = spare.pop()
-                    flow.flow_id = UDP_FLOW
+                    taken = first_flow  # the first dialogue took the offer (or this flow would not exist)
                 else:
                     await self._up.wait()  # during a reconnect: on the next connection
-                    send, recv, payload = await self.open_source_stream(datagram_flow=flow.flow_id)
+                    send, recv, payload = await self.open_source_stream(datagram_flow=flow.flow_id, source=source)
+                    taken = self.datagram_flow
             except TunnelError as exc:
                 log.warning("UDP flow for %s:%d not opened: %s", flow.peer[0], flow.peer[1], exc.message)
                 flows.pop(flow.peer, None)
                 return
             # Read right after the dialogue (no await in between), so no other flow's dialogue overwrote it.
-            flow.datagrams = self.datagram_flow == flow.flow_id
+            flow.datagrams = taken == flow.flow_id
 
             def to_peer(datagram: bytes) -> None:
                 transport.sendto(datagram, flow.peer)
@@ -500,7 +684,8 @@ class IrohClient:
                 for flow in [f for f in flows.values() if f.last_active + UDP_IDLE_TIMEOUT <= now]:
                     retire(flow)
 
-        self._spawn(link().run())
+        if start_link:
+            self._spawn(link().run())
         self._spawn(expire())
 
 

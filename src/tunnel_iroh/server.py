@@ -28,6 +28,7 @@ from tunnel_core.iroh_session import (
     ServerStreamState,
     SessionLimiter,
     StartForwarding,
+    StartListening,
     StreamFailed,
     StreamRejected,
 )
@@ -35,8 +36,9 @@ from tunnel_core.iroh_session.auth import INVALID_PROOF_REASON, AuthAccepted, Au
 from tunnel_core.iroh_session.options import IrohServerOptions
 from tunnel_core.keys import format_endpoint_id
 from tunnel_core.policy import AccessPolicy
+from tunnel_core.reverse import REVERSE_SCHEME, cannot_listen
 from tunnel_core.types import Address
-from tunnel_core.wire import UdpFrameDecoder, WireError
+from tunnel_core.wire import SourceRequest, UdpFrameDecoder, WireError, encode_source_request
 from tunnel_iroh import ffi
 from tunnel_iroh.bridge import (
     READ_LIMIT,
@@ -181,7 +183,7 @@ class IrohServer:
                 except f.IrohError as exc:
                     log.info("Client %s disconnected: %s", remote_text, ffi.error_text(exc))
                     break
-                task = self._spawn(self._handle_stream(bi, remote_text, link))
+                task = self._spawn(self._handle_stream(bi, remote_text, link, conn))
                 streams.add(task)
                 task.add_done_callback(streams.discard)
         finally:
@@ -245,16 +247,19 @@ class IrohServer:
 
     # ------------------------------------------------------------------------------------------ streams
 
-    async def _handle_stream(self, bi: Any, client: str, link: DatagramLink) -> None:
+    async def _handle_stream(self, bi: Any, client: str, link: DatagramLink, conn: Any) -> None:
         permit = self.limiter.try_acquire()
         try:
-            await self._drive_stream(bi, ServerStream(self.policy, permit=permit, version=self.version), client,
-                                     link)
+            machine = ServerStream(self.policy, permit=permit, version=self.version,
+                                   allow_listen=self.options.allow_listen)
+            await self._drive_stream(bi, machine, client, link, conn)
         finally:
             if permit:
                 self.limiter.release()
 
-    async def _drive_stream(self, bi: Any, machine: ServerStream, client: str, link: DatagramLink) -> None:
+    async def _drive_stream(
+        self, bi: Any, machine: ServerStream, client: str, link: DatagramLink, conn: Any = None
+    ) -> None:
         f = ffi.load()
         send, recv = bi.send(), bi.recv()
         try:
@@ -286,6 +291,9 @@ class IrohServer:
                         machine.resolution_failed(str(exc))
                     else:
                         machine.resolved([str(info[4][0]) for info in infos])
+                elif isinstance(event, StartListening):
+                    await self._reverse(event, machine, send, recv, client, conn)
+                    return
                 elif isinstance(event, StreamRejected):
                     log.warning("Client %s: rejected %s: %s", client[:10], event.source, event.reason)
                 elif isinstance(event, StreamFailed):
@@ -302,6 +310,64 @@ class IrohServer:
                     return
         except f.IrohError as exc:
             log.debug("stream ended: %s", ffi.error_text(exc))
+
+    async def _reverse(
+        self, start: StartListening, machine: ServerStream, send: Any, recv: Any, client: str, conn: Any
+    ) -> None:
+        """A reverse forward --allow-listen permits: listen while the client's control stream lasts; each accepted
+        connection becomes a stream we open to the client, starting with the forward's request text."""
+        f = ffi.load()
+        header = encode_source_request(SourceRequest(source=REVERSE_SCHEME + start.text, version=self.version))
+        connections: set[asyncio.Task[Any]] = set()
+
+        async def carry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                connections.add(task)
+            tune_tcp(writer)
+            try:
+                bi = await conn.open_bi()
+                out, back = bi.send(), bi.recv()
+                await out.write_all(header)
+                await bridge_tcp(reader, writer, out, back)
+            except f.IrohError as exc:
+                log.warning("Client %s: reverse connection on %s not carried: %s", client[:10], start.text,
+                            ffi.error_text(exc))
+                writer.transport.abort()
+            finally:
+                if task is not None:
+                    connections.discard(task)
+
+        try:
+            listener = await asyncio.start_server(carry, start.ip, start.port, limit=TCP_LIMIT)
+        except OSError as exc:
+            # asyncio wraps the OS error in a long sentence; the OS's own words are what users search for
+            reason = cannot_listen(start.text, os.strerror(exc.errno) if exc.errno else str(exc))
+            log.warning("Client %s: %s", client[:10], reason)
+            machine.listen_failed(reason)
+            await self._send_events(machine, send)
+            return
+        log.info("Client %s: listening on TCP %s for the client's reverse forward", client[:10], start.text)
+        machine.listening()
+        try:
+            await self._send_events(machine, send)
+            while await recv.read(READ_LIMIT):  # the control stream: the forward lasts until the client ends it
+                pass
+        except f.IrohError:
+            pass
+        finally:
+            listener.close()
+            for task in list(connections):
+                task.cancel()
+            log.info("Client %s: reverse forward on %s closed", client[:10], start.text)
+
+    @staticmethod
+    async def _send_events(machine: ServerStream, send: Any) -> None:
+        while (event := machine.next_event()) is not None:
+            if isinstance(event, SendBytes):
+                await send.write_all(event.data)
+                if event.finish:
+                    await send.finish()
 
     async def _forward_tcp(self, start: StartForwarding, send: Any, recv: Any) -> None:
         try:

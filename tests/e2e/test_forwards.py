@@ -185,12 +185,17 @@ def test_reverse_forward_serves_a_client_side_http_server_only_with_allow_listen
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "index.html").write_text("from the client's side\n")
     granted, refused = programs.free_port(), programs.free_port()
-    with http_server(tmp_path / "www") as http_port:
+    busy = socket.socket()  # granted, but the server cannot bind it: the client is told in one line
+    busy.bind((LOOPBACK, 0))
+    busy.listen()
+    busy_port = busy.getsockname()[1]
+    with http_server(tmp_path / "www") as http_port, busy:
         with tunnel(
             f"tcp://{LOOPBACK}:{http_port}", allowed_tcp=("127.0.0.0/8",),
-            server_extra_args=("--allow-listen", f"{LOOPBACK}:{granted}"),
+            server_extra_args=("--allow-listen", f"{LOOPBACK}:{granted}", "--allow-listen", f"{LOOPBACK}:{busy_port}"),
             client_extra_args=("--reverse", f"{LOOPBACK}:{granted}=tcp://{LOOPBACK}:{http_port}",
-                               "--reverse", f"{LOOPBACK}:{refused}=tcp://{LOOPBACK}:{http_port}"),
+                               "--reverse", f"{LOOPBACK}:{refused}=tcp://{LOOPBACK}:{http_port}",
+                               "--reverse", f"{LOOPBACK}:{busy_port}=tcp://{LOOPBACK}:{http_port}"),
         ) as t:
             assert t.client is not None and t.server is not None
             t.server.wait_stderr(r"Listening on TCP .* for the client's reverse forward", 20)
@@ -200,7 +205,9 @@ def test_reverse_forward_serves_a_client_side_http_server_only_with_allow_listen
                                  rf"'{LOOPBACK}:{refused}' is not allowed", 20)
             with pytest.raises(OSError):
                 socket.create_connection((LOOPBACK, refused), timeout=2).close()
-            assert "Serving 2 of 3 forwards in one session" in t.server.stderr, t.logs()
+            t.client.wait_stderr(rf"Forward reverse {LOOPBACK}:{busy_port}=.* refused by the server: The server "
+                                 rf"cannot listen on {LOOPBACK}:{busy_port}: Address already in use", 20)
+            assert "Serving 2 of 4 forwards in one session" in t.server.stderr, t.logs()
 
 
 def test_config_file_forward_list_runs_and_the_command_line_replaces_it(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -44,10 +45,11 @@ def make_key(directory: Path, name: str, seed: int) -> tuple[Path, str]:
 class Proc:
     """A CLI process whose stderr is collected on a thread, so tests can wait for log lines."""
 
-    def __init__(self, *args: str) -> None:
-        env = dict(os.environ, TUNNEL_LOG="info", PYTHONUNBUFFERED="1")
+    def __init__(self, *args: str, wrapper: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
+        """``wrapper``: an argv prefix (e.g. a private /etc/hosts); ``env``: extra environment variables."""
+        env = {**os.environ, "TUNNEL_LOG": "info", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tunnel_asyncio.cli", *args], stdin=subprocess.DEVNULL,
+            [*wrapper, sys.executable, "-m", "tunnel_asyncio.cli", *args], stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         )
         self._lines: list[str] = []
@@ -103,8 +105,10 @@ class Proc:
 
 
 class IrohServerProc(Proc):
-    def __init__(self, key: Path, *args: str) -> None:
-        super().__init__("server", "iroh", "--secret-file", str(key), *OFFLINE, *args)
+    def __init__(
+        self, key: Path, *args: str, wrapper: Sequence[str] = (), env: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__("server", "iroh", "--secret-file", str(key), *OFFLINE, *args, wrapper=wrapper, env=env)
         self.addr = self.wait_for(r"Listening on (127\.0\.0\.1:\d+)").group(1)
         self.node_id = self.wait_for(r"Server EndpointId: ([0-9a-f]{64})").group(1)
 

@@ -9,15 +9,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 
 
 class Proc:
     """One `tunnel` process; stderr collected line by line (stdout unused by the nostr commands)."""
 
-    def __init__(self, argv: list[str]) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-c", "import sys; from tunnel_asyncio.cli import main; "
-                                      "sys.exit(main())", *argv], stdout=subprocess.DEVNULL,
+    def __init__(self, argv: list[str], *, wrapper: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
+        """``wrapper``: an argv prefix (e.g. a private /etc/hosts); ``env``: extra environment variables."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        main = "import sys; from tunnel_asyncio.cli import main; sys.exit(main())"
+        self.proc = subprocess.Popen([*wrapper, sys.executable, "-c", main, *argv], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

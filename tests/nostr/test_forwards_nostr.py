@@ -1,5 +1,7 @@
 """Several forwards over one ice-nostr connection (issue 17), real processes: a TCP echo and a UDP echo through
-one client, a third forward refused by the server's allowlist and named on both sides while the others work."""
+one client, a third forward refused by the server's allowlist and named on both sides while the others work; a
+client with only a SOCKS5 listener and reverse forwards (the manual mode's checks, tests/e2e/forward_checks.py);
+a SOCKS5-only client against an older server stops with one clear error."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from tests.e2e import forward_checks as checks
 from tests.nostr.conftest import TEST_KIND, LocalRelay, free_port
 from tests.nostr.procs import Proc
 
@@ -16,6 +20,9 @@ from tunnel_core.nostr.keys import SecretKey
 
 SERVER = SecretKey.generate(os.urandom)
 CLIENT = SecretKey.generate(os.urandom)
+
+
+COMMON = ["--no-stun", "--host-candidate", "127.0.0.1", "--event-kind"]
 
 
 def _echo_servers() -> tuple[socket.socket, socket.socket]:
@@ -85,3 +92,51 @@ def test_tcp_and_udp_forwards_over_one_nostr_session(relay: LocalRelay) -> None:
         tcp.close()
         udp.close()
     assert codes == [0, 0], server.text
+
+
+@pytest.mark.timeout(90)
+def test_socks5_and_reverse_forwards_over_one_nostr_session(relay: LocalRelay, tmp_path: Path) -> None:
+    common = ["--relay", relay.url, *COMMON, str(TEST_KIND)]
+    granted, busy, refused, holder = checks.reverse_ports()
+    socks_port = free_port()
+    client = server = None
+    try:
+        with checks.targets(tmp_path) as t:
+            server = Proc(["server", "nostr", "--nsec", SERVER.nsec, "--peer-npub", CLIENT.public_key.npub,
+                           "--allowed-tcp", "127.0.0.1/32", "--allow-listen", f"127.0.0.1:{granted}",
+                           "--allow-listen", f"127.0.0.1:{busy}", *common], wrapper=checks.hosts_wrapper(tmp_path))
+            server.wait_for("Waiting for tunnel requests")
+            client = Proc(["client", "nostr", "--nsec", CLIENT.nsec, "--peer-npub", SERVER.public_key.npub,
+                           "--socks5", f"127.0.0.1:{socks_port}",
+                           *(arg for port in (granted, busy, refused)
+                             for arg in ("--reverse", f"127.0.0.1:{port}=tcp://127.0.0.1:{t.client_http}")),
+                           *common])
+            client.wait_for("Listening on SOCKS5", 30)
+            for line in checks.reverse_refusals(granted, busy, refused, t.client_http):
+                client.wait_for(line)
+            checks.check_socks(f"socks5h://127.0.0.1:{socks_port}", t, lambda: server.text if server else "")
+            checks.check_reverse(granted, t)
+            server.wait_for("Serving 2 of 4 forwards in one session")
+            assert sum("Client connected over QUIC." in line for line in server.lines) == 1, server.text
+    finally:
+        codes = [client.stop() if client else 0, server.stop() if server else 0]
+        holder.close()
+    assert codes == [0, 0], server.text if server else ""
+
+
+@pytest.mark.timeout(60)
+def test_socks5_only_client_against_an_older_server_is_one_clear_error(relay: LocalRelay, tmp_path: Path) -> None:
+    common = ["--relay", relay.url, *COMMON, str(TEST_KIND)]
+    server = Proc(["server", "nostr", "--nsec", SERVER.nsec, "--peer-npub", CLIENT.public_key.npub,
+                   "--allowed-tcp", "127.0.0.1/32", *common], env=checks.old_tunnel(tmp_path))
+    try:
+        server.wait_for("Waiting for tunnel requests")
+        client = Proc(["client", "nostr", "--nsec", CLIENT.nsec, "--peer-npub", SERVER.public_key.npub,
+                       "--socks5", f"127.0.0.1:{free_port()}", *common])
+        code = client.wait(30)
+    finally:
+        server.stop()
+    errors = [line for line in client.lines if line.startswith("Error:")]
+    assert errors == ["Error: The server does not support dynamic forwarding (--socks5) (upstream tunnel-rs or an "
+                      "older tunnel)"], client.text
+    assert code == 1

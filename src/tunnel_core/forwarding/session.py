@@ -69,9 +69,8 @@ from tunnel_core.policy import AccessPolicy, Decision, NeedsResolution, PolicyEr
 from tunnel_core.quic.connection import TunnelQuicConnection
 from tunnel_core.socks5 import CONNECTION_REFUSED as SOCKS_CONNECTION_REFUSED
 from tunnel_core.socks5 import GENERAL_FAILURE as SOCKS_GENERAL_FAILURE
-from tunnel_core.socks5 import HOST_UNREACHABLE as SOCKS_HOST_UNREACHABLE
-from tunnel_core.socks5 import NOT_ALLOWED as SOCKS_NOT_ALLOWED
 from tunnel_core.socks5 import SUCCEEDED as SOCKS_SUCCEEDED
+from tunnel_core.socks5 import refusal_code as socks_refusal_code
 from tunnel_core.types import Address
 from tunnel_core.wire import (
     MAX_UDP_DATAGRAM,
@@ -621,7 +620,7 @@ class ForwardingSession:
             self._events.append(DynamicReply(flow.flow_id, SOCKS_SUCCEEDED))
             return
         reason = response.reason or ""
-        code = SOCKS_HOST_UNREACHABLE if "DNS resolution" in reason else SOCKS_NOT_ALLOWED
+        code = socks_refusal_code(reason)
         log.info("Dynamic target refused by the server: %s", reason)
         self._refuse_dynamic(flow, code)
 

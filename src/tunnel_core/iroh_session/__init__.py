@@ -30,6 +30,7 @@ from tunnel_core.iroh_session.server import (
     ServerStream,
     ServerStreamState,
     StartForwarding,
+    StartListening,
     StreamFailed,
     StreamRejected,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "SourceAccepted",
     "SourceRejected",
     "StartForwarding",
+    "StartListening",
     "StreamFailed",
     "StreamRejected",
     "describe_path",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 
 from tunnel_core.iroh_session.constants import DEFAULT_MAX_SESSIONS
-from tunnel_core.options import DEFAULT_RECONNECT_TIMEOUT, Forward
+from tunnel_core.options import DEFAULT_RECONNECT_TIMEOUT, Forward, SocksListen
 
 
 @attrs.frozen
@@ -45,6 +45,8 @@ class IrohServerOptions:
     authorized_keys: tuple[bytes, ...] = ()
     #: E4 only: (public key, comment) of the authorized-keys entries, for the "authenticated ... as <comment>" log.
     authorized_key_comments: tuple[tuple[bytes, str], ...] = ()
+    #: Reverse forwards (docs/forwards.md): the exact ip:port addresses a client may ask this server to listen on.
+    allow_listen: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -52,11 +54,15 @@ class IrohClientOptions:
     """``tunnel client iroh``: expose the server's ``source`` at the local ``target``."""
 
     server_id: bytes
-    source: str
-    target: str
-    #: More TCP forwards over the same connection (``--forward``; docs/forwards.md): each stream's SourceRequest
-    #: names its own source, so upstream's server serves them as it is.
+    #: The first forward; both None for a client with only other forwards (``[[forward]]``, SOCKS5, reverse).
+    source: str | None
+    target: str | None
+    #: More TCP and UDP forwards over the same connection (``--forward``; docs/forwards.md): each stream's
+    #: SourceRequest names its own source, so upstream's server serves them as it is.
     extra_forwards: tuple[Forward, ...] = ()
+    #: A dynamic (SOCKS5) forward: each CONNECT is a stream asking for its target; reverse forwards (ours).
+    socks5: SocksListen | None = None
+    reverse: tuple[Forward, ...] = ()
     #: Persistent identity (what the server allowlists); None means a fresh identity for this run.
     secret_key: bytes | None = None
     #: ``ip:port`` addresses of the server to dial directly (no discovery needed).

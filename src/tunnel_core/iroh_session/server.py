@@ -20,7 +20,8 @@ import attrs
 
 from tunnel_core.errors import LocalProtocolError
 from tunnel_core.iroh_session.constants import INVALID_PROTOCOL_REASON, PROTOCOL_VERSION_E2, SESSION_LIMIT_REASON
-from tunnel_core.policy import AccessPolicy, Decision, NeedsResolution, PolicyError, Source, parse_source
+from tunnel_core.policy import AccessPolicy, Decision, NeedsResolution, PolicyError, Source, parse_source, parse_target
+from tunnel_core.reverse import REVERSE_SCHEME, listen_allowed, listen_refusal
 from tunnel_core.types import Address
 from tunnel_core.wire import (
     MessageReader,
@@ -34,6 +35,7 @@ from tunnel_core.wire import (
 class ServerStreamState(enum.Enum):
     AWAIT_REQUEST = "await-request"
     AWAIT_RESOLUTION = "await-resolution"
+    AWAIT_LISTENER = "await-listener"
     FORWARDING = "forwarding"
     REJECTED = "rejected"
     FAILED = "failed"
@@ -70,6 +72,17 @@ class StartForwarding:
 
 
 @attrs.frozen
+class StartListening:
+    """A reverse forward (ours, docs/forwards.md) that ``--allow-listen`` permits: bind ``ip:port``, then report
+    with ``listening()`` or ``listen_failed(reason)``. The stream stays open as the forward's control stream: the
+    listener lives until it ends."""
+
+    text: str
+    ip: str
+    port: int
+
+
+@attrs.frozen
 class StreamRejected:
     """The request was refused; the reason has been queued for the client. For the server's log."""
 
@@ -84,15 +97,16 @@ class StreamFailed:
     error: str
 
 
-ServerStreamEvent = SendBytes | ResolveHost | StartForwarding | StreamRejected | StreamFailed
+ServerStreamEvent = SendBytes | ResolveHost | StartForwarding | StartListening | StreamRejected | StreamFailed
 
 
 class ServerStream:
     """One forwarding stream on the server, from its first byte to the forwarding decision."""
 
     def __init__(self, policy: AccessPolicy, *, permit: bool, version: int = PROTOCOL_VERSION_E2,
-                 datagrams: bool = True) -> None:
+                 datagrams: bool = True, allow_listen: Sequence[str] = ()) -> None:
         self._policy = policy
+        self._allow_listen = tuple(allow_listen)
         self._version = version
         self._datagrams = datagrams  # take a client's offer of QUIC datagrams for UDP (docs/datagrams.md)
         self._flow: int | None = None
@@ -144,6 +158,17 @@ class ServerStream:
         source = self._expect_resolution()
         self._conclude(self._policy.resolution_failed(source, error))
 
+    def listening(self) -> None:
+        """The reverse forward's listener is bound: accept the request."""
+        self._expect_listener()
+        self.state = ServerStreamState.FORWARDING
+        self._events.append(SendBytes(encode_source_response(SourceResponse(accepted=True, version=self._version))))
+
+    def listen_failed(self, reason: str) -> None:
+        """The listener could not be bound (port in use, permission): the client is told why."""
+        self._expect_listener()
+        self._reject(reason)
+
     # ------------------------------------------------------------------------------------------ outputs
 
     def next_event(self) -> ServerStreamEvent | None:
@@ -161,8 +186,15 @@ class ServerStream:
             raise LocalProtocolError(f"no resolution pending (state {self.state.value})")
         return self._source
 
+    def _expect_listener(self) -> None:
+        if self.state is not ServerStreamState.AWAIT_LISTENER:
+            raise LocalProtocolError(f"no listener pending (state {self.state.value})")
+
     def _judge(self, text: str) -> None:
         self._source_text = text
+        if text.startswith(REVERSE_SCHEME):
+            self._judge_reverse(text[len(REVERSE_SCHEME):])
+            return
         # Upstream tests the prefix case-sensitively before parsing; keep that so both servers answer alike.
         if not (text.startswith("tcp://") or text.startswith("udp://")):
             self._reject(INVALID_PROTOCOL_REASON)
@@ -179,6 +211,18 @@ class ServerStream:
             self._events.append(ResolveHost(verdict.host, verdict.port))
             return
         self._conclude(verdict)
+
+    def _judge_reverse(self, listen: str) -> None:
+        try:
+            ip, port = parse_target(listen)
+        except PolicyError as exc:
+            self._reject(str(exc))
+            return
+        if not listen_allowed(self._allow_listen, ip, port):
+            self._reject(listen_refusal(listen))
+            return
+        self.state = ServerStreamState.AWAIT_LISTENER
+        self._events.append(StartListening(listen, ip, port))
 
     def _conclude(self, decision: Decision) -> None:
         if not decision.allowed:

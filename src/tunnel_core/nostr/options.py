@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from tunnel_core.nostr.constants import KIND
-from tunnel_core.options import DEFAULT_RECONNECT_TIMEOUT, Forward, IceOptions
+from tunnel_core.options import DEFAULT_RECONNECT_TIMEOUT, Forward, IceOptions, SocksListen
 
 #: Upstream E3's default relays (reference 5.7). Tests always pass their own local relay.
 DEFAULT_RELAYS: tuple[str, ...] = (
@@ -39,6 +39,8 @@ class NostrServerOptions:
     #: Upstream's kind 24242 by default. Some relays refuse it (it is also Blossom's authorization kind, and
     #: nostr-sdk's relay blacklists it), so another ephemeral kind can be agreed on both sides.
     event_kind: int = KIND
+    #: Reverse forwards (docs/forwards.md): the exact ip:port addresses a client may ask this server to listen on.
+    allow_listen: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -47,10 +49,14 @@ class NostrClientOptions:
 
     nsec: str
     peer_npub: str
-    source: str
-    target: str
+    #: The first forward; both None for a client with only a SOCKS5 listener and/or reverse forwards.
+    source: str | None
+    target: str | None
     #: More forwards over the same connection (docs/forwards.md); each names its protocol in its source URL.
     extra_forwards: tuple[Forward, ...] = ()
+    #: A dynamic (SOCKS5) forward, last among the local forwards; reverse forwards (docs/forwards.md).
+    socks5: SocksListen | None = None
+    reverse: tuple[Forward, ...] = ()
     relays: tuple[str, ...] = DEFAULT_RELAYS
     ice: IceOptions = attrs.field(factory=IceOptions)
     republish_interval: float = DEFAULT_CLIENT_REPUBLISH

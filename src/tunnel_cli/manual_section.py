@@ -25,6 +25,7 @@ from tunnel_cli.config import (
     ConfigFile,
     blank_is_none,
     read_congestion,
+    read_udp_over,
     show_value,
     string_list,
     string_value,
@@ -48,6 +49,7 @@ class ManualSection:
     host_candidates: tuple[str, ...] = ()
     packet_size: int | None = None
     congestion: str | None = None
+    udp_over: str | None = None
     turn_servers: tuple[str, ...] = ()
     turn_user: str | None = None
     turn_password: str | None = attrs.field(default=None, repr=False)
@@ -58,7 +60,7 @@ ALLOWED_SOURCES_KEYS = frozenset({"tcp", "udp"})
 _MANUAL_KEYS = frozenset({
     "stun_servers", "allowed_sources", "request_source", "source", "target", "host_candidates", "packet_size",
     "transport", "turn_servers", "turn_user", "turn_password", "turn_password_file",
-    "congestion",
+    "congestion", "udp_over",
 })
 
 
@@ -170,6 +172,7 @@ def manual_section(
         host_candidates=hosts,
         packet_size=packet_size,
         congestion=read_congestion(config, table, name),
+        udp_over=read_udp_over(config, table, name),
     )
 
 

@@ -347,7 +347,8 @@ class IrohClient:
         return transport
 
     async def _start_udp(self, host: str, port: int) -> None:
-        send, recv, payload = await self.open_source_stream(datagram_flow=UDP_FLOW)
+        offer = None if self.options.udp_over == "stream" else UDP_FLOW
+        send, recv, payload = await self.open_source_stream(datagram_flow=offer)
         if self.datagram_flow is not None:
             await self._start_udp_flows(host, port, (send, recv, payload))
             return

@@ -248,7 +248,8 @@ class IrohServer:
     async def _handle_stream(self, bi: Any, client: str, link: DatagramLink) -> None:
         permit = self.limiter.try_acquire()
         try:
-            await self._drive_stream(bi, ServerStream(self.policy, permit=permit, version=self.version), client,
+            await self._drive_stream(bi, ServerStream(self.policy, permit=permit, version=self.version,
+                                                                   datagrams=self.options.udp_over != "stream"), client,
                                      link)
         finally:
             if permit:

@@ -45,6 +45,8 @@ class IrohServerOptions:
     authorized_keys: tuple[bytes, ...] = ()
     #: E4 only: (public key, comment) of the authorized-keys entries, for the "authenticated ... as <comment>" log.
     authorized_key_comments: tuple[tuple[bytes, str], ...] = ()
+    #: "stream": never take a client's offer of QUIC datagrams (UDP stays u16-framed on its stream, as upstream).
+    udp_over: str = "datagrams"
 
 
 @attrs.frozen
@@ -68,3 +70,5 @@ class IrohClientOptions:
     auth_seed: bytes | None = None
     #: How long a lost connection is dialled again before giving up (exit 11); 0 exits at once (docs/reconnect.md).
     reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
+    #: "stream": make no datagram offer (upstream's SourceRequest bytes, one stream, replies to the last sender).
+    udp_over: str = "datagrams"

@@ -230,6 +230,7 @@ class WireGuardPair:
     ns_a: str
     ns_b: str
     endpoint_a: tuple[str, int]
+    mtu: int = WG_MTU
     workdir: Path = attrs.field(factory=lambda: Path(tempfile.mkdtemp(prefix="tunnel-wg-")))
     _procs: list[subprocess.Popen[bytes]] = attrs.field(factory=list)
 
@@ -272,7 +273,7 @@ class WireGuardPair:
                 argv[3:3] = ["listen-port", str(WG_PORT_B)]
             run(in_ns(ns, argv))
             run(["ip", "-n", ns, "addr", "add", f"{WG_IP[side]}/24", "dev", iface])
-            run(["ip", "-n", ns, "link", "set", iface, "mtu", str(WG_MTU), "up"])
+            run(["ip", "-n", ns, "link", "set", iface, "mtu", str(self.mtu), "up"])
 
     def log(self, side: str) -> str:
         path = self.workdir / f"wireguard-go-{side}.log"

@@ -169,20 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python benchmarks/bench_wireguard.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, load average at "
           f"start {load:.2f}. Command: `{command}`.\n", flush=True)
-    results = []
-    with congestion_controls_allowed(args.cc):
-        for name in args.profile or ["wifi"]:
-            result = run_profile(name, rows, seconds, pings, args.cc, args.wg_mtu)
-            results.append(result)
-            print(table(result) + "\n", flush=True)
+    results: list[dict[str, Any]] = []
+    try:
+        with congestion_controls_allowed(args.cc):
+            for name in args.profile or ["wifi"]:
+                results.append(run_profile(name, rows, seconds, pings, args.cc, args.wg_mtu))
+                print(table(results[-1]) + "\n", flush=True)
+    except KeyboardInterrupt:  # SIGTERM too (above): every lab's context manager has torn it down by now
+        log("interrupted; labs torn down")
+        return 130
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; labs torn down", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(main())

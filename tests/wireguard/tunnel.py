@@ -129,12 +129,8 @@ class TunnelInNamespaces:
             if proc is not None and proc.running():
                 proc.stop(timeout=5.0)
         if self.relay is not None and self.relay.poll() is None:
-            self.relay.terminate()
-            try:
-                self.relay.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # nostr-sdk's relay can ignore SIGTERM on a busy machine
-                self.relay.kill()
-                self.relay.wait(timeout=5)
+            self.relay.kill()  # a throw-away test relay (nostr-sdk's can ignore SIGTERM): nothing to shut down cleanly
+            self.relay.wait(timeout=5)
 
     def logs(self) -> str:
         return "\n".join(p.describe() for p in (self.server, self.client) if p is not None)

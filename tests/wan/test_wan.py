@@ -2,6 +2,10 @@
 
 Nothing here is timed: every assertion is about correctness (hashes, survival, datagrams intact); every wait is
 bounded. Speed on these paths is what benchmarks/bench_wan.py reports.
+
+The two long scenarios - 8 MiB through a lossy link (slow: loss-based congestion control) and an address change
+(up to ICE consent's 30 s) - mostly wait, so they start in their own labs when the module starts and run while the
+other tests do; their tests, last in the file, assert on what they found.
 """
 
 from __future__ import annotations
@@ -10,46 +14,56 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from tests.nat.lab import is_root, reap_stale_labs
 from tests.nat.modes import ManualMode
 from tests.wan.lab import NatWanLab, Profile, WanLab, link_delta
-from tests.wan.tunnels import PYTHON, Pair, probe, service, start_manual
+from tests.wan.tunnels import PYTHON, probe, service, start_manual
 
 pytestmark = [pytest.mark.wan, pytest.mark.timeout(600)]
 
 LOSSY = Profile("lossy", delay_ms=25, loss=0.02)  # 50 ms round trip, 2 % loss each way
 
 
-@pytest.fixture
-def lab() -> Iterator[WanLab]:
+def _require_root() -> None:
     if not is_root():
         pytest.fail("the WAN lab builds network namespaces and must run as root (CI does)", pytrace=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def background() -> Iterator[dict[str, Future[dict[str, Any]]]]:
+    """The long scenarios, started once for the module, each in its own lab; leaving waits for both."""
+    _require_root()
     reap_stale_labs()
+    with ThreadPoolExecutor(2) as pool:
+        yield {"lossy": pool.submit(_lossy_transfer), "move": pool.submit(_address_change)}
+
+
+@pytest.fixture
+def lab() -> Iterator[WanLab]:
+    _require_root()
     with WanLab(profile=LOSSY) as lab:
         yield lab
 
 
-@pytest.fixture
-def tcp_tunnel(lab: WanLab) -> Iterator[Pair]:
-    hasher = service(lab, "b", "tcp-hash", "127.0.0.1", 7000)
-    pair = start_manual(lab, lab.addr, 7000)
-    try:
-        pair.wait_listening()
-        yield pair
-    finally:
-        pair.close()
-        hasher.stop()
-
-
-def test_8_mib_cross_a_lossy_50ms_link_intact(lab: WanLab, tcp_tunnel: Pair) -> None:
-    assert lab.link is not None
-    before = lab.link.stats()
-    result = probe(lab, "a", "send", "127.0.0.1", 7000, "--count", str(8 << 20), "--timeout", "240", timeout=300)
-    delta = link_delta(before, lab.link.stats())
-    assert result.get("ok") is True, f"{result}\n{tcp_tunnel.describe()}"
-    assert delta["drop_loss"] > 0, delta  # the link really lost packets on the way
+def _lossy_transfer() -> dict[str, Any]:
+    """8 MiB through a manual-mode tunnel over 50 ms and 2 % loss each way, hashed on arrival."""
+    with WanLab(profile=LOSSY) as lab:
+        assert lab.link is not None
+        hasher = service(lab, "b", "tcp-hash", "127.0.0.1", 7000)
+        pair = start_manual(lab, lab.addr, 7000)
+        try:
+            pair.wait_listening()
+            before = lab.link.stats()
+            result = probe(lab, "a", "send", "127.0.0.1", 7000, "--count", str(8 << 20), "--timeout", "240",
+                           timeout=300)
+            return {"result": result, "delta": link_delta(before, lab.link.stats()), "logs": pair.describe()}
+        finally:
+            pair.close()
+            hasher.stop()
 
 
 def test_tunnel_survives_a_2s_cut_and_data_sent_across_it_arrives(lab: WanLab) -> None:
@@ -156,30 +170,53 @@ def _read_exactly(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
 
 
 
-def test_server_address_change_keeps_forwarding_or_ends_cleanly(lab: WanLab) -> None:
+def _address_change() -> dict[str, Any]:
+    """b's address changes under a running tunnel; what the client did within 60 s."""
+    with WanLab(profile=LOSSY) as lab:
+        assert lab.link is not None
+        lab.link.set(loss=0)
+        echo = service(lab, "b", "tcp-echo", "127.0.0.1", 7003)
+        pair = start_manual(lab, lab.addr, 7003)
+        try:
+            pair.wait_listening()
+            before = probe(lab, "a", "rr", "127.0.0.1", 7003, "--rate", "20", "--seconds", "0.5")
+            lab.move("b", "203.0.113.3")
+            deadline = time.monotonic() + 60  # ICE consent freshness gives up after 30 s at the latest
+            after: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                after = probe(lab, "a", "rr", "127.0.0.1", 7003, "--rate", "20", "--seconds", "0.5")
+                if after["n"] >= 3 or pair.client.proc.poll() is not None:
+                    break
+                time.sleep(0.2)
+            code = pair.client.proc.poll()
+            if code is not None:
+                code = pair.client.proc.wait(timeout=10)
+            error_line = pair.client.wait_line(r"^Error: ", 5) is not None if code is not None else None
+            return {"before": before, "after": after, "exit": code, "error_line": error_line,
+                    "logs": pair.describe()}
+        finally:
+            pair.close()
+            echo.stop()
+
+
+# --------------------------------------------------------------------------- the background scenarios' tests
+
+
+def test_8_mib_cross_a_lossy_50ms_link_intact(background: dict[str, Future[dict[str, Any]]]) -> None:
+    found = background["lossy"].result(timeout=400)
+    assert found["result"].get("ok") is True, f"{found['result']}\n{found['logs']}"
+    assert found["delta"]["drop_loss"] > 0, found["delta"]  # the link really lost packets on the way
+
+
+def test_server_address_change_keeps_forwarding_or_ends_cleanly(
+        background: dict[str, Future[dict[str, Any]]]) -> None:
     """Roaming: b's address changes under a running tunnel. Today both ends notice at once (sends from the vanished
     address fail) and stop with ICE consent lost; a later ICE restart / QUIC migration may keep the tunnel. Either is
     fine; what may not happen is a tunnel that neither forwards nor says so."""
-    assert lab.link is not None
-    lab.link.set(loss=0)
-    echo = service(lab, "b", "tcp-echo", "127.0.0.1", 7003)
-    pair = start_manual(lab, lab.addr, 7003)
-    try:
-        pair.wait_listening()
-        before = probe(lab, "a", "rr", "127.0.0.1", 7003, "--rate", "20", "--seconds", "0.5")
-        assert before["n"] >= 3, f"{before}\n{pair.describe()}"
-        lab.move("b", "203.0.113.3")
-        deadline = time.monotonic() + 60  # ICE consent freshness gives up after 30 s at the latest
-        while time.monotonic() < deadline:
-            after = probe(lab, "a", "rr", "127.0.0.1", 7003, "--rate", "20", "--seconds", "0.5")
-            if after["n"] >= 3 or pair.client.proc.poll() is not None:
-                break
-            time.sleep(1)
-        if pair.client.proc.poll() is None:
-            assert after["n"] >= 3, f"neither forwarding nor ended: {after}\n{pair.describe()}"
-        else:
-            assert pair.client.proc.wait(timeout=10) == 11, pair.describe()  # 11: the tunnel was up and was lost
-            assert pair.client.wait_line(r"^Error: ", 5) is not None, pair.describe()
-    finally:
-        pair.close()
-        echo.stop()
+    found = background["move"].result(timeout=400)
+    assert found["before"]["n"] >= 3, f"{found['before']}\n{found['logs']}"
+    if found["exit"] is None:
+        assert found["after"]["n"] >= 3, f"neither forwarding nor ended: {found['after']}\n{found['logs']}"
+    else:
+        assert found["exit"] == 11, found["logs"]  # 11: the tunnel was up and was lost
+        assert found["error_line"], found["logs"]

@@ -10,6 +10,7 @@ other tests do; their tests, last in the file, assert on what they found.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -21,7 +22,7 @@ import pytest
 from tests.nat.lab import is_root, reap_stale_labs
 from tests.nat.modes import ManualMode
 from tests.wan.lab import NatWanLab, Profile, WanLab, link_delta
-from tests.wan.tunnels import PYTHON, probe, service, start_manual
+from tests.wan.tunnels import PYTHON, Pair, probe, service, start_manual
 
 pytestmark = [pytest.mark.wan, pytest.mark.timeout(600)]
 
@@ -49,30 +50,32 @@ def lab() -> Iterator[WanLab]:
         yield lab
 
 
+@contextlib.contextmanager
+def _tunnel_to(lab: WanLab, kind: str, port: int, proto: str = "tcp") -> Iterator[Pair]:
+    """A probe.py service (``kind``) on b's loopback and a manual-mode tunnel to it, listening on a's."""
+    target = service(lab, "b", kind, "127.0.0.1", port)
+    pair = start_manual(lab, lab.addr, port, proto=proto)
+    try:
+        pair.wait_listening()
+        yield pair
+    finally:
+        pair.close()
+        target.stop()
+
+
 def _lossy_transfer() -> dict[str, Any]:
     """8 MiB through a manual-mode tunnel over 50 ms and 2 % loss each way, hashed on arrival."""
-    with WanLab(profile=LOSSY) as lab:
+    with WanLab(profile=LOSSY) as lab, _tunnel_to(lab, "tcp-hash", 7000) as pair:
         assert lab.link is not None
-        hasher = service(lab, "b", "tcp-hash", "127.0.0.1", 7000)
-        pair = start_manual(lab, lab.addr, 7000)
-        try:
-            pair.wait_listening()
-            before = lab.link.stats()
-            result = probe(lab, "a", "send", "127.0.0.1", 7000, "--count", str(8 << 20), "--timeout", "240",
-                           timeout=300)
-            return {"result": result, "delta": link_delta(before, lab.link.stats()), "logs": pair.describe()}
-        finally:
-            pair.close()
-            hasher.stop()
+        before = lab.link.stats()
+        result = probe(lab, "a", "send", "127.0.0.1", 7000, "--count", str(8 << 20), "--timeout", "240", timeout=300)
+        return {"result": result, "delta": link_delta(before, lab.link.stats()), "logs": pair.describe()}
 
 
 def test_tunnel_survives_a_2s_cut_and_data_sent_across_it_arrives(lab: WanLab) -> None:
     assert lab.link is not None
     lab.link.set(loss=0)
-    echo = service(lab, "b", "tcp-echo", "127.0.0.1", 7001)
-    pair = start_manual(lab, lab.addr, 7001)
-    try:
-        pair.wait_listening()
+    with _tunnel_to(lab, "tcp-echo", 7001) as pair:
         sock = _connect_in(lab, pair.listen_port)
         try:
             sock.sendall(b"before the cut\n")
@@ -89,34 +92,24 @@ def test_tunnel_survives_a_2s_cut_and_data_sent_across_it_arrives(lab: WanLab) -
         assert pair.alive(), pair.describe()
         stats = lab.link.stats()
         assert stats["ab"]["drop_cut"] + stats["ba"]["drop_cut"] > 0, stats  # the cut really cut something
-    finally:
-        pair.close()
-        echo.stop()
 
 
 def test_udp_forwarder_delivers_under_loss(lab: WanLab) -> None:
     assert lab.link is not None
     lab.link.set(loss=0.05)
-    echo = service(lab, "b", "udp-echo", "127.0.0.1", 7002)
-    pair = start_manual(lab, lab.addr, 7002, proto="udp")
-    try:
-        pair.wait_listening()
+    with _tunnel_to(lab, "udp-echo", 7002, proto="udp") as pair:
         result = probe(lab, "a", "udp-rr", "127.0.0.1", pair.listen_port, "--rate", "50", "--seconds", "4")
         assert result["corrupt"] == 0, result
         assert result["received"] >= result["sent"] // 2, f"{result}\n{pair.describe()}"
-        # The link really lost packets under the datagrams (the ICE modes carry UDP on a QUIC stream, so lost
-        # packets are retransmitted: all may arrive, late; what must hold is that none arrives damaged).
+        # The link really lost packets under the datagrams (UDP rides QUIC datagrams between two of ours, so what
+        # the link lost stays lost - docs/datagrams.md; what must hold is that none arrives damaged).
         stats = lab.link.stats()
         assert stats["ab"]["drop_loss"] + stats["ba"]["drop_loss"] > 0, stats
-    finally:
-        pair.close()
-        echo.stop()
 
 
 def test_manual_mode_between_two_nated_sites_over_a_delayed_lossy_wan() -> None:
     """The composition: the NAT lab with router A's WAN cable replaced by a 20 ms, 1 % loss link."""
-    if not is_root():
-        pytest.fail("the WAN lab builds network namespaces and must run as root (CI does)", pytrace=False)
+    _require_root()
     wan = Profile("site", delay_ms=20, loss=0.01, rate_mbit=50)
     with NatWanLab("prc", "prc", turn=False, wan_profiles={"A": wan}) as lab:
         pair = ManualMode().start(lab, turn=False)
@@ -172,31 +165,21 @@ def _read_exactly(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
 
 def _address_change() -> dict[str, Any]:
     """b's address changes under a running tunnel; what the client did within 60 s."""
-    with WanLab(profile=LOSSY) as lab:
-        assert lab.link is not None
-        lab.link.set(loss=0)
-        echo = service(lab, "b", "tcp-echo", "127.0.0.1", 7003)
-        pair = start_manual(lab, lab.addr, 7003)
-        try:
-            pair.wait_listening()
-            before = probe(lab, "a", "rr", "127.0.0.1", 7003, "--rate", "20", "--seconds", "0.5")
-            lab.move("b", "203.0.113.3")
-            deadline = time.monotonic() + 60  # ICE consent freshness gives up after 30 s at the latest
-            after: dict[str, Any] = {}
-            while time.monotonic() < deadline:
-                after = probe(lab, "a", "rr", "127.0.0.1", 7003, "--rate", "20", "--seconds", "0.5")
-                if after["n"] >= 3 or pair.client.proc.poll() is not None:
-                    break
-                time.sleep(0.2)
-            code = pair.client.proc.poll()
-            if code is not None:
-                code = pair.client.proc.wait(timeout=10)
-            error_line = pair.client.wait_line(r"^Error: ", 5) is not None if code is not None else None
-            return {"before": before, "after": after, "exit": code, "error_line": error_line,
-                    "logs": pair.describe()}
-        finally:
-            pair.close()
-            echo.stop()
+    with WanLab(profile=Profile("clean", delay_ms=25)) as lab, _tunnel_to(lab, "tcp-echo", 7003) as pair:
+        before = probe(lab, "a", "rr", "127.0.0.1", 7003, "--rate", "20", "--seconds", "0.5")
+        lab.move("b", "203.0.113.3")
+        deadline = time.monotonic() + 60  # ICE consent freshness gives up after 30 s at the latest
+        after: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            after = probe(lab, "a", "rr", "127.0.0.1", 7003, "--rate", "20", "--seconds", "0.5")
+            if after["n"] >= 3 or pair.client.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        code = pair.client.proc.poll()
+        if code is not None:
+            code = pair.client.proc.wait(timeout=10)
+        error_line = pair.client.wait_line(r"^Error: ", 5) is not None if code is not None else None
+        return {"before": before, "after": after, "exit": code, "error_line": error_line, "logs": pair.describe()}
 
 
 # --------------------------------------------------------------------------- the background scenarios' tests

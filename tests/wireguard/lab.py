@@ -223,14 +223,19 @@ def _keypair() -> tuple[str, str]:
 
 @attrs.define
 class WireGuardPair:
-    """wireguard-go interfaces ``wgA`` in ``ns_a`` (peer endpoint ``endpoint_a``: the tunnel client's listener, or
-    B's path address for plain WireGuard) and ``wgB`` in ``ns_b`` (listening on ``WG_PORT_B``, learning its peer's
-    endpoint from the first handshake)."""
+    """wireguard-go interfaces ``<tag>A`` in ``ns_a`` (peer endpoint ``endpoint_a``: the tunnel client's listener, or
+    B's path address for plain WireGuard) and ``<tag>B`` in ``ns_b`` (listening on ``WG_PORT_B``, learning its
+    peer's endpoint from the first handshake).
+
+    The names are unique per pair (``tag``): wireguard-go's control socket is ``/var/run/wireguard/<name>.sock``,
+    shared by every network namespace, so two pairs with the same names (two labs at once, two test runs) would
+    configure each other's interfaces."""
 
     ns_a: str
     ns_b: str
     endpoint_a: tuple[str, int]
     mtu: int = WG_MTU
+    tag: str = attrs.field(factory=lambda: f"w{os.getpid() % 100000}x{next(_counter)}")
     workdir: Path = attrs.field(factory=lambda: Path(tempfile.mkdtemp(prefix="tunnel-wg-")))
     _procs: list[subprocess.Popen[bytes]] = attrs.field(factory=list)
 
@@ -250,7 +255,7 @@ class WireGuardPair:
         # B first: A starts its handshake as soon as it is configured, and a first initiation that finds no
         # listener is retried only after 5 s (REKEY_TIMEOUT).
         for side, ns in (("B", self.ns_b), ("A", self.ns_a)):
-            iface = f"wg{side}"
+            iface = f"{self.tag}{side}"
             env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1", LOG_LEVEL="error")
             out = open(self.workdir / f"wireguard-go-{side}.log", "wb")
             self._procs.append(subprocess.Popen(in_ns(ns, ["wireguard-go", "-f", iface]), env=env,

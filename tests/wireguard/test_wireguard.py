@@ -13,7 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -111,31 +111,50 @@ def test_8_kb_and_1452_byte_udp_datagrams_pass_both_ways(lab: PathLab) -> None:
     assert back["fragmented"] >= 2 and stats["reassembled"] >= 2, (stats, back)
 
 
-def test_wireguard_through_the_tunnel_on_the_wifi_profile() -> None:
-    """Manual mode over the WAN lab's lossy, jittery ``wifi`` link: WireGuard's ping and iperf3 work both ways
-    (some pings may be lost: the link loses 1 % each way), and full-size packets still travel as fragments."""
-    missing = tools_missing()
-    assert not missing, f"install {missing} (scripts/install.sh --test)"
+@pytest.fixture(scope="module", autouse=True)
+def wifi() -> Iterator[Future[dict[str, Any]]]:
+    """The wifi-profile run mostly waits (50 ms round trips, a slow lossy link): it starts in its own lab when the
+    module does and runs beside the plain-path tests; its test, last in the file, collects it."""
+    with ThreadPoolExecutor(1) as pool:
+        yield pool.submit(_wireguard_on_wifi)
+
+
+def _wireguard_on_wifi() -> dict[str, Any]:
+    """Manual mode over the WAN lab's ``wifi`` link: WireGuard's pings and iperf3 both ways, the close summaries
+    and how many frames the link lost meanwhile."""
     with WanPath(PROFILES["wifi"]) as path:
         before = path.link_stats()
         with TunnelInNamespaces(path, f"udp://127.0.0.1:{WG_PORT_B}") as tunnel, \
                 WireGuardPair(path.ns("A"), path.ns("B"), CLIENT_LISTEN) as wg:
             first = ping(path.ns("A"), WG_IP["B"], 3, interval=0.5)
-            assert first["received"] >= 1, f"{first['output']}\n{wg.show()}\n{tunnel.logs()}"
-            pings = _pings(path, {"small": ("A", WG_IP["B"], 20, None), "full": ("A", WG_IP["B"], 10, 1392),
-                                  "back": ("B", WG_IP["A"], 10, None)})
-            for name, result in pings.items():
-                assert result["received"] >= result["sent"] * 0.7, f"{name}: {result['output']}\n{tunnel.logs()}"
-                assert result["duplicates"] == 0, result["output"]
-            for result in _iperf_both_ways(path):
-                assert "error" not in result, f"{result.get('error')}\n{tunnel.logs()}"
-                assert result["end"]["sum_received"]["bytes"] > 100_000, result["end"]
+            found: dict[str, Any] = {"first": first, "wg": wg.show()}
+            if first["received"]:
+                found["pings"] = _pings(path, {"small": ("A", WG_IP["B"], 20, None),
+                                               "full": ("A", WG_IP["B"], 10, 1392),
+                                               "back": ("B", WG_IP["A"], 10, None)})
+                found["iperf"] = _iperf_both_ways(path)
             tunnel.stop()
             assert tunnel.client is not None and tunnel.server is not None
-            client, server = summary(tunnel.client.stderr), summary(tunnel.server.stderr)
+            found.update(logs=tunnel.logs(), client=summary(tunnel.client.stderr),
+                         server=summary(tunnel.server.stderr))
         after = path.link_stats()
-        assert path.namespaces(), "the path is still up here"
-    lost = sum(after[d]["drop_loss"] - before[d]["drop_loss"] for d in ("ab", "ba"))
-    assert lost > 0, (before, after)  # the link really lost packets under WireGuard
+    found["lost"] = sum(after[d]["drop_loss"] - before[d]["drop_loss"] for d in ("ab", "ba"))
+    return found
+
+
+def test_wireguard_through_the_tunnel_on_the_wifi_profile(wifi: Future[dict[str, Any]]) -> None:
+    """Manual mode over the WAN lab's lossy, jittery ``wifi`` link: WireGuard's ping and iperf3 work both ways
+    (some pings may be lost: the link loses 1 % each way), and full-size packets still travel as fragments."""
+    found = wifi.result(timeout=240)
+    logs = found["logs"]
+    assert found["first"]["received"] >= 1, f"{found['first']['output']}\n{found['wg']}\n{logs}"
+    for name, result in found["pings"].items():
+        assert result["received"] >= result["sent"] * 0.7, f"{name}: {result['output']}\n{logs}"
+        assert result["duplicates"] == 0, result["output"]
+    for result in found["iperf"]:
+        assert "error" not in result, f"{result.get('error')}\n{logs}"
+        assert result["end"]["sum_received"]["bytes"] > 10_000, result["end"]  # it works; speed: bench_wireguard
+    assert found["lost"] > 0, found["lost"]  # the link really lost packets under WireGuard
+    client, server = found["client"], found["server"]
     assert client["fragmented"] > 0 and server["reassembled"] > 0, (client, server)
     assert server["fragmented"] > 0 and client["reassembled"] > 0, (client, server)

@@ -207,12 +207,9 @@ def _job_cost(mode: str, nat_a: str, nat_b: str) -> float:
 def run_suite(modes: tuple[str, ...] = SELECTED_MODES) -> SuiteResults:
     results = SuiteResults()
     started = time.monotonic()
-    # The killed-server runs spend ~30 s each waiting for consent to run out, idle: they get threads of their own
-    # instead of holding pool workers while the CPU-bound runs queue behind them.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(modes) or 1) as waiting, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        restart = {m: waiting.submit(run_restart, m, results.prefixes) for m in modes}
-        # Longest jobs first: the lossy transfers, then the failing pairs waiting out the ICE deadline.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        # Longest jobs first: the restart waits out the consent timeout, the failing pairs the ICE deadline.
+        restart = {m: pool.submit(run_restart, m, results.prefixes) for m in modes}
         impair = {m: pool.submit(run_impairment, m, results.prefixes) for m in modes}
         jobs = sorted(((m, a, b) for m in modes for a, b in MODES[m].pairs), key=lambda job: -_job_cost(*job))
         futures = [pool.submit(run_matrix_pair, m, a, b, results.prefixes) for m, a, b in jobs]
@@ -294,8 +291,8 @@ def summary_lines(results: SuiteResults) -> list[str]:
         + (", with and without TURN" if len(MODES[m].turn_variants) == 2 else "")
         for m in MODES if any(k[0] == m for k in results.matrix))
     out.append(f"- runs: {counts}")
-    out.append(f"- whole suite: {results.seconds} s wall time with {WORKERS} labs at a time (and the killed-server "
-               f"runs beside them) on {os.cpu_count()} CPU(s)")
+    out.append(f"- whole suite: {results.seconds} s wall time with {WORKERS} labs at a time on {os.cpu_count()} "
+               "CPU(s)")
     return out
 
 

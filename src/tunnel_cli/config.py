@@ -80,7 +80,7 @@ class ConfigFile:
         return parse_error(self.path, detail)
 
 
-def parse_error(path: Path, detail: str) -> TunnelError:
+def parse_error(path: Path | None, detail: str) -> TunnelError:
     """Type errors read like the reference's serde failures, reason on the same line (anyhow's ``{:#}``)."""
     return usage_error(f"Failed to parse config file: {path}: {detail}")
 
@@ -246,11 +246,23 @@ def read_congestion(config: ConfigFile, table: Mapping[str, Any], name: str) -> 
     """The optional ``congestion`` key of an ICE-mode section (issue 13): one of CONGESTION_CONTROLLERS."""
     from tunnel_core.options import CONGESTION_CONTROLLERS
 
-    if "congestion" not in table:
+    return read_choice(config.path, table, name, "congestion", CONGESTION_CONTROLLERS)
+
+
+def read_udp_over(config: ConfigFile, table: Mapping[str, Any], name: str) -> str | None:
+    """The optional ``udp_over`` key of a mode's section (issue 14): "datagrams" or "stream"."""
+    from tunnel_core.options import UDP_OVER
+
+    return read_choice(config.path, table, name, "udp_over", UDP_OVER)
+
+
+def read_choice(path: Path | None, table: Mapping[str, Any], name: str, key: str,
+                choices: tuple[str, ...]) -> str | None:
+    """An optional key of section ``name`` of the config file at ``path`` whose value must be one of ``choices``;
+    None when absent."""
+    if key not in table:
         return None
-    value = table["congestion"]
-    if not isinstance(value, str) or value not in CONGESTION_CONTROLLERS:
-        raise config.parse_error(
-            f"[{name}] 'congestion' must be one of {', '.join(CONGESTION_CONTROLLERS)} (got {show_value(value)})"
-        )
+    value = table[key]
+    if not isinstance(value, str) or value not in choices:
+        raise parse_error(path, f"[{name}] '{key}' must be one of {', '.join(choices)} (got {show_value(value)})")
     return value

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 from tunnel_cli import checks, precedence, turn_settings
 from tunnel_cli.parser import given
-from tunnel_core.options import CONGESTION_CONTROLLERS, DEFAULT_CONGESTION, IceOptions
+from tunnel_core.options import CONGESTION_CONTROLLERS, DEFAULT_CONGESTION, UDP_OVER, IceOptions
 
 
 def add_ice_args(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +50,16 @@ def add_ice_args(parser: argparse.ArgumentParser) -> None:
         "--congestion", choices=CONGESTION_CONTROLLERS,
         help=f"QUIC congestion controller (default: {DEFAULT_CONGESTION}; bbr tolerates random loss)",
     )
+    add_udp_over_arg(parser)
+
+
+def add_udp_over_arg(parser: argparse.ArgumentParser) -> None:
+    """``--udp-over`` (issue 14; docs/datagrams.md), in every mode."""
+    parser.add_argument(
+        "--udp-over", choices=UDP_OVER,
+        help="how UDP crosses the tunnel: datagrams (default; QUIC datagrams when the peer supports them, else a "
+        "stream) or stream (always the reliable stream, as upstream; for paths that drop QUIC datagrams)",
+    )
 
 
 def ice_options(
@@ -81,5 +91,6 @@ def ice_options(
         turn_user=turn_user,
         turn_password=turn_password,
         congestion=getattr(namespace, "congestion", None) or section.congestion,
+        udp_over=getattr(namespace, "udp_over", None) or section.udp_over,
     )
 

@@ -72,7 +72,8 @@ def server_options(
         raise cfg.usage_error(f"Invalid --max-sessions value '{max_value}': expected a whole number of at least 1")
     return IrohServerOptions(secret_key=secret, allowed_clients=clients, allowed_tcp=tcp, allowed_udp=udp,
                              max_sessions=max_sessions, network=network, protocol=protocol,
-                             authorized_keys=keys, authorized_key_comments=comments, allow_listen=listen_allowed)
+                             authorized_keys=keys, authorized_key_comments=comments, allow_listen=listen_allowed,
+                             udp_over=_udp_over(ns, section))
 
 
 def client_options(
@@ -137,6 +138,14 @@ def client_options(
     return IrohClientOptions(server_id=server_id, source=source, target=target, secret_key=secret_key(ns, section),
                              server_addrs=addrs, network=network, protocol=protocol, auth_seed=seed,
                              extra_forwards=extra, socks5=socks, reverse=reverse,
-                             reconnect_timeout=reconnect_timeout)
+                             reconnect_timeout=reconnect_timeout, udp_over=_udp_over(ns, section))
 
 
+
+
+def _udp_over(ns: argparse.Namespace, section: IrohSection) -> str:
+    """``--udp-over`` or ``[iroh] udp_over`` (docs/datagrams.md); "datagrams" when neither is given."""
+    from tunnel_core.options import UDP_OVER
+
+    return (given(flag(ns, "udp_over")) or cfg.read_choice(section.path, section.values, "iroh", "udp_over", UDP_OVER)
+            or "datagrams")

@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from tunnel_cli.forwards import add_client_extra_args, add_server_extra_args
+from tunnel_cli.ice_flags import add_udp_over_arg
 from tunnel_cli.iroh_options import DEFAULT_MAX_SESSIONS
 from tunnel_cli.parser import Parser, VersionAction
 
@@ -46,6 +47,7 @@ def _network_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", metavar="e2|e4",
                    help="wire protocol: e4 (current tunnel-rs: ALPN mf/4, Ed25519 challenge-response; chosen by "
                         "the key options) or e2 (NodeId allowlist, ALPN multi-forward/1; chosen by --allowed-clients)")
+    add_udp_over_arg(p)
 
 
 def _server_flags(p: argparse.ArgumentParser) -> None:

@@ -14,12 +14,12 @@ from tunnel_cli.forwards import EXTRA_KEYS, check_extra_keys
 SERVER_KEYS = frozenset({
     "secret", "secret_file", "relay_urls", "dns_server", "allowed_sources", "max_sessions", "allowed_clients",
     "allowed_clients_file", "socks5_proxy", "bind_addr", "protocol", "authorized_keys_file", "authorized_keys",
-    "relay_auth_token", "transport",
+    "relay_auth_token", "transport", "udp_over",
 })
 CLIENT_KEYS = frozenset({
     "secret", "secret_file", "relay_urls", "dns_server", "server_node_id", "node_id", "request_source", "source",
     "target", "socks5_proxy", "server_addrs", "bind_addr", "protocol", "private_key_file", "private_key",
-    "relay_auth_token", "transport", "reconnect_timeout",
+    "relay_auth_token", "transport", "reconnect_timeout", "udp_over",
 })
 #: Top-level keys of an iroh config: upstream v0.6 refuses any other (serde ``deny_unknown_fields``); ``mode`` is
 #: the E2/E3 routing key, still read by us.

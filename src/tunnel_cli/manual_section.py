@@ -26,6 +26,7 @@ from tunnel_cli.config import (
     ConfigFile,
     blank_is_none,
     read_congestion,
+    read_udp_over,
     show_value,
     string_list,
     string_value,
@@ -49,6 +50,7 @@ class ManualSection:
     host_candidates: tuple[str, ...] = ()
     packet_size: int | None = None
     congestion: str | None = None
+    udp_over: str | None = None
     turn_servers: tuple[str, ...] = ()
     turn_user: str | None = None
     turn_password: str | None = attrs.field(default=None, repr=False)
@@ -61,7 +63,7 @@ ALLOWED_SOURCES_KEYS = frozenset({"tcp", "udp"})
 _MANUAL_KEYS = frozenset({
     "stun_servers", "allowed_sources", "request_source", "source", "target", "host_candidates", "packet_size",
     "transport", "turn_servers", "turn_user", "turn_password", "turn_password_file",
-    "congestion", "reconnect_timeout",
+    "congestion", "reconnect_timeout", "udp_over",
 })
 
 
@@ -175,6 +177,7 @@ def manual_section(
         congestion=read_congestion(config, table, name),
         reconnect_timeout=(parse_duration(table["reconnect_timeout"], f"[{name}] reconnect_timeout")
                            if "reconnect_timeout" in table else None),
+        udp_over=read_udp_over(config, table, name),
     )
 
 

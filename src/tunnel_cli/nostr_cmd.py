@@ -51,7 +51,7 @@ MODE_WORDS = ("nostr", "ice-nostr")
 _KEYS = frozenset({
     "relays", "nsec", "nsec_file", "peer_npub", "stun_servers", "max_sessions", "allowed_sources",
     "request_source", "source", "target", "transport", "host_candidates", "packet_size", "event_kind", "plaintext",
-    "turn_servers", "turn_user", "turn_password", "turn_password_file", "congestion", "reconnect_timeout",
+    "turn_servers", "turn_user", "turn_password", "turn_password_file", "congestion", "reconnect_timeout", "udp_over",
 })
 
 
@@ -188,6 +188,7 @@ class NostrSection:
     host_candidates: tuple[str, ...] = ()
     packet_size: int | None = None
     congestion: str | None = None
+    udp_over: str | None = None
     event_kind: int | None = None
     plaintext: bool = False
     # TURN keys, checked by tunnel_cli.config.read_turn_keys like [manual]'s; resolved by the CLI core
@@ -304,6 +305,7 @@ def nostr_section(
         host_candidates=hosts,
         packet_size=packet_size,
         congestion=cfg.read_congestion(config, table, name),
+        udp_over=cfg.read_udp_over(config, table, name),
         event_kind=_int(config, table, name, "event_kind"),
         plaintext=plaintext,
         reconnect_timeout=(checks.parse_duration(table["reconnect_timeout"], f"[{name}] reconnect_timeout")

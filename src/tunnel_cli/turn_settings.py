@@ -85,6 +85,9 @@ class IceSection(TurnSettings, Protocol):
     def congestion(self) -> str | None: ...
 
     @property
+    def udp_over(self) -> str | None: ...
+
+    @property
     def turn_servers(self) -> tuple[str, ...]: ...
 
 

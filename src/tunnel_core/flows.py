@@ -246,6 +246,7 @@ def start_peer(
             expected_fingerprint=pins.get("server" if is_client else "client"),
             packet_size=assembly.packet_size_for(ice.packet_size, local, remote),
             congestion=ice.congestion,
+            datagrams=ice.udp_over != "stream",
             pmtu_ceiling=assembly.pmtu_ceiling_for(ice.packet_size, local, remote),
         )
 

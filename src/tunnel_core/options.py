@@ -50,6 +50,11 @@ DEFAULT_STUN_SERVERS: tuple[str, ...] = (
 CONGESTION_CONTROLLERS = ("bbr", "cubic", "reno")
 DEFAULT_CONGESTION = "cubic"
 
+#: How UDP payloads cross the tunnel (issue 14; docs/datagrams.md): "datagrams" (the default) uses QUIC datagrams when
+#: the peer supports them too and the u16-framed stream otherwise; "stream" never offers datagrams, so this end
+#: behaves exactly like upstream and older versions of ours (for paths that drop QUIC DATAGRAM frames).
+UDP_OVER = ("datagrams", "stream")
+
 
 @attrs.frozen
 class IceOptions:
@@ -64,6 +69,8 @@ class IceOptions:
     packet_size: int | None = None
     #: QUIC congestion controller ("bbr", "cubic", "reno"); None means tunnel_core.quic.config.DEFAULT_CONGESTION.
     congestion: str | None = None
+    #: "datagrams" or "stream" (UDP_OVER); None means "datagrams".
+    udp_over: str | None = None
     #: "turn:HOST:PORT" servers to allocate relay candidates on (RFC 8656, UDP); empty means no relay candidates.
     turn_servers: tuple[str, ...] = ()
     #: long-term credentials for every TURN server; the password never appears in a repr or a log line

@@ -543,7 +543,8 @@ class IrohClient:
     async def _start_udp(self, host: str, port: int, source: str) -> None:
         """One UDP forward: its first stream is opened now (a refusal ends the client, as for one forward)."""
         first_flow = self._new_flow()
-        send, recv, payload = await self.open_source_stream(datagram_flow=first_flow, source=source)
+        offer = None if self.options.udp_over == "stream" else first_flow  # stream: upstream's request bytes
+        send, recv, payload = await self.open_source_stream(datagram_flow=offer, source=source)
         if self.datagram_flow is not None:  # read right after the dialogue: other streams' dialogues overwrite it
             await self._start_udp_flows(host, port, source, (send, recv, payload), first_flow)
             return

@@ -251,7 +251,8 @@ class IrohServer:
         permit = self.limiter.try_acquire()
         try:
             machine = ServerStream(self.policy, permit=permit, version=self.version,
-                                   allow_listen=self.options.allow_listen)
+                                   allow_listen=self.options.allow_listen,
+                                   datagrams=self.options.udp_over != "stream")
             await self._drive_stream(bi, machine, client, link, conn)
         finally:
             if permit:

@@ -17,7 +17,8 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,9 @@ def test_iperf3_udp_through_tunnel(tmp_path: Path) -> None:
             tunnel(f"tcp://{LOOPBACK}:{server.port}", local_port=port) as control,
             tunnel(f"udp://{LOOPBACK}:{server.port}", local_port=port) as data,
         ):
-            result = programs.run_iperf3_client(port, seconds=3, udp=True, bitrate="50M", length=1400)
+            # 20 Mbit/s: UDP rides QUIC datagrams, which a CPU-starved tunnel drops rather than queues (as a router
+            # would), so the loss bound below must hold on a busy machine too; speed is the benchmarks' job.
+            result = programs.run_iperf3_client(port, seconds=2, udp=True, bitrate="20M", length=1400)
             control.assert_alive()
             data.assert_alive()
     print(
@@ -217,8 +220,18 @@ def test_sigint_stops_client_with_0_and_server_follows() -> None:
         t.assert_clean_exit(signal.SIGINT)
 
 
-def test_killed_peer_makes_the_other_side_exit_11() -> None:
-    # Both directions at once: each side only notices through ICE consent (about 30 s), so run them in parallel.
+@pytest.fixture(scope="module", autouse=True)
+def killed_peers() -> Iterator[Future[list[tuple[int, str, str]]]]:
+    """Each side only notices a killed peer through ICE consent (about 30 s): both directions start in the background
+    when the module does and wait while the other tests run; test_killed_peer_... collects them."""
+    with ThreadPoolExecutor(1) as pool:
+        yield pool.submit(_kill_one_end_of_each_of_two_tunnels)
+
+
+def _kill_one_end_of_each_of_two_tunnels() -> list[tuple[int, str, str]]:
+    """(exit code, stderr, both logs) of each survivor: the client of a tunnel whose server was killed, and the
+    server of one whose client was."""
+    found = []
     with programs.TcpEchoServer() as echo:
         with (
             # --reconnect-timeout 0: the old behaviour (manual mode holds a silent path by default, docs/reconnect.md)
@@ -229,14 +242,19 @@ def test_killed_peer_makes_the_other_side_exit_11() -> None:
             assert lose_client.server is not None and lose_client.client is not None
             lose_server.server.stop(signal.SIGKILL)
             lose_client.client.stop(signal.SIGKILL)
-            survivors = [(lose_server.client, lose_server), (lose_client.server, lose_client)]
-            for proc, pair in survivors:
+            for proc, pair in ((lose_server.client, lose_server), (lose_client.server, lose_client)):
                 try:
                     code = proc.wait_exit(LOST_PEER_DEADLINE)
                 except AssertionError as exc:
                     raise AssertionError(f"{exc}\n{pair.logs()}") from None
-                assert code == 11, f"{proc.role} exit code {code}, want 11 (connection lost)\n{pair.logs()}"
-                assert_one_error_line(proc.stderr, r"Error: .+")
+                found.append((code, proc.stderr, f"{proc.role}:\n{pair.logs()}"))
+    return found
+
+
+def test_killed_peer_makes_the_other_side_exit_11(killed_peers: Future[list[tuple[int, str, str]]]) -> None:
+    for code, stderr, logs in killed_peers.result(timeout=2 * LOST_PEER_DEADLINE + 60):
+        assert code == 11, f"exit code {code}, want 11 (connection lost)\n{logs}"
+        assert_one_error_line(stderr, r"Error: .+")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -145,16 +145,17 @@ def test_run_e2e_sh_replayed_against_ours(tmp_path: Path) -> None:
                                   stdin_text=client_config("tcp", tcp_echo.port, tcp_target,
                                                            work / "unauthorized.key"), env=env)
             procs.append(unauthorized)
+            # The relay checks the bearer token: a client presenting another one never gets online (exit 10).
+            # Started beside the unauthorized one (both only wait to be refused; neither depends on the other).
+            wrong = Logged([BIN, "client", "--config-stdin", "--relay-only"], work / "client_wrong_token.log",
+                           stdin_text=client_config("tcp", tcp_echo.port, tcp_target, work / "client.key"),
+                           env=env | {"TUNNEL_RS_RELAY_AUTH_TOKEN": "not-the-relay-token"})
+            procs.append(wrong)
             assert unauthorized.proc.wait(90) == 3
             assert "Authentication rejected: Invalid authentication proof" in unauthorized.text()
             server.wait_for_log("Invalid public-key authentication proof", 10)
             assert "Listening on TCP" not in unauthorized.text()
 
-            # The relay checks the bearer token: a client presenting another one never gets online (exit 10).
-            wrong = Logged([BIN, "client", "--config-stdin", "--relay-only"], work / "client_wrong_token.log",
-                           stdin_text=client_config("tcp", tcp_echo.port, tcp_target, work / "client.key"),
-                           env=env | {"TUNNEL_RS_RELAY_AUTH_TOKEN": "not-the-relay-token"})
-            procs.append(wrong)
             assert wrong.proc.wait(60) == 10, wrong.text()
             assert "Listening on TCP" not in wrong.text()
 

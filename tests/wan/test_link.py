@@ -155,8 +155,9 @@ def test_cut_drops_everything_and_heals(clean: WanLab) -> None:
     assert clean.link is not None
     clean.link.cut(True)
     before = clean.link.stats()
-    cut = probe(clean, "a", "rr", clean.addr["b"], 7000, "--rate", "20", "--seconds", "0.3")
-    assert cut["n"] == 0, cut  # not even the TCP handshake got through
+    # first-byte keeps trying for 1.5 s (rr would sit in a 30 s connect timeout behind the cut).
+    cut = probe(clean, "a", "first-byte", clean.addr["b"], 7000, "--timeout", "1.5")
+    assert cut["ok"] is False, cut  # not even the TCP handshake got through
     assert link_delta(before, clean.link.stats())["drop_cut"] >= 1
     clean.link.cut(False)
     healed = probe(clean, "a", "rr", clean.addr["b"], 7000, "--rate", "20", "--seconds", "0.5")

@@ -1,10 +1,13 @@
 """A real WireGuard tunnel carried by our tunnel, in network namespaces (issue 14, docs/datagrams.md).
 
-Two parts, kept apart so the WireGuard part can move onto another lab (the WAN lab with loss/delay profiles)
-unchanged: ``PathLab`` is the path - two namespaces joined by one veth pair with a 1500-byte MTU, documentation
-addresses, nothing in the host namespace - and ``WireGuardPair`` puts a ``wireguard-go`` interface into any two
-namespaces, side A's peer endpoint being the tunnel client's local UDP listener, side B listening where the tunnel
-server's ``--source`` points. ``run_manual_tunnel`` runs the real CLI pair inside the namespaces.
+Two parts, kept apart so the WireGuard part runs on either path unchanged. The path: ``PathLab`` - two namespaces
+joined by one veth pair with a 1500-byte MTU, documentation addresses, nothing in the host namespace - or
+``WanPath``, the WAN lab's impaired link (tests/wan; delay, jitter, loss, rate: the ``wifi`` profile). Both name
+their sides "A" (tunnel client, WireGuard initiator) and "B" and give ``ns(side)``, ``ip(side)`` and ``workdir``.
+``WireGuardPair`` puts a ``wireguard-go`` interface into the two namespaces, side A's peer endpoint being the tunnel
+client's local UDP listener (or B's path address for plain WireGuard), side B listening where the tunnel server's
+``--source`` points. ``ping`` and ``iperf`` measure over the WireGuard interface; tests/wireguard/tunnel.py runs
+the real CLI pair inside the namespaces.
 
 Every process started here lives in a namespace we created and is killed by pid on teardown; namespaces carry a
 unique prefix and are always deleted. Needs root, iproute2, wireguard-go, wireguard-tools (wg), iperf3, ping.
@@ -15,7 +18,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import itertools
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,10 +28,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from tests.nat.lab import lab_namespaces
+from tests.wan.lab import Profile, WanLab
 
 COMMAND_TIMEOUT = 30.0
 #: The path between the two tunnel ends (TEST-NET-1) and the WireGuard inner network (benchmarking range).
@@ -69,6 +77,9 @@ class PathLab:
 
     def ns(self, side: str) -> str:
         return f"{self.prefix}-{side}"
+
+    def ip(self, side: str) -> str:
+        return PATH_IP[side]
 
     def __enter__(self) -> PathLab:
         try:
@@ -116,6 +127,93 @@ class PathLab:
         return [line.split()[0] for line in out.splitlines() if line.startswith(f"{self.prefix}-")]
 
 
+@attrs.define
+class WanPath:
+    """The WAN lab's two hosts on one impaired link (tests/wan/lab.py), seen as sides "A" (its ``a``) and "B"."""
+
+    profile: Profile
+    lab: WanLab | None = None
+
+    def __enter__(self) -> WanPath:
+        self.lab = WanLab(profile=self.profile)
+        self.lab.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.lab is not None:
+            self.lab.down()
+
+    def _lab(self) -> WanLab:
+        assert self.lab is not None, "use WanPath as a context manager"
+        return self.lab
+
+    def ns(self, side: str) -> str:
+        return self._lab().ns(side.lower())
+
+    def ip(self, side: str) -> str:
+        return self._lab().addr[side.lower()]
+
+    @property
+    def workdir(self) -> Path:
+        return self._lab().workdir
+
+    def namespaces(self) -> list[str]:
+        return lab_namespaces(self._lab().prefix)
+
+    def link_stats(self) -> dict[str, Any]:
+        link = self._lab().link
+        assert link is not None
+        return link.stats()
+
+
+def wait_listening(ns: str, port: int, *, proto: str = "t") -> None:
+    """Until something listens on ``port`` in ``ns`` (``proto`` "t" TCP, "u" UDP); bounded."""
+    for _ in range(200):
+        if f":{port} " in run(in_ns(ns, ["ss", f"-ln{proto}", f"sport = :{port}"]), check=False):
+            return
+        time.sleep(0.05)
+    raise LabError(f"nothing listens on port {port} in {ns}")
+
+
+def iperf(ns_client: str, ns_server: str, *extra: str, seconds: float = 3, port: int = 5201) -> dict[str, Any]:
+    """One iperf3 run from ``ns_client`` to an iperf3 server started in ``ns_server`` on WireGuard's address."""
+    server = subprocess.Popen(in_ns(ns_server, ["iperf3", "-s", "-1", "-B", WG_IP["B"], "-p", str(port)]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(ns_server, port)
+        out = run(in_ns(ns_client, ["iperf3", "-c", WG_IP["B"], "-p", str(port), "-t", f"{seconds:g}", "-J",
+                                    "--connect-timeout", "10000", *extra]), check=False, timeout=seconds + 60)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    try:
+        return dict(json.loads(out))
+    except json.JSONDecodeError:
+        return {"error": f"iperf3 printed no JSON: {out[-300:]}"}
+
+
+def ping(ns: str, address: str, count: int, *, interval: float = 0.2, size: int | None = None,
+         timeout: float = 60) -> dict[str, Any]:
+    """``ping`` from ``ns``: round trips of the replies (ms), how many were sent, received, duplicated."""
+    argv = ["ping", "-n", "-c", str(count), "-i", f"{interval:g}", "-W", "5"]
+    if size is not None:
+        argv += ["-M", "do", "-s", str(size)]
+    out = run(in_ns(ns, [*argv, address]), check=False, timeout=timeout)
+    rtts = [float(m) for m in re.findall(r"time=([\d.]+) ms", out)]
+    summary = re.search(r"(\d+) packets transmitted, (\d+) received(?:, \+(\d+) duplicates)?", out)
+    sent, received, dups = (int(summary.group(1)), int(summary.group(2)), int(summary.group(3) or 0)) if summary \
+        else (count, 0, 0)
+    return {"sent": sent, "received": received, "duplicates": dups, "rtts": rtts, "output": out}
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
 def _keypair() -> tuple[str, str]:
     key = x25519.X25519PrivateKey.generate()
     private = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
@@ -125,12 +223,19 @@ def _keypair() -> tuple[str, str]:
 
 @attrs.define
 class WireGuardPair:
-    """wireguard-go interfaces ``wgA`` in ``ns_a`` (peer endpoint ``endpoint_a``) and ``wgB`` in ``ns_b``
-    (listening on ``WG_PORT_B``, learning its peer's endpoint from the first handshake)."""
+    """wireguard-go interfaces ``<tag>A`` in ``ns_a`` (peer endpoint ``endpoint_a``: the tunnel client's listener, or
+    B's path address for plain WireGuard) and ``<tag>B`` in ``ns_b`` (listening on ``WG_PORT_B``, learning its
+    peer's endpoint from the first handshake).
+
+    The names are unique per pair (``tag``): wireguard-go's control socket is ``/var/run/wireguard/<name>.sock``,
+    shared by every network namespace, so two pairs with the same names (two labs at once, two test runs) would
+    configure each other's interfaces."""
 
     ns_a: str
     ns_b: str
     endpoint_a: tuple[str, int]
+    mtu: int = WG_MTU
+    tag: str = attrs.field(factory=lambda: f"w{os.getpid() % 100000}x{next(_counter)}")
     workdir: Path = attrs.field(factory=lambda: Path(tempfile.mkdtemp(prefix="tunnel-wg-")))
     _procs: list[subprocess.Popen[bytes]] = attrs.field(factory=list)
 
@@ -150,7 +255,7 @@ class WireGuardPair:
         # B first: A starts its handshake as soon as it is configured, and a first initiation that finds no
         # listener is retried only after 5 s (REKEY_TIMEOUT).
         for side, ns in (("B", self.ns_b), ("A", self.ns_a)):
-            iface = f"wg{side}"
+            iface = f"{self.tag}{side}"
             env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1", LOG_LEVEL="error")
             out = open(self.workdir / f"wireguard-go-{side}.log", "wb")
             self._procs.append(subprocess.Popen(in_ns(ns, ["wireguard-go", "-f", iface]), env=env,
@@ -173,7 +278,7 @@ class WireGuardPair:
                 argv[3:3] = ["listen-port", str(WG_PORT_B)]
             run(in_ns(ns, argv))
             run(["ip", "-n", ns, "addr", "add", f"{WG_IP[side]}/24", "dev", iface])
-            run(["ip", "-n", ns, "link", "set", iface, "mtu", str(WG_MTU), "up"])
+            run(["ip", "-n", ns, "link", "set", iface, "mtu", str(self.mtu), "up"])
 
     def log(self, side: str) -> str:
         path = self.workdir / f"wireguard-go-{side}.log"

@@ -47,6 +47,8 @@ class IrohServerOptions:
     authorized_key_comments: tuple[tuple[bytes, str], ...] = ()
     #: Reverse forwards (docs/forwards.md): the exact ip:port addresses a client may ask this server to listen on.
     allow_listen: tuple[str, ...] = ()
+    #: "stream": never take a client's offer of QUIC datagrams (UDP stays u16-framed on its stream, as upstream).
+    udp_over: str = "datagrams"
 
 
 @attrs.frozen
@@ -74,3 +76,5 @@ class IrohClientOptions:
     auth_seed: bytes | None = None
     #: How long a lost connection is dialled again before giving up (exit 11); 0 exits at once (docs/reconnect.md).
     reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
+    #: "stream": make no datagram offer (upstream's SourceRequest bytes, one stream, replies to the last sender).
+    udp_over: str = "datagrams"

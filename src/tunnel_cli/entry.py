@@ -37,6 +37,9 @@ def console_main(argv: Sequence[str] | None, program: str, runtime: str) -> int:
     try:
         try:
             from tunnel_cli import cli
+            from tunnel_cli.heap import keep_freed_heap
+
+            keep_freed_heap()
 
             if ":" in program:
                 import importlib

@@ -99,6 +99,8 @@ COLLAPSE_FRACTION = 0.3
 LOSS_MIN_PACKETS = 3
 #: Multiplicative decrease of inflight_hi and bw_lo on a congested round.
 BETA = 0.7
+#: A timer that fires this much late (or more) means the host did not run us: see on_host_stall.
+HOST_STALL = 0.005
 #: Smallest window, in packets.
 MIN_WINDOW_PACKETS = 4
 
@@ -212,6 +214,10 @@ class BbrCongestionControl(QuicCongestionControl):
         self._restart_time = 0.0
         self._round_min_rtt = math.inf
         self._recent_rtt = math.inf
+        #: bytes declared lost over the connection's life (what counts for the model; a trace reads it)
+        self.lost_bytes = 0
+        #: the last moment the host stalled us (on_host_stall); samples spanning it cannot lower the estimate
+        self._stall_time = -math.inf
 
     # ------------------------------------------------------------------------------------------ model readouts
 
@@ -244,6 +250,14 @@ class BbrCongestionControl(QuicCongestionControl):
         """The path is not what the model describes any more (e.g. a PMTU black hole): search again."""
         self._restart_model(now)
         self._update_control()
+
+    def on_host_stall(self, now: float) -> None:
+        """The owner was woken ``HOST_STALL`` or more after the timer it asked for: the host did not run us (a busy
+        machine, a descheduled process). Delivery-rate samples whose interval contains this moment measured the
+        host, not the path - the same stall usually holds up the receiver's ACKs too - so, like app-limited samples,
+        they may only raise the bandwidth estimate. Measured in the WAN lab on a loaded 2-core host: stalls of
+        100-300 ms every second or two, each taking the estimate down a step until 100 Mbit/s became 7."""
+        self._stall_time = now
 
     def on_app_limited(self) -> None:
         """The sender ran out of data with room in the window: samples until what is in flight now is delivered
@@ -288,7 +302,8 @@ class BbrCongestionControl(QuicCongestionControl):
             rate = (self._delivered - state.delivered) / interval
             if rate > self._round_max_rate:
                 self._round_max_rate = rate
-            if not state.app_limited or rate >= self._bw.value:
+            discounted = state.app_limited or self._stall_time > min(state.delivered_time, state.first_sent_time)
+            if not discounted or rate >= self._bw.value:
                 self._bw.update(self.round_count, now, self.min_rtt, rate)
         self._update_mode(now)
         self._update_control()
@@ -304,6 +319,7 @@ class BbrCongestionControl(QuicCongestionControl):
                 continue  # sent under the model we threw away: its loss says nothing about the new search
             self._round_lost += packet.sent_bytes
             self._round_lost_packets += 1
+            self.lost_bytes += packet.sent_bytes
         # Act within the round when it is already heavily congested, so a collapsed link is left quickly.
         lost = self._round_lost
         if (
@@ -582,20 +598,45 @@ class ModelPacer(QuicPacketPacer):
     aioquic's bucket is floored at zero after every packet, so any sliver of credit lets a whole packet go: an
     ACK-clocked sender then sends at the ACK rate whatever the pacing rate says (we measured DRAIN at gain 0.35
     still sending at the full link rate). Here a packet may drive the credit negative, and the next one waits until
-    it is paid back, so the long-run rate is exactly the pacing rate; the credit is capped at about 1 ms of sending
-    (2..16 packets) so idle time cannot turn into a long burst.
+    it is paid back, so the long-run rate is exactly the pacing rate.
+
+    Why the bucket grows with the measured wake-up lateness: a real event loop does not wake when asked. asyncio's
+    epoll rounds every wait up to whole milliseconds and a busy host adds more, so a pacer that asks to wake "in
+    0.1 ms" for the next packet wakes 1-3 ms later; with a fixed bucket of ~1 ms (2..16 packets, our first version)
+    the credit of the rest of the wait is thrown away and the sender moves less than its pacing rate, which the rate
+    samples then report as the path's bandwidth. So the pacer measures how late it is woken (a max that decays over
+    ~100 wake-ups, capped at PACING_MAX_LATENESS), holds twice that much credit on top of the quantum
+    (PACING_MIN_BURST..PACING_MAX_BURST packets, at least PACING_QUANTUM of sending), and a held sender waits for
+    a quantum of credit the size of that lateness (at most PACING_QUANTUM): each wake-up then sends a batch, which
+    means fewer wake-ups and runs that UDP GSO can carry. Woken on time (virtual time, a quiet host) it behaves as
+    before: one packet's wait and a ~1 ms bucket, which a shallow bottleneck buffer absorbs
+    (tests/test_congestion.py has both).
     """
 
     def __init__(self, *, max_datagram_size: int, controller: BbrCongestionControl) -> None:
         super().__init__(max_datagram_size=max_datagram_size)
         self._controller = controller
         self._version = -1
+        self._quantum = 0.0
+        #: when the last wait we asked for ends (None: not waiting), and the recent lateness of wake-ups
+        self._wake_at: float | None = None
+        self.lateness = 0.0
 
     def set_max_datagram_size(self, size: int) -> None:
         self._max_datagram_size = size
         self._version = -1
 
     def next_send_time(self, now: float) -> float | None:  # type: ignore[override]
+        wake_at = self._wake_at
+        if wake_at is not None and now >= wake_at:
+            self._wake_at = None
+            late = now - wake_at
+            # a max that decays by 1/64 per wake-up: one descheduled moment is remembered for ~100 wake-ups
+            decayed = self.lateness * (1 - 1 / 64)
+            lateness = min(late, PACING_MAX_LATENESS) if late > decayed else decayed
+            if abs(lateness - self.lateness) > 0.1 * self.lateness + 1e-5:
+                self._version = -1  # resize the bucket
+            self.lateness = lateness
         if self._version != self._controller.rate_version:
             self._refresh()
         if self.packet_time is None:
@@ -603,7 +644,8 @@ class ModelPacer(QuicPacketPacer):
         self.update_bucket(now)
         if self.bucket_time > -_PACING_SLACK:
             return None
-        return now - self.bucket_time
+        self._wake_at = now + self._quantum - self.bucket_time
+        return self._wake_at
 
     def update_after_send(self, now: float) -> None:
         if self.packet_time is not None:
@@ -627,7 +669,10 @@ class ModelPacer(QuicPacketPacer):
             return
         mss = self._max_datagram_size
         self.packet_time = max(K_MICRO_SECOND, min(mss / rate, 1.0))
-        burst = max(2 * mss, min(int(rate * 0.001), 16 * mss))
+        # Wait for as much credit as the loop's lateness would bring anyway (on time: one packet's, as before).
+        self._quantum = min(PACING_QUANTUM, self.lateness)
+        span = max(PACING_QUANTUM, self._quantum + 2 * self.lateness)
+        burst = max(PACING_MIN_BURST * mss, min(rate * span, PACING_MAX_BURST * mss))
         self.bucket_max = burst / rate
         if self.bucket_time > self.bucket_max:
             self.bucket_time = self.bucket_max
@@ -635,6 +680,14 @@ class ModelPacer(QuicPacketPacer):
 
 #: Credit shortfall (seconds) still treated as paid: float rounding must not schedule nanosecond timers.
 _PACING_SLACK = 1e-7
+#: A held sender waits for at most this much credit (its recent lateness) so each wake-up sends a batch; the bucket
+#: holds at least this much sending.
+PACING_QUANTUM = 0.001
+#: The bucket in packets: at least this many (slow paths), at most this many (a 64-datagram GSO batch).
+PACING_MIN_BURST = 2
+PACING_MAX_BURST = 64
+#: Lateness beyond this is a stall (the process was not running), not the loop's granularity: not worth a burst.
+PACING_MAX_LATENESS = 0.01
 
 
 register_congestion_control(NAME, BbrCongestionControl)

@@ -61,9 +61,12 @@ CWND_GAIN = 2.0
 #: The window is sized on the RTT of the last round rather than min_rtt, capped at this multiple of min_rtt. Alone
 #: on a path BBR is pacing-limited and the two agree; next to a loss-based flow that keeps a standing queue, a
 #: window of 2 x bw x min_rtt would cap BBR below its share (rate = cwnd / RTT) and let the other flow starve it.
-#: The cap bounds BBR's own standing queue at (CWND_GAIN x RTT_CAP - 1) BDP; 1.5 was not enough next to CUBIC in a
-#: 200 ms buffer (BBR's share decayed from ~45 % to ~30 % within 12 s of virtual time), 2 holds 40-50 %.
-CWND_RTT_CAP = 2.0
+#: The cap bounds BBR's own standing queue at (CWND_GAIN x RTT_CAP - 1) BDP; 1.5 was not enough next to aioquic's
+#: CUBIC in a 200 ms buffer (virtual time: BBR's share decayed from ~45 % to ~30 % within 12 s), 2 held 40-50 %
+#: there, but not against the kernel's CUBIC TCP, which fills the whole buffer (WAN lab: RTT 250 ms = 5 min_rtt,
+#: so the window held 0.8 x the estimate per round trip and BBR spiralled to 5-10 % of the link); 4 lets a window
+#: cover a round trip that long.
+CWND_RTT_CAP = 4.0
 #: ...or min_rtt plus this, whichever is larger. On a LAN or loopback min_rtt is ~1 ms while delayed ACKs and a busy
 #: host add several ms to every sample; sized on min_rtt alone the window caps the rate at a fraction of the
 #: bandwidth, the measured rate follows, and the model spirals down (measured on loopback under load: 1 Mbit/s).
@@ -272,8 +275,14 @@ class BbrCongestionControl(QuicCongestionControl):
             # Restarting from idle: intervals start now, not at the last ACK long ago.
             self._first_sent_time = now
             self._delivered_time = now
+        # PROBE_RTT sends half a BDP on purpose: what it delivers says nothing about the path's rate, so its samples
+        # count like app-limited ones. Next to CUBIC's 200 ms queue a round is 5 min_rtt long, PROBE_RTT outlasted
+        # the filter's time bound, and the estimate fell from 94 to 19 Mbit/s in one step (WAN lab, wan_fairness.py).
         packet._bbr = _SendState(  # type: ignore[attr-defined]
-            self._delivered, self._delivered_time, self._first_sent_time, self._app_limited_until > 0
+            self._delivered,
+            self._delivered_time,
+            self._first_sent_time,
+            self._app_limited_until > 0 or self.mode == _Mode.PROBE_RTT,
         )
         self.bytes_in_flight += packet.sent_bytes
 

@@ -105,6 +105,7 @@ DEFAULT_LOW_WATER = 256 << 10
 #: MAX_HIGH_WATER, and reading resumes at half of it. Why: a fixed 1 MiB, resuming at 256 kB, left one TCP connection
 #: on a 100 Mbit/s, 50 ms path without data to send for part of every cycle (~64 Mbit/s where 4 connections moved
 #: 93, docs/performance.md). The cap is the QUIC stream window (DEFAULT_WINDOW, 8 MiB): the peer cannot take more.
+#: Flows that are paused already share it (see _tcp_high_water), so many fast connections do not multiply it.
 SEND_WINDOW_FACTOR = 2
 MAX_HIGH_WATER = 8 << 20
 DEFAULT_UDP_IDLE_TIMEOUT = 120.0
@@ -818,7 +819,9 @@ class ForwardingSession:
     def _tcp_high_water(self) -> int:
         if not self._auto_water:
             return self._high_water
-        window = SEND_WINDOW_FACTOR * self._quic.congestion_window
+        # Flows already paused hold their share: together the buffers stay near SEND_WINDOW_FACTOR x the window
+        # (memory bounded by the path, not by the number of connections), and never below DEFAULT_HIGH_WATER each.
+        window = SEND_WINDOW_FACTOR * self._quic.congestion_window // (1 + len(self._paused))
         return max(self._high_water, min(MAX_HIGH_WATER, window))
 
     def _check_resume(self) -> None:

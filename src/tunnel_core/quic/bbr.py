@@ -98,8 +98,11 @@ HEAVY_LOSS_THRESHOLD = 0.2
 LOSS_WINDOW_ROUNDS = 3
 #: bw_lo below this fraction of the max-filtered bandwidth means the path collapsed: restart from STARTUP.
 COLLAPSE_FRACTION = 0.3
-#: A loss window must lose at least this many packets to count as congested (a lone loss in a tiny window is noise).
-LOSS_MIN_PACKETS = 3
+#: A loss window must lose at least this many packets to count as congested (BBRv2's full_loss_cnt). At 3, a slow
+#: round (8 Mbit/s x 50 ms = 37 packets; 3 rounds = 111) at 1 % random loss counted as congested about one window in
+#: seven, and each cut made the next window smaller still (WAN lab wifi: 24 -> 5 Mbit/s in 8 s); 8 losses in 111
+#: packets at 1 % happen about once in 100,000 windows, while an overflowing queue loses far more.
+LOSS_MIN_PACKETS = 8
 #: Multiplicative decrease of inflight_hi and bw_lo on a congested round.
 BETA = 0.7
 #: A timer that fires this much late (or more) means the host did not run us: see on_host_stall.

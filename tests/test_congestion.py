@@ -75,6 +75,25 @@ def test_bbr_fills_the_link_and_keeps_the_queue_short() -> None:
     assert forward.stats.dropped_queue == 0
 
 
+@pytest.mark.parametrize("granularity,delay", [(0.001, 0.0003), (0.001, 0.003)])
+def test_bbr_fills_the_link_when_its_timers_fire_late(granularity: float, delay: float) -> None:
+    """A real event loop wakes late: asyncio's epoll rounds every wait up to whole milliseconds, and a busy host
+    adds more. The sender's timers here fire like that; the link must still be full, the estimate right and the
+    queue short (the pacer measures the lateness and keeps the credit it brings, ModelPacer). What this model does
+    not have - the CPU time each wake-up costs, ACKs read late by a busy process - is why the first pacer passed
+    here too and still fell short in the WAN lab (docs/congestion.md)."""
+    network, forward, _back, flow, start = _bulk("bbr")
+    flow.sender.wake_granularity = granularity
+    flow.sender.wake_delay = delay
+    run_for(network, 1.5)
+    forward.reset_stats()
+    run_for(network, 2.5)
+    cc = flow.conn._loss._cc
+    assert flow.goodput(start + 1.5, start + 4.0) >= 0.85 * RATE
+    assert cc.bandwidth * 8 >= 0.85 * RATE
+    assert forward.mean_queue_delay() < 0.2 * RTT
+
+
 def test_cubic_in_the_same_buffer_builds_a_standing_queue() -> None:
     """The contrast that makes the previous test mean something: a loss-based controller fills the buffer."""
     network, forward, _back, flow, start = _bulk("cubic")
@@ -109,8 +128,9 @@ def test_bbr_backs_off_when_the_rate_drops() -> None:
     assert cc.bandwidth * 8 < 25 * MBIT
     assert flow.goodput(t, t + 1.0) >= 0.85 * 20 * MBIT
     # Before the drop the queue was empty; after it, BBR's standing queue stays within its design bound - the window
-    # is 2 x bw x RTT (RTT capped at CWND_RTT_CAP = 2 min_rtt) plus at most EXTRA_ACKED_MAX_TIME of sending for ACK
-    # aggregation, so 3 BDP + 20 ms of queue - in a buffer that is 1 s deep at 20 Mbit/s.
+    # is 2 x bw x RTT (RTT capped at CWND_RTT_CAP = 4 min_rtt) plus at most EXTRA_ACKED_MAX_TIME of sending for ACK
+    # aggregation, so 7 BDP + 20 ms of queue - in a buffer that is 1 s deep at 20 Mbit/s. (Measured: ~180 ms, one
+    # bandwidth-filter span after the drop; with the cap at 2 it was ~100 ms, but BBR starved next to kernel CUBIC.)
     bound = (CWND_GAIN * CWND_RTT_CAP - 1) * RTT + EXTRA_ACKED_MAX_TIME
     assert forward.stats.queue_delay_max < bound + 0.005
     assert forward.stats.dropped_queue == 0

@@ -190,6 +190,27 @@ def test_backpressure_pauses_and_resumes_the_local_reader() -> None:
     assert hashlib.sha256(target.received).digest() == hashlib.sha256(data).digest()
 
 
+def test_the_default_send_window_follows_the_congestion_window() -> None:
+    """Issue 13: with the default thresholds a TCP flow pauses at 2 x the congestion window (1..8 MiB), shared by the
+    flows already paused, and resumes at half; thresholds the owner chose stay fixed."""
+    from tunnel_core.forwarding.session import DEFAULT_HIGH_WATER, MAX_HIGH_WATER
+
+    session = Tunnel("tcp").start().client.session
+    loss = session._quic._loss._cc  # the controller owns the window aioquic's recovery reports
+    loss.congestion_window = 3 * MB
+    assert session._tcp_high_water() == 6 * MB
+    session._paused.update({1001, 1002})  # two flows already hold their share
+    assert session._tcp_high_water() == 2 * MB
+    session._paused.clear()
+    loss.congestion_window = 20 * MB
+    assert session._tcp_high_water() == MAX_HIGH_WATER
+    loss.congestion_window = 64 * 1024
+    assert session._tcp_high_water() == DEFAULT_HIGH_WATER
+    fixed = Tunnel("tcp", high_water=256 * 1024, low_water=64 * 1024).start().client.session
+    fixed._quic._loss._cc.congestion_window = 3 * MB
+    assert fixed._tcp_high_water() == 256 * 1024
+
+
 def test_credit_is_returned_only_for_bytes_the_local_side_took() -> None:
     window = 256 * 1024
     t = Tunnel("tcp", window=window).start()

@@ -8,6 +8,7 @@ in virtual seconds and in the network's step count.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from aioquic.buffer import Buffer
@@ -86,8 +87,19 @@ class QuicMachine:
         self._drain(now)
         return out
 
+    #: Like a real event loop's wake-ups (0 = exact, as virtual time): a timer fires at the next multiple of
+    #: ``wake_granularity`` (asyncio's epoll rounds every wait up to whole milliseconds), ``wake_delay`` later still
+    #: (a busy host). tests/test_congestion.py sets them on a sender.
+    wake_granularity = 0.0
+    wake_delay = 0.0
+
     def get_timer(self) -> float | None:
-        return None if self.conn is None else self.conn.get_timer()
+        timer = None if self.conn is None else self.conn.get_timer()
+        if timer is None or not (self.wake_granularity or self.wake_delay):
+            return timer
+        if self.wake_granularity:
+            timer = math.ceil(timer / self.wake_granularity - 1e-9) * self.wake_granularity
+        return timer + self.wake_delay
 
     def handle_timer(self, now: float) -> None:
         if self.conn is not None:

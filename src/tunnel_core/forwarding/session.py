@@ -99,6 +99,14 @@ FORWARD_HEADER_SIZE = 2
 
 DEFAULT_HIGH_WATER = 1 << 20
 DEFAULT_LOW_WATER = 256 << 10
+#: With the default thresholds a TCP flow's high water follows the path: SEND_WINDOW_FACTOR x the congestion window
+#: (bandwidth x RTT and the queue the controller keeps, as the controller sees it), between DEFAULT_HIGH_WATER and
+#: MAX_HIGH_WATER, and reading resumes at half of it. Why: a fixed 1 MiB, resuming at 256 kB, left one TCP connection
+#: on a 100 Mbit/s, 50 ms path without data to send for part of every cycle (~64 Mbit/s where 4 connections moved
+#: 93, docs/performance.md). The cap is the QUIC stream window (DEFAULT_WINDOW, 8 MiB): the peer cannot take more.
+#: Flows that are paused already share it (see _tcp_high_water), so many fast connections do not multiply it.
+SEND_WINDOW_FACTOR = 2
+MAX_HIGH_WATER = 8 << 20
 DEFAULT_UDP_IDLE_TIMEOUT = 120.0
 #: Client: live UDP peers per tunnel before the least recently active one is retired to make room. Why a cap: each
 #: peer holds a QUIC stream (the server grants a fixed number at a time) and a socket on the server; a DNS client
@@ -226,6 +234,8 @@ class ForwardingSession:
         self._headers: dict[int, bytearray] = {}  # server: streams whose forward header is still incomplete
         self._high_water = high_water
         self._low_water = low_water
+        #: the thresholds follow the path (SEND_WINDOW_FACTOR) unless the owner chose them
+        self._auto_water = (high_water, low_water) == (DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER)
         self._udp_idle_timeout = udp_idle_timeout
         self._max_flows = max_flows
         self._max_udp_peers = max_udp_peers
@@ -285,7 +295,7 @@ class ForwardingSession:
         if not data:
             return
         self._quic.send_stream_data(flow_id, data)
-        if flow_id not in self._paused and self._quic.send_buffer_size(flow_id) > self._high_water:
+        if flow_id not in self._paused and self._quic.send_buffer_size(flow_id) > self._tcp_high_water():
             self._paused.add(flow_id)
             self._events.append(PauseReading(flow_id))
 
@@ -805,9 +815,18 @@ class ForwardingSession:
             role = "client" if client else "server"
             raise LocalProtocolError(f"only a {kind.value} {role} session (or forward) can do that")
 
+    def _tcp_high_water(self) -> int:
+        if not self._auto_water:
+            return self._high_water
+        # Flows already paused hold their share: together the buffers stay near SEND_WINDOW_FACTOR x the window
+        # (memory bounded by the path, not by the number of connections), and never below DEFAULT_HIGH_WATER each.
+        window = SEND_WINDOW_FACTOR * self._quic.congestion_window // (1 + len(self._paused))
+        return max(self._high_water, min(MAX_HIGH_WATER, window))
+
     def _check_resume(self) -> None:
+        low = max(self._low_water, self._tcp_high_water() // 2) if self._auto_water else self._low_water
         for flow_id in sorted(self._paused):
-            if self._quic.send_buffer_size(flow_id) <= self._low_water:
+            if self._quic.send_buffer_size(flow_id) <= low:
                 self._paused.discard(flow_id)
                 self._events.append(ResumeReading(flow_id))
 

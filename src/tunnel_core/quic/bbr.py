@@ -61,9 +61,12 @@ CWND_GAIN = 2.0
 #: The window is sized on the RTT of the last round rather than min_rtt, capped at this multiple of min_rtt. Alone
 #: on a path BBR is pacing-limited and the two agree; next to a loss-based flow that keeps a standing queue, a
 #: window of 2 x bw x min_rtt would cap BBR below its share (rate = cwnd / RTT) and let the other flow starve it.
-#: The cap bounds BBR's own standing queue at (CWND_GAIN x RTT_CAP - 1) BDP; 1.5 was not enough next to CUBIC in a
-#: 200 ms buffer (BBR's share decayed from ~45 % to ~30 % within 12 s of virtual time), 2 holds 40-50 %.
-CWND_RTT_CAP = 2.0
+#: The cap bounds BBR's own standing queue at (CWND_GAIN x RTT_CAP - 1) BDP; 1.5 was not enough next to aioquic's
+#: CUBIC in a 200 ms buffer (virtual time: BBR's share decayed from ~45 % to ~30 % within 12 s), 2 held 40-50 %
+#: there, but not against the kernel's CUBIC TCP, which fills the whole buffer (WAN lab: RTT 250 ms = 5 min_rtt,
+#: so the window held 0.8 x the estimate per round trip and BBR spiralled to 5-10 % of the link); 4 lets a window
+#: cover a round trip that long.
+CWND_RTT_CAP = 4.0
 #: ...or min_rtt plus this, whichever is larger. On a LAN or loopback min_rtt is ~1 ms while delayed ACKs and a busy
 #: host add several ms to every sample; sized on min_rtt alone the window caps the rate at a fraction of the
 #: bandwidth, the measured rate follows, and the model spirals down (measured on loopback under load: 1 Mbit/s).
@@ -95,10 +98,15 @@ HEAVY_LOSS_THRESHOLD = 0.2
 LOSS_WINDOW_ROUNDS = 3
 #: bw_lo below this fraction of the max-filtered bandwidth means the path collapsed: restart from STARTUP.
 COLLAPSE_FRACTION = 0.3
-#: A loss window must lose at least this many packets to count as congested (a lone loss in a tiny window is noise).
-LOSS_MIN_PACKETS = 3
+#: A loss window must lose at least this many packets to count as congested (BBRv2's full_loss_cnt). At 3, a slow
+#: round (8 Mbit/s x 50 ms = 37 packets; 3 rounds = 111) at 1 % random loss counted as congested about one window in
+#: seven, and each cut made the next window smaller still (WAN lab wifi: 24 -> 5 Mbit/s in 8 s); 8 losses in 111
+#: packets at 1 % happen about once in 100,000 windows, while an overflowing queue loses far more.
+LOSS_MIN_PACKETS = 8
 #: Multiplicative decrease of inflight_hi and bw_lo on a congested round.
 BETA = 0.7
+#: A timer that fires this much late (or more) means the host did not run us: see on_host_stall.
+HOST_STALL = 0.005
 #: Smallest window, in packets.
 MIN_WINDOW_PACKETS = 4
 
@@ -212,6 +220,10 @@ class BbrCongestionControl(QuicCongestionControl):
         self._restart_time = 0.0
         self._round_min_rtt = math.inf
         self._recent_rtt = math.inf
+        #: bytes declared lost over the connection's life (what counts for the model; a trace reads it)
+        self.lost_bytes = 0
+        #: the last moment the host stalled us (on_host_stall); samples spanning it cannot lower the estimate
+        self._stall_time = -math.inf
 
     # ------------------------------------------------------------------------------------------ model readouts
 
@@ -245,6 +257,14 @@ class BbrCongestionControl(QuicCongestionControl):
         self._restart_model(now)
         self._update_control()
 
+    def on_host_stall(self, now: float) -> None:
+        """The owner was woken ``HOST_STALL`` or more after the timer it asked for: the host did not run us (a busy
+        machine, a descheduled process). Delivery-rate samples whose interval contains this moment measured the
+        host, not the path - the same stall usually holds up the receiver's ACKs too - so, like app-limited samples,
+        they may only raise the bandwidth estimate. Measured in the WAN lab on a loaded 2-core host: stalls of
+        100-300 ms every second or two, each taking the estimate down a step until 100 Mbit/s became 7."""
+        self._stall_time = now
+
     def on_app_limited(self) -> None:
         """The sender ran out of data with room in the window: samples until what is in flight now is delivered
         understate the path, so they may only raise the bandwidth estimate."""
@@ -258,8 +278,14 @@ class BbrCongestionControl(QuicCongestionControl):
             # Restarting from idle: intervals start now, not at the last ACK long ago.
             self._first_sent_time = now
             self._delivered_time = now
+        # PROBE_RTT sends half a BDP on purpose: what it delivers says nothing about the path's rate, so its samples
+        # count like app-limited ones. Next to CUBIC's 200 ms queue a round is 5 min_rtt long, PROBE_RTT outlasted
+        # the filter's time bound, and the estimate fell from 94 to 19 Mbit/s in one step (WAN lab, wan_fairness.py).
         packet._bbr = _SendState(  # type: ignore[attr-defined]
-            self._delivered, self._delivered_time, self._first_sent_time, self._app_limited_until > 0
+            self._delivered,
+            self._delivered_time,
+            self._first_sent_time,
+            self._app_limited_until > 0 or self.mode == _Mode.PROBE_RTT,
         )
         self.bytes_in_flight += packet.sent_bytes
 
@@ -288,7 +314,8 @@ class BbrCongestionControl(QuicCongestionControl):
             rate = (self._delivered - state.delivered) / interval
             if rate > self._round_max_rate:
                 self._round_max_rate = rate
-            if not state.app_limited or rate >= self._bw.value:
+            discounted = state.app_limited or self._stall_time > min(state.delivered_time, state.first_sent_time)
+            if not discounted or rate >= self._bw.value:
                 self._bw.update(self.round_count, now, self.min_rtt, rate)
         self._update_mode(now)
         self._update_control()
@@ -304,6 +331,7 @@ class BbrCongestionControl(QuicCongestionControl):
                 continue  # sent under the model we threw away: its loss says nothing about the new search
             self._round_lost += packet.sent_bytes
             self._round_lost_packets += 1
+            self.lost_bytes += packet.sent_bytes
         # Act within the round when it is already heavily congested, so a collapsed link is left quickly.
         lost = self._round_lost
         if (
@@ -582,20 +610,45 @@ class ModelPacer(QuicPacketPacer):
     aioquic's bucket is floored at zero after every packet, so any sliver of credit lets a whole packet go: an
     ACK-clocked sender then sends at the ACK rate whatever the pacing rate says (we measured DRAIN at gain 0.35
     still sending at the full link rate). Here a packet may drive the credit negative, and the next one waits until
-    it is paid back, so the long-run rate is exactly the pacing rate; the credit is capped at about 1 ms of sending
-    (2..16 packets) so idle time cannot turn into a long burst.
+    it is paid back, so the long-run rate is exactly the pacing rate.
+
+    Why the bucket grows with the measured wake-up lateness: a real event loop does not wake when asked. asyncio's
+    epoll rounds every wait up to whole milliseconds and a busy host adds more, so a pacer that asks to wake "in
+    0.1 ms" for the next packet wakes 1-3 ms later; with a fixed bucket of ~1 ms (2..16 packets, our first version)
+    the credit of the rest of the wait is thrown away and the sender moves less than its pacing rate, which the rate
+    samples then report as the path's bandwidth. So the pacer measures how late it is woken (a max that decays over
+    ~100 wake-ups, capped at PACING_MAX_LATENESS), holds twice that much credit on top of the quantum
+    (PACING_MIN_BURST..PACING_MAX_BURST packets, at least PACING_QUANTUM of sending), and a held sender waits for
+    a quantum of credit the size of that lateness (at most PACING_QUANTUM): each wake-up then sends a batch, which
+    means fewer wake-ups and runs that UDP GSO can carry. Woken on time (virtual time, a quiet host) it behaves as
+    before: one packet's wait and a ~1 ms bucket, which a shallow bottleneck buffer absorbs
+    (tests/test_congestion.py has both).
     """
 
     def __init__(self, *, max_datagram_size: int, controller: BbrCongestionControl) -> None:
         super().__init__(max_datagram_size=max_datagram_size)
         self._controller = controller
         self._version = -1
+        self._quantum = 0.0
+        #: when the last wait we asked for ends (None: not waiting), and the recent lateness of wake-ups
+        self._wake_at: float | None = None
+        self.lateness = 0.0
 
     def set_max_datagram_size(self, size: int) -> None:
         self._max_datagram_size = size
         self._version = -1
 
     def next_send_time(self, now: float) -> float | None:  # type: ignore[override]
+        wake_at = self._wake_at
+        if wake_at is not None and now >= wake_at:
+            self._wake_at = None
+            late = now - wake_at
+            # a max that decays by 1/64 per wake-up: one descheduled moment is remembered for ~100 wake-ups
+            decayed = self.lateness * (1 - 1 / 64)
+            lateness = min(late, PACING_MAX_LATENESS) if late > decayed else decayed
+            if abs(lateness - self.lateness) > 0.1 * self.lateness + 1e-5:
+                self._version = -1  # resize the bucket
+            self.lateness = lateness
         if self._version != self._controller.rate_version:
             self._refresh()
         if self.packet_time is None:
@@ -603,7 +656,8 @@ class ModelPacer(QuicPacketPacer):
         self.update_bucket(now)
         if self.bucket_time > -_PACING_SLACK:
             return None
-        return now - self.bucket_time
+        self._wake_at = now + self._quantum - self.bucket_time
+        return self._wake_at
 
     def update_after_send(self, now: float) -> None:
         if self.packet_time is not None:
@@ -627,7 +681,10 @@ class ModelPacer(QuicPacketPacer):
             return
         mss = self._max_datagram_size
         self.packet_time = max(K_MICRO_SECOND, min(mss / rate, 1.0))
-        burst = max(2 * mss, min(int(rate * 0.001), 16 * mss))
+        # Wait for as much credit as the loop's lateness would bring anyway (on time: one packet's, as before).
+        self._quantum = min(PACING_QUANTUM, self.lateness)
+        span = max(PACING_QUANTUM, self._quantum + 2 * self.lateness)
+        burst = max(PACING_MIN_BURST * mss, min(rate * span, PACING_MAX_BURST * mss))
         self.bucket_max = burst / rate
         if self.bucket_time > self.bucket_max:
             self.bucket_time = self.bucket_max
@@ -635,6 +692,14 @@ class ModelPacer(QuicPacketPacer):
 
 #: Credit shortfall (seconds) still treated as paid: float rounding must not schedule nanosecond timers.
 _PACING_SLACK = 1e-7
+#: A held sender waits for at most this much credit (its recent lateness) so each wake-up sends a batch; the bucket
+#: holds at least this much sending.
+PACING_QUANTUM = 0.001
+#: The bucket in packets: at least this many (slow paths), at most this many (a 64-datagram GSO batch).
+PACING_MIN_BURST = 2
+PACING_MAX_BURST = 64
+#: Lateness beyond this is a stall (the process was not running), not the loop's granularity: not worth a burst.
+PACING_MAX_LATENESS = 0.01
 
 
 register_congestion_control(NAME, BbrCongestionControl)

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tunnel_core.datagram import DATAGRAM_VERSION
 from tunnel_core.errors import LocalProtocolError
-from tunnel_core.quic.bbr import BbrCongestionControl, ModelPacer
+from tunnel_core.quic.bbr import HOST_STALL, BbrCongestionControl, ModelPacer
 from tunnel_core.quic.events import PeerVerificationFailed
 from tunnel_core.quic.identity import normalize_fingerprint
 from tunnel_core.quic.pmtu import PmtuSearch
@@ -231,6 +231,11 @@ class TunnelQuicConnection(QuicConnection):
         return dropped
 
     @property
+    def congestion_window(self) -> int:
+        """The congestion controller's window in bytes (what the path holds in flight, as the controller sees it)."""
+        return int(self._loss.congestion_window)
+
+    @property
     def max_datagram_size(self) -> int:
         """The QUIC packet size in use now (raised by path MTU discovery)."""
         return self._max_datagram_size
@@ -307,8 +312,11 @@ class TunnelQuicConnection(QuicConnection):
         return timer
 
     def handle_timer(self, now: float) -> None:
+        due = self._timer_cache
         self._timer_cache = _NO_CACHE
         self._now = now
+        if self._bbr is not None and isinstance(due, float) and now - due >= HOST_STALL:
+            self._bbr.on_host_stall(now)
         for space in self._loss.spaces:
             if space.ack_at is not None and space.ack_at <= now:
                 # aioquic paces a due ACK unless it is strictly overdue; at ack_at exactly (a precise timer) a

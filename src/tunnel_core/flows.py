@@ -219,11 +219,13 @@ def start_peer(
     pins: dict[str, str],
     session_spec: dict[str, Any],
     controlling: bool | None = None,
+    durable: bool = True,
 ) -> Generator[Effect, Any, tuple[Peer, GatheringComplete]]:
     """Bind, build the Peer (ICE -> QUIC -> forwarding), gather; shared by every ICE-mode role.
 
     ``is_client`` is the QUIC/forwarding role. ICE's controlling role defaults to it (manual mode); ice-nostr
-    passes the opposite. ``pins`` is read when QUIC starts (the answer arrives after gathering): "server" pins the
+    passes the opposite. ``durable`` offers durable streams in the QUIC handshake (docs/durable.md; off for
+    upstream's wire formats). ``pins`` is read when QUIC starts (the answer arrives after gathering): "server" pins the
     server's certificate on the client, "client" the client's on the server.
     """
     addresses = yield BindHostSockets(ice.host_candidates)
@@ -241,6 +243,7 @@ def start_peer(
             packet_size=assembly.packet_size_for(ice.packet_size, local, remote),
             congestion=ice.congestion,
             pmtu_ceiling=assembly.pmtu_ceiling_for(ice.packet_size, local, remote),
+            durable=durable,
         )
 
     def session_factory(quic: Any) -> Any:

@@ -257,7 +257,7 @@ def _client_request(
     pins: dict[str, str] = {}
     spec: dict[str, Any] = {"protocol": source.protocol}
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, controlling=False, identity=identity, pins=pins,
-                                     session_spec=spec)
+                                     session_spec=spec, durable=not opts.plaintext)
     times: Times = yield Clock()
     sid = session_id(rng)
     request = NostrRequest(
@@ -450,7 +450,7 @@ def server_session_flow(
         yield from reject(reason)
         raise TunnelError(reason, ExitCode.AUTH)
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=False, controlling=True, identity=identity, pins=pins,
-                                     session_spec=spec)
+                                     session_spec=spec, durable=not opts.plaintext)
     offer = ManualOffer(
         ice_ufrag=peer.ice.local_ufrag,
         ice_pwd=peer.ice.local_pwd,

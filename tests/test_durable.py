@@ -27,6 +27,7 @@ from tunnel_core.forwarding import (
     ForwardingSession,
     PauseReading,
     ResumeReading,
+    Route,
     SendTcp,
     ShutdownTcpWrite,
 )
@@ -137,8 +138,8 @@ class Side:
         self.apps: dict[int, App] = {}
         self.events: list[Any] = []
 
-    def connect(self, app: App) -> int:
-        fid = self.session.open_tcp(self.world.clock.now)
+    def connect(self, app: App, forward: int = 0) -> int:
+        fid = self.session.open_tcp(self.world.clock.now, forward)
         self._bind(fid, app)
         self.drain()
         return fid
@@ -239,7 +240,9 @@ class World:
     """Long-lived state on both ends (the client's DurableStreams, the server's registry, the Apps) and the
     current connection between them."""
 
-    def __init__(self, *, client_durable: bool = True, server_durable: bool = True) -> None:
+    def __init__(self, *, client_durable: bool = True, server_durable: bool = True,
+                 routes: list[Route] | None = None) -> None:
+        self.routes = routes
         self.clock = VirtualClock()
         self.streams = DurableStreams(bytes(16))
         self.registry = DurableRegistry()
@@ -268,8 +271,9 @@ class World:
         assert self.pair is not None
         if isinstance(ev, qe.HandshakeCompleted):
             is_client = side == "client"
+            routes = None if self.routes is None else [Route(r.protocol) if is_client else r for r in self.routes]
             session = ForwardingSession(self.pair.conn(side), is_client=is_client, protocol="tcp",
-                                        target_addresses=() if is_client else TARGETS)
+                                        target_addresses=() if is_client else TARGETS, routes=routes)
             adapter = self.sides[side] = Side(self, side, session)
             session.enable_durable(self.streams if is_client else self.registry, self.clock.now)
             self.pair.participants.append(adapter)
@@ -427,3 +431,18 @@ def test_a_held_stream_the_client_no_longer_has_is_let_go_by_the_server() -> Non
     target = world.targets[0]
     world.run(lambda: target.aborted)
     assert target.dropped == "the client no longer has it"
+
+
+def test_streams_of_a_session_with_several_forwards_resume_on_their_own_forward() -> None:
+    world = World(routes=[Route("tcp", TARGETS), Route("tcp", TARGETS)])
+    replies = iter([_payload(5, 2 * MB), _payload(6, 2 * MB)])
+    world.new_target = lambda: App(outbox=bytearray(next(replies)), want_eof=True)
+    first, second = App(outbox=bytearray(b"one"), want_eof=True), App(outbox=bytearray(b"two"), want_eof=True)
+    world.client.connect(first, 0)
+    world.client.connect(second, 1)
+    world.run(lambda: len(first.received) > 256 * 1024 and len(second.received) > 256 * 1024)
+    world.cut(40.0)
+    world.connect()
+    world.run(lambda: first.closed and second.closed and all(t.closed for t in world.targets))
+    assert bytes(first.received) == _payload(5, 2 * MB) and bytes(second.received) == _payload(6, 2 * MB)
+    assert sorted(bytes(t.received) for t in world.targets) == [b"one", b"two"]

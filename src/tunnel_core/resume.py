@@ -160,7 +160,7 @@ class ControlDecoder:
 
 
 __all__ = [
-    "CONTROL_OPENING", "DURABLE_VERSION", "MAX_FRAME_BODY", "MAX_KEYS", "RESUME_ANSWER_SIZE", "RESUME_HEADER_SIZE", "RESUME_OPENING",
-    "TOKEN_SIZE", "Ack", "ControlDecoder", "ControlFrame", "DurableWireError", "Hello", "decode_offset",
-    "decode_resume", "encode_ack", "encode_hello", "encode_offset", "encode_resume", "stream_key",
+    "CONTROL_OPENING", "DURABLE_VERSION", "MAX_FRAME_BODY", "MAX_KEYS", "RESUME_ANSWER_SIZE", "RESUME_HEADER_SIZE",
+    "RESUME_OPENING", "TOKEN_SIZE", "Ack", "ControlDecoder", "ControlFrame", "DurableWireError", "Hello",
+    "decode_offset", "decode_resume", "encode_ack", "encode_hello", "encode_offset", "encode_resume", "stream_key",
 ]

@@ -19,6 +19,11 @@ Three shapes, all big-endian:
   received) and both sides continue from there, or resets the stream when it does not know the key;
 * nothing on ordinary streams: a stream's key is ``generation << 32 | stream id``, known to both ends.
 
+Iroh mode has no forwarding session: each durable stream negotiates in its SourceRequest/SourceResponse
+(``tunnel_core.wire.DurableRequest``) and then carries frames both ways - DATA (``03``, the payload, at most
+``MAX_DATA`` bytes), ACK (as above, one pair) and FIN (``04``, empty: the sender's application ended its
+direction; the QUIC stream itself ends only when both sides are done, so confirmations can still flow).
+
 Why these openings: a stream of a session with several forwards starts with a u16 forward index (at most
 ``MAX_FORWARDS``) and one of upstream's single-forward session with the byte 00, so ``FF`` opens neither.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
@@ -42,6 +48,10 @@ RESUME_ANSWER_SIZE = 8
 TOKEN_SIZE = 16
 FRAME_HELLO = 0x01
 FRAME_ACK = 0x02
+FRAME_DATA = 0x03
+FRAME_FIN = 0x04
+#: The largest DATA frame body (iroh mode's framed streams).
+MAX_DATA = 256 * 1024
 #: Keys in one HELLO or ACK: the QUIC connection allows 1024 concurrent streams; the rest is headroom.
 MAX_KEYS = 4096
 #: The largest frame body: a full HELLO (1 + 16 + 4 + 2 + 8 * MAX_KEYS).
@@ -67,7 +77,18 @@ class Ack:
     offsets: tuple[tuple[int, int], ...]
 
 
+@attrs.frozen
+class Data:
+    payload: bytes
+
+
+@attrs.frozen
+class Fin:
+    pass
+
+
 ControlFrame = Hello | Ack
+StreamFrame = Ack | Data | Fin
 
 
 def stream_key(generation: int, stream_id: int) -> int:
@@ -92,6 +113,21 @@ def encode_ack(offsets: Sequence[tuple[int, int]]) -> bytes:
     return _FRAME_HEAD.pack(FRAME_ACK, len(body)) + body
 
 
+def encode_data(payload: bytes) -> list[bytes]:
+    """``payload`` as DATA frames of at most MAX_DATA bytes each (header and body as separate buffers)."""
+    out: list[bytes] = []
+    view = memoryview(payload)
+    for start in range(0, len(payload), MAX_DATA):
+        piece = view[start:start + MAX_DATA]
+        out.append(_FRAME_HEAD.pack(FRAME_DATA, len(piece)))
+        out.append(bytes(piece))
+    return out
+
+
+def encode_fin() -> bytes:
+    return _FRAME_HEAD.pack(FRAME_FIN, 0)
+
+
 def encode_resume(key: int, offset: int) -> bytes:
     return RESUME_OPENING + _PAIR.pack(key, offset)
 
@@ -114,7 +150,13 @@ def decode_offset(data: bytes) -> int:
     return int(_U64.unpack(data)[0])
 
 
-def _decode_body(kind: int, body: bytes) -> ControlFrame:
+def _decode_body(kind: int, body: bytes) -> ControlFrame | Data | Fin:
+    if kind == FRAME_DATA:
+        return Data(body)
+    if kind == FRAME_FIN:
+        if body:
+            raise DurableWireError("Malformed durable FIN")
+        return Fin()
     if kind == FRAME_HELLO:
         if len(body) < 23 or body[0] != DURABLE_VERSION:
             raise DurableWireError("Malformed durable HELLO")
@@ -134,22 +176,27 @@ def _decode_body(kind: int, body: bytes) -> ControlFrame:
 
 
 class ControlDecoder:
-    """Frames of a control stream (after its opening), fed in arbitrary chunks; bounded by MAX_FRAME_BODY."""
+    """Frames of a control stream (after its opening), fed in arbitrary chunks; bounded by MAX_FRAME_BODY.
+    ``stream=True`` decodes an iroh-mode durable stream instead (ACK, DATA, FIN)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, stream: bool = False) -> None:
         self._buffer = bytearray()
+        self._kinds = (FRAME_ACK, FRAME_DATA, FRAME_FIN) if stream else (FRAME_HELLO, FRAME_ACK)
+        self._limit = max(MAX_DATA, MAX_FRAME_BODY) if stream else MAX_FRAME_BODY
 
     @property
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[ControlFrame]:
+    def feed(self, data: bytes) -> list[Any]:
         self._buffer += data
-        out: list[ControlFrame] = []
+        out: list[Any] = []
         while len(self._buffer) >= _FRAME_HEAD.size:
             kind, length = _FRAME_HEAD.unpack_from(self._buffer)
-            if length > MAX_FRAME_BODY:
-                raise DurableWireError("Durable control frame too large")
+            if kind not in self._kinds:
+                raise DurableWireError(f"Unknown durable frame {kind}")
+            if length > self._limit:
+                raise DurableWireError("Durable frame too large")
             end = _FRAME_HEAD.size + length
             if len(self._buffer) < end:
                 break
@@ -160,7 +207,30 @@ class ControlDecoder:
 
 
 __all__ = [
-    "CONTROL_OPENING", "DURABLE_VERSION", "MAX_FRAME_BODY", "MAX_KEYS", "RESUME_ANSWER_SIZE", "RESUME_HEADER_SIZE",
-    "RESUME_OPENING", "TOKEN_SIZE", "Ack", "ControlDecoder", "ControlFrame", "DurableWireError", "Hello",
-    "decode_offset", "decode_resume", "encode_ack", "encode_hello", "encode_offset", "encode_resume", "stream_key",
+    "CONTROL_OPENING",
+    "DURABLE_VERSION",
+    "MAX_DATA",
+    "MAX_FRAME_BODY",
+    "MAX_KEYS",
+    "RESUME_ANSWER_SIZE",
+    "RESUME_HEADER_SIZE",
+    "RESUME_OPENING",
+    "TOKEN_SIZE",
+    "Ack",
+    "ControlDecoder",
+    "ControlFrame",
+    "Data",
+    "DurableWireError",
+    "Fin",
+    "Hello",
+    "StreamFrame",
+    "decode_offset",
+    "decode_resume",
+    "encode_ack",
+    "encode_data",
+    "encode_fin",
+    "encode_hello",
+    "encode_offset",
+    "encode_resume",
+    "stream_key",
 ]

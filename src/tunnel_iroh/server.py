@@ -22,6 +22,7 @@ from tunnel_core.iroh_session import (
     PROTOCOL_VERSION_E2,
     PROTOCOL_VERSION_E4,
     ClientAllowlist,
+    DurableControl,
     ResolveHost,
     SendBytes,
     ServerStream,
@@ -36,8 +37,8 @@ from tunnel_core.iroh_session.options import IrohServerOptions
 from tunnel_core.keys import format_endpoint_id
 from tunnel_core.policy import AccessPolicy
 from tunnel_core.types import Address
-from tunnel_core.wire import UdpFrameDecoder, WireError
-from tunnel_iroh import ffi
+from tunnel_core.wire import DurableRequest, UdpFrameDecoder, WireError
+from tunnel_iroh import durable, ffi
 from tunnel_iroh.bridge import (
     READ_LIMIT,
     TCP_LIMIT,
@@ -71,6 +72,8 @@ class IrohServer:
         self.limiter = SessionLimiter(options.max_sessions)
         self._comments = dict(options.authorized_key_comments)
         self.e4 = options.protocol == "e4"
+        #: durable streams (docs/durable.md, e4 only): held local connections by client token and stream key
+        self._parking = durable.Parking()
         self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
         self.endpoint: Any = None
         self._bridges = OnionBridges(options.network.socks5_proxy)
@@ -248,7 +251,9 @@ class IrohServer:
     async def _handle_stream(self, bi: Any, client: str, link: DatagramLink) -> None:
         permit = self.limiter.try_acquire()
         try:
-            await self._drive_stream(bi, ServerStream(self.policy, permit=permit, version=self.version), client,
+            answer = self._parking.answer if self.e4 else None
+            await self._drive_stream(bi, ServerStream(self.policy, permit=permit, version=self.version,
+                                                      durable=answer), client,
                                      link)
         finally:
             if permit:
@@ -293,15 +298,70 @@ class IrohServer:
                     with contextlib.suppress(Exception):
                         await send.reset(0)
                     return
+                elif isinstance(event, DurableControl):
+                    await self._parking.control(event.durable.token).run(send, recv, event.payload)
+                    return
                 elif isinstance(event, StartForwarding):
                     log.info("Client %s: forwarding %s", client[:10], event.source.url())
-                    if event.source.protocol == "tcp":
+                    if event.durable is not None:
+                        await self._forward_durable(event, event.durable, send, recv)
+                        return
+                    elif event.source.protocol == "tcp":
                         await self._forward_tcp(event, send, recv)
                     else:
                         await self._forward_udp(event, send, recv, link)
                     return
         except f.IrohError as exc:
             log.debug("stream ended: %s", ffi.error_text(exc))
+
+    async def _forward_durable(self, start: StartForwarding, request: DurableRequest, send: Any, recv: Any) -> None:
+        """A durable TCP stream (docs/durable.md): a new one dials; a resumed one takes its held socket. When the
+        connection goes, the socket is held for the client's next connection (``durable.GRACE``)."""
+        if request.offset is None:
+            try:
+                reader, writer = await happy_eyeballs(start.addresses, limit=TCP_LIMIT, timeout=DIAL_TIMEOUT)
+            except DialFailed as exc:
+                log.warning("Failed to connect to %s: %s", start.source.url(), exc)
+                with contextlib.suppress(Exception):
+                    await send.finish()
+                return
+            tune_tcp(writer)
+            held = durable.Held(reader, writer)
+            stream = self._parking.new(request, held)
+            offset = 0
+        else:
+            found = self._parking.take(request)
+            if found is None:
+                with contextlib.suppress(Exception):
+                    await send.reset(0)
+                return
+            stream, held, offset = found, found.local, request.offset
+            if held.task is not None and not held.task.done():
+                held.task.cancel()  # the old connection has not noticed it is gone yet
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(held.free.wait(), 10.0)
+            if held.timer is not None:
+                held.timer.cancel()
+                held.timer = None
+        held.task = asyncio.current_task()
+        held.free.clear()
+        outcome = durable.Outcome.LOST
+        try:
+            parking, token = self._parking, request.token
+            outcome = await durable.bridge(held.reader, held.writer, send, recv, stream, offset, start.payload,
+                                           parking.room(token, request.key), lambda s: parking.want_ack(token, s))
+        finally:
+            held.task = None
+            held.free.set()
+            if outcome is durable.Outcome.LOST:
+                peer = held.writer.get_extra_info("peername")
+                self._parking.hold(request, stream, f"{peer[0]}:{peer[1]}" if peer else "to the service")
+            else:
+                self._parking.forget(request, stream)
+                if outcome is durable.Outcome.DONE:
+                    held.writer.close()
+                else:
+                    held.writer.transport.abort()
 
     async def _forward_tcp(self, start: StartForwarding, send: Any, recv: Any) -> None:
         try:

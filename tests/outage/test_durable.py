@@ -1,14 +1,14 @@
 """Durable streams with real processes (issue 15 item 4; docs/durable.md): a cut past the consent limit during a
-100 MiB transfer and during an interactive ssh session; both survive the reconnect.
+100 MiB transfer and during an interactive ssh session; both survive the reconnect, in nostr and iroh mode.
 
-One lab, one cut, three things at once (the suite's wall time matters more than separate reports):
+One lab, one cut, everything at once (the suite's wall time matters more than separate reports):
 
-- a nostr tunnel with two forwards: the echo service (a 100 MiB transfer, sha256 checked end to end) and a real
-  sshd started by the test in the server's namespace (an interactive ``ssh`` session: a command before the cut and
-  one typed after it must both be answered);
-- a second nostr tunnel with ``--plaintext-compat`` (upstream's wire format): it reconnects too, but resumption is
-  off, so its open connection is reset with one line;
-- the client's RSS before and at the end of the cut, while the transfer's writer keeps trying to write.
+- a nostr tunnel and an iroh tunnel (protocol e4), each with two forwards: the echo service (a 100 MiB transfer,
+  sha256 checked end to end) and a real sshd started by the test in the server's namespace (an interactive
+  ``ssh`` session: a command before the cut and one typed after it must both be answered);
+- a nostr tunnel with ``--plaintext-compat`` and an iroh tunnel with protocol e2 (upstream's wire formats): they
+  reconnect too, but resumption is off, so their open connection is reset with one line each;
+- each durable client's RSS at the start and at the end of the cut, while its transfer's writer keeps writing.
 """
 
 from __future__ import annotations
@@ -19,23 +19,27 @@ import queue
 import re
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 import pytest
-from tests.nat.lab import Lab
-from tests.nat.modes import MODES, PROBE, PYTHON, Connected, Proc, RunningPair
+from tests.nat.lab import SRV_IP, Lab
+from tests.nat.modes import CLI, MODES, PROBE, PYTHON, Connected, Proc, RunningPair, start_echo
+
+from tunnel_core.iroh_session.auth import public_key_from_seed
+from tunnel_core.iroh_session.authkeys import format_private_key, format_public_key
+from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id, format_secret_key
 
 from .cut import cut, heal
 from .test_cut import Progress
 
-pytestmark = [pytest.mark.nat, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.nat, pytest.mark.timeout(900)]
 
 CUT_SECONDS = float(os.environ.get("TUNNEL_DURABLE_CUT", "90"))
 TRANSFER_MIB = int(os.environ.get("TUNNEL_DURABLE_MIB", "100"))
 CUT_AFTER = 4 * 1024 * 1024
 SSHD_PORT = 2222
-SSH_LISTEN = 7102
-COMPAT_LISTEN, COMPAT_ECHO = 7200, 7001
 
 
 def _sshd(lab: Lab) -> tuple[Proc, Path]:
@@ -58,10 +62,10 @@ def _sshd(lab: Lab) -> tuple[Proc, Path]:
     return sshd, user_key
 
 
-def _ssh_session(lab: Lab, user_key: Path) -> Proc:
+def _ssh_session(lab: Lab, user_key: Path, port: int) -> Proc:
     """An interactive ssh session through the tunnel: a shell reading the commands we type on its stdin."""
     return Proc("ssh", lab.in_ns("pA", [
-        "ssh", "-T", "-p", str(SSH_LISTEN), "-i", str(user_key), "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+        "ssh", "-T", "-p", str(port), "-i", str(user_key), "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
         "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
         "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR", "root@127.0.0.1"]))
 
@@ -94,71 +98,151 @@ def _count(proc: Proc, text: str) -> int:
     return sum(text in line for line in proc.stderr_lines)
 
 
-def test_a_90s_cut_during_a_transfer_and_an_ssh_session_both_survive_in_nostr_mode(lab: Lab) -> None:
+def _iroh_e4(lab: Lab, listen_port: int, echo_port: int, client_extra: Sequence[str]) -> RunningPair:
+    """An iroh pair speaking e4 (upstream's current protocol, Ed25519 keys): durable streams between our peers.
+    Otherwise as tests/nat/modes.IrohMode (our relay on the public side, no discovery)."""
+    relay_url = f"http://{SRV_IP}:{listen_port + 1000}"
+    secret = os.urandom(32)
+    server_key = lab.workdir / f"iroh-e4-{listen_port}.key"
+    server_key.write_text(format_secret_key(secret))
+    seed = os.urandom(32)
+    client_key = lab.workdir / f"iroh-e4-{listen_port}.auth"
+    client_key.write_text(format_private_key(seed, "lab client"))
+    authorized = lab.workdir / f"iroh-e4-{listen_port}.authorized"
+    authorized.write_text(format_public_key(public_key_from_seed(seed), "lab client") + "\n")
+    for path in (server_key, client_key):
+        path.chmod(0o600)
+    network = ["--relay-url", relay_url, "--dns-server", "none"]
+    echo = start_echo(lab, echo_port)
+    relay = Proc("iroh-relay", lab.in_ns("srv", [*CLI, "relay", "--bind", f"{SRV_IP}:{listen_port + 1000}"]))
+    server = Proc("server", lab.in_ns("pB", [*CLI, "server", "iroh", "--protocol", "e4", "--secret-file",
+                                             str(server_key), "--authorized-keys-file", str(authorized),
+                                             "--allowed-tcp", "127.0.0.0/8", *network]))
+    pair = RunningPair(lab=lab, client=server, server=server, echo=echo, listen_port=listen_port, helpers=[relay],
+                       listening=r"Listening on TCP ")
+    assert relay.wait_line(r"(?i)relay listening on", 20), relay.stderr
+    assert server.wait_line(r"Listening on", 30), server.stderr
+    server_id = format_endpoint_id(endpoint_id_from_secret(secret))
+    pair.client = Proc("client", lab.in_ns("pA", [
+        *CLI, "client", "iroh", "--protocol", "e4", "--private-key-file", str(client_key), "-n", server_id,
+        "-s", f"tcp://127.0.0.1:{echo_port}", "-t", f"127.0.0.1:{listen_port}", *network, *client_extra]))
+    pair.answered_at = pair.client.started_at
+    return pair
+
+
+@attrs.define
+class Durable:
+    """One tunnel whose streams must survive the cut: a 100 MiB transfer and an ssh session."""
+
+    name: str
+    pair: RunningPair
+    ssh_listen: int
+    session: Proc | None = None
+    transfer: Proc | None = None
+    progress: Progress | None = None
+    rss: list[int] = attrs.Factory(list)
+    back_at: float | None = None
+    answered: float | None = None
+
+    def start(self, lab: Lab, user_key: Path) -> None:
+        self.session = _ssh_session(lab, user_key, self.ssh_listen)
+        assert _type(self.session, "before-cut", 30) is not None, (self.session.stderr, self.pair.describe())
+        self.transfer = Proc("transfer", lab.in_ns("pA", [
+            PYTHON, PROBE, "transfer", str(self.pair.listen_port), str(TRANSFER_MIB * 1024 * 1024), "--timeout",
+            "500", "--progress"]))
+        self.progress = Progress(self.transfer)
+
+    def stop(self) -> None:
+        for proc in (self.transfer, self.session):
+            if proc is not None:
+                proc.stop()
+
+
+def _pump_all(items: Sequence[Durable], until: float, enough: int | None = None) -> None:
+    """Read every transfer's progress until ``until`` (or, with ``enough``, until each has that much back)."""
+    while time.monotonic() < until:
+        waiting = [d.progress for d in items if d.progress is not None and d.progress.verdict is None
+                   and (enough is None or d.progress.received < enough)]
+        if not waiting:
+            return
+        for progress in waiting:
+            progress.pump(min(until, time.monotonic() + 0.1), enough)
+
+
+def test_a_90s_cut_during_transfers_and_ssh_sessions_nostr_and_iroh_streams_survive(lab: Lab) -> None:
     sshd, user_key = _sshd(lab)
     pairs: list[RunningPair] = []
-    transfer: Proc | None = None
-    session: Proc | None = None
+    durables: list[Durable] = []
     try:
-        durable = MODES["nostr"].start(
-            lab, turn=False, client_extra=("--forward", f"127.0.0.1:{SSH_LISTEN}=tcp://127.0.0.1:{SSHD_PORT}"))
-        pairs.append(durable)
-        compat = MODES["nostr"].start(lab, turn=False, listen_port=COMPAT_LISTEN, echo_port=COMPAT_ECHO,
+        forward = f"127.0.0.1:{{}}=tcp://127.0.0.1:{SSHD_PORT}"
+        nostr = MODES["nostr"].start(lab, turn=False, client_extra=("--forward", forward.format(7102)))
+        pairs.append(nostr)
+        iroh = _iroh_e4(lab, 7300, 7002, ("--forward", forward.format(7302)))
+        pairs.append(iroh)
+        durables = [Durable("nostr", nostr, 7102), Durable("iroh e4", iroh, 7302)]
+        # upstream's wire formats: they reconnect too, resumption is off
+        compat = MODES["nostr"].start(lab, turn=False, listen_port=7200, echo_port=7001,
                                       extra=("--plaintext-compat",))
         pairs.append(compat)
+        e2 = MODES["iroh"].start(lab, turn=False, listen_port=7400, echo_port=7003)
+        pairs.append(e2)
         for pair in pairs:
             assert isinstance(pair.wait_connected(), Connected), pair.describe()
-        held = compat.start_transfer(10**10, timeout=400)  # open across the cut: reset, resumption is off
-        pairs[-1].helpers.append(held)
-        assert held.stdout.get(timeout=20) == "started\n", compat.describe()
-
-        session = _ssh_session(lab, user_key)
-        assert _type(session, "before-cut", 30) is not None, (session.stderr, durable.describe())
-        total = TRANSFER_MIB * 1024 * 1024
-        transfer = Proc("transfer", lab.in_ns("pA", [PYTHON, PROBE, "transfer", str(durable.listen_port),
-                                                     str(total), "--timeout", "500", "--progress"]))
-        progress = Progress(transfer)
-        progress.pump(time.monotonic() + 120, enough=CUT_AFTER)
-        assert progress.verdict is None and progress.received >= CUT_AFTER, (progress.verdict, durable.describe())
+        for pair in (compat, e2):  # open across the cut: reset with one line
+            held = pair.start_transfer(10**10, timeout=400)
+            pair.helpers.append(held)
+            assert held.stdout.get(timeout=20) == "started\n", pair.describe()
+        for item in durables:
+            item.start(lab, user_key)
+        _pump_all(durables, time.monotonic() + 120, enough=CUT_AFTER)
+        for item in durables:
+            assert item.progress is not None and item.progress.verdict is None, (item.name, item.pair.describe())
+            assert item.progress.received >= CUT_AFTER, (item.name, item.pair.describe())
 
         cut(lab)
-        rss_at_cut = _rss_kib(durable.client)
+        for item in durables:
+            item.rss.append(_rss_kib(item.pair.client))
         try:
-            progress.pump(time.monotonic() + CUT_SECONDS)
-            assert durable.client.wait_line(r"Reconnecting\.\.\.", 1), durable.describe()
-            rss_end_of_cut = _rss_kib(durable.client)
-            at_heal = progress.received
+            _pump_all(durables, time.monotonic() + CUT_SECONDS)
+            for item in durables:
+                item.rss.append(_rss_kib(item.pair.client))
+            at_heal = {item.name: item.progress.received for item in durables if item.progress is not None}
         finally:
             heal(lab)
         healed_at = time.monotonic()
-        assert durable.client.wait_line(r"Tunnel back after", 120), durable.describe()
-        back_at = durable.client.line_time(r"Tunnel back after")
-        assert back_at is not None
-        answered = _type(session, "after-cut", 60)
-        progress.pump(healed_at + 400)
-        resumed = progress.first_growth_after(healed_at, at_heal)
-        verdict = json.loads(progress.verdict or "{}")
+        for item in durables:
+            if item.pair.client.wait_line(r"Reconnecting\.\.\.", 0.1):
+                assert item.pair.client.wait_line(r"Tunnel back after", 150), item.pair.describe()
+                item.back_at = item.pair.client.line_time(r"Tunnel back after")
+            assert item.session is not None
+            item.answered = _type(item.session, "after-cut", 60)
+        _pump_all(durables, healed_at + 400)
 
-        assert verdict.get("ok") is True, (verdict, durable.describe())
-        assert answered is not None, (session.stderr, durable.describe())
-        assert _count(durable.client, "reset:") == 0, durable.describe()
-        assert _count(durable.server, "reset:") == 0, durable.describe()
-        assert _type(session, "still-there", 30) is not None
-        # upstream's wire: the reconnect works, the open connection does not survive it (one line)
-        assert compat.client.wait_line(r"Tunnel back after", 60), compat.describe()
-        assert _count(compat.client, "reset: the tunnel was lost") == 1, compat.describe()
-        again = compat.transfer(1024 * 1024, timeout=60)
-        assert again.get("ok") is True, (again, compat.describe())
-        assert rss_end_of_cut - rss_at_cut < 32 * 1024, (rss_at_cut, rss_end_of_cut)
-        assert resumed is not None
-        print(f"\n[durable] nostr cut={CUT_SECONDS:g}s MiB={TRANSFER_MIB} transfer ok in {verdict['seconds']}s "
-              f"(sha256 match); tunnel back {back_at - healed_at:.1f}s after the heal, transfer data again "
-              f"{resumed - back_at:.1f}s after that; ssh answered 'after-cut' in {answered:.2f}s; client RSS "
-              f"{rss_at_cut} KiB at the cut, {rss_end_of_cut} KiB at its end", flush=True)
+        report = []
+        for item in durables:
+            assert item.progress is not None and item.session is not None
+            verdict = json.loads(item.progress.verdict or "{}")
+            assert verdict.get("ok") is True, (item.name, verdict, item.pair.describe())
+            assert item.answered is not None, (item.name, item.session.stderr, item.pair.describe())
+            assert _type(item.session, "still-there", 30) is not None, item.name
+            assert _count(item.pair.client, "reset:") == 0, item.pair.describe()
+            assert _count(item.pair.server, "reset:") == 0, item.pair.describe()
+            assert item.rss[1] - item.rss[0] < 32 * 1024, (item.name, item.rss)
+            resumed = item.progress.first_growth_after(healed_at, at_heal[item.name])
+            assert resumed is not None, item.name
+            back = "no reconnect" if item.back_at is None else f"tunnel back {item.back_at - healed_at:.1f}s"
+            report.append(f"{item.name}: {back} after the heal, data again {resumed - healed_at:.1f}s after it, "
+                          f"transfer ok in {verdict['seconds']}s (sha256 match), ssh answered in "
+                          f"{item.answered:.2f}s, client RSS {item.rss[0]} -> {item.rss[1]} KiB during the cut")
+        for pair in (compat, e2):
+            assert pair.client.wait_line(r"Tunnel back after", 120), pair.describe()
+            assert _count(pair.client, "reset: the tunnel was lost") == 1, pair.describe()
+            again = pair.transfer(1024 * 1024, timeout=60)
+            assert again.get("ok") is True, (again, pair.describe())
+        print(f"\n[durable] cut={CUT_SECONDS:g}s MiB={TRANSFER_MIB}\n  " + "\n  ".join(report), flush=True)
     finally:
-        for proc in (transfer, session):
-            if proc is not None:
-                proc.stop()
+        for item in durables:
+            item.stop()
         for pair in pairs:
             pair.close()
         sshd.stop()

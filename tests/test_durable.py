@@ -20,6 +20,7 @@ from aioquic.quic import events as qe
 
 from test_quic_pair import PEER, Pair
 from tunnel_core import resume as rw
+from tunnel_core import wire as tw
 from tunnel_core.forwarding import (
     AbortTcp,
     CloseTcp,
@@ -40,6 +41,14 @@ from tunnel_core.forwarding.durable import (
     DurableStreams,
 )
 from tunnel_core.forwarding.events import DropTcp, ResumeTcp
+from tunnel_core.iroh_session.server import (
+    DURABLE_CONTROL_KEY,
+    DurableControl,
+    ServerStream,
+    StartForwarding,
+)
+from tunnel_core.iroh_session.server import SendBytes as IrohSendBytes
+from tunnel_core.policy import AccessPolicy
 from tunnel_core.testing import VirtualClock
 
 MB = 1024 * 1024
@@ -446,3 +455,87 @@ def test_streams_of_a_session_with_several_forwards_resume_on_their_own_forward(
     world.run(lambda: first.closed and second.closed and all(t.closed for t in world.targets))
     assert bytes(first.received) == _payload(5, 2 * MB) and bytes(second.received) == _payload(6, 2 * MB)
     assert sorted(bytes(t.received) for t in world.targets) == [b"one", b"two"]
+
+
+# ------------------------------------------------------------------------------------------ iroh mode's pieces
+
+
+def test_iroh_source_request_and_response_durable_fields_golden_bytes() -> None:
+    token = bytes(range(16))
+    request = tw.SourceRequest("tcp://127.0.0.1:22", version=2, durable=tw.DurableRequest(token, 3, 7))
+    wire = tw.encode_source_request(request)
+    assert wire[4:] == (b'{"version":2,"source":"tcp://127.0.0.1:22","durable":{"token":"000102030405060708090a0b0c0d'
+                        b'0e0f","key":3,"offset":7}}')
+    assert tw.decode_source_request(wire[4:], expected_version=2) == request
+    fresh = tw.encode_source_request(tw.SourceRequest("tcp://h:1", version=2, durable=tw.DurableRequest(token, 4)))
+    assert b'"durable":{"token":"000102030405060708090a0b0c0d0e0f","key":4}}' in fresh
+    response = tw.SourceResponse(True, version=2, durable=65536)
+    assert tw.encode_source_response(response)[4:] == b'{"version":2,"accepted":true,"durable":65536}'
+    assert tw.decode_source_response(tw.encode_source_response(response)[4:], expected_version=2) == response
+
+
+@pytest.mark.parametrize("durable", [
+    '"x"', '{"token":"00","key":1}', '{"token":"' + "g" * 32 + '","key":1}', '{"token":"' + "0" * 32 + '","key":-1}',
+    '{"token":"' + "0" * 32 + '","key":1,"offset":true}',
+])
+def test_iroh_malformed_durable_fields_are_refused(durable: str) -> None:
+    body = ('{"version":2,"source":"tcp://h:1","durable":' + durable + "}").encode()
+    with pytest.raises(tw.WireError):
+        tw.decode_source_request(body, expected_version=2)
+
+
+def test_iroh_stream_frames_golden_bytes() -> None:
+    assert b"".join(rw.encode_data(b"hi")).hex() == "03" "00000002" "6869"
+    assert rw.encode_fin().hex() == "04" "00000000"
+    decoder = rw.ControlDecoder(stream=True)
+    wire = b"".join(rw.encode_data(b"x" * (rw.MAX_DATA + 1))) + rw.encode_ack([(1, 9)]) + rw.encode_fin()
+    frames = decoder.feed(wire)
+    assert [type(f).__name__ for f in frames] == ["Data", "Data", "Ack", "Fin"]
+    assert sum(len(f.payload) for f in frames[:2]) == rw.MAX_DATA + 1
+    with pytest.raises(rw.DurableWireError):
+        rw.ControlDecoder(stream=True).feed(rw.encode_hello(rw.Hello(bytes(16), 1, ())))
+    with pytest.raises(rw.DurableWireError):
+        rw.ControlDecoder().feed(rw.encode_fin())  # a control stream carries no FIN
+
+
+def _server_stream(answer: Any) -> ServerStream:
+    policy = AccessPolicy.from_strings(["127.0.0.0/8"], [])
+    return ServerStream(policy, permit=True, version=2, durable=answer)
+
+
+def _request(durable: tw.DurableRequest | None) -> bytes:
+    return tw.encode_source_request(tw.SourceRequest("tcp://127.0.0.1:22", version=2, durable=durable))
+
+
+def test_iroh_server_stream_answers_durable_requests() -> None:
+    token = bytes(16)
+    answers: list[tw.DurableRequest] = []
+
+    def answer(request: tw.DurableRequest) -> int | str:
+        answers.append(request)
+        return 0 if request.offset is None else ("unknown durable stream" if request.key == 9 else 1234)
+
+    fresh = _server_stream(answer)
+    fresh.feed(_request(tw.DurableRequest(token, 1)))
+    sent, start = fresh.next_event(), fresh.next_event()
+    assert isinstance(sent, IrohSendBytes) and isinstance(start, StartForwarding)
+    assert tw.decode_source_response(sent.data[4:], expected_version=2).durable == 0
+    assert start.durable == tw.DurableRequest(token, 1)
+    resumed = _server_stream(answer)
+    resumed.feed(_request(tw.DurableRequest(token, 2, 500)))
+    sent = resumed.next_event()
+    assert tw.decode_source_response(sent.data[4:], expected_version=2).durable == 1234
+    unknown = _server_stream(answer)
+    unknown.feed(_request(tw.DurableRequest(token, 9, 500)))
+    refused = tw.decode_source_response(unknown.next_event().data[4:], expected_version=2)
+    assert not refused.accepted and refused.reason == "unknown durable stream"
+    control = _server_stream(answer)
+    control.feed(_request(tw.DurableRequest(token, DURABLE_CONTROL_KEY)))
+    control.next_event()
+    assert control.next_event() == DurableControl(tw.DurableRequest(token, DURABLE_CONTROL_KEY))
+    assert len(answers) == 3  # the control stream is not a forwarding stream
+    off = _server_stream(None)  # e2, or durable streams off: the field is ignored
+    off.feed(_request(tw.DurableRequest(token, 1)))
+    sent, start = off.next_event(), off.next_event()
+    assert tw.decode_source_response(sent.data[4:], expected_version=2).durable is None
+    assert isinstance(start, StartForwarding) and start.durable is None

@@ -270,6 +270,15 @@ class Parking:
             control.want(stream)
         return control
 
+    async def run_control(self, token: bytes, send: Any, recv: Any, first: bytes) -> None:
+        """Serve a client's control stream until it ends; then forget it (unless a newer one replaced it)."""
+        control = self.control(token)
+        try:
+            await control.run(send, recv, first)
+        finally:
+            if self.controls.get(token) is control:
+                del self.controls[token]
+
     def want_ack(self, token: bytes, stream: DurableStream) -> None:
         control = self.controls.get(token)
         if control is not None:

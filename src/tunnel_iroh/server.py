@@ -299,7 +299,7 @@ class IrohServer:
                         await send.reset(0)
                     return
                 elif isinstance(event, DurableControl):
-                    await self._parking.control(event.durable.token).run(send, recv, event.payload)
+                    await self._parking.run_control(event.durable.token, send, recv, event.payload)
                     return
                 elif isinstance(event, StartForwarding):
                     log.info("Client %s: forwarding %s", client[:10], event.source.url())

@@ -24,14 +24,11 @@ from pathlib import Path
 
 import attrs
 import pytest
-from tests.nat.lab import SRV_IP, Lab
-from tests.nat.modes import CLI, MODES, PROBE, PYTHON, Connected, Proc, RunningPair, start_echo
-
-from tunnel_core.iroh_session.auth import public_key_from_seed
-from tunnel_core.iroh_session.authkeys import format_private_key, format_public_key
-from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id, format_secret_key
+from tests.nat.lab import Lab
+from tests.nat.modes import MODES, PROBE, PYTHON, Connected, Proc, RunningPair
 
 from .cut import cut, heal
+from .iroh_e4 import start_iroh_e4
 from .test_cut import Progress
 
 pytestmark = [pytest.mark.nat, pytest.mark.timeout(900)]
@@ -98,38 +95,6 @@ def _count(proc: Proc, text: str) -> int:
     return sum(text in line for line in proc.stderr_lines)
 
 
-def _iroh_e4(lab: Lab, listen_port: int, echo_port: int, client_extra: Sequence[str]) -> RunningPair:
-    """An iroh pair speaking e4 (upstream's current protocol, Ed25519 keys): durable streams between our peers.
-    Otherwise as tests/nat/modes.IrohMode (our relay on the public side, no discovery)."""
-    relay_url = f"http://{SRV_IP}:{listen_port + 1000}"
-    secret = os.urandom(32)
-    server_key = lab.workdir / f"iroh-e4-{listen_port}.key"
-    server_key.write_text(format_secret_key(secret))
-    seed = os.urandom(32)
-    client_key = lab.workdir / f"iroh-e4-{listen_port}.auth"
-    client_key.write_text(format_private_key(seed, "lab client"))
-    authorized = lab.workdir / f"iroh-e4-{listen_port}.authorized"
-    authorized.write_text(format_public_key(public_key_from_seed(seed), "lab client") + "\n")
-    for path in (server_key, client_key):
-        path.chmod(0o600)
-    network = ["--relay-url", relay_url, "--dns-server", "none"]
-    echo = start_echo(lab, echo_port)
-    relay = Proc("iroh-relay", lab.in_ns("srv", [*CLI, "relay", "--bind", f"{SRV_IP}:{listen_port + 1000}"]))
-    server = Proc("server", lab.in_ns("pB", [*CLI, "server", "iroh", "--protocol", "e4", "--secret-file",
-                                             str(server_key), "--authorized-keys-file", str(authorized),
-                                             "--allowed-tcp", "127.0.0.0/8", *network]))
-    pair = RunningPair(lab=lab, client=server, server=server, echo=echo, listen_port=listen_port, helpers=[relay],
-                       listening=r"Listening on TCP ")
-    assert relay.wait_line(r"(?i)relay listening on", 20), relay.stderr
-    assert server.wait_line(r"Listening on", 30), server.stderr
-    server_id = format_endpoint_id(endpoint_id_from_secret(secret))
-    pair.client = Proc("client", lab.in_ns("pA", [
-        *CLI, "client", "iroh", "--protocol", "e4", "--private-key-file", str(client_key), "-n", server_id,
-        "-s", f"tcp://127.0.0.1:{echo_port}", "-t", f"127.0.0.1:{listen_port}", *network, *client_extra]))
-    pair.answered_at = pair.client.started_at
-    return pair
-
-
 @attrs.define
 class Durable:
     """One tunnel whose streams must survive the cut: a 100 MiB transfer and an ssh session."""
@@ -177,7 +142,7 @@ def test_a_90s_cut_during_transfers_and_ssh_sessions_nostr_and_iroh_streams_surv
         forward = f"127.0.0.1:{{}}=tcp://127.0.0.1:{SSHD_PORT}"
         nostr = MODES["nostr"].start(lab, turn=False, client_extra=("--forward", forward.format(7102)))
         pairs.append(nostr)
-        iroh = _iroh_e4(lab, 7300, 7002, ("--forward", forward.format(7302)))
+        iroh = start_iroh_e4(lab, 7300, 7002, ("--forward", forward.format(7302)))
         pairs.append(iroh)
         durables = [Durable("nostr", nostr, 7102), Durable("iroh e4", iroh, 7302)]
         # upstream's wire formats: they reconnect too, resumption is off

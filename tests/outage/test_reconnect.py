@@ -19,6 +19,8 @@ import pytest
 from tests.nat.lab import Lab
 from tests.nat.modes import MODES, Connected, Proc, RunningPair
 
+from .iroh_e4 import start_iroh_e4
+
 pytestmark = [pytest.mark.nat, pytest.mark.timeout(400)]
 
 SMALL = 1024 * 1024
@@ -35,9 +37,9 @@ def _count(proc: Proc, text: str) -> int:
     return sum(text in line for line in proc.stderr_lines)
 
 
-@pytest.mark.parametrize("mode", ["nostr", "iroh"])
+@pytest.mark.parametrize("mode", ["nostr", "iroh", "iroh-e4"])
 def test_client_reconnects_by_itself_after_a_server_restart(lab: Lab, mode: str) -> None:
-    pair = MODES[mode].start(lab, turn=False)
+    pair = start_iroh_e4(lab, 7100, 7000, ()) if mode == "iroh-e4" else MODES[mode].start(lab, turn=False)
     try:
         _connected(pair)
         mover = pair.start_transfer(10**10, timeout=120)  # open during the restart: reset with one line
@@ -56,8 +58,8 @@ def test_client_reconnects_by_itself_after_a_server_restart(lab: Lab, mode: str)
         again = pair.transfer(SMALL, timeout=60)
         assert again.get("ok") is True, (again, pair.describe())
         assert _count(pair.client, "Reconnecting...") == 1
-        # nostr: the stream was durable (docs/durable.md), but the restarted server lost it; iroh: not durable
-        reason = "the server no longer has it" if mode == "nostr" else "the tunnel was lost"
+        # nostr, iroh e4: the stream was durable (docs/durable.md), but the restarted server lost it; iroh e2: not
+        reason = "the tunnel was lost" if mode == "iroh" else "the server no longer has it"
         assert _count(pair.client, f"reset: {reason}") == 1, pair.describe()
         print(f"\n[reconnect] {mode} server restart: back after {back.group(1)}s of reconnecting, "
               f"{took:.1f}s after the restart", flush=True)

@@ -52,9 +52,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tunnel_core.forwarding")
 
-#: Unconfirmed bytes per stream above which its local socket is no longer read, and below which it is again.
-REPLAY_LIMIT = 4 << 20
-REPLAY_LOW = 1 << 20
+#: Unconfirmed bytes per stream above which its local socket is no longer read, and below which it is again. As
+#: large as the QUIC flow-control window, so on a live connection it never limits more than QUIC does (a stream's
+#: unconfirmed bytes are about a round trip of its data; a 50 Mbit/s, 600 ms satellite path holds ~4 MB).
+REPLAY_LIMIT = 8 << 20
+REPLAY_LOW = 4 << 20
 #: A receiver confirms at least every this many bytes of a stream, and at most ACK_DELAY after a smaller amount.
 ACK_STEP = 64 << 10
 ACK_DELAY = 0.05

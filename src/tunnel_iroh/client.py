@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from tunnel_core.forwarding.durable import DurableStream
+from tunnel_core.forwarding.durable import OLD_PEER_REASON, UNKNOWN_REASON, DurableStream
 from tunnel_core.forwarding.session import DEFAULT_MAX_UDP_PEERS as MAX_UDP_PEERS
 from tunnel_core.forwarding.session import DEFAULT_UDP_IDLE_TIMEOUT as UDP_IDLE_TIMEOUT
 from tunnel_core.iroh_session import (
@@ -385,14 +385,14 @@ class IrohClient:
                     await self._next_connection(conn)  # the new connection broke too: wait for the next one
                     continue
                 if resumed and exc.exit_code is ExitCode.AUTH:
-                    log.warning("%s", reset_line(name, "the server no longer has it (restarted?)"))
+                    log.warning("%s", reset_line(name, UNKNOWN_REASON))
                 elif not self._closing:
                     log.error("%s", exc.message)
                 writer.transport.abort()
                 return
             if accepted.durable is None:  # upstream's server, or an older one
                 if resumed:
-                    log.warning("%s", reset_line(name, "the new connection cannot resume streams"))
+                    log.warning("%s", reset_line(name, OLD_PEER_REASON))
                     writer.transport.abort()
                     return
                 await bridge_tcp(reader, writer, send, recv, first=accepted.payload)

@@ -34,7 +34,8 @@ log = logging.getLogger("tunnel_iroh")
 
 #: How long a server holds a lost client's durable connections (the client's default reconnect budget).
 GRACE = 300.0
-UNKNOWN_REASON = "unknown durable stream"
+#: The reason a server refuses to resume a stream it does not hold (the client then resets it with one line).
+UNKNOWN_STREAM = "unknown durable stream"
 #: After both FINs, how long to wait for the confirmation of ours once the peer ended its side.
 FIN_WAIT = 5.0
 
@@ -291,7 +292,7 @@ class Parking:
         streams = self.registry.sessions.get(request.token)
         stream = None if streams is None else streams.streams.get(request.key)
         if stream is None or stream.lost or not isinstance(stream.local, Held):
-            return UNKNOWN_REASON
+            return UNKNOWN_STREAM
         return stream.received
 
     def new(self, request: DurableRequest, held: Held) -> DurableStream:

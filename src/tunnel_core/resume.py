@@ -152,6 +152,8 @@ def decode_offset(data: bytes) -> int:
 
 def _decode_body(kind: int, body: bytes) -> ControlFrame | Data | Fin:
     if kind == FRAME_DATA:
+        if not body:  # never sent: a DATA frame carries at least one byte
+            raise DurableWireError("Empty durable DATA frame")
         return Data(body)
     if kind == FRAME_FIN:
         if body:

@@ -63,19 +63,21 @@ def new_quic(
     datagrams: bool = True,
     congestion: str | None = None,
     pmtu_ceiling: int | None = None,
+    durable: bool = False,
 ) -> TunnelQuicConnection:
     """The QUIC end of a tunnel. ``expected_fingerprint`` pins the peer: on the client the server's certificate
     (always, ICE modes); on the server the client's, when the mode has one to pin (ice-nostr's mutual pinning) -
     the server then asks the client for its certificate. ``datagrams=False`` behaves like versions without
-    tunnel datagrams (UDP on streams only; docs/datagrams.md)."""
+    tunnel datagrams (UDP on streams only; docs/datagrams.md). ``durable`` offers durable streams
+    (docs/durable.md)."""
     config = make_configuration(is_client=is_client, identity=identity, packet_size=packet_size, datagrams=datagrams,
                                 congestion_control=congestion)
     if is_client:
         return TunnelQuicConnection(configuration=config, expected_peer_fingerprint=expected_fingerprint,
-                                    pmtu_ceiling=pmtu_ceiling)
+                                    pmtu_ceiling=pmtu_ceiling, durable=durable)
     return TunnelQuicConnection(configuration=config, original_destination_connection_id=odcid,
                                 expected_peer_fingerprint=expected_fingerprint, pmtu_ceiling=pmtu_ceiling,
-                                request_client_certificate=expected_fingerprint is not None)
+                                request_client_certificate=expected_fingerprint is not None, durable=durable)
 
 
 def new_session(quic: TunnelQuicConnection, *, is_client: bool, protocol: Literal["tcp", "udp"],

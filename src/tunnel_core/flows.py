@@ -224,11 +224,13 @@ def start_peer(
     session_spec: dict[str, Any],
     controlling: bool | None = None,
     hold: float = 0.0,
+    durable: bool = True,
 ) -> Generator[Effect, Any, tuple[Peer, GatheringComplete]]:
     """Bind, build the Peer (ICE -> QUIC -> forwarding), gather; shared by every ICE-mode role.
 
     ``is_client`` is the QUIC/forwarding role. ICE's controlling role defaults to it (manual mode); ice-nostr
-    passes the opposite. ``pins`` is read when QUIC starts (the answer arrives after gathering): "server" pins the
+    passes the opposite. ``durable`` offers durable streams in the QUIC handshake (docs/durable.md; off for
+    upstream's wire formats). ``pins`` is read when QUIC starts (the answer arrives after gathering): "server" pins the
     server's certificate on the client, "client" the client's on the server. ``hold``: see ``Peer`` (manual mode
     holds on past the consent limit, docs/reconnect.md).
     """
@@ -248,6 +250,7 @@ def start_peer(
             congestion=ice.congestion,
             datagrams=ice.udp_over != "stream",
             pmtu_ceiling=assembly.pmtu_ceiling_for(ice.packet_size, local, remote),
+            durable=durable,
         )
 
     def session_factory(quic: Any) -> Any:
@@ -545,7 +548,8 @@ def manual_client_flow(opts: ManualClientOptions, rng: Callable[[int], bytes]) -
     first = forwards[0].source if forwards else None
     spec: dict[str, Any] = {"protocol": "tcp" if first is None else first.protocol}
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, identity=None, pins=pins,
-                                     session_spec=spec, hold=opts.reconnect_timeout)
+                                     session_spec=spec, hold=opts.reconnect_timeout,
+                                     durable=False)  # a held path keeps QUIC: nothing to resume
     yield Say(dialogue.OFFER_TITLE)
     offer = dialogue.make_offer(peer.ice, urls[0], urls[1:])
     yield PrintBlock(encode_block("OFFER", offer))
@@ -577,7 +581,8 @@ def manual_server_flow(opts: ManualServerOptions, rng: Callable[[int], bytes]) -
     spec: dict[str, Any] = {}
     # Gather before reading the offer (as upstream), so the answer can be printed at once.
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=False, identity=identity, pins={},
-                                     session_spec=spec, hold=opts.reconnect_timeout)
+                                     session_spec=spec, hold=opts.reconnect_timeout,
+                                     durable=False)  # a held path keeps QUIC: nothing to resume
     yield Say(dialogue.PROMPT_FOR_OFFER)
     text = yield ReadBlock("OFFER")
     try:

@@ -270,7 +270,7 @@ def _client_request(
     pins: dict[str, str] = {}
     spec: dict[str, Any] = {"protocol": "tcp" if source is None else source.protocol}
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=True, controlling=False, identity=identity, pins=pins,
-                                     session_spec=spec)
+                                     session_spec=spec, durable=not opts.plaintext)
     times: Times = yield Clock()
     sid = session_id(rng)
     request = NostrRequest(
@@ -473,7 +473,7 @@ def server_session_flow(
         yield from reject(reason)
         raise TunnelError(reason, ExitCode.AUTH)
     peer, _ = yield from start_peer(opts.ice, rng=rng, is_client=False, controlling=True, identity=identity, pins=pins,
-                                     session_spec=spec)
+                                     session_spec=spec, durable=not opts.plaintext)
     if verdicts is not None:
         yield from bind_reverse(sources, verdicts, spec["routes"])
         if all(verdicts):

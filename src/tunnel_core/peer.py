@@ -150,6 +150,9 @@ class Peer:
         self._session_factory = session_factory
         self.quic: QuicConnection | None = None
         self.session: Any = None
+        #: durable streams (docs/durable.md): the client's DurableStreams or the server's DurableRegistry, set by
+        #: whoever drives this Peer; handed to the session once the handshake says whether both ends offered them
+        self.durable: Any = None
         self.selected: tuple[Address, Address] | None = None
         self._early_quic: deque[tuple[bytes, Address, Address]] = deque()
         self._events: deque[Any] = deque()
@@ -478,6 +481,8 @@ class Peer:
             self._ready = True
             self.session = self._session_factory(self.quic)
             self._events.append(TunnelReady())
+            if self.durable is not None and hasattr(self.session, "enable_durable"):
+                self.session.enable_durable(self.durable, now)
         elif isinstance(ev, qe.ConnectionTerminated):
             self._quic_done = True
             by_peer = not self._closing_locally

@@ -26,8 +26,17 @@ MAX_DELAY = 30.0
 FINAL = (ExitCode.AUTH, ExitCode.USAGE)
 
 __all__ = [
-    "DEFAULT_RECONNECT_TIMEOUT", "FINAL", "FIRST_DELAY", "MAX_DELAY", "back_line", "gave_up", "keep_reconnecting",
-    "lost_line", "quiet", "reset_line",
+    "DEFAULT_RECONNECT_TIMEOUT",
+    "FINAL",
+    "FIRST_DELAY",
+    "MAX_DELAY",
+    "back_line",
+    "gave_up",
+    "held_line",
+    "keep_reconnecting",
+    "lost_line",
+    "quiet",
+    "reset_line",
 ]
 
 
@@ -36,9 +45,15 @@ def lost_line(reason: str, timeout: float) -> str:
     return f"Tunnel lost: {reason}. Reconnecting... (giving up after {timeout:g}s)"
 
 
-def reset_line(peer: str) -> str:
-    """One line per local connection a lost tunnel took with it (durable streams are a later step, issue 15 item 4)."""
-    return f"Connection from {peer} reset: the tunnel was lost"
+def reset_line(peer: str, reason: str = "the tunnel was lost") -> str:
+    """One line per local connection a lost tunnel took with it: not durable (docs/durable.md), or it could not be
+    resumed (``reason``)."""
+    return f"Connection from {peer} reset: {reason}"
+
+
+def held_line(peer: str, grace: float) -> str:
+    """A server's durable connection whose client did not come back in time."""
+    return f"Connection {peer} closed: the client did not resume it within {grace:g}s"
 
 
 def back_line(elapsed: float, attempts: int, path: str) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_REASON_BYTES",
     "MAX_UDP_DATAGRAM",
     "STREAM_OPEN_MARKER",
+    "DurableRequest",
     "MessageReader",
     "SourceRequest",
     "SourceResponse",
@@ -64,6 +65,7 @@ _TRUNCATION_SUFFIX = "..."
 _LENGTH_PREFIX = 4
 _UDP_PREFIX = 2
 _U16_MAX = 0xFFFF
+_U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 
 
 def truncate_reason(reason: str) -> str:
@@ -185,6 +187,17 @@ def field_bool(obj: dict[str, Any], name: str, fail: Callable[[], Exception]) ->
 
 
 @attrs.frozen
+class DurableRequest:
+    """Our extension (docs/durable.md, iroh mode): this TCP stream is durable - stream ``key`` of the client's
+    durable session ``token`` (16 bytes); ``offset`` (what the client received of it) when it resumes a held
+    stream, None for a new one."""
+
+    token: bytes
+    key: int
+    offset: int | None = None
+
+
+@attrs.frozen
 class SourceRequest:
     """The client's first message on a forwarding stream: which server-side destination it wants."""
 
@@ -193,6 +206,8 @@ class SourceRequest:
     #: Our extension (docs/datagrams.md): the client offers to carry this UDP stream's datagrams as QUIC datagrams
     #: under this flow id. Omitted when None, so the bytes are upstream's; upstream ignores the unknown field.
     datagram_flow: int | None = None
+    #: Our extension (docs/durable.md): the client asks for a durable stream. Omitted when None.
+    durable: DurableRequest | None = None
 
 
 @attrs.frozen
@@ -204,6 +219,8 @@ class SourceResponse:
     version: int = 1
     #: Our extension: the server takes the client's offer of QUIC datagrams for this flow (echoes its id).
     datagram_flow: int | None = None
+    #: Our extension (docs/durable.md): the stream is durable; what the server has received of it (0 when new).
+    durable: int | None = None
 
 
 def _check_version_range(version: int, type_name: str) -> None:
@@ -223,6 +240,11 @@ def encode_source_request(req: SourceRequest) -> bytes:
     obj: dict[str, Any] = {"version": req.version, "source": req.source}
     if req.datagram_flow is not None:
         obj["datagram_flow"] = req.datagram_flow
+    if req.durable is not None:
+        durable: dict[str, Any] = {"token": req.durable.token.hex(), "key": req.durable.key}
+        if req.durable.offset is not None:
+            durable["offset"] = req.durable.offset
+        obj["durable"] = durable
     return _length_prefixed(dumps_compact(obj), "SourceRequest")
 
 
@@ -234,6 +256,8 @@ def encode_source_response(resp: SourceResponse) -> bytes:
         obj["reason"] = resp.reason
     if resp.datagram_flow is not None:
         obj["datagram_flow"] = resp.datagram_flow
+    if resp.durable is not None:
+        obj["durable"] = resp.durable
     return _length_prefixed(dumps_compact(obj), "SourceResponse")
 
 
@@ -258,9 +282,10 @@ def decode_source_request(body: bytes, *, expected_version: int) -> SourceReques
     version = field_uint(obj, "version", _U16_MAX, fail)
     source = field_str(obj, "source", fail)
     flow = _field_opt_flow(obj, fail)
+    durable = _field_opt_durable(obj, fail)
     if version != expected_version:
         raise WireError(f"{name} version mismatch: expected {expected_version}, got {version}")
-    return SourceRequest(source=source, version=version, datagram_flow=flow)
+    return SourceRequest(source=source, version=version, datagram_flow=flow, durable=durable)
 
 
 def decode_source_response(body: bytes, *, expected_version: int) -> SourceResponse:
@@ -275,9 +300,10 @@ def decode_source_response(body: bytes, *, expected_version: int) -> SourceRespo
     accepted = field_bool(obj, "accepted", fail)
     reason = field_opt_str(obj, "reason", fail)
     flow = _field_opt_flow(obj, fail)
+    durable = None if obj.get("durable") is None else field_uint(obj, "durable", _U64_MAX, fail)
     if version != expected_version:
         raise WireError(f"{name} version mismatch: expected {expected_version}, got {version}")
-    return SourceResponse(accepted=accepted, reason=reason, version=version, datagram_flow=flow)
+    return SourceResponse(accepted=accepted, reason=reason, version=version, datagram_flow=flow, durable=durable)
 
 
 def _field_opt_flow(obj: dict[str, Any], fail: Callable[[], Exception]) -> int | None:
@@ -285,6 +311,21 @@ def _field_opt_flow(obj: dict[str, Any], fail: Callable[[], Exception]) -> int |
     if obj.get("datagram_flow") is None:
         return None
     return field_uint(obj, "datagram_flow", 0xFFFF_FFFF, fail)
+
+
+def _field_opt_durable(obj: dict[str, Any], fail: Callable[[], Exception]) -> DurableRequest | None:
+    """The optional ``durable`` object of a SourceRequest: ``token`` (32 hex digits), ``key``, ``offset``."""
+    value = obj.get("durable")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise fail()
+    token = field_str(value, "token", fail)
+    if len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
+        raise fail()
+    key = field_uint(value, "key", _U64_MAX, fail)
+    offset = None if value.get("offset") is None else field_uint(value, "offset", _U64_MAX, fail)
+    return DurableRequest(bytes.fromhex(token), key, offset)
 
 
 def split_message(data: bytes, type_name: str) -> bytes:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunnel_core.forwarding import events as fe
-from tunnel_core.reconnect import reset_line
+from tunnel_core.reconnect import held_line, reset_line
 from tunnel_core.socks5 import ConnectRequest, Socks5Server
 from tunnel_core.socks5 import reply as socks5_reply
 from tunnel_core.types import Address
@@ -68,6 +68,11 @@ class TcpFlow:
         self.close_wanted = False
         self.write_shut = False
         self.finished = False
+        #: durable streams (docs/durable.md): the session's replay state for this connection, and whether it
+        #: waits for the next tunnel (reading paused, writing on) with the timer that gives up on it
+        self.stream: Any = None
+        self.held = False
+        self.hold_timer: Timer | None = None
         self.watch: Watch = fwd.reactor.watch(sock, self._on_readable, self._on_writable)
         self._armed = (True, False)
         self.watch.want(read=True, write=False)
@@ -183,6 +188,42 @@ class TcpFlow:
         self.paused = False
         self._arm()
 
+    @property
+    def resumable(self) -> bool:
+        """A durable connection the next tunnel can continue (its replay state is intact)."""
+        stream = self.stream
+        return stream is not None and stream.key is not None and not stream.lost and not self.finished
+
+    def hold(self, grace: float | None) -> None:
+        """The tunnel is gone: stop reading (the bytes wait in the kernel, bounding memory), keep writing what is
+        queued, wait for a new tunnel to continue; after ``grace`` seconds (None: no limit) give up with one line."""
+        self.held = True
+        self.pause()
+        if grace is not None:
+            reactor = self.fwd.reactor
+            self.hold_timer = reactor.call_at(reactor.time() + grace, lambda: self._hold_expired(grace))
+
+    def _hold_expired(self, grace: float) -> None:
+        self.hold_timer = None
+        if self.held and not self.finished:
+            log.warning("%s", held_line(_peer_name(self.sock), grace))
+            self.stream.lost = True
+            self.release(abort=True)
+
+    def adopt(self, fwd: LocalForwarder, flow_id: int) -> None:
+        """A new tunnel continues this held connection as ``flow_id`` (it may come from another session's
+        forwarder on a server)."""
+        old = self.fwd
+        if old.tcp.get(self.flow_id) is self:
+            del old.tcp[self.flow_id]
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
+            self.hold_timer = None
+        self.fwd, self.flow_id, self.held = fwd, flow_id, False
+        fwd.tcp[flow_id] = self
+        self.resume()
+        self._report_pending()
+
     def _failed(self) -> None:
         """The local socket broke (reset, broken pipe): the session resets the stream; we drop the socket."""
         if self.finished:
@@ -198,6 +239,9 @@ class TcpFlow:
         if self.finished:
             return
         self.finished = True
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
+            self.hold_timer = None
         if abort:
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -309,7 +353,7 @@ class LocalForwarder:
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         flow_id = session.open_tcp(self.now(), forward) if forward else session.open_tcp(self.now())
-        self.tcp[flow_id] = TcpFlow(self, flow_id, conn)
+        self.tcp[flow_id] = self._durable(session, TcpFlow(self, flow_id, conn))
         self.kick()
 
     def listen_udp(self, host: str, port: int, forward: int = 0) -> Address:
@@ -391,6 +435,33 @@ class LocalForwarder:
                 flow.write(socks5_reply(ev.code))
                 if ev.code:
                     flow.close()
+        elif isinstance(ev, fe.ResumeTcp):
+            self._resume(ev.flow_id, ev.stream)
+        elif isinstance(ev, fe.DropTcp):
+            held = ev.stream.local
+            if isinstance(held, TcpFlow) and not held.finished:
+                log.warning("%s", reset_line(_peer_name(held.sock), ev.reason))
+                held.fwd.forget_tcp(held, reset=True)
+
+    # ------------------------------------------------------------------------------------- durable streams
+
+    @staticmethod
+    def _durable(session: Any, flow: TcpFlow) -> TcpFlow:
+        """Tie a new local connection to its durable stream, if the tunnel made it one."""
+        stream = session.durable_stream(flow.flow_id) if hasattr(session, "durable_stream") else None
+        if stream is not None:
+            stream.local = flow
+            flow.stream = stream
+        return flow
+
+    def _resume(self, flow_id: int, stream: Any) -> None:
+        held = stream.local
+        session = self.session()
+        if not isinstance(held, TcpFlow) or held.finished:
+            if session is not None:  # the local application left while we waited: end the stream the same way
+                session.flow_reset(flow_id)
+            return
+        held.adopt(self, flow_id)
 
     def forget_tcp(self, flow: TcpFlow, *, reset: bool) -> None:
         if self.tcp.get(flow.flow_id) is flow:
@@ -413,8 +484,9 @@ class LocalForwarder:
             if session is None or self._closed:
                 sock.close()
                 return
-            self.tcp[flow_id] = TcpFlow(self, flow_id, sock)
+            self.tcp[flow_id] = flow = TcpFlow(self, flow_id, sock)
             session.flow_connected(flow_id)
+            self._durable(session, flow)
             self.kick()
 
         self.dials[flow_id] = HappyEyeballs(self.reactor, addresses, done)
@@ -454,16 +526,13 @@ class LocalForwarder:
     # ------------------------------------------------------------------------------------- lifetime
 
     def detach(self) -> None:
-        """The tunnel is lost and a new one will be built (docs/reconnect.md): reset every open local connection
-        with one line each (streams do not survive a reconnect yet), drop UDP flows towards services, and let new
-        connections wait in the listen backlog until ``attach``. The listeners stay bound."""
+        """The tunnel is lost and a new one will be built (docs/reconnect.md): hold every durable local connection
+        for the next tunnel (docs/durable.md), reset every other with one line each, drop UDP flows towards
+        services, and let new connections wait in the listen backlog until ``attach``. The listeners stay bound."""
         for dial in self.dials.values():
             dial.cancel()
         self.dials.clear()
-        for flow in list(self.tcp.values()):
-            log.warning("%s", reset_line(_peer_name(flow.sock)))
-            flow.release(abort=True)
-        self.tcp.clear()
+        self._let_go(None, say=True)
         for entry in self.udp_flows.values():
             entry.close()
         self.udp_flows.clear()
@@ -479,13 +548,17 @@ class LocalForwarder:
         for acceptor in self.tcp_listeners.values():
             acceptor.release()
 
-    def close(self) -> None:
+    def close(self, hold: float | None = None) -> None:
+        """Release everything; with ``hold`` (a server whose client was lost), durable connections wait that many
+        seconds for the client to come back (docs/durable.md)."""
         if self._closed:
             return
         self._closed = True
         for dial in self.dials.values():
             dial.cancel()
         self.dials.clear()
+        if hold is not None:
+            self._let_go(hold, say=False)
         for flow in list(self.tcp.values()):
             flow.release(abort=True)
         self.tcp.clear()
@@ -500,6 +573,19 @@ class LocalForwarder:
         self.tcp_listeners.clear()
         for handshake in list(self.handshakes):
             handshake.close()
+
+
+    def _let_go(self, grace: float | None, *, say: bool) -> None:
+        """The tunnel is gone: durable connections are held for the next one, the others reset (``say``: with
+        one line each)."""
+        for flow in list(self.tcp.values()):
+            if flow.resumable:
+                flow.hold(grace)
+                continue
+            if say:
+                log.warning("%s", reset_line(_peer_name(flow.sock)))
+            flow.release(abort=True)
+        self.tcp.clear()
 
 
 class _Acceptor:

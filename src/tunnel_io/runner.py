@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import socket
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from typing import Any
 from tunnel_core import flows
 from tunnel_core import flows_nostr as fx
 from tunnel_core.errors import ProtocolError
+from tunnel_core.forwarding.durable import DurableRegistry, DurableStreams
 from tunnel_core.ice.events import GatheringComplete
 from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
@@ -39,6 +41,9 @@ from tunnel_io.roaming import AddressWatch
 log = logging.getLogger("tunnel_io.runner")
 
 CLOSE_GRACE = 2.0
+#: How long a server holds the durable connections of a client it lost (docs/durable.md): the client's default
+#: reconnect budget, so a client that is still trying finds them.
+DURABLE_GRACE = 300.0
 #: Characters of stdin one pasted block may take in all, blank lines and line endings included: the payload limit
 #: plus room for markers and wrapping. A longer line is refused without being read whole into memory.
 MAX_BLOCK_INPUT = MAX_BLOCK_PAYLOAD + (64 << 10)
@@ -133,6 +138,9 @@ class FlowRunner:
         #: the client's --host-candidate choice, for roaming (tunnel_io.roaming), and its watch while a tunnel runs
         self._wanted: tuple[str, ...] = ()
         self._watch: AddressWatch | None = None
+        #: durable streams (docs/durable.md), on the root: a client's one session, a server's registry
+        self.durable_streams: DurableStreams | None = None
+        self.durable_registry: DurableRegistry | None = None
 
     # ------------------------------------------------------------------------------------------ public
 
@@ -348,6 +356,7 @@ class FlowRunner:
 
     def _start(self, peer: Any) -> None:
         self.peer = peer
+        peer.durable = self._durable_state(peer.is_client)
         self.driver = PeerDriver(self.reactor, peer, self.sockets, self._on_event)
         if getattr(peer, "is_client", False) and hasattr(peer, "local_addresses_changed"):
             self._watch = AddressWatch(self.reactor, self.driver, peer, self._wanted)
@@ -355,6 +364,18 @@ class FlowRunner:
             self.local = LocalForwarder(self.reactor, self._session, self.driver.kick_now, self.driver.now)
         else:  # a reconnect: the listeners (and what waits in their backlog) carry over to the new tunnel
             self.local.kick, self.local.now = self.driver.kick_now, self.driver.now
+
+    def _durable_state(self, is_client: bool) -> DurableStreams | DurableRegistry:
+        """What the Peer's session needs for durable streams; lives on the root runner, across tunnels (a nostr
+        server's sessions share the registry)."""
+        root = self.root
+        if is_client:
+            if root.durable_streams is None:
+                root.durable_streams = DurableStreams(os.urandom(16))
+            return root.durable_streams
+        if root.durable_registry is None:
+            root.durable_registry = DurableRegistry()
+        return root.durable_registry
 
     def _session(self) -> Any:
         """The forwarding session local sockets talk to; None while there is no live tunnel."""
@@ -460,7 +481,11 @@ class FlowRunner:
         self.finished = True
         self._stop_watch()
         if self.local is not None:
-            self.local.close()
+            closed = self.results.get("closed")
+            lost = isinstance(closed, TunnelClosed) and not flows.closed_orderly(closed)
+            # A server that lost its client holds the durable connections for the client's reconnect.
+            self.local.close(hold=DURABLE_GRACE if lost and self.peer is not None and not self.peer.is_client
+                             else None)
         if self.driver is not None:
             self.driver.close()
         else:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
+from tunnel_core.forwarding.durable import OLD_PEER_REASON, UNKNOWN_REASON, DurableStream
 from tunnel_core.forwarding.session import DEFAULT_MAX_UDP_PEERS as MAX_UDP_PEERS
 from tunnel_core.forwarding.session import DEFAULT_UDP_IDLE_TIMEOUT as UDP_IDLE_TIMEOUT
 from tunnel_core.iroh_session import (
@@ -41,8 +43,8 @@ from tunnel_core.reverse import REVERSE_SCHEME
 from tunnel_core.socks5 import GENERAL_FAILURE, SUCCEEDED, Socks5Server, refusal_code
 from tunnel_core.socks5 import reply as socks5_reply
 from tunnel_core.types import Address
-from tunnel_core.wire import MessageReader, UdpFrameDecoder, WireError, decode_source_request
-from tunnel_iroh import ffi
+from tunnel_core.wire import DurableRequest, MessageReader, UdpFrameDecoder, WireError, decode_source_request
+from tunnel_iroh import durable, ffi
 from tunnel_iroh.bridge import (
     READ_LIMIT,
     TCP_LIMIT,
@@ -103,6 +105,13 @@ class IrohClient:
         self._reverse: dict[str, tuple[Address, ...]] = {}
         self._reverse_streams: list[Any] = []
         self.e4 = options.protocol == "e4"
+        #: durable streams (docs/durable.md, e4 only): this process's session token and the next stream's key
+        self._token = os.urandom(16)
+        self._next_key = durable.CONTROL_KEY + 1
+        self._durable: dict[int, tuple[DurableStream, asyncio.Event]] = {}
+        self._control = durable.Control(self._on_ack)
+        self._control_conn: Any = None
+        self._control_lock = asyncio.Lock()
         self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
         self.alpn = ALPN_E4 if self.e4 else ALPN_E2
 
@@ -239,10 +248,16 @@ class IrohClient:
         self._spawn(self._link.run())
 
     async def _next_connection(self, old: Any) -> bool:
-        """After ``old`` failed under a stream: wait until a new connection is up; False when closing."""
-        while not self._closing and (self.conn is old or not self._up.is_set()):
+        """After a stream on ``old`` failed: wait until a new connection is up - or, when only the stream broke and
+        ``old`` still lives, a second before trying it again; False when closing."""
+        while not self._closing:
+            if self._up.is_set() and self.conn is not old:
+                return True
+            if self._up.is_set() and not _closed(old):
+                await asyncio.sleep(1.0)
+                return not self._closing
             await asyncio.sleep(NEXT_CONNECTION_POLL)
-        return not self._closing
+        return False
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -457,6 +472,16 @@ class IrohClient:
 
         ``datagram_flow`` offers QUIC datagrams for a UDP stream; ``self.datagram_flow`` then tells whether the
         server took the offer (our server does; upstream's ignores it)."""
+        machine = ClientStream(source or self.options.source or "", version=self.version, datagram_flow=datagram_flow)
+        send, recv, event = await self._open_stream(machine, source)
+        self.datagram_flow = event.datagram_flow
+        return send, recv, event.payload
+
+    async def _open_stream(
+        self, machine: ClientStream, source: str | None = None
+    ) -> tuple[Any, Any, SourceAccepted]:
+        """Open a bi-stream and run ``machine``'s dialogue (for ``source``: the log line); the acceptance, or
+        TunnelError."""
         f = ffi.load()
         bi = None
         for attempt in range(OPEN_ATTEMPTS):
@@ -470,7 +495,6 @@ class IrohClient:
                 await asyncio.sleep(OPEN_BACKOFF * (2**attempt))
         assert bi is not None
         send, recv = bi.send(), bi.recv()
-        machine = ClientStream(source or self.options.source or "", version=self.version, datagram_flow=datagram_flow)
         await send.write_all(machine.request_bytes())
         try:
             async with asyncio.timeout(RESPONSE_TIMEOUT):
@@ -491,11 +515,10 @@ class IrohClient:
                 await send.finish()
             raise TunnelError(event.message(), ExitCode.AUTH)
         assert isinstance(event, SourceAccepted)
-        self.datagram_flow = event.datagram_flow
         if not self._established:
             self._established = True
             log.info("Tunnel to server established! Source: %s", source or self.options.source)
-        return send, recv, event.payload
+        return send, recv, event
 
     async def _on_local_tcp(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str | None = None
@@ -504,6 +527,13 @@ class IrohClient:
         if task is not None:
             self._tasks.add(task)
         tune_tcp(writer)
+        if self.e4:  # durable streams (docs/durable.md): our own server continues them after a reconnect
+            try:
+                await self._durable_tcp(reader, writer, source)
+            finally:
+                if task is not None:
+                    self._tasks.discard(task)
+            return
         try:
             try:
                 await self._up.wait()  # during a reconnect: until the new connection is there
@@ -520,6 +550,86 @@ class IrohClient:
         finally:
             if task is not None:
                 self._tasks.discard(task)
+
+    async def _durable_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           source: str | None) -> None:
+        """One local connection as a durable stream: asked for on every stream it opens, it continues on the next
+        connection after a loss; a server that does not take it (upstream) gets a plain stream, as before."""
+        stream = DurableStream(self._next_key)
+        self._next_key += 1
+        room = asyncio.Event()
+        self._durable[self._next_key - 1] = (stream, room)
+        try:
+            await self._carry_durable(reader, writer, source, stream, room)
+        finally:
+            del self._durable[stream.key or 0]
+
+    async def _carry_durable(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str | None,
+                             stream: DurableStream, room: asyncio.Event) -> None:
+        resumed = False
+        peer = writer.get_extra_info("peername")
+        name = f"{peer[0]}:{peer[1]}" if peer else "a local client"
+        while True:
+            await self._up.wait()
+            conn = self.conn
+            request = DurableRequest(self._token, stream.key or 0, stream.received if resumed else None)
+            machine = ClientStream(source or self.options.source or "", version=self.version, durable=request)
+            try:
+                send, recv, accepted = await self._open_stream(machine, source)
+            except TunnelError as exc:
+                if resumed and exc.exit_code is ExitCode.CONNECTION_LOST and not self._closing:
+                    await self._next_connection(conn)  # the new connection broke too: wait for the next one
+                    continue
+                if resumed and exc.exit_code is ExitCode.AUTH:
+                    log.warning("%s", reset_line(name, UNKNOWN_REASON))
+                elif not self._closing:
+                    log.error("%s", exc.message)
+                writer.transport.abort()
+                return
+            if accepted.durable is None:  # upstream's server, or an older one
+                if resumed:
+                    log.warning("%s", reset_line(name, OLD_PEER_REASON))
+                    writer.transport.abort()
+                    return
+                await bridge_tcp(reader, writer, send, recv, first=accepted.payload)
+                if not self._closing and (conn is not self.conn or _closed(conn)):
+                    log.warning("%s", reset_line(name))
+                return
+            await self._ensure_control(conn, source)
+            outcome = await durable.bridge(reader, writer, send, recv, stream, accepted.durable, accepted.payload,
+                                           room, self._control.want)
+            if outcome is durable.Outcome.DONE:
+                writer.close()
+                return
+            if outcome is durable.Outcome.RESET or self._closing:
+                writer.transport.abort()
+                return
+            resumed = True
+            await self._next_connection(conn)
+
+    def _on_ack(self, key: int, offset: int) -> None:
+        entry = self._durable.get(key)
+        if entry is not None:
+            durable.confirm(entry[0], entry[1], offset)
+
+    async def _ensure_control(self, conn: Any, source: str | None) -> None:
+        """The connection's durable control stream (confirmations), opened once our server took a durable
+        stream on it; every stream's confirmation is sent again on it (the last ones may have been lost)."""
+        async with self._control_lock:
+            if self._control_conn is conn:
+                return
+            machine = ClientStream(source or self.options.source or "", version=self.version,
+                                   durable=DurableRequest(self._token, durable.CONTROL_KEY))
+            try:
+                send, recv, accepted = await self._open_stream(machine, source)
+            except TunnelError as exc:
+                log.debug("durable control stream: %s", exc.message)
+                return
+            self._control_conn = conn
+            self._spawn(self._control.run(send, recv, accepted.payload))
+            for stream, _room in self._durable.values():
+                stream.told = 0
+                self._control.want(stream)
 
     async def _listen_udp(
         self, host: str, port: int, on_datagram: Callable[[bytes, Address], None], source: str

@@ -22,6 +22,7 @@ from tunnel_core.iroh_session import (
     PROTOCOL_VERSION_E2,
     PROTOCOL_VERSION_E4,
     ClientAllowlist,
+    DurableControl,
     ResolveHost,
     SendBytes,
     ServerStream,
@@ -38,8 +39,8 @@ from tunnel_core.keys import format_endpoint_id
 from tunnel_core.policy import AccessPolicy
 from tunnel_core.reverse import REVERSE_SCHEME, cannot_listen
 from tunnel_core.types import Address
-from tunnel_core.wire import SourceRequest, UdpFrameDecoder, WireError, encode_source_request
-from tunnel_iroh import ffi
+from tunnel_core.wire import DurableRequest, SourceRequest, UdpFrameDecoder, WireError, encode_source_request
+from tunnel_iroh import durable, ffi
 from tunnel_iroh.bridge import (
     READ_LIMIT,
     TCP_LIMIT,
@@ -73,6 +74,8 @@ class IrohServer:
         self.limiter = SessionLimiter(options.max_sessions)
         self._comments = dict(options.authorized_key_comments)
         self.e4 = options.protocol == "e4"
+        #: durable streams (docs/durable.md, e4 only): held local connections by client token and stream key
+        self._parking = durable.Parking()
         self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
         self.endpoint: Any = None
         self._bridges = OnionBridges(options.network.socks5_proxy)
@@ -252,7 +255,8 @@ class IrohServer:
         try:
             machine = ServerStream(self.policy, permit=permit, version=self.version,
                                    allow_listen=self.options.allow_listen,
-                                   datagrams=self.options.udp_over != "stream")
+                                   datagrams=self.options.udp_over != "stream",
+                                   durable=self._parking.answer if self.e4 else None)
             await self._drive_stream(bi, machine, client, link, conn)
         finally:
             if permit:
@@ -302,9 +306,15 @@ class IrohServer:
                     with contextlib.suppress(Exception):
                         await send.reset(0)
                     return
+                elif isinstance(event, DurableControl):
+                    await self._parking.run_control(event.durable.token, send, recv, event.payload)
+                    return
                 elif isinstance(event, StartForwarding):
                     log.info("Client %s: forwarding %s", client[:10], event.source.url())
-                    if event.source.protocol == "tcp":
+                    if event.durable is not None:
+                        await self._forward_durable(event, event.durable, send, recv)
+                        return
+                    elif event.source.protocol == "tcp":
                         await self._forward_tcp(event, send, recv)
                     else:
                         await self._forward_udp(event, send, recv, link)
@@ -369,6 +379,55 @@ class IrohServer:
                 await send.write_all(event.data)
                 if event.finish:
                     await send.finish()
+
+    async def _forward_durable(self, start: StartForwarding, request: DurableRequest, send: Any, recv: Any) -> None:
+        """A durable TCP stream (docs/durable.md): a new one dials; a resumed one takes its held socket. When the
+        connection goes, the socket is held for the client's next connection (``durable.GRACE``)."""
+        if request.offset is None:
+            try:
+                reader, writer = await happy_eyeballs(start.addresses, limit=TCP_LIMIT, timeout=DIAL_TIMEOUT)
+            except DialFailed as exc:
+                log.warning("Failed to connect to %s: %s", start.source.url(), exc)
+                with contextlib.suppress(Exception):
+                    await send.finish()
+                return
+            tune_tcp(writer)
+            held = durable.Held(reader, writer)
+            stream = self._parking.new(request, held)
+            offset = 0
+        else:
+            found = self._parking.take(request)
+            if found is None:
+                with contextlib.suppress(Exception):
+                    await send.reset(0)
+                return
+            stream, held, offset = found, found.local, request.offset
+            if held.task is not None and not held.task.done():
+                held.task.cancel()  # the old connection has not noticed it is gone yet
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(held.free.wait(), 10.0)
+            if held.timer is not None:
+                held.timer.cancel()
+                held.timer = None
+        held.task = asyncio.current_task()
+        held.free.clear()
+        outcome = durable.Outcome.LOST
+        try:
+            parking, token = self._parking, request.token
+            outcome = await durable.bridge(held.reader, held.writer, send, recv, stream, offset, start.payload,
+                                           parking.room(token, request.key), lambda s: parking.want_ack(token, s))
+        finally:
+            held.task = None
+            held.free.set()
+            if outcome is durable.Outcome.LOST:
+                peer = held.writer.get_extra_info("peername")
+                self._parking.hold(request, stream, f"{peer[0]}:{peer[1]}" if peer else "to the service")
+            else:
+                self._parking.forget(request, stream)
+                if outcome is durable.Outcome.DONE:
+                    held.writer.close()
+                else:
+                    held.writer.transport.abort()
 
     async def _forward_tcp(self, start: StartForwarding, send: Any, recv: Any) -> None:
         try:

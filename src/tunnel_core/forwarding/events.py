@@ -6,6 +6,8 @@ reports back through the session's ``flow_*``/``udp_*`` methods. Flow ids are QU
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from tunnel_core.types import Address
@@ -116,6 +118,25 @@ class DynamicReply:
     code: int
 
 
+@attrs.frozen
+class ResumeTcp:
+    """Durable streams (docs/durable.md): a held local connection continues on this connection as ``flow_id``.
+    ``stream.local`` is the object the adapter stored for it: move it to ``flow_id`` and read it again; if its socket
+    is gone meanwhile, report ``flow_reset(flow_id)``."""
+
+    flow_id: int
+    stream: Any = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen
+class DropTcp:
+    """Durable streams: a held local connection cannot be resumed (``reason``): reset ``stream.local`` with one
+    log line."""
+
+    stream: Any = attrs.field(eq=False, repr=False)
+    reason: str
+
+
 ForwardingEvent = (
     DialTcp
     | SendTcp
@@ -130,6 +151,8 @@ ForwardingEvent = (
     | CloseUdp
     | ResolveTarget
     | DynamicReply
+    | ResumeTcp
+    | DropTcp
 )
 
 __all__ = [
@@ -137,10 +160,12 @@ __all__ = [
     "CloseTcp",
     "CloseUdp",
     "DialTcp",
+    "DropTcp",
     "ForwardingEvent",
     "OpenUdp",
     "PauseReading",
     "ResumeReading",
+    "ResumeTcp",
     "SendTcp",
     "SendUdp",
     "SendUdpTo",

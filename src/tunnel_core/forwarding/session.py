@@ -18,6 +18,10 @@ for more than one forward and the server answered with a verdict per forward), t
 and every client stream, TCP or UDP, starts with a FORWARD_HEADER (the forward's index, u16 big-endian) instead of
 the 0x00 marker; the server routes the stream by it. Without ``routes`` the wire is upstream's, byte for byte.
 
+Durable streams (docs/durable.md): when both ends advertised the capability in the QUIC handshake and the owner
+called ``enable_durable``, plain TCP flows keep what they sent until the peer's application confirmed it and
+survive a reconnect; the part that speaks that is ``tunnel_core.forwarding.durable.DurableLink``.
+
 Backpressure runs both ways: reading a local socket pauses while its stream's QUIC send buffer is above
 ``high_water`` (and resumes below ``low_water``), and QUIC receive credit is returned only for bytes the local socket
 actually took (``flow_write_pending``), so a slow local reader slows the remote sender.
@@ -49,11 +53,22 @@ from tunnel_core.datagram import (
     take_payload,
 )
 from tunnel_core.errors import LocalProtocolError
+from tunnel_core.forwarding.durable import (
+    OLD_PEER_REASON,
+    REPLAY_LIMIT,
+    REPLAY_LOW,
+    UNKNOWN_REASON,
+    DurableLink,
+    DurableRegistry,
+    DurableStream,
+    DurableStreams,
+)
 from tunnel_core.forwarding.events import (
     AbortTcp,
     CloseTcp,
     CloseUdp,
     DialTcp,
+    DropTcp,
     DynamicReply,
     ForwardingEvent,
     OpenUdp,
@@ -177,6 +192,9 @@ class _Flow:
     # dynamic forwards: the SourceRequest (server) or SourceResponse (client) still being read, and the target
     request: MessageReader | None = None
     source: Source | None = None
+    # durable streams: the replay state, and (client, a resumed flow) the server's answer still being read
+    durable: DurableStream | None = None
+    resuming: bytearray | None = None
 
 
 def _client_initiated(stream_id: int) -> bool:
@@ -252,6 +270,7 @@ class ForwardingSession:
         self.datagrams = self._has_udp and bool(getattr(quic, "datagrams_negotiated", False))
         self._reassembler = Reassembler()
         self._early: deque[tuple[float, Whole | Fragment]] = deque()
+        self._durable: DurableLink | None = None
         if self._has_udp:
             log.debug("UDP travels %s", "as QUIC datagrams" if self.datagrams else "on streams (no datagram support)")
 
@@ -265,6 +284,31 @@ class ForwardingSession:
     @property
     def protocol(self) -> str:
         return self._kind.value
+
+    @property
+    def durable(self) -> bool:
+        """Durable streams are on for this connection (docs/durable.md)."""
+        return self._durable is not None
+
+    def enable_durable(self, source: DurableStreams | DurableRegistry, now: float) -> None:
+        """Right after the handshake: make plain TCP flows durable if both ends advertised the capability. A
+        client passes its ``DurableStreams`` (held streams resume here, or are dropped if this connection cannot
+        resume them), a server its ``DurableRegistry``."""
+        negotiated = bool(getattr(self._quic, "durable_negotiated", False))
+        usable = negotiated and any(r.protocol == "tcp" for r in self._routes)
+        if usable:
+            self._durable = DurableLink(self, source, now)
+        elif isinstance(source, DurableStreams):
+            for stream in list(source.streams.values()):
+                stream.lost = True
+                if stream.local is not None and not stream.local_closed:
+                    self._events.append(DropTcp(stream, OLD_PEER_REASON))
+            source.streams.clear()
+
+    def durable_stream(self, flow_id: int) -> DurableStream | None:
+        """The replay state of a durable flow; the adapter keeps its local socket's object in ``local``."""
+        flow = self._flows.get(flow_id)
+        return None if flow is None else flow.durable
 
     # ------------------------------------------------------------------------------------------ TCP, adapter side
 
@@ -280,7 +324,9 @@ class ForwardingSession:
         # The marker (or forward header) makes aioquic emit a STREAM frame at once, so the server learns of the
         # stream and dials.
         self._quic.send_stream_data(flow_id, forward_header(forward) if self._tagged else STREAM_OPEN_MARKER)
-        self._flows[flow_id] = _Flow(flow_id, _Kind.TCP, forward=forward)
+        flow = self._flows[flow_id] = _Flow(flow_id, _Kind.TCP, forward=forward)
+        if self._durable is not None and self._is_client and self._routes[forward].protocol == "tcp":
+            self._durable.opened(flow)
         return flow_id
 
     def flow_data(self, flow_id: int, data: bytes) -> None:
@@ -294,8 +340,20 @@ class ForwardingSession:
             raise LocalProtocolError(f"flow {flow_id}: data before flow_connected")
         if not data:
             return
-        self._quic.send_stream_data(flow_id, data)
-        if flow_id not in self._paused and self._quic.send_buffer_size(flow_id) > self._tcp_high_water():
+        replay = flow.durable
+        if replay is not None:
+            replay.record(data)
+            if flow.resuming is None:
+                self._quic.send_stream_data(flow_id, data)
+            over = replay.unconfirmed > REPLAY_LIMIT
+        else:
+            self._quic.send_stream_data(flow_id, data)
+            over = False
+        if over or self._quic.send_buffer_size(flow_id) > self._tcp_high_water():
+            self._pause(flow_id)
+
+    def _pause(self, flow_id: int) -> None:
+        if flow_id not in self._paused:
             self._paused.add(flow_id)
             self._events.append(PauseReading(flow_id))
 
@@ -306,7 +364,10 @@ class ForwardingSession:
             return
         flow.send_done = True
         self._paused.discard(flow_id)
-        self._quic.send_stream_data(flow_id, b"", end_stream=True)
+        if flow.durable is not None:
+            flow.durable.fin_sent = True
+        if flow.resuming is None:
+            self._quic.send_stream_data(flow_id, b"", end_stream=True)
         self._maybe_close(flow)
 
     def flow_reset(self, flow_id: int) -> None:
@@ -423,10 +484,12 @@ class ForwardingSession:
             self._on_connection_lost()
 
     def get_timer(self) -> float | None:
-        """The next UDP idle expiry (TCP flows need no timer)."""
+        """The next UDP idle expiry, or durable streams' next confirmation."""
+        ack_at = None if self._durable is None else self._durable.ack_at
         if not self._has_udp:
-            return None
-        deadlines = [f.last_active + self._udp_idle_timeout for f in self._flows.values() if f.kind is _Kind.UDP]
+            return ack_at
+        deadlines = [] if ack_at is None else [ack_at]
+        deadlines += [f.last_active + self._udp_idle_timeout for f in self._flows.values() if f.kind is _Kind.UDP]
         reassembly = self._reassembler.get_timer()
         if reassembly is not None:
             deadlines.append(reassembly)
@@ -436,6 +499,8 @@ class ForwardingSession:
 
     def handle_timer(self, now: float) -> None:
         self._now = now
+        if self._durable is not None:
+            self._durable.handle_timer(now)
         expired = [
             f for f in self._flows.values() if f.kind is _Kind.UDP and f.last_active + self._udp_idle_timeout <= now
         ]
@@ -458,6 +523,9 @@ class ForwardingSession:
     # ------------------------------------------------------------------------------------------ QUIC side
 
     def _on_stream_data(self, stream_id: int, data: bytes, fin: bool, now: float) -> None:
+        if self._durable is not None and self._durable.owns(stream_id):
+            self._durable.on_stream(stream_id, data, fin, now)
+            return
         flow = self._flows.get(stream_id)
         if flow is None:
             if stream_id not in self._headers:
@@ -487,8 +555,8 @@ class ForwardingSession:
         if self._max_flows and len(self._flows) + len(self._headers) >= self._max_flows:
             self._abort_stream(stream_id, RESET_REJECTED)
             return None
-        if self._tagged:
-            self._headers[stream_id] = bytearray()  # routed once its forward header is complete
+        if self._tagged or self._durable is not None:
+            self._headers[stream_id] = bytearray()  # routed once its forward header (or opening) is complete
             return None
         if self._kind is _Kind.TCP:
             flow = _Flow(stream_id, _Kind.TCP, awaiting_marker=True, connected=False)
@@ -502,6 +570,17 @@ class ForwardingSession:
         """Server, several forwards: collect the stream's forward header, then open the flow its route names."""
         buffer = self._headers[stream_id]
         buffer += data
+        if self._durable is not None:
+            taken = self._durable.read_opening(stream_id, buffer, fin, now)
+            if taken is not None:  # a durable opening (the link owns the stream now) or the start of one
+                if taken or fin:
+                    del self._headers[stream_id]
+                return None, b""
+            if not self._tagged:  # upstream's one-forward wire: the 0x00 marker, as in _accept_stream
+                del self._headers[stream_id]
+                flow = self._flows[stream_id] = _Flow(stream_id, _Kind.TCP, awaiting_marker=True, connected=False)
+                self._durable.opened(flow)
+                return flow, bytes(buffer)
         if len(buffer) < FORWARD_HEADER_SIZE:
             if fin:  # ended before it said which forward: nothing to do but end ours too
                 del self._headers[stream_id]
@@ -524,6 +603,8 @@ class ForwardingSession:
         elif route.protocol in ("tcp", "reverse"):
             flow = _Flow(stream_id, _Kind.TCP, connected=False, forward=index)
             self._events.append(DialTcp(stream_id, route.addresses))
+            if self._durable is not None and route.protocol == "tcp":
+                self._durable.opened(flow)
         else:
             flow = _Flow(stream_id, _Kind.UDP, decoder=UdpFrameDecoder(), last_active=now, forward=index)
             self._events.append(OpenUdp(stream_id, route.addresses))
@@ -531,6 +612,11 @@ class ForwardingSession:
         return flow, rest
 
     def _on_tcp_data(self, flow: _Flow, data: bytes, fin: bool) -> None:
+        if flow.resuming is not None:
+            assert self._durable is not None
+            data = self._durable.answer_received(flow, data)
+            if flow.resuming is not None or flow.flow_id not in self._flows:
+                return
         if flow.request is not None:
             data = self._read_preamble(flow, data, fin)
             if flow.request is not None or flow.flow_id not in self._flows:
@@ -644,16 +730,21 @@ class ForwardingSession:
     def _deliver_tcp(self, flow: _Flow, data: bytes) -> None:
         flow.delivered += len(data)
         self._events.append(SendTcp(flow.flow_id, data))
+        if flow.durable is not None and self._durable is not None:
+            self._durable.received(flow.durable, len(data), self._now)
 
     def _finish_receiving_tcp(self, flow: _Flow) -> None:
         flow.recv_done = True
+        if flow.durable is not None and self._durable is not None and not flow.durable.fin_received:
+            flow.durable.fin_received = True
+            self._durable.received(flow.durable, 1, self._now)
         self._events.append(ShutdownTcpWrite(flow.flow_id))
         self._maybe_close(flow)
 
     def _maybe_close(self, flow: _Flow) -> None:
         if flow.send_done and flow.recv_done:
             self._events.append(CloseTcp(flow.flow_id))
-            self._forget(flow)
+            self._forget(flow, cleanly=True)
 
     def _on_udp_data(self, flow: _Flow, data: bytes, fin: bool, now: float) -> None:
         assert flow.decoder is not None
@@ -789,7 +880,10 @@ class ForwardingSession:
         if flow is None:
             return
         self._abort_stream(stream_id, RESET_LOCAL_ERROR)
-        if self._is_client and flow.request is not None:  # a dynamic flow the server could not connect
+        if flow.resuming is not None and self._durable is not None:  # the server cannot resume it
+            self._forget(flow)
+            self._durable.drop(flow, UNKNOWN_REASON)
+        elif self._is_client and flow.request is not None:  # a dynamic flow the server could not connect
             self._events.append(DynamicReply(stream_id, SOCKS_CONNECTION_REFUSED))
             self._forget(flow)
         elif flow.kind is _Kind.TCP:
@@ -801,6 +895,12 @@ class ForwardingSession:
     def _on_connection_lost(self) -> None:
         self._headers.clear()
         for flow in list(self._flows.values()):
+            held = flow.durable
+            if held is not None and held.key is not None and not held.lost:
+                # A durable flow outlives its connection: the adapter holds the socket for the next one.
+                self._flows.pop(flow.flow_id, None)
+                self._paused.discard(flow.flow_id)
+                continue
             if flow.kind is _Kind.TCP:
                 self._events.append(AbortTcp(flow.flow_id))
                 self._forget(flow)
@@ -826,6 +926,10 @@ class ForwardingSession:
     def _check_resume(self) -> None:
         low = max(self._low_water, self._tcp_high_water() // 2) if self._auto_water else self._low_water
         for flow_id in sorted(self._paused):
+            flow = self._flows.get(flow_id)
+            replay = None if flow is None else flow.durable
+            if replay is not None and replay.unconfirmed > REPLAY_LOW:
+                continue
             if self._quic.send_buffer_size(flow_id) <= low:
                 self._paused.discard(flow_id)
                 self._events.append(ResumeReading(flow_id))
@@ -844,11 +948,18 @@ class ForwardingSession:
         except ValueError:
             pass  # aioquic already discarded the stream
 
-    def _forget(self, flow: _Flow) -> None:
+    def _forget(self, flow: _Flow, *, cleanly: bool = False) -> None:
+        if flow.durable is not None and self._durable is not None and self._flows.get(flow.flow_id) is flow:
+            self._durable.released(flow, cleanly=cleanly)
         self._flows.pop(flow.flow_id, None)
         self._paused.discard(flow.flow_id)
         if flow.peer is not None and self._udp_by_peer.get((flow.forward, flow.peer)) == flow.flow_id:
             del self._udp_by_peer[(flow.forward, flow.peer)]
+
+    def _new_durable_flow(self, flow_id: int, stream: DurableStream) -> _Flow:
+        """A connection continues a held durable stream as ``flow_id`` (DurableLink)."""
+        flow = self._flows[flow_id] = _Flow(flow_id, _Kind.TCP, forward=stream.forward, durable=stream)
+        return flow
 
     def _is_new_peer_stream(self, stream_id: int) -> bool:
         return stream_id >= self._peer_floor and stream_id not in self._peer_seen

@@ -25,6 +25,7 @@ from tunnel_core.iroh_session.gate import ClientAllowlist, SessionLimiter
 from tunnel_core.iroh_session.options import IrohClientOptions, IrohNetwork, IrohServerOptions
 from tunnel_core.iroh_session.paths import PathReporter, PathView, describe_path
 from tunnel_core.iroh_session.server import (
+    DurableControl,
     ResolveHost,
     SendBytes,
     ServerStream,
@@ -50,6 +51,7 @@ __all__ = [
     "ClientStream",
     "ClientStreamState",
     "CloseCode",
+    "DurableControl",
     "IrohClientOptions",
     "IrohNetwork",
     "IrohServerOptions",

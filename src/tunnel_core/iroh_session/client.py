@@ -15,6 +15,7 @@ import attrs
 from tunnel_core.errors import LocalProtocolError
 from tunnel_core.iroh_session.constants import PROTOCOL_VERSION_E2
 from tunnel_core.wire import (
+    DurableRequest,
     MessageReader,
     SourceRequest,
     WireError,
@@ -37,6 +38,8 @@ class SourceAccepted:
     payload: bytes = b""
     #: The flow id under which the server takes this stream's UDP datagrams as QUIC datagrams (None: stream only).
     datagram_flow: int | None = None
+    #: Durable streams (docs/durable.md): what the server has received of this stream (None: not durable).
+    durable: int | None = None
 
 
 @attrs.frozen
@@ -55,11 +58,13 @@ ClientStreamEvent = SourceAccepted | SourceRejected
 class ClientStream:
     """One forwarding stream on the client side until the server's verdict."""
 
-    def __init__(self, source: str, *, version: int = PROTOCOL_VERSION_E2, datagram_flow: int | None = None) -> None:
+    def __init__(self, source: str, *, version: int = PROTOCOL_VERSION_E2, datagram_flow: int | None = None,
+                 durable: DurableRequest | None = None) -> None:
         self._version = version
         self._flow = datagram_flow
+        self._durable = durable
         self._request = encode_source_request(SourceRequest(source=source, version=version,
-                                                            datagram_flow=datagram_flow))
+                                                            datagram_flow=datagram_flow, durable=durable))
         self._reader = MessageReader("SourceResponse")
         self._events: deque[ClientStreamEvent] = deque()
         self.state = ClientStreamState.AWAIT_RESPONSE
@@ -84,7 +89,8 @@ class ClientStream:
             self.state = ClientStreamState.ACCEPTED
             # Only an echo of exactly our offer counts; anything else means "stream only".
             flow = response.datagram_flow if self._flow is not None and response.datagram_flow == self._flow else None
-            self._events.append(SourceAccepted(self._reader.remainder, flow))
+            durable = response.durable if self._durable is not None else None
+            self._events.append(SourceAccepted(self._reader.remainder, flow, durable))
         else:
             self.state = ClientStreamState.REJECTED
             self._events.append(SourceRejected(response.reason or "no reason given"))

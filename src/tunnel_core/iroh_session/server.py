@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -24,6 +24,7 @@ from tunnel_core.policy import AccessPolicy, Decision, NeedsResolution, PolicyEr
 from tunnel_core.reverse import REVERSE_SCHEME, listen_allowed, listen_refusal
 from tunnel_core.types import Address
 from tunnel_core.wire import (
+    DurableRequest,
     MessageReader,
     SourceResponse,
     WireError,
@@ -69,6 +70,21 @@ class StartForwarding:
     payload: bytes = b""
     #: UDP: the flow id the client offered for QUIC datagrams and we accepted (None: stream framing only).
     datagram_flow: int | None = None
+    #: A durable TCP stream (docs/durable.md): new (``offset`` None: dial) or resumed (take the held socket).
+    durable: DurableRequest | None = None
+
+
+@attrs.frozen
+class DurableControl:
+    """Durable streams (docs/durable.md): the client opened the control stream of durable session
+    ``durable.token`` (key 0): it carries confirmations (ACK frames) both ways; ``payload`` is the first of them."""
+
+    durable: DurableRequest
+    payload: bytes = b""
+
+
+#: The key a client's SourceRequest names for its connection's durable control stream.
+DURABLE_CONTROL_KEY = 0
 
 
 @attrs.frozen
@@ -97,16 +113,23 @@ class StreamFailed:
     error: str
 
 
-ServerStreamEvent = SendBytes | ResolveHost | StartForwarding | StartListening | StreamRejected | StreamFailed
+ServerStreamEvent = (
+    SendBytes | ResolveHost | StartForwarding | StartListening | StreamRejected | StreamFailed | DurableControl
+)
 
 
 class ServerStream:
     """One forwarding stream on the server, from its first byte to the forwarding decision."""
 
     def __init__(self, policy: AccessPolicy, *, permit: bool, version: int = PROTOCOL_VERSION_E2,
-                 datagrams: bool = True, allow_listen: Sequence[str] = ()) -> None:
+                 datagrams: bool = True, allow_listen: Sequence[str] = (),
+                 durable: Callable[[DurableRequest], int | str] | None = None) -> None:
+        """``durable`` answers a client's durable request (docs/durable.md): what we received of the stream (0 for
+        a new one), or why it cannot be resumed; None: durable streams are off (the request field is ignored)."""
         self._policy = policy
         self._allow_listen = tuple(allow_listen)
+        self._durable_answer = durable
+        self._durable: DurableRequest | None = None
         self._version = version
         self._datagrams = datagrams  # take a client's offer of QUIC datagrams for UDP (docs/datagrams.md)
         self._flow: int | None = None
@@ -141,6 +164,13 @@ class ServerStream:
             return
         self._payload = self._reader.remainder
         self._flow = request.datagram_flow
+        self._durable = request.durable if self._durable_answer is not None else None
+        if self._durable is not None and self._durable.key == DURABLE_CONTROL_KEY:
+            self.state = ServerStreamState.FORWARDING
+            response = SourceResponse(accepted=True, version=self._version, durable=0)
+            self._events.append(SendBytes(encode_source_response(response)))
+            self._events.append(DurableControl(self._durable, self._payload))
+            return
         self._judge(request.source)
 
     def feed_eof(self) -> None:
@@ -229,11 +259,21 @@ class ServerStream:
             self._reject(decision.reason or "Source not allowed")
             return
         assert self._source is not None
+        durable = self._durable if self._source.protocol == "tcp" else None
+        offset: int | None = None
+        if durable is not None:
+            assert self._durable_answer is not None
+            answer = self._durable_answer(durable)
+            if isinstance(answer, str):
+                self._reject(answer)
+                return
+            offset = answer
         self.state = ServerStreamState.FORWARDING
         flow = self._flow if self._datagrams and self._source.protocol == "udp" else None
-        response = encode_source_response(SourceResponse(accepted=True, version=self._version, datagram_flow=flow))
+        response = encode_source_response(SourceResponse(accepted=True, version=self._version, datagram_flow=flow,
+                                                         durable=offset))
         self._events.append(SendBytes(response))
-        self._events.append(StartForwarding(self._source, decision.addresses, self._payload, flow))
+        self._events.append(StartForwarding(self._source, decision.addresses, self._payload, flow, durable))
         self._payload = b""
 
     def _reject(self, reason: str) -> None:

@@ -14,6 +14,8 @@ Every override of aioquic internals is here, behind small methods with their own
 * the tunnel-datagram capability (docs/datagrams.md): a private transport parameter that only our own peers send
   and every QUIC stack ignores (RFC 9000 section 7.4.2), a bounded DATAGRAM queue that drops its oldest entries,
   and the per-packet room a DATAGRAM frame has.
+* the durable-streams capability (docs/durable.md): another private transport parameter, sent when built with
+  ``durable=True``; ``durable_negotiated`` once both ends sent it with our version.
 * with the "bbr" congestion controller, its model-based pacer and app-limited signal (tunnel_core.quic.bbr);
 * fewer ACK-only packets: an ACK waits for ``ACK_EVERY`` ack-eliciting packets or ``srtt / 8`` (at most our
   advertised max_ack_delay), where aioquic acks after 1 ms; out-of-order arrival is acked at once (RFC 9000
@@ -50,6 +52,7 @@ from tunnel_core.quic.bbr import HOST_STALL, BbrCongestionControl, ModelPacer
 from tunnel_core.quic.events import PeerVerificationFailed
 from tunnel_core.quic.identity import normalize_fingerprint
 from tunnel_core.quic.pmtu import PmtuSearch
+from tunnel_core.resume import DURABLE_VERSION
 
 #: quinn's keep_alive_interval in upstream's ICE modes.
 DEFAULT_KEEPALIVE_INTERVAL = 15.0
@@ -62,6 +65,9 @@ MAX_CONCURRENT_STREAMS = 1024
 #: the tunnel-datagram format version both ends speak. quinn (upstream tunnel-rs) and older versions of ours
 #: ignore it, so with them UDP stays on streams, byte for byte as before.
 TRANSPORT_PARAMETER_TUNNEL_DATAGRAMS = 0x74756E64
+#: Our private transport parameter for durable streams: "tdur" in ASCII (also outside the GREASE pattern). Its
+#: value (a varint) is the durable-streams wire version (tunnel_core.resume).
+TRANSPORT_PARAMETER_DURABLE = 0x74647572
 #: DATAGRAM frames waiting for congestion window or pacing beyond this are dropped, oldest first, as a router
 #: drops from a full queue: a game or a voice call wants the newest packet, not seconds of stale ones.
 DATAGRAM_QUEUE_LIMIT = 128
@@ -106,6 +112,7 @@ class TunnelQuicConnection(QuicConnection):
         keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL,
         pmtu_ceiling: int | None = None,
         ack_every: int = ACK_EVERY,
+        durable: bool = False,
         **kwargs: Any,
     ) -> None:
         if request_client_certificate and configuration.is_client:
@@ -153,6 +160,8 @@ class TunnelQuicConnection(QuicConnection):
         self._local_max_streams_bidi.sent = MAX_CONCURRENT_STREAMS
         self._peer_datagram_version: int | None = None
         self.datagrams_dropped = 0
+        self._durable_offered = durable
+        self._peer_durable_version: int | None = None
 
     # ------------------------------------------------------------------------------------------ public additions
 
@@ -209,6 +218,11 @@ class TunnelQuicConnection(QuicConnection):
             and self._remote_max_datagram_frame_size is not None
             and self._remote_max_datagram_frame_size > _DATAGRAM_PACKET_OVERHEAD
         )
+
+    @property
+    def durable_negotiated(self) -> bool:
+        """Both ends offered durable streams in the handshake (docs/durable.md)."""
+        return self._durable_offered and self._peer_durable_version == DURABLE_VERSION
 
     def datagram_room(self) -> int:
         """The largest DATAGRAM payload that fits one packet of the current size and the peer's frame limit."""
@@ -393,20 +407,18 @@ class TunnelQuicConnection(QuicConnection):
         stream.max_stream_data_local_sent = stream.max_stream_data_local
 
     def _serialize_transport_parameters(self) -> bytes:
-        """aioquic's parameters plus our datagram capability when DATAGRAM frames are enabled."""
+        """aioquic's parameters plus our capabilities: datagrams when DATAGRAM frames are enabled, durable
+        streams when offered."""
         data = super()._serialize_transport_parameters()
-        if self._configuration.max_datagram_frame_size is None:
-            return data
-        value = encode_uint_var(DATAGRAM_VERSION)
-        return (
-            data
-            + encode_uint_var(TRANSPORT_PARAMETER_TUNNEL_DATAGRAMS)
-            + encode_uint_var(len(value))
-            + value
-        )
+        if self._configuration.max_datagram_frame_size is not None:
+            data += _private_parameter(TRANSPORT_PARAMETER_TUNNEL_DATAGRAMS, DATAGRAM_VERSION)
+        if self._durable_offered:
+            data += _private_parameter(TRANSPORT_PARAMETER_DURABLE, DURABLE_VERSION)
+        return data
 
     def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
-        self._peer_datagram_version = _find_datagram_version(data)
+        self._peer_datagram_version = _find_version(data, TRANSPORT_PARAMETER_TUNNEL_DATAGRAMS)
+        self._peer_durable_version = _find_version(data, TRANSPORT_PARAMETER_DURABLE)
         super()._parse_transport_parameters(data, from_session_ticket)
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -533,16 +545,21 @@ class TunnelQuicConnection(QuicConnection):
         )
 
 
-def _find_datagram_version(data: bytes) -> int | None:
-    """Our capability's value in a peer's transport parameters (None when absent or malformed: aioquic's own
-    parser judges the rest)."""
+def _private_parameter(param_id: int, version: int) -> bytes:
+    value = encode_uint_var(version)
+    return encode_uint_var(param_id) + encode_uint_var(len(value)) + value
+
+
+def _find_version(data: bytes, wanted: int) -> int | None:
+    """One of our capabilities' value in a peer's transport parameters (None when absent or malformed: aioquic's
+    own parser judges the rest)."""
     buf = Buffer(data=data)
     try:
         while not buf.eof():
             param_id = buf.pull_uint_var()
             length = buf.pull_uint_var()
             value = buf.pull_bytes(length)
-            if param_id == TRANSPORT_PARAMETER_TUNNEL_DATAGRAMS:
+            if param_id == wanted:
                 inner = Buffer(data=value)
                 version = inner.pull_uint_var()
                 return version if inner.eof() else None

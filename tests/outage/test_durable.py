@@ -1,0 +1,213 @@
+"""Durable streams with real processes (issue 15 item 4; docs/durable.md): a cut past the consent limit during a
+100 MiB transfer and during an interactive ssh session; both survive the reconnect, in nostr and iroh mode.
+
+One lab, one cut, everything at once (the suite's wall time matters more than separate reports):
+
+- a nostr tunnel and an iroh tunnel (protocol e4), each with two forwards: the echo service (a 100 MiB transfer,
+  sha256 checked end to end) and a real sshd started by the test in the server's namespace (an interactive
+  ``ssh`` session: a command before the cut and one typed after it must both be answered);
+- a nostr tunnel with ``--plaintext-compat`` and an iroh tunnel with protocol e2 (upstream's wire formats): they
+  reconnect too, but resumption is off, so their open connection is reset with one line each;
+- each durable client's RSS at the start and at the end of the cut, while its transfer's writer keeps writing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import pytest
+from tests.nat.lab import Lab
+from tests.nat.modes import MODES, PROBE, PYTHON, Connected, Proc, RunningPair
+
+from .cut import cut, heal
+from .iroh_e4 import start_iroh_e4
+from .test_cut import Progress
+
+pytestmark = [pytest.mark.nat, pytest.mark.timeout(900)]
+
+CUT_SECONDS = float(os.environ.get("TUNNEL_DURABLE_CUT", "90"))
+TRANSFER_MIB = int(os.environ.get("TUNNEL_DURABLE_MIB", "100"))
+CUT_AFTER = 4 * 1024 * 1024
+SSHD_PORT = 2222
+
+
+def _sshd(lab: Lab) -> tuple[Proc, Path]:
+    """A real sshd on 127.0.0.1:SSHD_PORT in the server's namespace, accepting root by one generated key."""
+    work = lab.workdir / "ssh"
+    work.mkdir()
+    host_key, user_key = work / "host_key", work / "id_ed25519"
+    for key in (host_key, user_key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30,
+                       stdin=subprocess.DEVNULL)
+    (work / "authorized_keys").write_text(Path(f"{user_key}.pub").read_text())
+    config = work / "sshd_config"
+    config.write_text("\n".join([
+        "ListenAddress 127.0.0.1", f"HostKey {host_key}", "PermitRootLogin prohibit-password",
+        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
+        f"AuthorizedKeysFile {work / 'authorized_keys'}", "StrictModes no", "UsePAM no",
+        f"PidFile {work / 'sshd.pid'}", "PrintMotd no", "LogLevel ERROR", ""]))
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    sshd = Proc("sshd", lab.in_ns("pB", ["/usr/sbin/sshd", "-D", "-e", "-f", str(config), "-p", str(SSHD_PORT)]))
+    return sshd, user_key
+
+
+def _ssh_session(lab: Lab, user_key: Path, port: int) -> Proc:
+    """An interactive ssh session through the tunnel: a shell reading the commands we type on its stdin."""
+    return Proc("ssh", lab.in_ns("pA", [
+        "ssh", "-T", "-p", str(port), "-i", str(user_key), "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+        "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR", "root@127.0.0.1"]))
+
+
+def _type(session: Proc, word: str, timeout: float) -> float | None:
+    """Type ``echo word``; seconds until the shell's answer came back (None: no answer in time)."""
+    started = time.monotonic()
+    assert session.proc.stdin is not None
+    session.proc.stdin.write(f"echo {word}\n")
+    session.proc.stdin.flush()
+    while time.monotonic() - started < timeout:
+        try:
+            line = session.stdout.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if line is None:
+            return None
+        if line.strip() == word:
+            return time.monotonic() - started
+    return None
+
+
+def _rss_kib(proc: Proc) -> int:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{proc.proc.pid}/status").read_text())
+    assert match is not None
+    return int(match.group(1))
+
+
+def _count(proc: Proc, text: str) -> int:
+    return sum(text in line for line in proc.stderr_lines)
+
+
+@attrs.define
+class Durable:
+    """One tunnel whose streams must survive the cut: a 100 MiB transfer and an ssh session."""
+
+    name: str
+    pair: RunningPair
+    ssh_listen: int
+    session: Proc | None = None
+    transfer: Proc | None = None
+    progress: Progress | None = None
+    rss: list[int] = attrs.Factory(list)
+    back_at: float | None = None
+    answered: float | None = None
+
+    def start(self, lab: Lab, user_key: Path) -> None:
+        self.session = _ssh_session(lab, user_key, self.ssh_listen)
+        assert _type(self.session, "before-cut", 30) is not None, (self.session.stderr, self.pair.describe())
+        self.transfer = Proc("transfer", lab.in_ns("pA", [
+            PYTHON, PROBE, "transfer", str(self.pair.listen_port), str(TRANSFER_MIB * 1024 * 1024), "--timeout",
+            "500", "--progress"]))
+        self.progress = Progress(self.transfer)
+
+    def stop(self) -> None:
+        for proc in (self.transfer, self.session):
+            if proc is not None:
+                proc.stop()
+
+
+def _pump_all(items: Sequence[Durable], until: float, enough: int | None = None) -> None:
+    """Read every transfer's progress until ``until`` (or, with ``enough``, until each has that much back)."""
+    while time.monotonic() < until:
+        waiting = [d.progress for d in items if d.progress is not None and d.progress.verdict is None
+                   and (enough is None or d.progress.received < enough)]
+        if not waiting:
+            return
+        for progress in waiting:
+            progress.pump(min(until, time.monotonic() + 0.1), enough)
+
+
+def test_a_90s_cut_during_transfers_and_ssh_sessions_nostr_and_iroh_streams_survive(lab: Lab) -> None:
+    sshd, user_key = _sshd(lab)
+    pairs: list[RunningPair] = []
+    durables: list[Durable] = []
+    try:
+        forward = f"127.0.0.1:{{}}=tcp://127.0.0.1:{SSHD_PORT}"
+        nostr = MODES["nostr"].start(lab, turn=False, client_extra=("--forward", forward.format(7102)))
+        pairs.append(nostr)
+        iroh = start_iroh_e4(lab, 7300, 7002, ("--forward", forward.format(7302)))
+        pairs.append(iroh)
+        durables = [Durable("nostr", nostr, 7102), Durable("iroh e4", iroh, 7302)]
+        # upstream's wire formats: they reconnect too, resumption is off
+        compat = MODES["nostr"].start(lab, turn=False, listen_port=7200, echo_port=7001,
+                                      extra=("--plaintext-compat",))
+        pairs.append(compat)
+        e2 = MODES["iroh"].start(lab, turn=False, listen_port=7400, echo_port=7003)
+        pairs.append(e2)
+        for pair in pairs:
+            assert isinstance(pair.wait_connected(), Connected), pair.describe()
+        for pair in (compat, e2):  # open across the cut: reset with one line
+            held = pair.start_transfer(10**10, timeout=400)
+            pair.helpers.append(held)
+            assert held.stdout.get(timeout=20) == "started\n", pair.describe()
+        for item in durables:
+            item.start(lab, user_key)
+        _pump_all(durables, time.monotonic() + 120, enough=CUT_AFTER)
+        for item in durables:
+            assert item.progress is not None and item.progress.verdict is None, (item.name, item.pair.describe())
+            assert item.progress.received >= CUT_AFTER, (item.name, item.pair.describe())
+
+        cut(lab)
+        for item in durables:
+            item.rss.append(_rss_kib(item.pair.client))
+        try:
+            _pump_all(durables, time.monotonic() + CUT_SECONDS)
+            for item in durables:
+                item.rss.append(_rss_kib(item.pair.client))
+            at_heal = {item.name: item.progress.received for item in durables if item.progress is not None}
+        finally:
+            heal(lab)
+        healed_at = time.monotonic()
+        for item in durables:
+            if item.pair.client.wait_line(r"Reconnecting\.\.\.", 0.1):
+                assert item.pair.client.wait_line(r"Tunnel back after", 150), item.pair.describe()
+                item.back_at = item.pair.client.line_time(r"Tunnel back after")
+            assert item.session is not None
+            item.answered = _type(item.session, "after-cut", 60)
+        _pump_all(durables, healed_at + 400)
+
+        report = []
+        for item in durables:
+            assert item.progress is not None and item.session is not None
+            verdict = json.loads(item.progress.verdict or "{}")
+            assert verdict.get("ok") is True, (item.name, verdict, item.pair.describe())
+            assert item.answered is not None, (item.name, item.session.stderr, item.pair.describe())
+            assert _type(item.session, "still-there", 30) is not None, item.name
+            assert _count(item.pair.client, "reset:") == 0, item.pair.describe()
+            assert _count(item.pair.server, "reset:") == 0, item.pair.describe()
+            assert item.rss[1] - item.rss[0] < 32 * 1024, (item.name, item.rss)
+            resumed = item.progress.first_growth_after(healed_at, at_heal[item.name])
+            assert resumed is not None, item.name
+            back = "no reconnect" if item.back_at is None else f"tunnel back {item.back_at - healed_at:.1f}s"
+            report.append(f"{item.name}: {back} after the heal, data again {resumed - healed_at:.1f}s after it, "
+                          f"transfer ok in {verdict['seconds']}s (sha256 match), ssh answered in "
+                          f"{item.answered:.2f}s, client RSS {item.rss[0]} -> {item.rss[1]} KiB during the cut")
+        for pair in (compat, e2):
+            assert pair.client.wait_line(r"Tunnel back after", 120), pair.describe()
+            assert _count(pair.client, "reset: the tunnel was lost") == 1, pair.describe()
+            again = pair.transfer(1024 * 1024, timeout=60)
+            assert again.get("ok") is True, (again, pair.describe())
+        print(f"\n[durable] cut={CUT_SECONDS:g}s MiB={TRANSFER_MIB}\n  " + "\n  ".join(report), flush=True)
+    finally:
+        for item in durables:
+            item.stop()
+        for pair in pairs:
+            pair.close()
+        sshd.stop()

@@ -1,7 +1,7 @@
 """Atheris harness for the manual-signaling codec: pasted blocks, bare TRS1 payloads and the JSON messages.
 
 Run: python fuzz/fuzz_manual_block.py -atheris_runs=2000
-Anything but SignalError escaping (or a decoded value that does not re-encode to itself) is a bug.
+Anything but BlockError escaping (or a decoded value that does not re-encode to itself) is a bug.
 """
 
 import sys
@@ -9,13 +9,13 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from tunnel_core.signal import (
+    from tunnel_core.blocks import (
+        BlockError,
         BlockReader,
         ManualAnswer,
         ManualOffer,
         ManualReject,
         ManualRequest,
-        SignalError,
         decode_answer,
         decode_offer,
         decode_payload,
@@ -32,7 +32,7 @@ def TestOneInput(data: bytes) -> None:
         for decode, kind in ((decode_offer, "OFFER"), (decode_answer, "ANSWER")):
             try:
                 message = decode(text)
-            except SignalError:
+            except BlockError:
                 continue
             assert decode(encode_block(kind, message)) == message
     elif mode == 1:
@@ -44,13 +44,13 @@ def TestOneInput(data: bytes) -> None:
                     break
             else:
                 reader.feed_eof()
-        except SignalError:
+        except BlockError:
             pass
     elif mode == 2:
         payload = fdp.ConsumeUnicodeNoSurrogates(fdp.remaining_bytes())
         try:
             raw = decode_payload(payload)
-        except SignalError:
+        except BlockError:
             return
         assert decode_payload(encode_payload(raw)) == raw
     else:
@@ -58,13 +58,13 @@ def TestOneInput(data: bytes) -> None:
         for cls in (ManualOffer, ManualAnswer, ManualRequest, ManualReject):
             try:
                 message = cls.from_json(raw)
-            except SignalError:
+            except BlockError:
                 continue
             assert cls.from_json(message.to_json()) == message
         # The same bytes wrapped in a valid payload must behave exactly like the bare JSON.
         try:
             decode_offer(encode_payload(raw))
-        except SignalError:
+        except BlockError:
             pass
 
 

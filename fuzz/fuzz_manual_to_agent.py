@@ -18,9 +18,9 @@ import atheris
 
 with atheris.instrument_imports():
     from tunnel_core import assembly, manual
+    from tunnel_core.blocks import ManualAnswer, ManualOffer, decode_answer, decode_offer, encode_block
     from tunnel_core.errors import RemoteProtocolError
     from tunnel_core.ice.agent import IceAgent
-    from tunnel_core.signal import ManualAnswer, ManualOffer, decode_answer, decode_offer, encode_block
 
 ICE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 #: Oversized first: when the input runs out, the fuzzer's defaults pick the first choices (item 2 was a 65 KB

@@ -12,9 +12,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from tunnel_core.relay import RelayServer
-    from tunnel_core.relay import frames as fr
-    from tunnel_core.relay.handshake import sign_challenge
+    from tunnel_core.iroh_relay import RelayServer
+    from tunnel_core.iroh_relay import frames as fr
+    from tunnel_core.iroh_relay.handshake import sign_challenge
 
 SRC = bytes(range(32))
 

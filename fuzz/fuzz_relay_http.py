@@ -16,7 +16,7 @@ import sys
 
 import atheris
 
-# Dependencies are imported uninstrumented first (h11, websockets, and tunnel_core.relay with its cryptography):
+# Dependencies are imported uninstrumented first (h11, websockets, and tunnel_core.iroh_relay with its cryptography):
 # the coverage feedback comes from the relay's HTTP front, and instrumenting everything made inputs ten times slower.
 import h11  # noqa: F401
 import websockets.exceptions
@@ -24,10 +24,10 @@ import websockets.frames
 import websockets.protocol
 import websockets.utils  # noqa: F401
 
-import tunnel_core.relay  # noqa: F401
+import tunnel_core.iroh_relay  # noqa: F401
 
 with atheris.instrument_imports():
-    from tunnel_core.relay import RelayOptions
+    from tunnel_core.iroh_relay import RelayOptions
     from tunnel_iroh_relay.server import RelayService, _RelayConnection
 
 ROUTES = (b"/ping", b"/generate_204", b"/healthz", b"/", b"/index.html", b"/robots.txt", b"/nope", b"/relay",

@@ -19,9 +19,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from tunnel_core.relay import frames as fr
-    from tunnel_core.relay.config import RelayPolicy
-    from tunnel_core.relay.events import (
+    from tunnel_core.iroh_relay import frames as fr
+    from tunnel_core.iroh_relay.config import RelayPolicy
+    from tunnel_core.iroh_relay.events import (
         ClientAuthenticated,
         ClientDenied,
         ClientLeft,
@@ -29,8 +29,8 @@ with atheris.instrument_imports():
         CloseConnection,
         OutputReady,
     )
-    from tunnel_core.relay.handshake import sign_challenge
-    from tunnel_core.relay.server import CONTROL_HEADROOM, RelayServer
+    from tunnel_core.iroh_relay.handshake import sign_challenge
+    from tunnel_core.iroh_relay.server import CONTROL_HEADROOM, RelayServer
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 

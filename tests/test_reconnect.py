@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 from tunnel_core.candidate import Candidate, CandidateType
-from tunnel_core.flows import Detach, Say, Sleep, Stopped
+from tunnel_core.dialogue import Detach, Say, Sleep, Stopped
 from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.peer import IceConnected
 from tunnel_core.reconnect import keep_reconnecting, quiet

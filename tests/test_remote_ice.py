@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from tunnel_core import manual
+from tunnel_core.blocks import BlockError
 from tunnel_core.errors import RemoteProtocolError
 from tunnel_core.ice.agent import IceAgent
 from tunnel_core.ice.checklist import usable_remote_address
 from tunnel_core.policy import AccessPolicy, parse_source
-from tunnel_core.signal import SignalError
 
 HOST = "candidate:1 1 udp 2130706431 192.0.2.7 5000 typ host"
 
@@ -23,7 +23,7 @@ def _rng(n: int) -> bytes:
     ("abcd\x1b", "p" * 24),
 ])
 def test_bad_credentials_are_a_signal_error(ufrag: str, pwd: str) -> None:
-    with pytest.raises(SignalError, match="Invalid ICE credentials"):
+    with pytest.raises(BlockError, match="Invalid ICE credentials"):
         manual.remote_ice(ufrag, pwd, [HOST])
 
 
@@ -40,7 +40,7 @@ def test_agent_refuses_credentials_it_could_not_put_into_a_check() -> None:
 
 @pytest.mark.parametrize("text", [None, "", "ab" * 31, "zz" * 32, "ab" * 32 + "\x1b[2J", "\x07" * 5000])
 def test_malformed_fingerprints_are_signal_errors(text: str | None) -> None:
-    with pytest.raises(SignalError) as info:
+    with pytest.raises(BlockError) as info:
         manual.peer_fingerprint(text)
     assert "\x1b" not in str(info.value) and "\x07" not in str(info.value) and len(str(info.value)) < 250
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from tunnel_core.dialogue import DYNAMIC_SOURCE, LocalForward, ReverseForward, old_server_error
 from tunnel_core.errors import LocalProtocolError
-from tunnel_core.flows import DYNAMIC_SOURCE, LocalForward, ReverseForward, old_server_error
 from tunnel_core.iroh_session import SendBytes, ServerStream, StartListening, StreamRejected
 from tunnel_core.options import ExitCode
 from tunnel_core.policy import AccessPolicy, parse_source

@@ -1,4 +1,4 @@
-"""tunnel_asyncio: tunnel_io on asyncio. Public: ``AsyncioRunner(console).run(flow)``,
+"""tunnel_asyncio: tunnel_io on asyncio. Public: ``AsyncioRunner(console).run(dialogue)``,
 ``run_manual_client/server(opts)``, ``run_nostr_client/server(opts)`` (docs/embedding.md); everything loads lazily
 so ``import tunnel_asyncio`` is cheap."""
 

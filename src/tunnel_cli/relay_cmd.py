@@ -21,9 +21,9 @@ from tunnel_cli.config import read_bounded_text
 from tunnel_cli.keyfiles import check_secret_file_mode
 from tunnel_cli.parser import Parser
 from tunnel_core.errors import RemoteProtocolError
+from tunnel_core.iroh_relay.config import DEV_BIND, RelayOptions, RelayPolicy
 from tunnel_core.keys import parse_allowed_clients, parse_endpoint_id
 from tunnel_core.options import ExitCode, TunnelError
-from tunnel_core.relay.config import DEV_BIND, RelayOptions, RelayPolicy
 
 __all__ = ["build_relay_options", "build_relay_parser", "run"]
 

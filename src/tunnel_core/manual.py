@@ -11,13 +11,13 @@ from collections.abc import Sequence
 
 import attrs
 
+from tunnel_core.blocks import BlockError, ManualAnswer, ManualOffer
 from tunnel_core.candidate import Candidate, CandidateType
 from tunnel_core.errors import LocalProtocolError
 from tunnel_core.ice.agent import IceAgent
 from tunnel_core.peertext import quote_peer
 from tunnel_core.policy import Source, parse_source
 from tunnel_core.quic.identity import normalize_fingerprint
-from tunnel_core.signal import ManualAnswer, ManualOffer, SignalError
 
 CLIENT_BANNER = "Manual Tunnel - Client Mode (Client-First)"
 SERVER_BANNER = "Manual Tunnel - Server Mode (Client-First)"
@@ -50,23 +50,23 @@ def remote_ice(ufrag: str, pwd: str, candidates: Sequence[str]) -> RemoteIce:
     """Check everything the peer sent for ICE before any of it reaches a machine or the user sees a reply.
 
     Issue 18 items 2 and 7: an oversized ufrag used to pass here and fail deep inside the agent's STUN encoder (a
-    traceback, then a hang), and the server printed its ANSWER before finding out. Raises ``SignalError`` (exit 2).
+    traceback, then a hang), and the server printed its ANSWER before finding out. Raises ``BlockError`` (exit 2).
     """
     if not isinstance(ufrag, str) or not _UFRAG.fullmatch(ufrag):
-        raise SignalError(BAD_UFRAG)
+        raise BlockError(BAD_UFRAG)
     if not isinstance(pwd, str) or not _PWD.fullmatch(pwd):
-        raise SignalError(BAD_PWD)
+        raise BlockError(BAD_PWD)
     return RemoteIce(ufrag, pwd, tuple(parse_candidates(candidates)))
 
 
 def peer_fingerprint(text: str | None) -> str:
-    """The peer's certificate fingerprint to pin, normalised; ``SignalError`` (exit 2) if it is not one (item 3)."""
+    """The peer's certificate fingerprint to pin, normalised; ``BlockError`` (exit 2) if it is not one (item 3)."""
     if not text:
-        raise SignalError(MISSING_FINGERPRINT)
+        raise BlockError(MISSING_FINGERPRINT)
     try:
         return normalize_fingerprint(text)
     except LocalProtocolError:
-        raise SignalError(f"{BAD_FINGERPRINT}, got '{quote_peer(text, 80)}'") from None
+        raise BlockError(f"{BAD_FINGERPRINT}, got '{quote_peer(text, 80)}'") from None
 
 
 def candidate_strings(agent: IceAgent) -> tuple[str, ...]:
@@ -99,7 +99,7 @@ def make_answer(agent: IceAgent, fingerprint: str, forward_verdicts: Sequence[st
 def offer_source(offer: ManualOffer) -> Source:
     """The source the client asks for; malformed or missing sources are the pasted input's fault."""
     if not offer.source or not offer.source.strip():
-        raise SignalError(MISSING_SOURCE)
+        raise BlockError(MISSING_SOURCE)
     return parse_source(offer.source.strip())
 
 

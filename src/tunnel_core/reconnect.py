@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-from tunnel_core.flows import Detach, Say, Sleep
+from tunnel_core.dialogue import Detach, Say, Sleep
 from tunnel_core.options import DEFAULT_RECONNECT_TIMEOUT, ExitCode, TunnelError
 from tunnel_core.peer import IceConnected
 

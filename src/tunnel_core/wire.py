@@ -85,7 +85,7 @@ def _optional_reason(reason: str | None) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# JSON helpers shared with tunnel_core.signal: one place that knows how serde_json differs from Python's json.
+# JSON helpers shared with tunnel_core.blocks: one place that knows how serde_json differs from Python's json.
 
 
 def dumps_compact(obj: dict[str, Any]) -> bytes:

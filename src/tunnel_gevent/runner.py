@@ -1,7 +1,7 @@
-"""The gevent shell of tunnel_io's flow runner: signals, greenlet kill and the blocking entry points.
+"""The gevent shell of tunnel_io's dialogue runner: signals, greenlet kill and the blocking entry points.
 
-``GeventRunner(console).run(flow)`` blocks the calling greenlet only; the tunnel's watchers keep serving, so a
-gevent program runs it with ``gevent.spawn(runner.run, flow)`` next to its other work and ends it with
+``GeventRunner(console).run(dialogue)`` blocks the calling greenlet only; the tunnel's watchers keep serving, so a
+gevent program runs it with ``gevent.spawn(runner.run, dialogue)`` next to its other work and ends it with
 ``runner.stop()`` (orderly: CONNECTION_CLOSE "done"). Nothing here monkey-patches the standard library: whether
 to patch is the embedding program's decision.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import gevent
 import gevent.event
 
-from tunnel_core import flows
+from tunnel_core.dialogue import Dialogue
 from tunnel_gevent.reactor import GeventReactor
 from tunnel_io import Console
 from tunnel_io.entry import (
@@ -30,16 +30,16 @@ from tunnel_io.runner import CLOSE_GRACE  # noqa: F401 - part of this module's p
 
 
 class GeventRunner(RunnerShell):
-    """Runs one flow, blocking only the calling greenlet. ``handle_signals`` (main thread only) turns SIGINT,
+    """Runs one dialogue, blocking only the calling greenlet. ``handle_signals`` (main thread only) turns SIGINT,
     SIGTERM and SIGHUP into ``stop()``; an embedding program with its own signal policy passes False."""
 
-    def run(self, flow: flows.Flow) -> None:
+    def run(self, dialogue: Dialogue) -> None:
         done = gevent.event.Event()
         handlers, saved = [], {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             saved = save_signal_handlers(STOP_SIGNALS)
             handlers = [gevent.signal_handler(sig, self.stop) for sig in STOP_SIGNALS]
-        core = self._start(GeventReactor(), flow, lambda _failure: done.set())
+        core = self._start(GeventReactor(), dialogue, lambda _failure: done.set())
         try:
             done.wait()
         finally:
@@ -55,15 +55,19 @@ class GeventRunner(RunnerShell):
     run_nostr = run
 
 
-#: The runner also runs nostr flows; the old name stays as an alias.
+#: The runner also runs nostr dialogues; the old name stays as an alias.
 NostrRunner = GeventRunner
 
 
-def run_flow(flow: Any, console: Console | None = None) -> None:
-    """Run a flow to completion in the current greenlet; user-facing failures come out as TunnelError."""
-    GeventRunner(console).run(flow)
+def run_dialogue(dialogue: Any, console: Console | None = None) -> None:
+    """Run a dialogue to completion in the current greenlet; user-facing failures come out as TunnelError."""
+    GeventRunner(console).run(dialogue)
 
 
-run_nostr_flow = run_flow
-run_manual_client, run_manual_server = manual_entry_points(run_flow)
-run_nostr_client, run_nostr_server = nostr_entry_points(run_flow)
+run_nostr_dialogue = run_dialogue
+run_manual_client, run_manual_server = manual_entry_points(run_dialogue)
+run_nostr_client, run_nostr_server = nostr_entry_points(run_dialogue)
+
+
+#: Old names, kept for embedders; docs/embedding.md.
+run_flow = run_nostr_flow = run_dialogue

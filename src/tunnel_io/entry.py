@@ -1,7 +1,7 @@
-"""The blocking entry points every runtime offers, built once from that runtime's ``run_flow``.
+"""The blocking entry points every runtime offers, built once from that runtime's ``run_dialogue``.
 
-``run_manual_client/server(opts, console=None)`` and ``run_nostr_client/server(opts, console=None)`` build the flow
-(tunnel_core.flows / flows_nostr, OS randomness) and run it to its end; user-facing failures come out as
+``run_manual_client/server(opts, console=None)`` and ``run_nostr_client/server(opts, console=None)`` build the dialogue
+(tunnel_core.dialogue / dialogue_nostr, OS randomness) and run it to its end; user-facing failures come out as
 TunnelError. The runtime modules (tunnel_<runtime>.manual / .nostr) only bind these to their runner.
 """
 
@@ -13,13 +13,13 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from tunnel_core.flows import manual_client_flow, manual_server_flow
-from tunnel_core.flows_nostr import nostr_client_flow, nostr_server_flow
+from tunnel_core.dialogue import manual_client_dialogue, manual_server_dialogue
+from tunnel_core.dialogue_nostr import nostr_client_dialogue, nostr_server_dialogue
 from tunnel_io import Console
 from tunnel_io.reactor import Reactor
-from tunnel_io.runner import CLOSE_GRACE, FlowRunner
+from tunnel_io.runner import CLOSE_GRACE, DialogueRunner
 
-RunFlow = Callable[[Any, "Console | None"], None]
+RunDialogue = Callable[[Any, "Console | None"], None]
 
 #: The signals that stop a tunnel orderly when a shell handles signals (SIGHUP: the terminal went away).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -29,49 +29,53 @@ CLOSE_LIMIT = 2 * CLOSE_GRACE + 2.0
 
 class RunnerShell:
     """What the three runtime shells (AsyncioRunner, TrioRunner, GeventRunner) share: the constructor, ``stop()``
-    (also before ``run`` began) and starting the FlowRunner. Each subclass adds only ``run(flow)``: how its runtime
-    waits for the end, handles the stop signals and cancellation."""
+    (also before ``run`` began) and starting the DialogueRunner. Each subclass adds only ``run(dialogue)``: how its
+    runtime waits for the end, handles the stop signals and cancellation."""
 
     def __init__(self, console: Console | None = None, *, handle_signals: bool = True) -> None:
         self.console = console or Console()
         self.handle_signals = handle_signals
-        self.core: FlowRunner | None = None
+        self.core: DialogueRunner | None = None
         self._stop_early = False
 
     def stop(self) -> None:
-        """Ask the flow to end at its current wait; the tunnel closes with code 0 "done" and ``run`` returns."""
+        """Ask the dialogue to end at its current wait; the tunnel closes with code 0 "done" and ``run`` returns."""
         if self.core is None:
             self._stop_early = True
         else:
             self.core.stop()
 
-    def _start(self, reactor: Reactor, flow: Any, on_done: Callable[[BaseException | None], None]) -> FlowRunner:
-        self.core = core = FlowRunner(reactor, self.console)
-        core.start(flow, on_done)
+    def _start(
+        self, reactor: Reactor, dialogue: Any, on_done: Callable[[BaseException | None], None]
+    ) -> DialogueRunner:
+        self.core = core = DialogueRunner(reactor, self.console)
+        core.start(dialogue, on_done)
         if self._stop_early:
             core.stop()
         return core
 EntryPoint = Callable[..., None]
 
 
-def _entry(run_flow: RunFlow, make_flow: Callable[[Any, Callable[[int], bytes]], Any], name: str) -> EntryPoint:
+def _entry(
+    run_dialogue: RunDialogue, make_dialogue: Callable[[Any, Callable[[int], bytes]], Any], name: str
+) -> EntryPoint:
     def entry(opts: Any, console: Console | None = None) -> None:
-        run_flow(make_flow(opts, os.urandom), console)
+        run_dialogue(make_dialogue(opts, os.urandom), console)
 
     entry.__name__ = entry.__qualname__ = name
     return entry
 
 
-def manual_entry_points(run_flow: RunFlow) -> tuple[EntryPoint, EntryPoint]:
+def manual_entry_points(run_dialogue: RunDialogue) -> tuple[EntryPoint, EntryPoint]:
     """(run_manual_client, run_manual_server)."""
-    return (_entry(run_flow, manual_client_flow, "run_manual_client"),
-            _entry(run_flow, manual_server_flow, "run_manual_server"))
+    return (_entry(run_dialogue, manual_client_dialogue, "run_manual_client"),
+            _entry(run_dialogue, manual_server_dialogue, "run_manual_server"))
 
 
-def nostr_entry_points(run_flow: RunFlow) -> tuple[EntryPoint, EntryPoint]:
+def nostr_entry_points(run_dialogue: RunDialogue) -> tuple[EntryPoint, EntryPoint]:
     """(run_nostr_client, run_nostr_server)."""
-    return (_entry(run_flow, nostr_client_flow, "run_nostr_client"),
-            _entry(run_flow, nostr_server_flow, "run_nostr_server"))
+    return (_entry(run_dialogue, nostr_client_dialogue, "run_nostr_client"),
+            _entry(run_dialogue, nostr_server_dialogue, "run_nostr_server"))
 
 
 def save_signal_handlers(signals: tuple[int, ...]) -> dict[int, Any]:

@@ -1,9 +1,9 @@
-"""The interpreter of tunnel_core.flows and flows_nostr, written once, as a small callback machine.
+"""The interpreter of tunnel_core.dialogue and dialogue_nostr, written once, as a small callback machine.
 
-A flow yields effects. Instant effects (print, bind, poke, publish, ...) are performed inline and their result is
-sent straight back. A waiting effect (ReadBlock, Resolve, Wait, OpenRelays, NextSignal) becomes the one *pending*
+A dialogue yields effects. Instant effects (print, bind, poke, publish, ...) are performed inline and their result is
+sent straight back. A waiting effect (ReadBlock, Resolve, Wait, OpenRelays, NextMessage) becomes the one *pending*
 state, resumed by whichever comes first of: its condition (a milestone of the peer, a relay change, a signal in the
-inbox, a thread's result), its timeout, or ``stop()`` (then ``Stopped`` is thrown into the flow). Each runtime only
+inbox, a thread's result), its timeout, or ``stop()`` (then ``Stopped`` is thrown into the dialogue). Each runtime only
 supplies the reactor and a shell that waits for ``on_done`` (see tunnel_<runtime>.runner).
 
 The end of a run is always the same orderly close, also on failure: spawned sessions first (each closes its QUIC
@@ -22,20 +22,20 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from tunnel_core import flows
-from tunnel_core import flows_nostr as fx
+from tunnel_core import dialogue as dx
+from tunnel_core import dialogue_nostr as fx
+from tunnel_core.blocks import MAX_BLOCK_PAYLOAD, BlockReader
 from tunnel_core.errors import ProtocolError
 from tunnel_core.forwarding.durable import DurableRegistry, DurableStreams
 from tunnel_core.ice.events import GatheringComplete
 from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
-from tunnel_core.signal import MAX_BLOCK_PAYLOAD, BlockReader
 from tunnel_core.types import Address
 from tunnel_io import Console, PrefixConsole, bind_host_sockets, new_identity, unique_addresses
 from tunnel_io.driver import PeerDriver
 from tunnel_io.local import LocalForwarder
+from tunnel_io.nostr_relays import RelayConnections
 from tunnel_io.reactor import Reactor, Timer
-from tunnel_io.relays import RelayConnections
 from tunnel_io.roaming import AddressWatch
 
 log = logging.getLogger("tunnel_io.runner")
@@ -91,7 +91,7 @@ def read_block(stdin: Any, kind: str) -> str:
 
 
 class _Failure:
-    """What a wait's ``check`` returns when the awaited thing failed: the error goes into the flow."""
+    """What a wait's ``check`` returns when the awaited thing failed: the error goes into the dialogue."""
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -106,18 +106,20 @@ class _Pending:
         self.timer: Timer | None = None
 
 
-class FlowRunner:
-    """Runs one flow on ``reactor``; owns its sockets, the Peer's driver and the local forwarding.
+class DialogueRunner:
+    """Runs one dialogue on ``reactor``; owns its sockets, the Peer's driver and the local forwarding.
 
     A child runner (``parent`` given) is a nostr server session: it shares the root's relays and signal inbox and
     is stopped whenever its parent is.
     """
 
-    def __init__(self, reactor: Reactor, console: Console | None = None, *, parent: FlowRunner | None = None) -> None:
+    def __init__(
+        self, reactor: Reactor, console: Console | None = None, *, parent: DialogueRunner | None = None
+    ) -> None:
         self.reactor = reactor
         self.console = console or Console()
         self.parent = parent
-        self.root: FlowRunner = parent.root if parent is not None else self
+        self.root: DialogueRunner = parent.root if parent is not None else self
         self.sockets: dict[Address, Any] = {}
         self.peer: Any = None
         self.driver: PeerDriver | None = None
@@ -125,10 +127,10 @@ class FlowRunner:
         self.results: dict[str, Any] = {}
         self.inbox: deque[Any] = parent.inbox if parent is not None else deque()
         self.relays: RelayConnections | None = parent.relays if parent is not None else None
-        self.children: set[FlowRunner] = set()
+        self.children: set[DialogueRunner] = set()
         self.failure: BaseException | None = None
         self.finished = False
-        self._flow: Any = None
+        self._dialogue: Any = None
         self._on_done: Callable[[BaseException | None], None] = _ignore
         self._pending: _Pending | None = None
         self._stopping = False
@@ -144,14 +146,14 @@ class FlowRunner:
 
     # ------------------------------------------------------------------------------------------ public
 
-    def start(self, flow: Any, on_done: Callable[[BaseException | None], None]) -> None:
-        """Begin ``flow``; ``on_done(failure or None)`` is called once, after the orderly close."""
-        self._flow = flow
+    def start(self, dialogue: Any, on_done: Callable[[BaseException | None], None]) -> None:
+        """Begin ``dialogue``; ``on_done(failure or None)`` is called once, after the orderly close."""
+        self._dialogue = dialogue
         self._on_done = on_done
         self.reactor.defer(lambda: self._advance(None, None))
 
     def stop(self) -> None:
-        """End the flow at its current wait: Stopped is thrown into it, the tunnel closes with code 0 "done"."""
+        """End the dialogue at its current wait: Stopped is thrown into it, the tunnel closes with code 0 "done"."""
         if self._stopping:
             return
         self._stopping = True
@@ -159,16 +161,16 @@ class FlowRunner:
             child.stop()
         pending = self._pending
         if pending is not None and pending.stoppable:
-            self._resume(pending, error=flows.Stopped())
+            self._resume(pending, error=dx.Stopped())
 
     # ------------------------------------------------------------------------------------------ the machine
 
     def _advance(self, result: Any, error: BaseException | None) -> None:
-        flow = self._flow
+        dialogue = self._dialogue
         while True:
             try:
-                effect = flow.throw(error) if error is not None else flow.send(result)
-            except (StopIteration, flows.Stopped):
+                effect = dialogue.throw(error) if error is not None else dialogue.send(result)
+            except (StopIteration, dx.Stopped):
                 self._finish(None)
                 return
             except ProtocolError as exc:
@@ -180,7 +182,7 @@ class FlowRunner:
             result, error = None, None
             try:
                 result = self._perform(effect)
-            except (flows.Stopped, OSError) as exc:
+            except (dx.Stopped, OSError) as exc:
                 error = exc
                 continue
             except ProtocolError as exc:  # bad outside input met while performing (a pasted block cut short)
@@ -196,7 +198,7 @@ class FlowRunner:
               *, stoppable: bool = True) -> Any:
         """Return the result at once if ``check`` has it; otherwise become the pending state."""
         if stoppable and self._stopping:
-            raise flows.Stopped()
+            raise dx.Stopped()
         value = check()
         if isinstance(value, _Failure):
             raise value.error
@@ -230,33 +232,33 @@ class FlowRunner:
     # ------------------------------------------------------------------------------------------ effects
 
     def _perform(self, effect: Any) -> Any:
-        if isinstance(effect, flows.Say):
+        if isinstance(effect, dx.Say):
             self.console.say(effect.text)
-        elif isinstance(effect, flows.PrintBlock):
+        elif isinstance(effect, dx.PrintBlock):
             self.console.block(effect.text)
-        elif isinstance(effect, flows.ReadBlock):
+        elif isinstance(effect, dx.ReadBlock):
             return self._read_block(effect.kind)
-        elif isinstance(effect, flows.BindHostSockets):
+        elif isinstance(effect, dx.BindHostSockets):
             self._wanted = effect.wanted
             self.sockets = bind_host_sockets(effect.wanted)
             return list(self.sockets)
-        elif isinstance(effect, flows.Resolve):
+        elif isinstance(effect, dx.Resolve):
             return self._resolve(effect.host, effect.port)
-        elif isinstance(effect, flows.NewIdentity):
+        elif isinstance(effect, dx.NewIdentity):
             return new_identity()
-        elif isinstance(effect, flows.Start):
+        elif isinstance(effect, dx.Start):
             self._start(effect.peer)
-        elif isinstance(effect, flows.Poke):
+        elif isinstance(effect, dx.Poke):
             assert self.driver is not None
             effect.fn(self.driver.now())
             self.driver.flush()
-        elif isinstance(effect, flows.Wait):
+        elif isinstance(effect, dx.Wait):
             return self._wait(self._milestone(effect.kind), effect.timeout)
-        elif isinstance(effect, flows.Detach):
+        elif isinstance(effect, dx.Detach):
             self._detach()
-        elif isinstance(effect, flows.Sleep):
+        elif isinstance(effect, dx.Sleep):
             return self._wait(lambda: _NOT_YET, effect.seconds)
-        elif isinstance(effect, flows.Listen):
+        elif isinstance(effect, dx.Listen):
             assert self.local is not None
             if effect.protocol == "dynamic":
                 return self.local.listen_socks(effect.ip, effect.port, effect.forward, effect.credentials)
@@ -270,7 +272,7 @@ class FlowRunner:
             n = self.relays.pool.publish(effect.event, self.reactor.time())
             self.relays.flush()
             return n
-        elif isinstance(effect, fx.NextSignal):
+        elif isinstance(effect, fx.NextMessage):
             inbox = self.inbox
             return self._wait(lambda: inbox.popleft() if inbox else _NOT_YET, effect.timeout)
         elif isinstance(effect, fx.CloseRelays):
@@ -281,7 +283,7 @@ class FlowRunner:
             return fx.Times(self.reactor.time(), int(time.time()))
         elif isinstance(effect, fx.Spawn):
             self._spawn(effect)
-        else:  # pragma: no cover - a flow yielded something new
+        else:  # pragma: no cover - a dialogue yielded something new
             raise TypeError(f"unknown effect {effect!r}")
         return None
 
@@ -329,12 +331,12 @@ class FlowRunner:
                           lambda: pool.open_count)
 
     def _signal(self, item: Any) -> None:
-        """A relay event or a session's end, for the root flow's NextSignal."""
+        """A relay event or a session's end, for the root dialogue's NextMessage."""
         self.root.inbox.append(item)
         self.root._poll()
 
     def _spawn(self, effect: fx.Spawn) -> None:
-        child = FlowRunner(self.reactor, PrefixConsole(self.console, effect.label), parent=self)
+        child = DialogueRunner(self.reactor, PrefixConsole(self.console, effect.label), parent=self)
         self.children.add(child)
 
         def done(failure: BaseException | None) -> None:
@@ -348,7 +350,7 @@ class FlowRunner:
             self._signal(fx.SessionEnded(effect.name, error))
             self._poll_close()
 
-        child.start(effect.flow, done)
+        child.start(effect.dialogue, done)
         if self._stopping:
             child.stop()
 
@@ -383,7 +385,7 @@ class FlowRunner:
         return None if peer is None or peer.closed else peer.session
 
     def _detach(self) -> None:
-        """flows.Detach: drop the lost tunnel, keep the listeners (docs/reconnect.md)."""
+        """dx.Detach: drop the lost tunnel, keep the listeners (docs/reconnect.md)."""
         self._stop_watch()
         if self.driver is not None:
             self.driver.close()
@@ -423,7 +425,7 @@ class FlowRunner:
     # ------------------------------------------------------------------------------------------ closing
 
     def _finish(self, failure: BaseException | None) -> None:
-        """The flow ended (or failed): close in order - sessions, relays, our tunnel - then report."""
+        """The dialogue ended (or failed): close in order - sessions, relays, our tunnel - then report."""
         if self._closing:
             return
         self._closing = True
@@ -482,7 +484,7 @@ class FlowRunner:
         self._stop_watch()
         if self.local is not None:
             closed = self.results.get("closed")
-            lost = isinstance(closed, TunnelClosed) and not flows.closed_orderly(closed)
+            lost = isinstance(closed, TunnelClosed) and not dx.closed_orderly(closed)
             # A server that lost its client holds the durable connections for the client's reconnect.
             self.local.close(hold=DURABLE_GRACE if lost and self.peer is not None and not self.peer.is_client
                              else None)
@@ -492,3 +494,7 @@ class FlowRunner:
             for sock in self.sockets.values():
                 sock.close()
         self._on_done(self.failure)
+
+
+#: Old name, kept for embedders; docs/embedding.md.
+FlowRunner = DialogueRunner

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 
-from tunnel_core.relay import RelayOptions
+from tunnel_core.iroh_relay import RelayOptions
 from tunnel_iroh_relay.server import RelayService
 
 __all__ = ["run_relay", "serve"]

@@ -1,6 +1,6 @@
 """The relay on asyncio: HTTP/1.1 (h11), the WebSocket upgrade on /relay, websockets' sans-IO frame layer, TLS.
 
-Everything protocol-related is decided by :class:`tunnel_core.relay.RelayServer`; this module moves bytes and
+Everything protocol-related is decided by :class:`tunnel_core.iroh_relay.RelayServer`; this module moves bytes and
 carries out its events. It uses ``asyncio.Protocol`` callbacks rather than streams because the data path is a
 per-message loop where every avoided await counts (the relay's throughput is bounded by Python, not the link).
 """
@@ -24,8 +24,7 @@ from websockets.frames import Opcode
 from websockets.protocol import Protocol, Side, State
 from websockets.utils import accept_key
 
-from tunnel_core.options import ExitCode, TunnelError
-from tunnel_core.relay import (
+from tunnel_core.iroh_relay import (
     SUBPROTOCOLS,
     ClientAuthenticated,
     ClientDenied,
@@ -36,7 +35,8 @@ from tunnel_core.relay import (
     RelayServer,
     choose_subprotocol,
 )
-from tunnel_core.relay.frames import MAX_FRAME_SIZE
+from tunnel_core.iroh_relay.frames import MAX_FRAME_SIZE
+from tunnel_core.options import ExitCode, TunnelError
 
 __all__ = ["RelayService", "format_endpoint"]
 

@@ -1,3 +1,3 @@
-"""ice-nostr on trio: the runner runs nostr flows itself (NostrRunner is its old name); relays: tunnel_io.relays."""
+"""ice-nostr on trio: the runner runs nostr dialogues itself (old name: NostrRunner); relays: tunnel_io.nostr_relays."""
 
-from tunnel_trio.runner import Console, NostrRunner, run_nostr_client, run_nostr_flow, run_nostr_server  # noqa: F401
+from tunnel_trio.runner import Console, NostrRunner, run_nostr_client, run_nostr_dialogue, run_nostr_server  # noqa: F401

@@ -1,6 +1,6 @@
-"""The trio shell of tunnel_io's flow runner: signals, cancellation and the blocking entry points.
+"""The trio shell of tunnel_io's dialogue runner: signals, cancellation and the blocking entry points.
 
-``TrioRunner(console).run(flow)`` is an ordinary async function, so a trio program can run a tunnel (manual or
+``TrioRunner(console).run(dialogue)`` is an ordinary async function, so a trio program can run a tunnel (manual or
 nostr) in one of its own nurseries and stop it with ``runner.stop()`` (orderly: CONNECTION_CLOSE "done") or by
 cancelling it (also orderly: the reactor's tasks live in a shielded nursery, so the close can finish, bounded).
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from tunnel_core import flows
+from tunnel_core.dialogue import Dialogue
 from tunnel_core.options import TunnelError
 from tunnel_io import Console
 from tunnel_io.entry import CLOSE_LIMIT, STOP_SIGNALS, RunnerShell, manual_entry_points, nostr_entry_points
@@ -21,11 +21,11 @@ from tunnel_trio.reactor import TrioReactor
 
 
 class TrioRunner(RunnerShell):
-    """Runs one flow inside the caller's trio run. ``handle_signals`` (main thread only) turns SIGINT, SIGTERM and
+    """Runs one dialogue inside the caller's trio run. ``handle_signals`` (main thread only) turns SIGINT, SIGTERM and
     SIGHUP into ``stop()``; an embedding program with its own signal policy passes False."""
 
-    async def run(self, flow: flows.Flow) -> None:
-        """Run ``flow`` to its end. User-facing failures come out as TunnelError (never inside an ExceptionGroup)."""
+    async def run(self, dialogue: Dialogue) -> None:
+        """Run ``dialogue`` to its end; user-facing failures come out as TunnelError (never in an ExceptionGroup)."""
         done = trio.Event()
         reactor_scope = trio.CancelScope(shield=True)
         async with trio.open_nursery() as outer:
@@ -40,7 +40,7 @@ class TrioRunner(RunnerShell):
             reactor.start()
             if self.handle_signals and threading.current_thread() is threading.main_thread():
                 await outer.start(self._watch_signals)
-            core = self._start(reactor, flow, lambda _failure: done.set())
+            core = self._start(reactor, dialogue, lambda _failure: done.set())
             try:
                 await done.wait()
             finally:
@@ -61,7 +61,7 @@ class TrioRunner(RunnerShell):
                 self.stop()
 
 
-#: The runner also runs nostr flows; the old name stays as an alias.
+#: The runner also runs nostr dialogues; the old name stays as an alias.
 NostrRunner = TrioRunner
 
 
@@ -83,11 +83,11 @@ def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
     return leaves[0] if len(leaves) == 1 else group
 
 
-def run_flow(flow: Any, console: Console | None = None) -> None:
-    """Run a flow to completion in a new trio run; user-facing failures come out as TunnelError."""
+def run_dialogue(dialogue: Any, console: Console | None = None) -> None:
+    """Run a dialogue to completion in a new trio run; user-facing failures come out as TunnelError."""
 
     async def main() -> None:
-        await TrioRunner(console).run(flow)
+        await TrioRunner(console).run(dialogue)
 
     try:
         trio.run(main)
@@ -95,6 +95,10 @@ def run_flow(flow: Any, console: Console | None = None) -> None:
         raise _unwrap(group) from None
 
 
-run_nostr_flow = run_flow
-run_manual_client, run_manual_server = manual_entry_points(run_flow)
-run_nostr_client, run_nostr_server = nostr_entry_points(run_flow)
+run_nostr_dialogue = run_dialogue
+run_manual_client, run_manual_server = manual_entry_points(run_dialogue)
+run_nostr_client, run_nostr_server = nostr_entry_points(run_dialogue)
+
+
+#: Old names, kept for embedders; docs/embedding.md.
+run_flow = run_nostr_flow = run_dialogue

@@ -2,7 +2,7 @@
 
 Both sides run in one process on the same runtime, the blocks travel through in-memory consoles (the doc's
 Inbox/Outbox pattern), the client's local port carries a TCP echo, and ``stop()`` ends the client, after which the
-server's flow ends by itself ("Connection closed."). Loopback only.
+server's dialogue ends by itself ("Connection closed."). Loopback only.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from e2e.programs import LOOPBACK, TcpEchoServer, free_port
-from tunnel_core.flows import manual_client_flow, manual_server_flow
+from tunnel_core.dialogue import manual_client_dialogue, manual_server_dialogue
 from tunnel_core.options import IceOptions, ManualClientOptions, ManualServerOptions
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -127,8 +127,8 @@ def test_trio_program_runs_both_sides() -> None:
 
         async def run_pair(client: TrioRunner, server: TrioRunner) -> None:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(client.run, manual_client_flow(client_opts, os.urandom))
-                nursery.start_soon(server.run, manual_server_flow(server_opts, os.urandom))
+                nursery.start_soon(client.run, manual_client_dialogue(client_opts, os.urandom))
+                nursery.start_soon(server.run, manual_server_dialogue(server_opts, os.urandom))
                 assert await trio.to_thread.run_sync(client_console.listening.wait, WAIT), client_console.lines
                 await trio.to_thread.run_sync(echo_round_trip, port)
                 client.stop()
@@ -149,8 +149,8 @@ def run_gevent_program(wait_listening: Callable[[Any], bool], exchange: Callable
         client = GeventRunner(client_console, handle_signals=False)
         server = GeventRunner(server_console, handle_signals=False)
         tasks = [
-            gevent.spawn(client.run, manual_client_flow(client_opts, os.urandom)),
-            gevent.spawn(server.run, manual_server_flow(server_opts, os.urandom)),
+            gevent.spawn(client.run, manual_client_dialogue(client_opts, os.urandom)),
+            gevent.spawn(server.run, manual_server_dialogue(server_opts, os.urandom)),
         ]
         assert wait_listening(client_console), client_console.lines
         exchange(port)
@@ -183,8 +183,8 @@ def test_asyncio_program_runs_both_sides() -> None:
             client = AsyncioRunner(client_console)
             server = AsyncioRunner(server_console)
             tasks = [
-                asyncio.create_task(client.run(manual_client_flow(client_opts, os.urandom))),
-                asyncio.create_task(server.run(manual_server_flow(server_opts, os.urandom))),
+                asyncio.create_task(client.run(manual_client_dialogue(client_opts, os.urandom))),
+                asyncio.create_task(server.run(manual_server_dialogue(server_opts, os.urandom))),
             ]
             assert await asyncio.to_thread(client_console.listening.wait, WAIT), client_console.lines
             await asyncio.to_thread(echo_round_trip, port)

@@ -9,7 +9,7 @@ import inspect
 import pytest
 
 RUNTIMES = {"asyncio": "AsyncioRunner", "trio": "TrioRunner", "gevent": "GeventRunner"}
-PUBLIC = ("Console", "NostrRunner", "run_flow", "run_nostr_flow", "run_manual_client", "run_manual_server",
+PUBLIC = ("Console", "NostrRunner", "run_dialogue", "run_nostr_dialogue", "run_manual_client", "run_manual_server",
           "run_nostr_client", "run_nostr_server")
 
 
@@ -33,7 +33,7 @@ def test_the_runner_has_one_shape(runtime: str) -> None:
     assert list(init.parameters) == ["self", "console", "handle_signals"]
     assert init.parameters["handle_signals"].kind is inspect.Parameter.KEYWORD_ONLY
     assert init.parameters["handle_signals"].default is True
-    assert "flow" in inspect.signature(cls.run).parameters
+    assert "dialogue" in inspect.signature(cls.run).parameters
     assert cls.run_nostr is cls.run
     assert callable(cls.stop)
     runner = cls(handle_signals=False)  # no running loop needed to build one (asyncio's old runner did)

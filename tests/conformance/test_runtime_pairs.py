@@ -1,6 +1,6 @@
 """Every runtime adapter must carry the same traffic the same way, also against a different runtime on the other end.
 
-The flows are written once (tunnel_core.flows), but each adapter carries out the forwarding session's events in its
+The flows are written once (tunnel_core.dialogue), but each adapter carries out the forwarding session's events in its
 own idiom: dials, write queues, half-close, pause/resume, UDP sockets. These scenarios run through real CLI processes
 (``python -m tunnel_<runtime>.cli server|client manual ...``, OFFER/ANSWER piped between them, loopback only) for all
 nine (server runtime, client runtime) pairs, so a difference between adapters shows up as a failing pair.

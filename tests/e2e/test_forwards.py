@@ -137,7 +137,7 @@ def _as_old_server_sees_it(lines: list[str]) -> list[str]:
     """What an upstream (or older) server makes of the offer: it ignores the unknown ``extra_sources``."""
     import attrs
 
-    from tunnel_core.signal import decode_offer, encode_block
+    from tunnel_core.blocks import decode_offer, encode_block
 
     offer = decode_offer("\n".join(lines))
     assert offer.extra_sources, "the client should have asked for its second forward"
@@ -166,7 +166,7 @@ def test_several_forwards_against_an_older_server_is_one_clear_error(tmp_path: P
 
 def test_one_forward_offer_is_upstream_bytes() -> None:
     """A one-forward client's OFFER and a one-forward server's ANSWER carry no new field (wire bytes unchanged)."""
-    from tunnel_core.signal import ManualAnswer, ManualOffer
+    from tunnel_core.blocks import ManualAnswer, ManualOffer
 
     offer = ManualOffer("u", "p", ["c"], source="tcp://127.0.0.1:22")
     assert offer.to_json() == (b'{"version":1,"ice_ufrag":"u","ice_pwd":"p","candidates":["c"],'

@@ -17,8 +17,8 @@ import time
 import pytest
 from tests.helpers.hijack import forged_nomination, forged_success
 
+from tunnel_core.blocks import decode_answer, decode_offer
 from tunnel_core.candidate import Candidate
-from tunnel_core.signal import decode_answer, decode_offer
 
 from . import programs
 from .harness import ManualTunnel

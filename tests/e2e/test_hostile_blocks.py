@@ -15,7 +15,7 @@ import time
 import attrs
 import pytest
 
-from tunnel_core.signal import ManualAnswer, ManualOffer, decode_offer, encode_block
+from tunnel_core.blocks import ManualAnswer, ManualOffer, decode_offer, encode_block
 
 from . import programs
 from .harness import (

@@ -19,15 +19,15 @@ from tests.nostr.conftest import TEST_KIND, LocalRelay
 from tunnel_asyncio.nostr import NostrRunner
 from tunnel_asyncio.reactor import AsyncioReactor
 from tunnel_asyncio.runner import Console
-from tunnel_core.flows import Stopped
-from tunnel_core.flows_nostr import nostr_client_flow, nostr_server_flow
+from tunnel_core.blocks import ManualRequest
+from tunnel_core.dialogue import Stopped
+from tunnel_core.dialogue_nostr import nostr_client_dialogue, nostr_server_dialogue
 from tunnel_core.nostr.keys import SecretKey
 from tunnel_core.nostr.messages import TYPE_REQUEST, Channel, NostrRequest
 from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
 from tunnel_core.nostr.pool import RelayPool
 from tunnel_core.options import ExitCode, IceOptions, TunnelError
-from tunnel_core.signal import ManualRequest
-from tunnel_io.relays import RelayConnections
+from tunnel_io.nostr_relays import RelayConnections
 
 ICE = IceOptions(stun_servers=(), host_candidates=("127.0.0.1",))
 pytestmark = pytest.mark.timeout(60)
@@ -117,10 +117,10 @@ def test_tcp_tunnel_with_a_dead_relay_in_the_list(relay: LocalRelay, dead_relay_
 
     async def scenario() -> None:
         echo, eport = await tcp_echo()
-        server = Side(nostr_server_flow(server_opts(server_key, client_key, relays), os.urandom))
+        server = Side(nostr_server_dialogue(server_opts(server_key, client_key, relays), os.urandom))
         await server.wait_for_text("Waiting for tunnel requests (max sessions: 10)...")
         started = time.monotonic()
-        client = Side(nostr_client_flow(client_opts(client_key, server_key, relays, f"tcp://127.0.0.1:{eport}",
+        client = Side(nostr_client_dialogue(client_opts(client_key, server_key, relays, f"tcp://127.0.0.1:{eport}",
                                                     "127.0.0.1:0"), os.urandom))
         port = await listening_port(client)
         assert await echo_through(port, b"first byte") == b"first byte"
@@ -154,9 +154,9 @@ def test_udp_tunnel(relay: LocalRelay) -> None:
 
         echo_transport, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
         eport = echo_transport.get_extra_info("sockname")[1]
-        server = Side(nostr_server_flow(server_opts(server_key, client_key, relays), os.urandom))
+        server = Side(nostr_server_dialogue(server_opts(server_key, client_key, relays), os.urandom))
         await server.wait_for_text("Waiting for tunnel requests")
-        client = Side(nostr_client_flow(client_opts(client_key, server_key, relays, f"udp://127.0.0.1:{eport}",
+        client = Side(nostr_client_dialogue(client_opts(client_key, server_key, relays, f"udp://127.0.0.1:{eport}",
                                                     "udp://127.0.0.1:0"), os.urandom))
         port = await listening_port(client, "UDP")
         replies: asyncio.Queue[bytes] = asyncio.Queue()
@@ -189,15 +189,15 @@ def test_three_sessions_then_capacity_reject(relay: LocalRelay) -> None:
 
     async def scenario() -> None:
         echo, eport = await tcp_echo()
-        server = Side(nostr_server_flow(server_opts(server_key, client_key, relays, max_sessions=3), os.urandom))
+        server = Side(nostr_server_dialogue(server_opts(server_key, client_key, relays, max_sessions=3), os.urandom))
         await server.wait_for_text("Waiting for tunnel requests (max sessions: 3)...")
-        clients = [Side(nostr_client_flow(client_opts(client_key, server_key, relays, f"tcp://127.0.0.1:{eport}",
+        clients = [Side(nostr_client_dialogue(client_opts(client_key, server_key, relays, f"tcp://127.0.0.1:{eport}",
                                                       "127.0.0.1:0"), os.urandom)) for _ in range(3)]
         ports = [await listening_port(c) for c in clients]
         results = await asyncio.gather(*(echo_through(p, f"session {i}".encode()) for i, p in enumerate(ports)))
         assert results == [b"session 0", b"session 1", b"session 2"]
         assert "(3 active)" in server.text
-        fourth = Side(nostr_client_flow(client_opts(client_key, server_key, relays, f"tcp://127.0.0.1:{eport}",
+        fourth = Side(nostr_client_dialogue(client_opts(client_key, server_key, relays, f"tcp://127.0.0.1:{eport}",
                                                     "127.0.0.1:0"), os.urandom))
         with pytest.raises(TunnelError) as info:
             await asyncio.wait_for(fourth.task, 10)
@@ -206,7 +206,7 @@ def test_three_sessions_then_capacity_reject(relay: LocalRelay) -> None:
         # A session ends; the server keeps serving and has room again.
         await clients[0].stop()
         await server.wait_for_text("ended (2 active)")
-        again = Side(nostr_client_flow(client_opts(client_key, server_key, relays, f"tcp://127.0.0.1:{eport}",
+        again = Side(nostr_client_dialogue(client_opts(client_key, server_key, relays, f"tcp://127.0.0.1:{eport}",
                                                    "127.0.0.1:0"), os.urandom))
         assert await echo_through(await listening_port(again), b"again") == b"again"
         for side in (again, *clients[1:]):
@@ -224,11 +224,11 @@ def test_wrong_key_stale_replay_and_tampered_requests_are_ignored(relay: LocalRe
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        server = Side(nostr_server_flow(server_opts(server_key, client_key, relays), os.urandom))
+        server = Side(nostr_server_dialogue(server_opts(server_key, client_key, relays), os.urandom))
         await server.wait_for_text("Waiting for tunnel requests")
 
         # 1. A client with the wrong key: the server never starts a session; the client gives up.
-        wrong = Side(nostr_client_flow(client_opts(intruder, server_key, relays, "tcp://127.0.0.1:9",
+        wrong = Side(nostr_client_dialogue(client_opts(intruder, server_key, relays, "tcp://127.0.0.1:9",
                                                    "127.0.0.1:0", max_wait=1.5, republish_interval=0.5),
                                        os.urandom))
         with pytest.raises(TunnelError, match=r"Timeout waiting for offer from peer \(1.5s\)"):

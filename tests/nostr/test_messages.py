@@ -7,6 +7,7 @@ import os
 import nostr_sdk
 import pytest
 
+from tunnel_core.blocks import ManualAnswer, ManualOffer, ManualReject, ManualRequest
 from tunnel_core.errors import LocalProtocolError
 from tunnel_core.nostr.errors import NostrError
 from tunnel_core.nostr.keys import SecretKey
@@ -21,7 +22,6 @@ from tunnel_core.nostr.messages import (
     session_id,
     transfer_id,
 )
-from tunnel_core.signal import ManualAnswer, ManualOffer, ManualReject, ManualRequest
 
 CLIENT = SecretKey.generate(os.urandom)
 SERVER = SecretKey.generate(os.urandom)

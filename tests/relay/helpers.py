@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tunnel_core.iroh_relay import RelayOptions, RelayPolicy
+from tunnel_core.iroh_relay import frames as fr
+from tunnel_core.iroh_relay.handshake import sign_challenge
 from tunnel_core.keys import endpoint_id_from_secret
-from tunnel_core.relay import RelayOptions, RelayPolicy
-from tunnel_core.relay import frames as fr
-from tunnel_core.relay.handshake import sign_challenge
 from tunnel_iroh_relay import RelayService
 
 

@@ -26,8 +26,8 @@ import time
 import iroh
 from iroh import iroh_ffi
 
+from tunnel_core.iroh_relay import RelayOptions, RelayPolicy
 from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id, format_secret_key
-from tunnel_core.relay import RelayOptions, RelayPolicy
 from tunnel_iroh_relay import RelayService
 
 ALPN = b"relaytest/1"

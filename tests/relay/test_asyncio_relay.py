@@ -15,8 +15,8 @@ from cryptography.x509.oid import NameOID
 from tests.relay.helpers import TestClient, eid, running_relay
 from websockets.exceptions import InvalidStatus
 
-from tunnel_core.relay import RelayOptions
-from tunnel_core.relay import frames as fr
+from tunnel_core.iroh_relay import RelayOptions
+from tunnel_core.iroh_relay import frames as fr
 from tunnel_iroh_relay import RelayService
 
 pytestmark = pytest.mark.timeout(60)

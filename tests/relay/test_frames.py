@@ -7,8 +7,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnel_core.relay import frames as fr
-from tunnel_core.relay.handshake import challenge_message, new_challenge, sign_challenge, verify_client_auth
+from tunnel_core.iroh_relay import frames as fr
+from tunnel_core.iroh_relay.handshake import challenge_message, new_challenge, sign_challenge, verify_client_auth
 
 # iroh-relay protos/relay.rs snapshot tests use SecretKey::from_bytes(&[42; 32]).
 KEY42 = Ed25519PrivateKey.from_private_bytes(bytes([42] * 32)).public_key().public_bytes_raw()

@@ -13,9 +13,9 @@ from tests.relay.helpers import TestClient, eid
 
 from tunnel_cli import cli
 from tunnel_cli.relay_cmd import build_relay_options
+from tunnel_core.iroh_relay import DEV_BIND
+from tunnel_core.iroh_relay import frames as fr
 from tunnel_core.options import ExitCode, TunnelError
-from tunnel_core.relay import DEV_BIND
-from tunnel_core.relay import frames as fr
 
 
 def test_dev_defaults() -> None:

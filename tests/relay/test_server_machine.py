@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import itertools
 
-from tunnel_core.keys import endpoint_id_from_secret
-from tunnel_core.relay import RelayPolicy, RelayServer
-from tunnel_core.relay import frames as fr
-from tunnel_core.relay.events import (
+from tunnel_core.iroh_relay import RelayPolicy, RelayServer
+from tunnel_core.iroh_relay import frames as fr
+from tunnel_core.iroh_relay.events import (
     ClientAuthenticated,
     ClientDenied,
     ClientLeft,
@@ -15,8 +14,9 @@ from tunnel_core.relay.events import (
     CloseConnection,
     OutputReady,
 )
-from tunnel_core.relay.handshake import sign_challenge
-from tunnel_core.relay.server import PROTOCOL_V1, choose_subprotocol
+from tunnel_core.iroh_relay.handshake import sign_challenge
+from tunnel_core.iroh_relay.server import PROTOCOL_V1, choose_subprotocol
+from tunnel_core.keys import endpoint_id_from_secret
 
 
 def counter_rng():

@@ -18,13 +18,13 @@ from typing import Any
 
 import attrs
 
+from tunnel_core.blocks import ManualAnswer, ManualOffer, ManualReject, ManualRequest
 from tunnel_core.errors import LocalProtocolError, RemoteProtocolError
 from tunnel_core.nostr import nip44
 from tunnel_core.nostr.constants import EPHEMERAL_KINDS, KIND
 from tunnel_core.nostr.errors import NostrError
 from tunnel_core.nostr.event import Event, sign_event
 from tunnel_core.nostr.keys import PublicKey, SecretKey
-from tunnel_core.signal import ManualAnswer, ManualOffer, ManualReject, ManualRequest
 from tunnel_core.wire import dumps_compact
 
 TYPE_REQUEST = "tunnel-request"

@@ -1,7 +1,7 @@
 """A relay server that real iroh 1.x clients accept, as sans-IO pieces: frame codec, handshake, server machine."""
 
-from tunnel_core.relay.config import DEV_BIND, RelayOptions, RelayPolicy
-from tunnel_core.relay.events import (
+from tunnel_core.iroh_relay.config import DEV_BIND, RelayOptions, RelayPolicy
+from tunnel_core.iroh_relay.events import (
     ClientAuthenticated,
     ClientDenied,
     ClientLeft,
@@ -10,8 +10,8 @@ from tunnel_core.relay.events import (
     Event,
     OutputReady,
 )
-from tunnel_core.relay.frames import FrameError, decode_frame, encode_frame
-from tunnel_core.relay.server import SUBPROTOCOLS, RelayServer, RelayStats, choose_subprotocol
+from tunnel_core.iroh_relay.frames import FrameError, decode_frame, encode_frame
+from tunnel_core.iroh_relay.server import SUBPROTOCOLS, RelayServer, RelayStats, choose_subprotocol
 
 __all__ = [
     "DEV_BIND",

@@ -33,12 +33,12 @@ __all__ = [
     "LINE_WIDTH",
     "MANUAL_SIGNAL_VERSION",
     "MAX_BLOCK_PAYLOAD",
+    "BlockError",
     "BlockReader",
     "ManualAnswer",
     "ManualOffer",
     "ManualReject",
     "ManualRequest",
-    "SignalError",
     "begin_marker",
     "decode_answer",
     "decode_offer",
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-class SignalError(RemoteProtocolError):
+class BlockError(RemoteProtocolError):
     """A pasted block or a signaling message is malformed, tampered with, or of the wrong kind/version."""
 
 
@@ -103,8 +103,8 @@ def _check_kind(kind: str) -> Kind:
 # JSON messages
 
 
-def _json_fail() -> SignalError:
-    return SignalError(_JSON_FAILED)
+def _json_fail() -> BlockError:
+    return BlockError(_JSON_FAILED)
 
 
 def _parse(body: bytes) -> tuple[dict[str, Any], int]:
@@ -115,7 +115,7 @@ def _parse(body: bytes) -> tuple[dict[str, Any], int]:
 def _check_struct_version(version: int) -> None:
     # Checked after the whole struct parsed, as upstream does: a type error wins over a version mismatch.
     if version != MANUAL_SIGNAL_VERSION:
-        raise SignalError(
+        raise BlockError(
             f"Manual signaling version mismatch (expected {MANUAL_SIGNAL_VERSION}, got {version})"
         )
 
@@ -355,11 +355,11 @@ def _rust_debug(text: str) -> str:
 def _b64url_decode_strict(body: str) -> bytes:
     """Base64url without padding, canonical only (the Rust base64 crate's default engine rules)."""
     if not _B64URL.fullmatch(body) or len(body) % 4 == 1:
-        raise SignalError("Manual payload base64 decode failed")
+        raise BlockError("Manual payload base64 decode failed")
     raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
     # Non-zero leftover bits in the last symbol would let two texts carry one payload; Rust rejects them.
     if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != body:
-        raise SignalError("Manual payload base64 decode failed")
+        raise BlockError("Manual payload base64 decode failed")
     return raw
 
 
@@ -368,27 +368,27 @@ def decode_payload(payload: str) -> bytes:
     parts = _trim(payload).split(":", 2)
     header = parts[0]
     if len(parts) < 2:
-        raise SignalError("Invalid manual payload checksum")
+        raise BlockError("Invalid manual payload checksum")
     if len(parts) < 3:
-        raise SignalError("Invalid manual payload body")
+        raise BlockError("Invalid manual payload body")
     checksum_hex, body = parts[1], parts[2]
     if not header.startswith(_PREFIX):
-        raise SignalError("Manual payload missing prefix")
+        raise BlockError("Manual payload missing prefix")
     version_text = header[len(_PREFIX) :]
     # Length-check the digits before int(): Python refuses to convert very long decimal strings (ValueError).
     digits = version_text.removeprefix("+").lstrip("0")
     if not _RUST_U16.fullmatch(version_text) or len(digits) > 5 or int(version_text) > _U16_MAX:
-        raise SignalError(f"Invalid signaling version: {quote_peer(_rust_debug(version_text))}")
+        raise BlockError(f"Invalid signaling version: {quote_peer(_rust_debug(version_text))}")
     version = int(version_text)
     if version != MANUAL_SIGNAL_VERSION:
-        raise SignalError(f"Signaling version mismatch (expected {MANUAL_SIGNAL_VERSION}, got {version})")
+        raise BlockError(f"Signaling version mismatch (expected {MANUAL_SIGNAL_VERSION}, got {version})")
     if not _RUST_HEX_U32.fullmatch(checksum_hex) or int(checksum_hex, 16) > _U32_MAX:
-        raise SignalError("Invalid manual payload checksum")
+        raise BlockError("Invalid manual payload checksum")
     expected_crc = int(checksum_hex, 16)
     raw = _b64url_decode_strict(body)
     actual_crc = zlib.crc32(raw) & _U32_MAX
     if actual_crc != expected_crc:
-        raise SignalError(
+        raise BlockError(
             f"Manual payload checksum mismatch (expected {expected_crc:08x}, got {actual_crc:08x})"
         )
     return raw
@@ -429,10 +429,10 @@ class BlockReader:
     def done(self) -> bool:
         return self._state == "done"
 
-    def _fail(self, message: str) -> SignalError:
+    def _fail(self, message: str) -> BlockError:
         self._state = "failed"
         self._lines = []
-        return SignalError(message)
+        return BlockError(message)
 
     def feed_line(self, line: str) -> str | None:
         """Feed one line (its line ending may be included); return the joined payload once END is seen."""
@@ -510,7 +510,7 @@ def decode_answer(text: str) -> ManualAnswer:
 
 
 def read_block(lines: Iterable[str], kind: Kind) -> str:
-    """Drive a BlockReader over already-available lines (tests, files); the payload or a SignalError."""
+    """Drive a BlockReader over already-available lines (tests, files); the payload or a BlockError."""
     reader = BlockReader(kind)
     for line in lines:
         payload = reader.feed_line(line)

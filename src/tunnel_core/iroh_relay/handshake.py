@@ -15,7 +15,7 @@ import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from tunnel_core.relay.frames import CHALLENGE_LEN, ClientAuth, ServerChallenge
+from tunnel_core.iroh_relay.frames import CHALLENGE_LEN, ClientAuth, ServerChallenge
 
 __all__ = ["CHALLENGE_CONTEXT", "challenge_message", "new_challenge", "sign_challenge", "verify_client_auth"]
 

@@ -26,7 +26,7 @@ from tunnel_io import unique_addresses
 from tunnel_io.dial import HappyEyeballs
 from tunnel_io.reactor import Reactor, Timer, Watch
 
-log = logging.getLogger("tunnel_io.relays")
+log = logging.getLogger("tunnel_io.nostr_relays")
 
 CONNECT_TIMEOUT = 10.0
 READ_SIZE = 65536

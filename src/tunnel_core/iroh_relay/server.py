@@ -30,9 +30,9 @@ from collections.abc import Callable
 import attrs
 
 from tunnel_core.errors import LocalProtocolError
-from tunnel_core.relay import frames as fr
-from tunnel_core.relay.config import RelayPolicy
-from tunnel_core.relay.events import (
+from tunnel_core.iroh_relay import frames as fr
+from tunnel_core.iroh_relay.config import RelayPolicy
+from tunnel_core.iroh_relay.events import (
     ClientAuthenticated,
     ClientDenied,
     ClientLeft,
@@ -41,7 +41,7 @@ from tunnel_core.relay.events import (
     Event,
     OutputReady,
 )
-from tunnel_core.relay.handshake import new_challenge, verify_client_auth
+from tunnel_core.iroh_relay.handshake import new_challenge, verify_client_auth
 
 __all__ = ["PROTOCOL_V1", "PROTOCOL_V2", "SUBPROTOCOLS", "RelayServer", "RelayStats", "choose_subprotocol"]
 

@@ -1,4 +1,4 @@
-"""tunnel_core.signal: TRS1 payloads, BEGIN/END blocks and the manual/nostr JSON messages (reference 4.2-4.4, 5.4)."""
+"""tunnel_core.blocks: TRS1 payloads, BEGIN/END blocks and the manual/nostr JSON messages (reference 4.2-4.4, 5.4)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnel_core.errors import LocalProtocolError
-from tunnel_core.signal import (
+from tunnel_core.blocks import (
     MANUAL_SIGNAL_VERSION,
+    BlockError,
     BlockReader,
     ManualAnswer,
     ManualOffer,
     ManualReject,
     ManualRequest,
-    SignalError,
     begin_marker,
     decode_answer,
     decode_offer,
@@ -28,6 +27,7 @@ from tunnel_core.signal import (
     end_marker,
     read_block,
 )
+from tunnel_core.errors import LocalProtocolError
 
 GOLDEN_JSON = (
     b'{"version":1,"ice_ufrag":"abcd","ice_pwd":"0123456789abcdefghijkl","candidates":["candidate:1 1 udp'
@@ -169,7 +169,7 @@ def test_payload_round_trip(data: bytes) -> None:
 def test_decode_offer_arbitrary_text_raises_only_signal_error(text: str) -> None:
     try:
         decode_offer(text)
-    except SignalError:
+    except BlockError:
         pass
 
 
@@ -178,7 +178,7 @@ def test_from_json_arbitrary_bytes_raise_only_signal_error(data: bytes) -> None:
     for cls in (ManualOffer, ManualAnswer, ManualRequest, ManualReject):
         try:
             cls.from_json(data)
-        except SignalError:
+        except BlockError:
             pass
 
 
@@ -199,7 +199,7 @@ def test_from_json_arbitrary_objects_raise_only_signal_error(obj: dict[str, obje
     for cls in (ManualOffer, ManualAnswer, ManualRequest, ManualReject):
         try:
             cls.from_json(body)
-        except SignalError:
+        except BlockError:
             pass
 
 
@@ -211,7 +211,7 @@ def test_block_reader_arbitrary_lines_raise_only_signal_error(lines: list[str]) 
             if reader.feed_line(line) is not None:
                 return
         reader.feed_eof()
-    except SignalError:
+    except BlockError:
         pass
 
 
@@ -246,7 +246,7 @@ def test_payload_error_messages() -> None:
         if message is None:  # Rust's u16 parser accepts a '+' and leading zeros; so do we
             assert decode_payload(payload) == GOLDEN_JSON
             continue
-        with pytest.raises(SignalError) as info:
+        with pytest.raises(BlockError) as info:
             decode_payload(payload)
         assert str(info.value) == message, payload
 
@@ -254,7 +254,7 @@ def test_payload_error_messages() -> None:
 def test_tampered_checksum() -> None:
     good = encode_payload(GOLDEN_JSON)
     tampered = good.replace(":0bef0b95:", ":0bef0b96:")
-    with pytest.raises(SignalError, match=r"^Manual payload checksum mismatch \(expected 0bef0b96, got 0bef0b95\)$"):
+    with pytest.raises(BlockError, match=r"^Manual payload checksum mismatch \(expected 0bef0b96, got 0bef0b95\)$"):
         decode_payload(tampered)
     # Uppercase and shorter hex parse like Rust's from_str_radix: same value, same verdict.
     assert decode_payload(good.replace(":0bef0b95:", ":0BEF0B95:")) == GOLDEN_JSON
@@ -265,20 +265,20 @@ def test_tampered_body() -> None:
     good = encode_payload(GOLDEN_JSON)
     body = good.split(":", 2)[2]
     flipped = ("A" if body[20] != "A" else "B").join([body[:20], body[21:]])
-    with pytest.raises(SignalError, match=r"^Manual payload checksum mismatch"):
+    with pytest.raises(BlockError, match=r"^Manual payload checksum mismatch"):
         decode_payload(good.rsplit(":", 1)[0] + ":" + flipped)
 
 
 def test_json_parse_failed() -> None:
     for raw in [b"not json", b"[]", b'{"version":1}', b'{"version":1,"ice_ufrag":1,"ice_pwd":"","candidates":[],'
                 b'"quic_fingerprint":""}']:
-        with pytest.raises(SignalError, match=r"^Manual payload JSON parse failed$"):
+        with pytest.raises(BlockError, match=r"^Manual payload JSON parse failed$"):
             decode_offer(encode_payload(raw))
 
 
 def test_offer_requires_fingerprint_key_but_answer_does_not() -> None:
     offer_without = {"version": 1, "ice_ufrag": "u", "ice_pwd": "p", "candidates": []}
-    with pytest.raises(SignalError, match="JSON parse failed"):
+    with pytest.raises(BlockError, match="JSON parse failed"):
         decode_offer(_payload(offer_without))
     assert decode_answer(_payload(offer_without)) == ManualAnswer(ice_ufrag="u", ice_pwd="p", candidates=())
 
@@ -291,18 +291,18 @@ def test_unknown_fields_ignored_and_nulls_are_none() -> None:
 
 def test_struct_version_mismatch() -> None:
     obj = {"version": 2, "ice_ufrag": "u", "ice_pwd": "p", "candidates": [], "quic_fingerprint": ""}
-    with pytest.raises(SignalError, match=r"^Manual signaling version mismatch \(expected 1, got 2\)$"):
+    with pytest.raises(BlockError, match=r"^Manual signaling version mismatch \(expected 1, got 2\)$"):
         decode_offer(_payload(obj))
-    with pytest.raises(SignalError, match=r"^Manual signaling version mismatch \(expected 1, got 0\)$"):
+    with pytest.raises(BlockError, match=r"^Manual signaling version mismatch \(expected 1, got 0\)$"):
         ManualReject.from_json(b'{"version":0,"session_id":"s","reason":"r"}')
-    with pytest.raises(SignalError, match=r"^Manual payload JSON parse failed$"):
+    with pytest.raises(BlockError, match=r"^Manual payload JSON parse failed$"):
         ManualReject.from_json(b'{"version":70000,"session_id":"s","reason":"r"}')
 
 
 def test_request_timestamp_must_be_u64() -> None:
     base = {"version": 1, "ice_ufrag": "u", "ice_pwd": "p", "candidates": [], "session_id": "s"}
     for ts in (-1, 2**64, 1.5, "1", True):
-        with pytest.raises(SignalError, match="JSON parse failed"):
+        with pytest.raises(BlockError, match="JSON parse failed"):
             ManualRequest.from_json(json.dumps({**base, "timestamp": ts}).encode())
     with pytest.raises(LocalProtocolError):
         ManualRequest(ice_ufrag="u", ice_pwd="p", candidates=(), session_id="s", timestamp=-1).to_json()
@@ -343,19 +343,19 @@ def test_missing_begin_marker() -> None:
     reader = BlockReader("OFFER")
     assert reader.feed_line("\n") is None
     assert reader.feed_line("   ") is None
-    with pytest.raises(SignalError, match=r"^Missing BEGIN marker$"):
+    with pytest.raises(BlockError, match=r"^Missing BEGIN marker$"):
         reader.feed_eof()
-    with pytest.raises(SignalError, match=r"^Missing BEGIN marker$"):
+    with pytest.raises(BlockError, match=r"^Missing BEGIN marker$"):
         read_block([], "OFFER")
 
 
 def test_unexpected_text_before_begin() -> None:
-    with pytest.raises(SignalError, match=r"^Unexpected text before BEGIN marker$"):
+    with pytest.raises(BlockError, match=r"^Unexpected text before BEGIN marker$"):
         decode_offer("hello\n" + encode_block("OFFER", GOLDEN_OFFER))
-    with pytest.raises(SignalError, match=r"^Unexpected text before BEGIN marker$"):
+    with pytest.raises(BlockError, match=r"^Unexpected text before BEGIN marker$"):
         decode_offer(end_marker("OFFER") + "\n")
     reader = BlockReader("OFFER")
-    with pytest.raises(SignalError):
+    with pytest.raises(BlockError):
         reader.feed_line("junk")
     with pytest.raises(LocalProtocolError):  # a failed reader stays failed
         reader.feed_line(begin_marker("OFFER"))
@@ -364,34 +364,34 @@ def test_unexpected_text_before_begin() -> None:
 def test_end_marker_not_found() -> None:
     block = encode_block("OFFER", GOLDEN_OFFER)
     truncated = block[: block.index("-----END")]
-    with pytest.raises(SignalError, match=r"^END marker not found$"):
+    with pytest.raises(BlockError, match=r"^END marker not found$"):
         decode_offer(truncated)
 
 
 def test_no_payload_between_markers() -> None:
-    with pytest.raises(SignalError, match=r"^No payload found between markers$"):
+    with pytest.raises(BlockError, match=r"^No payload found between markers$"):
         decode_offer(f"{begin_marker('OFFER')}\n\n   \n{end_marker('OFFER')}\n")
 
 
 def test_wrong_kind_is_refused_clearly() -> None:
-    with pytest.raises(SignalError, match=r"^Expected an OFFER block but got an ANSWER block$"):
+    with pytest.raises(BlockError, match=r"^Expected an OFFER block but got an ANSWER block$"):
         decode_offer(encode_block("ANSWER", ANSWER))
-    with pytest.raises(SignalError, match=r"^Expected an ANSWER block but got an OFFER block$"):
+    with pytest.raises(BlockError, match=r"^Expected an ANSWER block but got an OFFER block$"):
         decode_answer(encode_block("OFFER", GOLDEN_OFFER))
 
 
 def test_mismatched_end_and_nested_begin() -> None:
     payload = encode_payload(GOLDEN_JSON)
-    with pytest.raises(SignalError, match=r"^Mismatched END marker"):
+    with pytest.raises(BlockError, match=r"^Mismatched END marker"):
         decode_offer(f"{begin_marker('OFFER')}\n{payload}\n{end_marker('ANSWER')}\n")
-    with pytest.raises(SignalError, match=r"^Unexpected BEGIN marker inside block$"):
+    with pytest.raises(BlockError, match=r"^Unexpected BEGIN marker inside block$"):
         decode_offer(f"{begin_marker('OFFER')}\n{payload}\n{begin_marker('OFFER')}\n")
 
 
 def test_oversized_paste_is_refused() -> None:
     reader = BlockReader("OFFER")
     reader.feed_line(begin_marker("OFFER"))
-    with pytest.raises(SignalError, match="too large"):
+    with pytest.raises(BlockError, match="too large"):
         for _ in range(20000):
             reader.feed_line("A" * 76)
 
@@ -408,7 +408,7 @@ def test_encode_block_checks_kind() -> None:
 def test_block_payload_with_interior_whitespace_fails_in_base64() -> None:
     payload = encode_payload(GOLDEN_JSON)
     broken = payload[:100] + " " + payload[100:]
-    with pytest.raises(SignalError, match=r"^Manual payload base64 decode failed$"):
+    with pytest.raises(BlockError, match=r"^Manual payload base64 decode failed$"):
         decode_offer(f"{begin_marker('OFFER')}\n{broken}\n{end_marker('OFFER')}")
 
 

@@ -20,8 +20,7 @@ from tunnel_core.options import DEFAULT_RECONNECT_TIMEOUT, ExitCode, TunnelError
 from tunnel_core.peer import IceConnected
 
 #: The backoff between attempts starts here and doubles up to ``MAX_DELAY``. Why only 5 s: a user is waiting for
-#: the tunnel to come back, and an attempt costs a few small relay messages (nostr) or one dial (iroh); with 30 s a
-#: nostr tunnel came back 70 s after a 90 s cut healed (attempts made during the cut had backed off that far).
+#: the tunnel to come back, and an attempt costs a few small relay messages (nostr) or one dial (iroh).
 FIRST_DELAY = 1.0
 MAX_DELAY = 5.0
 #: Failures that retrying cannot fix.

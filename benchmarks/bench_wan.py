@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.wan_paths import ROWS, Path_, Row, Services, open_path, tree_cpu  # noqa: E402
+from benchmarks.wan_paths import ROWS, Path_, Row, Services, open_path, run_tool, stop_signals_unwind, tree_cpu  # noqa: E402
 from tests.nat.lab import LabError, is_root, reap_stale_labs  # noqa: E402
 from tests.wan.lab import PROFILES, Profile, WanLab, congestion_controls_allowed, link_delta, set_congestion_control  # noqa: E402
 from tests.wan.tunnels import PROBE, PYTHON  # noqa: E402
@@ -341,8 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = select_rows(args.rows) if args.rows else list(ROWS.values())
     seconds = 2.0 if args.quick else args.duration
     # SIGTERM unwinds like Ctrl-C, so every lab's context manager tears it down.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIG_IGN)
+    stop_signals_unwind()
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: where is a slow run spending its time?
     reap_stale_labs()
     command = " ".join(["python benchmarks/bench_wan.py", *(sys.argv[1:] if argv is None else argv)])
@@ -362,8 +361,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; labs torn down", file=sys.stderr)
-        sys.exit(130)
+    run_tool(main)

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.wan_paths import stop_signals_unwind  # noqa: E402
 from tests.nat.lab import LabError, is_root, reap_stale_labs  # noqa: E402
 from tests.wan.lab import PROFILES, congestion_controls_allowed, set_congestion_control  # noqa: E402
 from tests.wireguard.lab import (  # noqa: E402
@@ -162,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: missing {', '.join(missing)} (scripts/install.sh --test)", file=sys.stderr)
         return 2
     seconds, pings = (3.0, 60) if args.quick else (args.seconds, args.pings)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_signals_unwind()
     reap_stale_labs()
     load = os.getloadavg()[0]
     command = " ".join(["python benchmarks/bench_wireguard.py", *(sys.argv[1:] if argv is None else argv)])

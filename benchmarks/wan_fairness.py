@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.wan_paths import run_tool, stop_signals_unwind  # noqa: E402
 from tests.nat.lab import is_root, reap_stale_labs  # noqa: E402
 from tests.nat.modes import Proc  # noqa: E402
 from tests.wan.lab import Profile, WanLab, congestion_controls_allowed, set_congestion_control  # noqa: E402
@@ -82,7 +82,7 @@ def main() -> int:
     if not is_root():
         print("Error: wan_fairness.py builds network namespaces and must run as root", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    stop_signals_unwind()
     reap_stale_labs()
     result = measure(args.congestion, args.seconds, args.head_start)
     if args.json:
@@ -104,8 +104,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; lab torn down", file=sys.stderr)
-        sys.exit(130)
+    run_tool(main)

@@ -15,9 +15,11 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import attrs
 from tests.nat.lab import LabError
@@ -248,3 +250,28 @@ def _ssh_client(lab: WanLab, user_key: Path) -> Daemon:
         "-o", "ConnectTimeout=30", "-o", "LogLevel=ERROR", "-o", "ExitOnForwardFailure=yes",
         "-L", f"127.0.0.1:{IPERF + OFFSET}:127.0.0.1:{IPERF}", "-L", f"127.0.0.1:{ECHO + OFFSET}:127.0.0.1:{ECHO}",
         f"root@{lab.addr['b']}"]), lab.workdir)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_signals_unwind() -> None:
+    """SIGTERM and SIGINT (also when started in the background, where SIGINT is ignored) raise KeyboardInterrupt,
+    so every lab's context manager tears its namespaces down before a lab tool exits."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def run_tool(main: Callable[[], int]) -> NoReturn:
+    """The entry block of the lab tools: exit 130 after an interrupt (labs torn down), 1 with one line when a
+    command in a lab failed, else main's code."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted; labs torn down", file=sys.stderr)
+        code = 130
+    except subprocess.SubprocessError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_wan import iperf  # noqa: E402
-from benchmarks.wan_paths import IPERF  # noqa: E402
+from benchmarks.wan_paths import IPERF, run_tool, stop_signals_unwind  # noqa: E402
 from tests.nat.lab import is_root, reap_stale_labs  # noqa: E402
 from tests.nat.modes import Proc  # noqa: E402
 from tests.wan.lab import PROFILES, WanLab, congestion_controls_allowed, set_congestion_control  # noqa: E402
@@ -101,7 +99,7 @@ def main() -> int:
     if not is_root():
         print("Error: wan_trace.py builds network namespaces and must run as root", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    stop_signals_unwind()
     reap_stale_labs()
     trace = Path(tempfile.mkstemp(prefix="cctrace-", suffix=".jsonl")[1])
     os.environ[ENV] = str(trace)
@@ -131,11 +129,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; lab torn down", file=sys.stderr)
-        sys.exit(130)
-    except subprocess.SubprocessError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_tool(main)

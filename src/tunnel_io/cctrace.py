@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 ENV = "TUNNEL_CC_TRACE"
@@ -25,10 +26,15 @@ class CcTrace:
     """Samples one Peer's QUIC sender; ``counts`` are bumped by the driver."""
 
     def __init__(self, path: str, interval: float) -> None:
-        self._out = open(path, "a", buffering=1 << 16)  # open for the life of the driver
+        # Line-buffered: one append per line, so the two processes of a tunnel may share one file (each line names
+        # its pid) and a process ended by a signal loses no line. At most 100 lines a second: the cost is nil.
+        self._out = open(path, "a", buffering=1)  # open for the life of the driver
         self._interval = interval
         self._next = 0.0
-        self.counts = {"sent": 0, "refused": 0, "flushes": 0, "timers": 0, "reads": 0}
+        #: reads = readable wake-ups, received = datagrams read, recv_calls = GRO receive calls (TUNNEL_UDP_GRO)
+        self.counts = {
+            "sent": 0, "refused": 0, "flushes": 0, "timers": 0, "reads": 0, "received": 0, "recv_calls": 0,
+        }
 
     @classmethod
     def from_environment(cls) -> CcTrace | None:
@@ -36,6 +42,16 @@ class CcTrace:
         if not path:
             return None
         return cls(path, float(os.environ.get(ENV_INTERVAL, "0.01")))
+
+    def counting(self, deliver: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
+        """``deliver`` that also counts the datagrams it is handed."""
+        counts = self.counts
+
+        def counted(data: bytes, remote: Any) -> None:
+            counts["received"] += 1
+            deliver(data, remote)
+
+        return counted
 
     def sample(self, machine: Any, now: float) -> None:
         if now < self._next:

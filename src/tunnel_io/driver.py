@@ -26,10 +26,12 @@ log = logging.getLogger("tunnel_io.driver")
 #: early, it would go out as an ACK-only packet after nearly every request/response exchange instead of one per
 #: ~4 round trips (aioquic writes an ACK only once it is due, never early on a data packet).
 TIMER_SLACK = 0.0005
-#: TUNNEL_UDP_GSO=1 sends runs of datagrams as UDP GSO batches (tunnel_udp). Off by default: with it on, the iperf3
-#: UDP test through a loopback tunnel lost 16 % of its datagrams (under 10 % without) - the sender dumps 64-datagram
-#: bursts faster than the receiving process drains its socket - and there was no time to look further (issue 13).
+#: TUNNEL_UDP_GSO=1 sends runs of datagrams as UDP GSO batches (tunnel_udp). Off by default until a quiet WAN-lab run
+#: shows it pays (docs/congestion.md); its first version lost 16 % of an iperf3 UDP test, which no longer reproduces.
 GSO_ENV = "TUNNEL_UDP_GSO"
+#: TUNNEL_UDP_GRO=1 reads the tunnel's UDP sockets with UDP GRO (tunnel_udp): one recvmsg returns a whole batch of
+#: datagrams from one sender, split here. Off by default, like GSO_ENV (docs/congestion.md).
+GRO_ENV = "TUNNEL_UDP_GRO"
 #: Datagrams read per wake-up before flushing, so one busy socket cannot starve the timer and the others.
 DRAIN_LIMIT = 256
 #: Event/send rounds per flush before the rest is left to the next loop turn.
@@ -55,6 +57,26 @@ def drain(sock: Any, deliver: Callable[[bytes, Any], None]) -> bool:
                 return False
             continue
         deliver(data, remote)
+    return True
+
+
+def drain_batches(batcher: Batcher, deliver: Callable[[bytes, Any], None]) -> bool:
+    """As :func:`drain`, reading with UDP GRO: each receive call may return a batch of datagrams (DRAIN_LIMIT counts
+    calls, so one wake-up may hand the machine up to DRAIN_LIMIT x 64 datagrams - still one flush)."""
+    sock = batcher.sock
+    for _ in range(DRAIN_LIMIT):
+        try:
+            batch = batcher.recv()
+        except InterruptedError:
+            return True
+        except OSError:
+            if sock.fileno() == -1:
+                return False
+            continue
+        if not batch:
+            return True
+        for data, remote in batch:
+            deliver(data, remote)
     return True
 
 
@@ -84,6 +106,8 @@ class PeerDriver:
         self._trace = CcTrace.from_environment()
         #: UDP GSO per socket (tunnel_udp.Batcher) when TUNNEL_UDP_GSO=1 (see GSO_ENV)
         self._gso = os.environ.get(GSO_ENV, "0") == "1"
+        #: UDP GRO on every socket when TUNNEL_UDP_GRO=1 (see GRO_ENV)
+        self._gro = os.environ.get(GRO_ENV, "0") == "1"
         self._batchers: dict[Address, Batcher] = {}
         for addr, sock in sockets.items():
             self.add_socket(addr, sock)
@@ -91,6 +115,10 @@ class PeerDriver:
     def add_socket(self, addr: Address, sock: Any) -> None:
         """Drive one more socket (at start, or when roaming bound one on a new address)."""
         self.sockets[addr] = sock
+        if self._gro:
+            batcher = Batcher(sock, gso=None if self._gso else False)
+            if batcher.gro:
+                self._batchers[addr] = batcher
         watch = self.reactor.watch(sock, self._readable(addr, sock), _never)
         watch.want(read=True, write=False)
         self._watches[addr] = watch
@@ -122,7 +150,21 @@ class PeerDriver:
             # middle of a drain (a busy host) would otherwise date late ACKs early, and every such RTT sample is
             # short by the stall - measured: min_rtt 18 ms on a 50 ms path, and a BBR window sized on it.
             now = self.now
-            if drain(sock, lambda data, remote: receive(data, addr, (remote[0], remote[1]), now())):
+
+            def deliver(data: bytes, remote: Any) -> None:
+                receive(data, addr, (remote[0], remote[1]), now())
+
+            if self._trace is not None:
+                deliver = self._trace.counting(deliver)
+            batcher = self._batchers.get(addr)
+            calls_before = batcher.recv_calls if batcher is not None else 0
+            if batcher is not None and batcher.gro:
+                done = drain_batches(batcher, deliver)
+                if self._trace is not None:
+                    self._trace.counts["recv_calls"] += batcher.recv_calls - calls_before
+            else:
+                done = drain(sock, deliver)
+            if done:
                 self.flush()
 
         return on_readable
@@ -214,7 +256,7 @@ class PeerDriver:
             else:
                 batcher = self._batchers.get(local)
                 if batcher is None:
-                    batcher = self._batchers[local] = Batcher(sock, gro=False)
+                    batcher = self._batchers[local] = Batcher(sock, gro=self._gro)
                 sent = batcher.send(datagrams, remote)
         except OSError as exc:
             if exc.errno not in TRANSIENT_SEND_ERRORS:

@@ -33,6 +33,7 @@ from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
 from tunnel_core.types import Address
 from tunnel_io import Console, PrefixConsole, bind_host_sockets, new_identity, unique_addresses
 from tunnel_io.driver import PeerDriver
+from tunnel_io.guard import GuardedReactor
 from tunnel_io.local import LocalForwarder
 from tunnel_io.nostr_relays import RelayConnections
 from tunnel_io.reactor import Reactor, Timer
@@ -116,7 +117,9 @@ class DialogueRunner:
     def __init__(
         self, reactor: Reactor, console: Console | None = None, *, parent: DialogueRunner | None = None
     ) -> None:
-        self.reactor = reactor
+        #: every callback this runner (and what it drives) hands the runtime is guarded: an exception ends the run
+        #: through _crash instead of leaving a half-dead process (tunnel_io.guard)
+        self.reactor: Any = GuardedReactor(reactor, self._crash)
         self.console = console or Console()
         self.parent = parent
         self.root: DialogueRunner = parent.root if parent is not None else self
@@ -424,6 +427,25 @@ class DialogueRunner:
 
     # ------------------------------------------------------------------------------------------ closing
 
+    def _crash(self, exc: BaseException) -> None:
+        """A callback raised (a bug): end the run with it as the failure. Already closing, the close itself may be
+        what failed, so release everything at once instead of waiting for steps that may never come."""
+        if not self._closing:
+            self._finish(exc)
+            return
+        if self.failure is None:
+            self.failure = exc
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self._close_step = None
+        if not self.finished:
+            try:
+                self._release()
+            except Exception:  # a second failure while releasing: still report the run as over
+                log.debug("release after a crash failed", exc_info=True)
+                self._report_done()
+
     def _finish(self, failure: BaseException | None) -> None:
         """The dialogue ended (or failed): close in order - sessions, relays, our tunnel - then report."""
         if self._closing:
@@ -493,7 +515,12 @@ class DialogueRunner:
         else:
             for sock in self.sockets.values():
                 sock.close()
-        self._on_done(self.failure)
+        self._report_done()
+
+    def _report_done(self) -> None:
+        """Call on_done exactly once."""
+        on_done, self._on_done = self._on_done, _ignore
+        on_done(self.failure)
 
 
 #: Old name, kept for embedders; docs/embedding.md.

@@ -194,3 +194,23 @@ def test_bbr_never_believes_a_round_trip_below_aioquics_granularity() -> None:
     cc = BbrCongestionControl(max_datagram_size=1350)
     cc.on_rtt_measurement(now=1.0, rtt=0.0)
     assert cc.min_rtt == 0.001
+
+
+def test_loss_beside_a_standing_queue_is_congestion_random_loss_is_not() -> None:
+    """1 % loss on a path without a queue (Wi-Fi) is ignored; the same 1 % while the round's smallest RTT shows a
+    standing queue of 3 x min_rtt (a loss-based flow filling a deep buffer) is congestion - the rule that lets BBR
+    yield to CUBIC TCP in the WAN lab's fairness run. STARTUP keeps 2 %: its queue is its own."""
+    cc = BbrCongestionControl(max_datagram_size=1350)
+    cc.min_rtt = 0.05
+
+    def congested(mode: str, recent_rtt: float) -> bool:
+        cc.mode = mode
+        cc._recent_rtt = recent_rtt
+        cc._loss_window.clear()
+        cc._round_delivered, cc._round_lost, cc._round_lost_packets = 99 * 1350 * 20, 1350 * 20, 20  # 1 % of 2000
+        return cc._round_congested()
+
+    assert not congested("probe_bw", 0.055)  # jitter, no queue
+    assert not congested("probe_bw", 0.09)  # our own probing queue (< 2.5 x min_rtt)
+    assert congested("probe_bw", 0.15)  # 100 ms of someone else's queue
+    assert not congested("startup", 0.15)

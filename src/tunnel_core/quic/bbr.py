@@ -90,6 +90,15 @@ FULL_BW_ROUNDS = 3
 FULL_BW_GROWTH = 1.25
 #: Loss rate per round above which loss is read as congestion (BBRv2's 2 %). Random loss of 1 % stays below it.
 LOSS_THRESHOLD = 0.02
+#: Loss rate per round read as congestion while a standing queue is evident: the last round's smallest RTT at
+#: least QUEUE_RTT_FACTOR x min_rtt and QUEUE_MIN_DELAY above it (our own PROBE_BW queue stays under 2 x min_rtt).
+#: Random loss (Wi-Fi, mobile) comes without a queue; loss next to a queue that never drains is a full bottleneck
+#: buffer, the signal a loss-based flow sharing it lives by. Without this, a CUBIC TCP flow in a 200 ms buffer
+#: loses well under 2 % of BBR's packets per round, BBR never yields, and CUBIC ends at 19 % of the link (WAN lab,
+#: wan_fairness.py).
+QUEUED_LOSS_THRESHOLD = 0.005
+QUEUE_RTT_FACTOR = 2.5
+QUEUE_MIN_DELAY = 0.02
 #: Loss rate within one round that restarts the model: only a collapse (the path's rate fell far below ours)
 #: looks like this.
 HEAVY_LOSS_THRESHOLD = 0.2
@@ -405,7 +414,20 @@ class BbrCongestionControl(QuicCongestionControl):
             lost += r_lost
             packets += r_packets
             delivered += r_delivered
-        return packets >= LOSS_MIN_PACKETS and lost > LOSS_THRESHOLD * (lost + delivered)
+        return packets >= LOSS_MIN_PACKETS and lost > self._loss_threshold() * (lost + delivered)
+
+    def _loss_threshold(self) -> float:
+        """LOSS_THRESHOLD, or QUEUED_LOSS_THRESHOLD while the path keeps a standing queue (see both). Only in
+        PROBE_BW: STARTUP's queue is our own, and at 1 % random loss it must not end the search early."""
+        min_rtt, recent = self.min_rtt, self._recent_rtt
+        if (
+            self.mode == _Mode.PROBE_BW
+            and not math.isinf(recent)
+            and recent >= QUEUE_RTT_FACTOR * min_rtt
+            and recent - min_rtt >= QUEUE_MIN_DELAY
+        ):
+            return QUEUED_LOSS_THRESHOLD
+        return LOSS_THRESHOLD
 
     def _on_congestion(self, now: float) -> None:
         """Loss above the threshold: the path is congested; bound what we send by what it carried."""
@@ -464,7 +486,7 @@ class BbrCongestionControl(QuicCongestionControl):
             if not math.isinf(self.inflight_hi):
                 self.inflight_hi += self._hi_growth * self.max_datagram_size
                 self._hi_growth = min(self._hi_growth * 2, 1 << 16)
-                if self.inflight_hi > 4 * self.bdp():
+                if self.inflight_hi > self._unbounded_window():
                     self.inflight_hi = math.inf
             self.bw_lo = math.inf
         self._round_probe_up = self.mode == _Mode.PROBE_BW and PROBE_BW_GAINS[self._cycle_index] > 1.0
@@ -570,6 +592,12 @@ class BbrCongestionControl(QuicCongestionControl):
             # STARTUP's own queue inflates the RTT: allow only the host-delay slack there, not the relative cap
             return min(self._recent_rtt, min_rtt + HOST_DELAY_SLACK)
         return min(self._recent_rtt, max(CWND_RTT_CAP * min_rtt, min_rtt + HOST_DELAY_SLACK))
+
+    def _unbounded_window(self) -> float:
+        """The window the model asks for before the loss bound: an inflight_hi grown past it by loss-free probes
+        bounds nothing any more. (It was 4 x the BDP at min_rtt; behind a loss-based flow's standing queue the
+        window the model asks for is several times that, so the bound vanished a few probes after every cut.)"""
+        return self.cwnd_gain * self.bandwidth * self._window_rtt() + self._extra_acked.value
 
     def _update_control(self) -> None:
         mss = self.max_datagram_size

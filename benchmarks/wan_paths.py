@@ -49,11 +49,16 @@ ROWS: dict[str, Row] = {r.key: r for r in (
     Row("ssh-cubic", "ssh -L (cubic)", "ssh", "cubic"),
     Row("ssh-bbr", "ssh -L (bbr)", "ssh", "bbr"),
     Row("socat", "socat (cubic)", "socat", "cubic"),
-    Row("manual-asyncio", "tunnel manual, asyncio (QUIC cubic)", "manual", runtime="asyncio"),
+    # Every tunnel row names its QUIC controller explicitly, whatever the default is (keys of older JSON keep
+    # their meaning: the rows without a suffix were, and are, cubic).
+    Row("manual-asyncio", "tunnel manual, asyncio (QUIC cubic)", "manual", runtime="asyncio", quic_cc="cubic"),
     Row("manual-asyncio-bbr", "tunnel manual, asyncio (QUIC bbr)", "manual", runtime="asyncio", quic_cc="bbr"),
-    Row("manual-trio", "tunnel manual, trio (QUIC cubic)", "manual", runtime="trio"),
-    Row("manual-gevent", "tunnel manual, gevent (QUIC cubic)", "manual", runtime="gevent"),
-    Row("nostr", "tunnel nostr, asyncio (QUIC cubic)", "nostr"),
+    Row("manual-trio", "tunnel manual, trio (QUIC cubic)", "manual", runtime="trio", quic_cc="cubic"),
+    Row("manual-trio-bbr", "tunnel manual, trio (QUIC bbr)", "manual", runtime="trio", quic_cc="bbr"),
+    Row("manual-gevent", "tunnel manual, gevent (QUIC cubic)", "manual", runtime="gevent", quic_cc="cubic"),
+    Row("manual-gevent-bbr", "tunnel manual, gevent (QUIC bbr)", "manual", runtime="gevent", quic_cc="bbr"),
+    Row("nostr", "tunnel nostr, asyncio (QUIC cubic)", "nostr", quic_cc="cubic"),
+    Row("nostr-bbr", "tunnel nostr, asyncio (QUIC bbr)", "nostr", quic_cc="bbr"),
     Row("iroh", "tunnel iroh, direct addr (quinn cubic)", "iroh"),
 )}
 
@@ -199,7 +204,8 @@ def open_path(lab: WanLab, row: Row) -> Iterator[Path_]:
                 extra = ("--congestion", row.quic_cc) if row.quic_cc else ()
                 pair = start_manual(lab, lab.addr, port, proto=proto, runtime=row.runtime, extra=extra)
             elif row.kind == "nostr":
-                pair = start_nostr(lab, lab.addr, port, proto=proto, relay_port=7700 + len(pairs))
+                extra = ("--congestion", row.quic_cc) if row.quic_cc else ()
+                pair = start_nostr(lab, lab.addr, port, proto=proto, relay_port=7700 + len(pairs), extra=extra)
             else:
                 pair = start_iroh(lab, lab.addr, port, proto=proto)
             pairs.append(pair)

@@ -127,8 +127,9 @@ def start_manual(lab: Lab, addr: dict[str, str], service_port: int, *, proto: st
 
 
 def start_nostr(lab: Lab, addr: dict[str, str], service_port: int, *, proto: str = "tcp",
-                relay_port: int = 7700, client_host: str | None = None) -> Pair:
-    """``tunnel server|client nostr`` through a Nostr relay in ``b``; the server subscribes before the client asks."""
+                relay_port: int = 7700, client_host: str | None = None, extra: tuple[str, ...] = ()) -> Pair:
+    """``tunnel server|client nostr`` through a Nostr relay in ``b``; the server subscribes before the client asks.
+    ``extra`` flags go to both ends (e.g. ``--congestion bbr``)."""
     from tunnel_core.nostr.keys import SecretKey
 
     keys = {side: SecretKey.generate(os.urandom) for side in "ab"}
@@ -144,7 +145,7 @@ def start_nostr(lab: Lab, addr: dict[str, str], service_port: int, *, proto: str
     server = Proc("server", lab.in_ns("b", [*cli(), "server", "nostr", "--nsec-file", str(files["b"]), "--peer-npub",
                                             keys["a"].public_key.npub, "--allowed-tcp", "127.0.0.0/8",
                                             "--allowed-udp", "127.0.0.0/8", *signaling, *ice,
-                                            "--host-candidate", addr["b"]]))
+                                            "--host-candidate", addr["b"], *extra]))
     if server.wait_line(r"Waiting for tunnel requests", 30) is None:
         server.stop()
         relay.stop()
@@ -153,7 +154,8 @@ def start_nostr(lab: Lab, addr: dict[str, str], service_port: int, *, proto: str
     client = Proc("client", lab.in_ns("a", [*cli(), "client", "nostr", "--nsec-file", str(files["a"]),
                                             "--peer-npub", keys["b"].public_key.npub,
                                             *_source(proto, service_port, target_scheme=True),
-                                            *signaling, *ice, "--host-candidate", client_host or addr["a"]]))
+                                            *signaling, *ice, "--host-candidate", client_host or addr["a"],
+                                            *extra]))
     return Pair(client=client, server=server, listen_port=service_port, started_at=started, helpers=[relay])
 
 

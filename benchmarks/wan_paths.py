@@ -57,6 +57,8 @@ ROWS: dict[str, Row] = {r.key: r for r in (
     Row("manual-trio-bbr", "tunnel manual, trio (QUIC bbr)", "manual", runtime="trio", quic_cc="bbr"),
     Row("manual-gevent", "tunnel manual, gevent (QUIC cubic)", "manual", runtime="gevent", quic_cc="cubic"),
     Row("manual-gevent-bbr", "tunnel manual, gevent (QUIC bbr)", "manual", runtime="gevent", quic_cc="bbr"),
+    # No --congestion flag at all: for A/B runs against an older tree whose CLI has no such flag.
+    Row("manual-default", "tunnel manual, asyncio (its default controller)", "manual", runtime="asyncio"),
     Row("nostr", "tunnel nostr, asyncio (QUIC cubic)", "nostr", quic_cc="cubic"),
     Row("nostr-bbr", "tunnel nostr, asyncio (QUIC bbr)", "nostr", quic_cc="bbr"),
     Row("iroh", "tunnel iroh, direct addr (quinn cubic)", "iroh"),

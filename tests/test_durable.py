@@ -33,6 +33,7 @@ from tunnel_core.forwarding import (
     ShutdownTcpWrite,
 )
 from tunnel_core.forwarding.durable import (
+    HOLD,
     OLD_PEER_REASON,
     REPLAY_LIMIT,
     REPLAY_LOW,
@@ -460,6 +461,61 @@ def test_streams_of_a_session_with_several_forwards_resume_on_their_own_forward(
     world.run(lambda: first.closed and second.closed and all(t.closed for t in world.targets))
     assert bytes(first.received) == _payload(5, 2 * MB) and bytes(second.received) == _payload(6, 2 * MB)
     assert sorted(bytes(t.received) for t in world.targets) == [b"one", b"two"]
+
+
+# ------------------------------------------------------------------------------------------ the server's bound
+
+
+def test_a_server_forgets_a_stream_whose_fin_is_unconfirmed_when_its_client_never_returns() -> None:
+    """The leak docs/durable.md named: a stream that ended while its FIN was unconfirmed has no socket to hold, but
+    kept its entry on the server forever if the client never came back. Now the session goes HOLD seconds after
+    its connection ended (the runner reports the end, as tunnel_io.runner does)."""
+    world = World()
+    world.new_target = lambda: App(outbox=bytearray(b"bye"), want_eof=True)
+    app = App(outbox=bytearray(b"hi"), want_eof=True)
+    world.client.connect(app)
+    world.run(lambda: bool(world.targets) and world.targets[0].closed)
+    assert world.pair is not None
+    world.pair.drop = lambda side, data: True  # the client's confirmation of our FIN (50 ms later) never comes
+    token = world.streams.token
+    left = list(world.registry.sessions[token].streams.values())
+    assert left and all(s.local_closed and not s.done for s in left)  # what used to stay forever
+    ended = world.clock.now
+    world.registry.connection_ended(world.server.session, ended)
+    assert world.registry.get_timer() == ended + HOLD
+    world.pair.idle(HOLD - 1.0)
+    world.registry.expire(world.clock.now)
+    assert token in world.registry.sessions  # a client back within the hold still finds it
+    world.pair.idle(1.0)
+    world.registry.expire(world.clock.now)
+    assert not world.registry.sessions and all(s.lost for s in left)
+    assert world.registry.get_timer() is None
+
+
+def test_a_client_that_comes_back_within_the_hold_resumes_and_the_hold_is_off() -> None:
+    world = World()
+    app = _hello_then_cut(world)
+    world.registry.connection_ended(world.server.session, world.clock.now)
+    world.pair.idle(HOLD - 60.0)  # type: ignore[union-attr]
+    world.connect()
+    world.registry.expire(world.clock.now + 3600.0)  # carried by a connection again: no expiry
+    app.outbox += b"more"
+    target = world.targets[0]
+    world.run(lambda: bytes(target.received) == b"himore")
+    assert not app.aborted and world.registry.get_timer() is None
+
+
+def test_a_live_session_without_streams_is_kept_when_another_client_arrives() -> None:
+    """A connected client whose streams all ended must keep its session: the registry used to drop every empty
+    session at the next client's HELLO, and a stream opened afterwards could not be resumed."""
+    world = World()
+    world.registry.adopt(bytes(range(16)), world.clock.now)  # another client's HELLO
+    assert world.streams.token in world.registry.sessions
+    app = _hello_then_cut(world)
+    world.connect()
+    app.outbox += b"!"
+    world.run(lambda: bytes(world.targets[0].received) == b"hi!")
+    assert not app.aborted and app.dropped is None
 
 
 # ------------------------------------------------------------------------------------------ iroh mode's pieces

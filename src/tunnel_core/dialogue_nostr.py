@@ -58,7 +58,7 @@ from tunnel_core.nostr.messages import (
     session_id,
 )
 from tunnel_core.nostr.options import NostrClientOptions, NostrServerOptions
-from tunnel_core.nostr.pool import RelayPool
+from tunnel_core.nostr.pool import RelayPool, RelayUp
 from tunnel_core.nostr.target import client_protocol
 from tunnel_core.options import ExitCode, TunnelError
 from tunnel_core.peer import IceConnected, Peer
@@ -69,6 +69,9 @@ from tunnel_core.reconnect import keep_reconnecting
 
 #: Reference 5.5: requests older than this are replays (some relays store ephemeral events anyway).
 MAX_REQUEST_AGE = 30
+#: How long the client's pool replays a request to a relay that (re)connects: it must still be fresh (above) when
+#: the server reads it, with room for clock skew. Later, the client publishes it afresh instead (``_await_offer``).
+REQUEST_REPLAY_TTL = MAX_REQUEST_AGE - 10
 #: Session ids remembered for dedup, and how long an id is certainly kept once the table is full.
 SEEN_SESSIONS_LIMIT = 1000
 SEEN_SESSIONS_MIN_AGE = 60.0
@@ -102,8 +105,8 @@ class Publish:
 
 @attrs.frozen
 class NextMessage:
-    """The next verified incoming event (an ``Event``) or a ``SessionEnded`` of a spawned sub-dialogue; None when
-    ``timeout`` passed first (None waits without limit)."""
+    """The next verified incoming event (an ``Event``), a relay that (re)connected (the pool's ``RelayUp``) or a
+    ``SessionEnded`` of a spawned sub-dialogue; None when ``timeout`` passed first (None waits without limit)."""
 
     timeout: float | None
 
@@ -229,9 +232,10 @@ def nostr_client_dialogue(opts: NostrClientOptions, rng: Callable[[int], bytes])
     verdicts: list[Sequence[str] | None] = []  # the first session's per-forward verdicts (which listeners to open)
 
     def establish(remaining: float) -> Generator[Any, Any, IceConnected]:
-        # A reconnect attempt waits for the server's offer no longer than the reconnect budget left.
+        # A reconnect attempt waits for a relay and then for the server's offer no longer than the reconnect
+        # budget left.
         return _client_session(attrs.evolve(opts, max_wait=min(opts.max_wait, remaining)), rng, channel, forwards,
-                               verdicts, reverses)
+                               verdicts, reverses, reconnecting=True)
 
     yield from _client_session(opts, rng, channel, forwards, verdicts, reverses)
     yield from listen_all(forwards, verdicts[0])
@@ -245,15 +249,22 @@ def nostr_client_dialogue(opts: NostrClientOptions, rng: Callable[[int], bytes])
 
 def _client_session(
     opts: NostrClientOptions, rng: Callable[[int], bytes], channel: Channel, forwards: Sequence[Any],
-    verdicts: list[Sequence[str] | None], reverses: Sequence[Any] = (),
+    verdicts: list[Sequence[str] | None], reverses: Sequence[Any] = (), reconnecting: bool = False,
 ) -> Generator[Any, Any, IceConnected]:
     """One tunnel: open the relays, request, answer, connect; the relays are left once the answer is out (or at
     once when this attempt fails, so a reconnect's next attempt starts clean). The server's per-forward verdicts
-    are appended to ``verdicts``."""
-    pool = RelayPool(opts.relays, filters=[channel.subscription_filter()], subscription_id=rng(8).hex())
+    are appended to ``verdicts``.
+
+    The first session goes on with no relay open, as upstream (its request goes out when one connects); a
+    reconnect attempt waits for a relay first (within ``max_wait``): while none is reachable the network is
+    likely still cut, and candidates gathered now (no STUN answer) would be poorer than after it heals."""
+    pool = RelayPool(opts.relays, filters=[channel.subscription_filter()], subscription_id=rng(8).hex(),
+                     publish_ttl=REQUEST_REPLAY_TTL)
     opened = yield OpenRelays(pool)
     yield Say(f"Connected to {opened}/{len(opts.relays)} relay(s)")
     try:
+        if reconnecting and not opened:
+            yield from _await_relay(pool, opts.max_wait)
         return (yield from _client_request(opts, rng, channel, forwards, verdicts, reverses))
     except TunnelError:
         yield CloseRelays()
@@ -309,6 +320,16 @@ def _client_request(
     return (yield from until_up(peer, "Timeout during QUIC handshake", "Connected to server over QUIC."))
 
 
+def _await_relay(pool: RelayPool, wait: float) -> Generator[Any, Any, None]:
+    """Until one of ``pool``'s relays is open (the pool keeps retrying them), at most ``wait`` seconds."""
+    deadline = (yield Clock()).monotonic + wait
+    while not pool.open_count:
+        left = deadline - (yield Clock()).monotonic
+        if left <= 0:
+            raise TunnelError(f"No Nostr relay reachable within {wait:g}s", ExitCode.CONNECT_FAILED)
+        yield NextMessage(left)  # a RelayUp wakes us; anything else left over from an earlier attempt is moot
+
+
 def _not_understood(reason: str, first: str) -> bool:
     """An upstream or older server refusing a request whose first forward is a dynamic or reverse one names it as
     an unknown source ("Unknown protocol in source 'dynamic'", "Invalid source ..."); a server that knows these
@@ -320,15 +341,28 @@ def _not_understood(reason: str, first: str) -> bool:
 def _await_offer(
     channel: Channel, request: NostrRequest, start: Times, opts: NostrClientOptions, rng: Callable[[int], bytes]
 ) -> Generator[Any, Any, ManualOffer]:
-    """Publish the request, then wait for the matching offer or reject, re-publishing with a doubling window."""
+    """Publish the request, then wait for the matching offer or reject, re-publishing with a doubling window.
+
+    Every publication carries the time it is made (same session id, same ICE side): the server drops requests
+    older than ``MAX_REQUEST_AGE``, so re-publishing the first timestamp (upstream, reference 5.5 point 3) is
+    wasted after 30 s - and a reconnect whose relay came back 40 s into its wait was lost until ``max_wait``
+    ended it (docs/reconnect.md). A relay that (re)connects after our last publication gets it afresh at once,
+    not at the next window."""
     sid = request.request.session_id
     window = max(0.1, opts.republish_interval)
     deadline = start.monotonic + opts.max_wait
     next_publish = start.monotonic
+    published_at = float("-inf")
     now = start
+    fresh_relay = False
     while True:
-        if now.monotonic >= next_publish:
-            yield Publish(channel.seal(request, created_at=now.wall, rng=rng))
+        due = now.monotonic >= next_publish
+        if due or fresh_relay:
+            stamped = attrs.evolve(request, request=attrs.evolve(request.request, timestamp=now.wall))
+            yield Publish(channel.seal(stamped, created_at=now.wall, rng=rng))
+            published_at = now.monotonic
+            fresh_relay = False
+        if due:
             next_publish = now.monotonic + window
             window = min(window * 2, MAX_REPUBLISH_WINDOW)
         remaining = deadline - now.monotonic
@@ -336,6 +370,9 @@ def _await_offer(
             raise TunnelError(f"Timeout waiting for offer from peer ({opts.max_wait:g}s)", ExitCode.CONNECT_FAILED)
         signal = yield NextMessage(min(remaining, max(0.0, next_publish - now.monotonic)))
         now = yield Clock()
+        if isinstance(signal, RelayUp):
+            fresh_relay = signal.at > published_at
+            continue
         if not isinstance(signal, Event):
             continue
         try:

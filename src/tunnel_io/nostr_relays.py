@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tunnel_core.nostr.links import RelayLinks
-from tunnel_core.nostr.pool import RelayPool
+from tunnel_core.nostr.pool import RelayPool, RelayUp
 from tunnel_core.websocket import WebSocketError
 from tunnel_io import unique_addresses
 from tunnel_io.dial import HappyEyeballs
@@ -250,8 +250,8 @@ class _Conn:
 
 
 class RelayConnections:
-    """Drives one RelayPool; verified new events go to ``deliver``, and ``changed`` hears of every change (a relay
-    connected or lost, events arrived) so a waiting flow can look again."""
+    """Drives one RelayPool; verified new events and ``RelayUp`` go to ``deliver``, and ``changed`` hears of every
+    change (a relay connected or lost, events arrived) so a waiting flow can look again."""
 
     def __init__(self, reactor: Reactor, pool: RelayPool, deliver: Callable[[Any], None],
                  changed: Callable[[], None]) -> None:
@@ -288,6 +288,8 @@ class RelayConnections:
             self.deliver(ev.event)
         for ev in step.other:
             log.debug("relay pool: %s", ev)
+            if isinstance(ev, RelayUp):  # a waiting client re-publishes its request afresh (docs/reconnect.md)
+                self.deliver(ev)
         if step.received or step.other or step.connect:
             self.changed()
         self._rearm()

@@ -379,8 +379,18 @@ class DialogueRunner:
                 root.durable_streams = DurableStreams(os.urandom(16))
             return root.durable_streams
         if root.durable_registry is None:
-            root.durable_registry = DurableRegistry()
+            root.durable_registry = DurableRegistry(DURABLE_GRACE)
         return root.durable_registry
+
+    def _durable_ended(self) -> None:
+        """A server's connection is over: its durable session waits DURABLE_GRACE for the client, then the
+        registry forgets it (docs/durable.md)."""
+        registry = self.root.durable_registry
+        if registry is None or self.peer is None or self.peer.is_client:
+            return
+        now = self.reactor.time()
+        registry.connection_ended(getattr(self.peer, "session", None), now)
+        self.reactor.call_at(now + registry.hold, lambda: registry.expire(self.reactor.time()))
 
     def _session(self) -> Any:
         """The forwarding session local sockets talk to; None while there is no live tunnel."""
@@ -510,6 +520,7 @@ class DialogueRunner:
             # A server that lost its client holds the durable connections for the client's reconnect.
             self.local.close(hold=DURABLE_GRACE if lost and self.peer is not None and not self.peer.is_client
                              else None)
+        self._durable_ended()
         if self.driver is not None:
             self.driver.close()
         else:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -198,4 +199,80 @@ def test_seen_set_is_bounded() -> None:
         pool.receive_text(A, json.dumps(["EVENT", SUB, ev.to_dict()]), 0.0)  # type: ignore[union-attr]
     assert len(pool._seen) == 3
     assert sum(isinstance(e, EventReceived) for e in _events(pool)) == 5
-    assert isinstance(RelayUp(A), RelayUp)
+    assert isinstance(RelayUp(A, 0.0), RelayUp)
+
+
+# ------------------------------------------------------------------------------------- pacing (virtual time)
+
+#: Linux sends a connection's SYN at these offsets (initial RTO 1 s, doubling); the adapter gives up at 10 s.
+SYN_AT = (0.0, 1.0, 3.0, 7.0)
+CONNECT_TIMEOUT = 10.0
+
+
+def _through_a_cut(heal: float, horizon: float = 600.0) -> tuple[float, int]:
+    """Drive one relay of a default pool through a cut ending at ``heal``: an attempt connects at the first SYN sent
+    after the heal, else times out. Returns (when it opened, attempts started)."""
+    pool = RelayPool([A], filters=[{}], subscription_id=SUB)
+    now, attempts = 0.0, 0
+    while now < horizon:
+        if pool.connections_wanted(now):
+            attempts += 1
+            syn = next((now + s for s in SYN_AT if now + s >= heal), None)
+            if syn is not None and syn < now + CONNECT_TIMEOUT:
+                pool.connected(A, syn)
+                return syn, attempts
+            now += CONNECT_TIMEOUT
+            pool.disconnected(A, now, "timed out")
+            continue
+        timer = pool.get_timer()
+        assert timer is not None and timer >= now
+        now = timer
+    raise AssertionError("never connected")
+
+
+def test_a_relay_behind_a_cut_is_found_within_seconds_of_the_heal_and_not_hammered() -> None:
+    """The pacing that brings a nostr tunnel back after a long cut (docs/reconnect.md): a timed-out attempt is
+    followed by the next at once (the relay heard nothing), so the heal is noticed by the next SYN - at most 4 s
+    later (the widest gap of SYN_AT) - and a cut costs one attempt per connect timeout, not more."""
+    worst = 0.0
+    for tenth in range(0, 3000, 7):  # cuts ending anywhere in 0..300 s
+        heal = tenth / 10
+        opened, attempts = _through_a_cut(heal)
+        worst = max(worst, opened - heal)
+        assert attempts <= heal // CONNECT_TIMEOUT + 2, (heal, attempts)
+    assert worst <= 4.0, worst
+
+
+def test_a_relay_that_answers_hears_at_most_one_attempt_per_backoff_cap() -> None:
+    """A relay that refuses at once (it is down, or rate limits) is tried 1, 2, 4, 8 and then every 10 s, counted
+    from one attempt's start to the next; ten minutes of refusals cost it about 60 connections."""
+    pool = RelayPool([A], filters=[{}], subscription_id=SUB)
+    starts, now = [], 0.0
+    while now < 600.0:
+        assert pool.connections_wanted(now) == [A]
+        starts.append(now)
+        pool.disconnected(A, now + 0.01, "Connection refused")
+        now = pool.get_timer()  # type: ignore[assignment]
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(starts)]
+    assert gaps[:6] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert min(gaps) >= 1.0 and max(gaps) == 10.0
+    assert len(starts) <= 600 / 10 + 5
+
+
+def test_only_a_connection_that_stayed_open_resets_the_backoff() -> None:
+    """A relay that accepts and drops at once keeps backing off; one that stayed open 30 s starts again at 1 s,
+    counted from the loss."""
+    pool = RelayPool([A], filters=[{}], subscription_id=SUB)
+    now = 0.0
+    for expected in (1.0, 2.0, 4.0, 8.0, 10.0):
+        pool.connections_wanted(now)
+        pool.connected(A, now + 0.1)
+        pool.disconnected(A, now + 0.2, "closed")
+        assert pool.get_timer() == pytest.approx(now + 0.2 + expected)
+        now = pool.get_timer()  # type: ignore[assignment]
+    pool.connections_wanted(now)
+    pool.connected(A, now)
+    pool.disconnected(A, now + 30.0, "closed")
+    assert pool.get_timer() == pytest.approx(now + 31.0)
+    ups = [e for e in _events(pool) if isinstance(e, RelayUp)]
+    assert [u.at for u in ups][-1] == now  # RelayUp says when: a waiting client compares it with its publication

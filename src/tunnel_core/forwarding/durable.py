@@ -64,6 +64,8 @@ ACK_DELAY = 0.05
 RESET_UNKNOWN_STREAM = 5
 #: RESET_STREAM code for a stream that moved to a newer connection of the same durable session.
 RESET_MOVED = 6
+#: How long a server keeps a durable session no connection carries (the client's default reconnect budget).
+HOLD = 300.0
 
 UNKNOWN_REASON = "the server no longer has it (restarted?)"
 OLD_PEER_REASON = "the new connection cannot resume streams (an older or upstream peer)"
@@ -139,6 +141,8 @@ class DurableStreams:
         self.streams: dict[int, DurableStream] = {}
         #: the DurableLink of the connection now carrying this session
         self.owner: DurableLink | None = None
+        #: server: when the connection carrying it ended (None while one carries it)
+        self.orphaned_at: float | None = None
 
     def add(self, stream: DurableStream) -> None:
         assert stream.key is not None
@@ -151,19 +155,57 @@ class DurableStreams:
 
 class DurableRegistry:
     """A server's durable sessions by token, shared by all of its QUIC connections (a client that comes back is a
-    new connection, and in nostr mode a new session of the server)."""
+    new connection, and in nostr mode a new session of the server).
 
-    def __init__(self) -> None:
+    Bounded: a session no connection carries is kept ``hold`` seconds for its client, then forgotten with every
+    stream it still has - held ones (whose sockets the adapter closes after the same time) and the small entries
+    of streams that ended while their last bytes or FIN were unconfirmed (their sockets are already closed). The
+    adapter reports a connection's end (``connection_ended``) and calls ``expire`` at ``get_timer``; a session
+    with no streams and no connection goes at once. A session a live connection carries stays, streams or not."""
+
+    def __init__(self, hold: float = HOLD) -> None:
+        self.hold = hold
         self.sessions: dict[bytes, DurableStreams] = {}
 
-    def adopt(self, token: bytes) -> DurableStreams:
+    def adopt(self, token: bytes, now: float | None = None) -> DurableStreams:
         streams = self.sessions.get(token)
         if streams is None:
             streams = self.sessions[token] = DurableStreams(token)
-        # Sessions whose streams are all gone need not be kept (a token is 128 random bits: no reuse by chance).
-        for other in [t for t, s in self.sessions.items() if not s.streams and t != token]:
-            del self.sessions[other]
+        streams.orphaned_at = None
+        self._prune(now, keep=token)
         return streams
+
+    def connection_ended(self, session: object, now: float) -> None:
+        """The connection of ``session`` (a ForwardingSession) is over: the durable session it carried, if it
+        still did, waits ``hold`` seconds for its client."""
+        for streams in self.sessions.values():
+            if streams.owner is not None and streams.owner.session is session:
+                streams.owner = None
+                streams.orphaned_at = now
+        self._prune(now)
+
+    def get_timer(self) -> float | None:
+        times = [s.orphaned_at + self.hold for s in self.sessions.values() if s.orphaned_at is not None]
+        return min(times) if times else None
+
+    def expire(self, now: float) -> None:
+        """Forget the sessions no connection carried for ``hold`` seconds; their streams can no longer be
+        resumed (a client that comes back later has them reset with one line)."""
+        self._prune(now)
+
+    def _prune(self, now: float | None, keep: bytes | None = None) -> None:
+        """Sessions no connection carries go when they have no stream left (a token is 128 random bits: no reuse
+        by chance), or ``hold`` seconds after their connection ended. A session whose connection the adapter
+        never reported ended (iroh mode's Parking, which holds its own sockets) goes only when empty."""
+        for token, streams in list(self.sessions.items()):
+            if token == keep or streams.owner is not None:
+                continue
+            if streams.streams:
+                if streams.orphaned_at is None or now is None or now < streams.orphaned_at + self.hold:
+                    continue
+                for stream in streams.streams.values():
+                    stream.lost = True
+            del self.sessions[token]
 
 
 class DurableLink:
@@ -281,14 +323,14 @@ class DurableLink:
             return
         for frame in frames:
             if isinstance(frame, Hello):
-                self._on_hello(frame)
+                self._on_hello(frame, now)
             elif isinstance(frame, Ack):
                 self._on_ack(frame)
 
-    def _on_hello(self, hello: Hello) -> None:
+    def _on_hello(self, hello: Hello, now: float) -> None:
         if self.is_client or self.registry is None or self.streams is not None:
             return
-        streams = self.registry.adopt(hello.token)
+        streams = self.registry.adopt(hello.token, now)
         previous = streams.owner
         if previous is not None and previous is not self:
             previous.surrender()
@@ -467,6 +509,6 @@ class DurableLink:
 
 
 __all__ = [
-    "ACK_DELAY", "ACK_STEP", "OLD_PEER_REASON", "REPLAY_LIMIT", "REPLAY_LOW", "UNKNOWN_REASON", "DurableLink",
+    "ACK_DELAY", "ACK_STEP", "HOLD", "OLD_PEER_REASON", "REPLAY_LIMIT", "REPLAY_LOW", "UNKNOWN_REASON", "DurableLink",
     "DurableRegistry", "DurableStream", "DurableStreams",
 ]

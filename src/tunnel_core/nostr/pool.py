@@ -34,11 +34,21 @@ from tunnel_core.nostr.relay import (
 
 @attrs.frozen
 class Backoff:
-    """Exponential backoff: ``initial * factor**attempt`` capped at ``maximum``."""
+    """How soon a relay is tried again after ``n`` failures in a row: ``initial * factor**n`` capped at ``maximum``.
+
+    Why counted from the start of the failed attempt (not its end), and why a cap of 10 s: an attempt that fails
+    because nothing answers (the network is cut) already took the adapter's connect timeout (10 s), so the next one
+    starts at once - the relay heard nothing, there is nothing to spare it - and a path that heals is noticed within
+    the SYN retransmissions of one attempt (a few seconds), not after a long backoff. A relay that does answer (it
+    refuses, or accepts and closes) hears at most one attempt per ``maximum`` seconds once backed off. A connection
+    that stayed open ``stable_after`` seconds was a success: its loss starts the backoff again from ``initial``,
+    counted from the loss; a connection that closed sooner counts as one more failure (a relay that accepts and
+    drops at once is not hammered either)."""
 
     initial: float = 1.0
-    maximum: float = 30.0
+    maximum: float = 10.0
     factor: float = 2.0
+    stable_after: float = 30.0
 
     def delay(self, attempt: int) -> float:
         return min(self.maximum, self.initial * self.factor ** min(attempt, 64))
@@ -57,7 +67,11 @@ class EventReceived:
 
 @attrs.frozen
 class RelayUp:
+    """A relay (re)connected at ``at`` (the pool's clock): it has our subscription and the publications still
+    active; a flow that published something whose content ages (a request's timestamp) may publish it afresh."""
+
     relay: str
+    at: float
 
 
 @attrs.frozen
@@ -109,6 +123,8 @@ class _Relay:
     attempt: int = 0
     retry_at: float | None = None
     ever_tried: bool = False
+    started_at: float | None = None  # when the current (or last) connection attempt began
+    opened_at: float | None = None  # when the current connection opened (None: not open)
     outbox: list[str] = attrs.Factory(list)
 
 
@@ -176,6 +192,7 @@ class RelayPool:
                 relay.state = RelayState.CONNECTING
                 relay.ever_tried = True
                 relay.retry_at = None
+                relay.started_at = now
                 out.append(relay.url)
         return out
 
@@ -184,12 +201,12 @@ class RelayPool:
         if self._closing:
             return
         relay.state = RelayState.OPEN
-        relay.attempt = 0
+        relay.opened_at = now
         relay.outbox.append(encode_req(self._sub_id, self._filters))
         self._expire(now)
         for event, _expires in self._active.values():
             relay.outbox.append(encode_event(event))
-        self._events.append(RelayUp(url))
+        self._events.append(RelayUp(url, now))
 
     def disconnected(self, url: str, now: float, reason: str = "") -> None:
         relay = self._relay(url)
@@ -198,7 +215,13 @@ class RelayPool:
             relay.state = RelayState.CLOSED
             return
         relay.ever_tried = True
-        relay.retry_at = now + self._backoff.delay(relay.attempt)
+        since = relay.started_at if relay.started_at is not None else now
+        if relay.opened_at is not None:  # an open connection was lost: count from the loss
+            if now - relay.opened_at >= self._backoff.stable_after:
+                relay.attempt = 0
+            since = now
+        relay.opened_at = None
+        relay.retry_at = max(now, since + self._backoff.delay(relay.attempt))
         relay.attempt += 1
         relay.state = RelayState.WAITING
         self._events.append(RelayDown(url, reason, relay.retry_at))

@@ -3,7 +3,9 @@
 The fresh-clone test is the user's path (clone, ``scripts/demo.sh``, ``scripts/test.sh``) with a new venv installed
 from the package index (or its local cache), and it checks that nothing lands in the system interpreter: its
 site-packages, its user site and its scripts directory list the same files before and after. The suite itself is
-not run again inside the clone; ``scripts/test.sh`` gets one small test module as argument.
+not run again inside the clone; ``scripts/test.sh`` gets one small test module as argument. The run starts in the
+background when collection ends (tests/helpers/early.py: it is mostly pip, which the other CPU can do while the
+suite runs) and its test asserts on what it saw.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import dockerfile
 import pytest
 import yaml
+from tests.helpers import early
 
 from tunnel_cli.cli import TUNNEL_RS, build_options
 from tunnel_cli.relay_cmd import build_relay_options
@@ -62,33 +68,71 @@ def site_snapshot() -> dict[str, list[str]]:
 # ---------------------------------------------------------------------------------------------- fresh clone
 
 
+@attrs.define
+class FreshClone:
+    """What the fresh-clone run saw; the test asserts on it (the run starts early, see tests/helpers/early.py)."""
+
+    workdir: Path
+    before: dict[str, list[str]]
+    #: system interpreters that could already import tunnel_cli before the run (then nothing else was run)
+    preinstalled: list[str]
+    demo: subprocess.CompletedProcess[str] | None = None
+    suite: subprocess.CompletedProcess[str] | None = None
+    version: subprocess.CompletedProcess[str] | None = None
+    after: dict[str, list[str]] | None = None
+
+    @property
+    def clone(self) -> Path:
+        return self.workdir / "tunnel"
+
+
+def run_fresh_clone() -> FreshClone:
+    """The user's path from a fresh clone: ``scripts/demo.sh``, then ``scripts/test.sh`` with one small module."""
+    preinstalled = [python for python in system_pythons()
+                    if subprocess.run([python, "-c", "import tunnel_cli"], capture_output=True, env=clean_env(),
+                                      timeout=30).returncode == 0]
+    run = FreshClone(Path(tempfile.mkdtemp(prefix="tunnel-fresh-clone-")), site_snapshot(), preinstalled)
+    if preinstalled:
+        return run
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(run.clone)], check=True, timeout=120)
+    env = clean_env()
+    run.demo = subprocess.run(["scripts/demo.sh"], cwd=run.clone, env=env, capture_output=True, text=True,
+                              timeout=600, stdin=subprocess.DEVNULL)
+    if run.demo.returncode == 0:
+        run.suite = subprocess.run(["scripts/test.sh", "tests/test_wire.py"], cwd=run.clone, env=env,
+                                   capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+        run.version = subprocess.run([str(run.clone / ".venv" / "bin" / "tunnel"), "--version"],
+                                     capture_output=True, text=True, timeout=60)
+    run.after = site_snapshot()
+    return run
+
+
+early.offer("fresh-clone", "fresh_clone", run_fresh_clone)
+
+
+@pytest.fixture
+def fresh_clone() -> Iterator[FreshClone]:
+    run: FreshClone = early.result("fresh-clone", run_fresh_clone)
+    yield run
+    shutil.rmtree(run.workdir, ignore_errors=True)
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_fresh_clone_two_readme_commands_leave_the_system_python_alone(tmp_path: Path) -> None:
+def test_fresh_clone_two_readme_commands_leave_the_system_python_alone(fresh_clone: FreshClone) -> None:
     assert system_pythons(), "no system python3"
-    for python in system_pythons():  # no global install beforehand
-        check = subprocess.run([python, "-c", "import tunnel_cli"], capture_output=True, env=clean_env(), timeout=30)
-        assert check.returncode != 0, f"{python} already has tunnel installed globally"
-    before = site_snapshot()
-    clone = tmp_path / "tunnel"
-    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
-    env = clean_env()
-
-    demo = subprocess.run(["scripts/demo.sh"], cwd=clone, env=env, capture_output=True, text=True, timeout=600,
-                          stdin=subprocess.DEVNULL)
-    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert fresh_clone.preinstalled == [], f"{fresh_clone.preinstalled} already have tunnel installed globally"
+    clone, demo = fresh_clone.clone, fresh_clone.demo
+    assert demo is not None and demo.returncode == 0, demo and demo.stderr[-3000:]
     assert f"tunnel is installed in {clone / '.venv'}: {clone / '.venv' / 'bin' / 'tunnel'}" in demo.stderr
     assert f'export PATH="{clone / ".venv" / "bin"}:$PATH"' in demo.stderr
     assert re.search(r"sha256.*(match|ok)", demo.stdout + demo.stderr, re.IGNORECASE), demo.stdout[-2000:]
 
-    suite = subprocess.run(["scripts/test.sh", "tests/test_wire.py"], cwd=clone, env=env, capture_output=True,
-                           text=True, timeout=600, stdin=subprocess.DEVNULL)
-    assert suite.returncode == 0, (suite.stdout + suite.stderr)[-3000:]
+    suite = fresh_clone.suite
+    assert suite is not None and suite.returncode == 0, suite and (suite.stdout + suite.stderr)[-3000:]
     assert re.search(r"\d+ passed", suite.stdout)
-    version = subprocess.run([str(clone / ".venv" / "bin" / "tunnel"), "--version"], capture_output=True, text=True,
-                             timeout=60)
-    assert version.stdout.startswith("tunnel ")
-    assert site_snapshot() == before
+    assert fresh_clone.version is not None and fresh_clone.version.stdout.startswith("tunnel ")
+    assert fresh_clone.after == fresh_clone.before
 
 
 @pytest.mark.e2e

@@ -100,9 +100,12 @@ class SelectReactor:
         return True
 
     def _turn(self, deadline: float) -> None:
+        # A callback from a thread may be what run_until's predicate waits for: after one, poll without blocking,
+        # so the predicate is looked at again at once (not after a select() that sleeps until the deadline).
+        ran = bool(self._from_threads)
         while self._from_threads:
             self._from_threads.popleft()()
-        if self._soon:
+        if self._soon or ran:
             wait = 0.0
         else:
             when = self._timers.next_deadline()

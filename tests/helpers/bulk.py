@@ -50,18 +50,25 @@ class QuicMachine:
         )
         self.conn: TunnelQuicConnection | None = None
         self._stream: int | None = None
+        #: Something happened to the connection (start, a datagram, a timer) since it was last asked for datagrams.
+        #: The network asks every machine after every delivery; a connection nothing happened to has nothing new to
+        #: send (what it waits for is in get_timer), so only a touched one is asked - a real event loop does the
+        #: same, and the bulk runs take a third of the time.
+        self._touched = True
         if is_client:
             self.conn = TunnelQuicConnection(**self._kwargs)
 
     def start(self, now: float) -> None:
         assert self.conn is not None
         self.conn.connect(self.remote, now)
+        self._touched = True
 
     def receive_datagram(self, data: bytes, local: Address, remote: Address, now: float) -> None:
         if self.conn is None:
             odcid = pull_quic_header(Buffer(data=data), host_cid_length=8).destination_cid
             self.conn = TunnelQuicConnection(original_destination_connection_id=odcid, **self._kwargs)
         self.conn.receive_datagram(data, remote, now)
+        self._touched = True
         self._drain(now)
 
     def _drain(self, now: float) -> None:
@@ -76,8 +83,9 @@ class QuicMachine:
 
     def datagrams_to_send(self, now: float) -> list[Transmit]:
         conn = self.conn
-        if conn is None:
+        if conn is None or not self._touched:
             return []
+        self._touched = False
         if self.bulk and conn.peer_verified:
             if self._stream is None:
                 self._stream = conn.get_next_available_stream_id()
@@ -104,6 +112,7 @@ class QuicMachine:
     def handle_timer(self, now: float) -> None:
         if self.conn is not None:
             self.conn.handle_timer(now)
+            self._touched = True
             self._drain(now)
 
     def bytes_between(self, start: float, end: float) -> int:

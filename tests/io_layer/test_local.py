@@ -4,7 +4,6 @@ the forwarding session (what the session decides is tested in test_forwarding_se
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 from tunnel_core.forwarding import events as fe
@@ -85,16 +84,18 @@ def test_unwritten_bytes_are_reported_as_pending_and_drained() -> None:
     fwd.handle(fe.SendTcp(4, big))
     assert session.pending and session.pending[0] > 0  # the kernel could not take 64 MiB at once
     got = [0]
+    finished: list[bool] = []
 
     def read_all() -> None:
         user.settimeout(20)
         while got[0] < len(big) and (chunk := user.recv(1 << 20)):
             got[0] += len(chunk)
 
-    reader = threading.Thread(target=read_all, daemon=True)
-    reader.start()
-    assert reactor.run_until(lambda: got[0] == len(big), 30), got[0]
-    reader.join(5)
+    # The reader runs in the reactor's blocking-work thread, whose end wakes the loop: a plain thread's reads are
+    # invisible to the loop, which then slept in select() until run_until's deadline after its last write.
+    reactor.run_blocking(read_all, lambda ok, value: finished.append(ok))
+    assert reactor.run_until(lambda: bool(finished), 30), got[0]
+    assert finished == [True] and got[0] == len(big), got[0]
     assert session.pending[-1] == 0  # all written: the credit came back
     user.close()
     fwd.close()

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import attrs
+from tests.helpers import early
 
-from .lab import Lab
+from .lab import Lab, is_root, reap_stale_labs, tools_missing
 from .modes import MODES, PROBE, PYTHON, Connected, Failed, IrohMode, PathChange, RunningPair
 
 #: Pairs (client NAT, server NAT) where hole punching cannot work: a symmetric NAT against a port-restricted or
@@ -205,6 +206,18 @@ def _job_cost(mode: str, nat_a: str, nat_b: str) -> float:
     return 4.0
 
 
+def suite_results() -> SuiteResults:
+    """The whole suite's results: the run started when collection ended (tests/helpers/early.py), or one now."""
+    return early.result("nat", _reaped_run_suite)  # type: ignore[no-any-return]
+
+
+def _reaped_run_suite() -> SuiteResults:
+    if not is_root() or tools_missing():
+        raise RuntimeError("the NAT suite needs root and its tools (test_nat.py's fixture says which)")
+    reap_stale_labs()  # a previous run killed with SIGKILL cannot have cleaned up after itself
+    return run_suite()
+
+
 def run_suite(modes: tuple[str, ...] = SELECTED_MODES) -> SuiteResults:
     results = SuiteResults()
     started = time.monotonic()
@@ -368,3 +381,6 @@ def _mode_rows() -> list[str]:
         public, flags = _PUBLIC_SIDE.get(name, ("?", "?"))
         rows.append(f"| {name} | {public} | {flags} | {spec.connect_from} -> client's `Listening on` line |")
     return rows
+
+
+early.offer("nat", "nat_results", _reaped_run_suite)

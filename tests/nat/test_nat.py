@@ -1,7 +1,8 @@
 """The NAT suite: every ordered pair of NAT types x mode (with and without TURN); per mode, loss and a killed peer.
 
 Runs as root only (it builds network namespaces); CI is root. Everything runs once per session, concurrently in
-separate labs (see suite.py), and each test asserts on its own part of the results.
+separate labs (see suite.py), started in the background when collection ends (conftest.py), and each test asserts
+on its own part of the results.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .lab import is_root, lab_namespaces, reap_stale_labs, tools_missing
+from .lab import is_root, lab_namespaces, tools_missing
 from .modes import MODES, Connected, Failed
 from .suite import (
     DIRECT_PATHS,
@@ -22,7 +23,7 @@ from .suite import (
     WRITE_DOCS,
     SuiteResults,
     results_table,
-    run_suite,
+    suite_results,
     summary_lines,
     write_doc,
 )
@@ -44,8 +45,7 @@ def nat_results(request: pytest.FixtureRequest) -> Iterator[SuiteResults]:
     if missing:
         pytest.fail(f"the NAT suite needs {', '.join(missing)} (scripts/install.sh --test installs them)",
                     pytrace=False)
-    reap_stale_labs()  # a previous run killed with SIGKILL cannot have cleaned up after itself
-    results = run_suite()
+    results = suite_results()  # started at the end of collection (conftest.py), or here
     # Printed past pytest's capture: the table is the suite's report, wanted in every CI log.
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():

@@ -6,6 +6,10 @@ tunnel; the cut is an nftables table on the client's router dropping everything 
 directions, deleted to heal. The probe echoes a bounded transfer (``TRANSFER_MIB``, 32 MiB; the issue's 100 MiB is
 ``TUNNEL_OUTAGE_MIB=100``) through the tunnel and prints its progress with monotonic timestamps, which the test
 compares with the moment the cut ended (same machine, same clock).
+
+The three modes' runs happen at once, each in its own lab with its own cut timed to its own transfer (the suite
+pays for one 20 s cut, not three); each mode's test then asserts on its own result. (Not started early with the NAT
+suite, tests/helpers/early.py: the 2 s resume bound is the one here that CPU contention could push.)
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import json
 import os
 import queue
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from tests.nat.lab import Lab
 from tests.nat.modes import MODES, PROBE, PYTHON, Connected, Proc, RunningPair
 
-from .cut import cut, heal
+from .cut import cut, heal, require_labs
 
 pytestmark = [pytest.mark.nat, pytest.mark.timeout(400)]
 
@@ -32,6 +38,7 @@ CUT_AFTER = 4 * 1024 * 1024
 #: Python binding has no hook for it): it resumes at quinn's next backed-off probe or relay reconnect, measured at
 #: 6 to 9 s after a 20 s cut; the bound below says "it comes back by itself", docs/reconnect.md says the rest.
 RESUME_LIMIT = {"manual": 2.0, "nostr": 2.0, "iroh": 15.0}
+CUT_MODES = ("manual", "nostr", "iroh")
 class Progress:
     """The probe's stdout: progress lines (bytes, monotonic time) and its final JSON verdict."""
 
@@ -100,13 +107,39 @@ def run_cut(lab: Lab, pair: RunningPair) -> dict[str, object]:
         probe.stop()
 
 
-@pytest.mark.parametrize("mode", ["manual", "nostr", "iroh"])
-def test_a_20s_cut_during_a_transfer_ends_nothing_and_traffic_resumes_within_2s(lab: Lab, mode: str) -> None:
-    pair = MODES[mode].start(lab, turn=False)
-    try:
-        result = run_cut(lab, pair)
-    finally:
-        pair.close()
+def cut_in_own_lab(mode: str) -> dict[str, object]:
+    """One mode's run: its own lab (full cone both sides, as the ``lab`` fixture builds), tunnel, transfer, cut."""
+    with Lab("fullcone", "fullcone") as lab:
+        pair = MODES[mode].start(lab, turn=False)
+        try:
+            return run_cut(lab, pair)
+        finally:
+            pair.close()
+
+
+def cut_in_every_mode() -> dict[str, dict[str, object] | BaseException]:
+    """Every mode's run, concurrently; a run that failed holds its exception, raised by that mode's test."""
+    require_labs()
+    with ThreadPoolExecutor(len(CUT_MODES)) as pool:
+        futures = {mode: pool.submit(cut_in_own_lab, mode) for mode in CUT_MODES}
+        results: dict[str, dict[str, object] | BaseException] = {}
+        for mode, future in futures.items():
+            error = future.exception()
+            results[mode] = error if error is not None else future.result()
+    return results
+
+
+@pytest.fixture(scope="module")
+def cut_results() -> Iterator[dict[str, dict[str, object] | BaseException]]:
+    yield cut_in_every_mode()
+
+
+@pytest.mark.parametrize("mode", CUT_MODES)
+def test_a_20s_cut_during_a_transfer_ends_nothing_and_traffic_resumes_within_2s(
+        cut_results: dict[str, dict[str, object] | BaseException], mode: str) -> None:
+    result = cut_results[mode]
+    if isinstance(result, BaseException):
+        raise result
     print(f"\n[outage] mode={mode} MiB={TRANSFER_MIB} cut={CUT_SECONDS}s resume={result['resume_s']}s "
           f"transfer={result['transfer_s']}s", flush=True)
     assert result["resume_s"] <= RESUME_LIMIT[mode], result

@@ -211,15 +211,15 @@ class Host:
         return address
 
 
-@attrs.define(order=True)
+@attrs.define
 class _Pending:
     when: float
     seq: int
-    data: bytes = attrs.field(order=False)
-    src: Address = attrs.field(order=False)
-    dst: Address = attrs.field(order=False)
+    data: bytes
+    src: Address
+    dst: Address
     #: realm the datagram is travelling in when it arrives at dst (None = internet)
-    realm: Nat | None = attrs.field(order=False)
+    realm: Nat | None
 
 
 _INTERNET = None
@@ -264,7 +264,9 @@ class Network:
         self.record = False
         self._cuts: set[frozenset[str]] = set()
         self._links: dict[tuple[str, str], Link] = {}
-        self._queue: list[_Pending] = []
+        #: (when, seq, datagram): plain tuples, because the heap compares entries on every push and pop and a tuple
+        #: compares in C (attrs' generated ordering cost a tenth of a bulk congestion run); seq breaks ties in order.
+        self._queue: list[tuple[float, int, _Pending]] = []
         self._seq = itertools.count()
 
     # ------------------------------------------------------------------------------------------ topology
@@ -350,7 +352,7 @@ class Network:
             if when is None:
                 self._note_drop(Datagram(transmit.data, src, dst))
             else:
-                heapq.heappush(self._queue, _Pending(when, next(self._seq), transmit.data, src, dst, realm))
+                self._push(_Pending(when, next(self._seq), transmit.data, src, dst, realm))
             return
         if self._chance(self.loss):
             self._note_drop(Datagram(transmit.data, src, dst))
@@ -361,7 +363,10 @@ class Network:
             if self._chance(self.reorder):
                 assert self.rand is not None
                 when += self.rand.random() * self.reorder_delay
-            heapq.heappush(self._queue, _Pending(when, next(self._seq), transmit.data, src, dst, realm))
+            self._push(_Pending(when, next(self._seq), transmit.data, src, dst, realm))
+
+    def _push(self, pending: _Pending) -> None:
+        heapq.heappush(self._queue, (pending.when, pending.seq, pending))
 
     def _in_realm(self, ip: str, realm: Nat | None) -> bool:
         host = self.hosts.get(ip)
@@ -420,13 +425,13 @@ class Network:
             if t is not None and t <= now:
                 machine.handle_timer(now)
         self._flush()
-        while self._queue and self._queue[0].when <= now:
-            self._arrive(heapq.heappop(self._queue))
+        while self._queue and self._queue[0][0] <= now:
+            self._arrive(heapq.heappop(self._queue)[2])
             self._flush()
 
     def next_time(self) -> float | None:
         """When something next happens: a delivery or the earliest machine timer."""
-        times = [self._queue[0].when] if self._queue else []
+        times = [self._queue[0][0]] if self._queue else []
         for machine in self.machines:
             t = machine.get_timer()
             if t is not None:

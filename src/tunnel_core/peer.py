@@ -112,7 +112,20 @@ class TunnelClosed:
     auth_failed: bool = False
 
 
-PeerEvent = IceConnected | TunnelReady | TunnelClosed
+@attrs.frozen
+class TunnelHeld:
+    """Consent was lost and the tunnel holds on (``hold`` > 0): the path is gone for now, QUIC is kept. A manual
+    client on a terminal offers a fresh paste when this lasts (tunnel_core.repaste, docs/reconnect.md)."""
+
+    since: float
+
+
+@attrs.frozen
+class TunnelResumed:
+    """A held tunnel's path answers again (after ``TunnelHeld``)."""
+
+
+PeerEvent = IceConnected | TunnelReady | TunnelClosed | TunnelHeld | TunnelResumed
 
 
 class Peer:
@@ -425,6 +438,7 @@ class Peer:
                 else:
                     log.warning("Tunnel back after %.1fs: the client is back: %s", now - self._lost_at, path)
                 self._lost_at = self._give_up_at = None
+                self._events.append(TunnelResumed())
             else:
                 log.warning("Tunnel back after %.1f s without an answer from the peer", ev.outage)
             self._next_recheck = None
@@ -441,6 +455,7 @@ class Peer:
             else:
                 log.warning("Tunnel lost: %s. Keeping the session for the client to come back (giving up after "
                             "%gs)", silent, self.hold)
+            self._events.append(TunnelHeld(now))
             self._recheck(now)
         elif isinstance(ev, ice_events.ConsentLost):
             reason = "ICE consent lost - the peer stopped answering connectivity checks"
@@ -552,7 +567,9 @@ __all__ = [
     "LocalProtocolError",
     "Peer",
     "TunnelClosed",
+    "TunnelHeld",
     "TunnelReady",
+    "TunnelResumed",
     "classify",
     "connection_type",
     "is_loopback_pair",

@@ -211,6 +211,30 @@ def client_end(ev: TunnelClosed) -> TunnelError:
     return failure(ev)
 
 
+def mapped(gen: Generator[Any, Any, Any], change: Callable[[Any], Any]) -> Generator[Any, Any, Any]:
+    """Run the step ``gen`` with every effect it yields passed through ``change`` first (None: skip the effect,
+    send None back); results, errors and stop requests go back into ``gen`` untouched. How a step written for
+    one situation is reused in another (manual mode's spare tunnel, tunnel_core.repaste)."""
+    result: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            effect = gen.throw(error) if error is not None else gen.send(result)
+        except StopIteration as stop:
+            return stop.value
+        result, error = None, None
+        effect = change(effect)
+        if effect is None:
+            continue
+        try:
+            result = yield effect
+        except GeneratorExit:
+            gen.close()
+            raise
+        except BaseException as exc:  # a stop request or a failed effect: the inner step decides
+            error = exc
+
+
 def _input_error(exc: RemoteProtocolError) -> TunnelError:
     return TunnelError(str(exc), ExitCode.USAGE)
 

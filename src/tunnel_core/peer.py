@@ -445,6 +445,9 @@ class Peer:
             self._prod_quic(now)
         elif isinstance(ev, ice_events.PathAnswered):
             self._on_path_answered(ev, now)
+        elif isinstance(ev, ice_events.RoamingCandidate):
+            kind = "relayed" if ev.candidate.type is CandidateType.RELAY else "server-reflexive"
+            log.info("Gathered from %s: %s address %s", _show(ev.base), kind, _show(ev.candidate.address))
         elif isinstance(ev, ice_events.ConsentLost) and self.hold > 0 and self._ready and not self._closed:
             from tunnel_core.reconnect import lost_line
 
@@ -480,7 +483,7 @@ class Peer:
         if not self.is_client or self._closed or not self._path_in_doubt():
             return
         path = (ev.local_address, ev.remote_address)
-        if path == self.selected or self.ice.is_relayed(ev.local_address):
+        if path == self.selected:
             return
         missing = self.ice.consent_missing
         if not self.ice.move_to(path[0], path[1], now):

@@ -39,6 +39,7 @@ from tunnel_core.dialogue import (
     _start_checks,
     client_end,
     forward_routes,
+    mapped,
     several,
     start_peer,
     until_up,
@@ -95,23 +96,7 @@ def hold_or_paste(
 def _on_spare(gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
     """Run ``gen`` (a step written for the one tunnel) against the spare tunnel: its tunnel effects are wrapped in
     ``OnSpare``, the rest (lines, name resolution) pass as they are."""
-    result: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            effect = gen.throw(error) if error is not None else gen.send(result)
-        except StopIteration as stop:
-            return stop.value
-        result, error = None, None
-        if isinstance(effect, BindHostSockets | Start | Poke | Wait):
-            effect = OnSpare(effect)
-        try:
-            result = yield effect
-        except GeneratorExit:
-            gen.close()
-            raise
-        except BaseException as exc:  # a stop request or a failed effect: the inner step decides
-            error = exc
+    return mapped(gen, lambda e: OnSpare(e) if isinstance(e, BindHostSockets | Start | Poke | Wait) else e)
 
 
 def _fresh_paste(

@@ -624,7 +624,7 @@ def manual_client_dialogue(opts: ManualClientOptions, rng: Callable[[int], bytes
     yield from listen_all(forwards, verdicts)
     if reverses and verdicts is not None:
         yield from say_reverse_verdicts(reverses, verdicts, len(forwards))
-    if opts.reconnect_timeout > 0 and (yield AskTerminal()):
+    if opts.reconnect_timeout > 0 and opts.fresh_paste and (yield AskTerminal()):
         from tunnel_core.repaste import hold_or_paste  # it builds on this module's steps
 
         yield from hold_or_paste(opts, rng, forwards, reverses, spec["protocol"])

@@ -31,6 +31,8 @@ from .test_terminal_paste import _echo_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
+RUNTIME = os.environ.get("TUNNEL_E2E_RUNTIME", "asyncio")
+
 CONSENT_LIMIT = 30.0
 
 
@@ -116,10 +118,10 @@ def test_restarted_server_fresh_paste_on_a_terminal_keeps_the_listener() -> None
     srv, service = _echo_server()
     source = f"tcp://127.0.0.1:{service}"
     port, control_port = free_port(), free_port()
-    server_argv = cli_argv("asyncio", *server_manual_args(["127.0.0.0/8"]))
-    client = Terminal(cli_argv("asyncio", *client_manual_args(source, f"127.0.0.1:{port}")))
+    server_argv = cli_argv(RUNTIME, *server_manual_args(["127.0.0.0/8"]))
+    client = Terminal(cli_argv(RUNTIME, *client_manual_args(source, f"127.0.0.1:{port}")))
     control = TunnelProcess("control client", cli_argv(
-        "asyncio", *client_manual_args(source, f"127.0.0.1:{control_port}"), "--reconnect-timeout", "12s"))
+        RUNTIME, *client_manual_args(source, f"127.0.0.1:{control_port}"), "--reconnect-timeout", "12s"))
     first = TunnelProcess("server 1", server_argv)
     control_server = TunnelProcess("control server", server_argv)
     second: TunnelProcess | None = None

@@ -448,6 +448,8 @@ class Peer:
         elif isinstance(ev, ice_events.RoamingCandidate):
             kind = "relayed" if ev.candidate.type is CandidateType.RELAY else "server-reflexive"
             log.info("Gathered from %s: %s address %s", _show(ev.base), kind, _show(ev.candidate.address))
+            if ev.candidate.type is CandidateType.RELAY:
+                self._recheck(now)  # its pairs are new: check them now, not at the next round
         elif isinstance(ev, ice_events.ConsentLost) and self.hold > 0 and self._ready and not self._closed:
             from tunnel_core.reconnect import lost_line
 

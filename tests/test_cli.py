@@ -636,3 +636,18 @@ def test_manual_reconnect_timeout_config_key_and_flag_precedence(tmp_path: Path)
     with pytest.raises(TunnelError) as info:
         cli.build_options(["client", "-c", str(bad)])
     assert "[manual] reconnect_timeout" in info.value.message and info.value.exit_code == 2
+
+
+def test_manual_fresh_paste_is_off_with_a_config_read_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/reconnect.md: stdin that carried the config is not a terminal to paste into (issue 15 item 2)."""
+    import json
+
+    assert cli.build_options(MANUAL_CLIENT)[1].fresh_paste is True
+    config = {"role": "client", "mode": "manual", "manual": {"source": "tcp://127.0.0.1:22",
+                                                             "target": "127.0.0.1:2222"}}
+    read, write = os.pipe()
+    os.write(write, json.dumps(config).encode())
+    os.close(write)
+    with open(read) as stdin:
+        monkeypatch.setattr("sys.stdin", stdin)
+        assert cli.build_options(["client", "--config-stdin"])[1].fresh_paste is False

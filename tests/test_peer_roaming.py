@@ -145,3 +145,24 @@ def test_a_recheck_starts_from_any_pair_state(state: PairState) -> None:
         pair.state = state
     assert client.agent.recheck(net.clock.now) == len(client.agent.pairs)
     assert client.agent.recheck(net.clock.now) == 0  # all in flight: nothing twice
+
+
+def test_a_new_address_gathers_from_the_stun_and_turn_servers_too() -> None:
+    """Roaming gathers as at the start (issue 15 item 3): from the new address, a Binding to the STUN server and an
+    Allocate to the TURN server go out (tests/wan/test_roaming.py shows the relay bringing a client back)."""
+    from tunnel_core import stun
+    from tunnel_core.turn import TurnServer
+
+    net = Network(VirtualClock())
+    client, _server, _got = _start_transfer(net, cut_after=64 * 1024)
+    client.agent.stun_servers = [("192.0.2.50", 3478)]
+    client.agent.turn_servers = [TurnServer(("192.0.2.51", 3478), "user", "secret")]
+    new_addr = net.add_host(NEW_CLIENT_IP).bind(client.peer)
+    now = net.clock.now
+    assert client.agent.add_roaming_address(new_addr, now)
+    sent = list(client.agent.datagrams_to_send(now))
+    client.agent.handle_timer(now + 0.1)
+    sent += client.agent.datagrams_to_send(now + 0.1)
+    methods = {(t.local, t.remote, stun.decode(t.data).method) for t in sent if stun.is_stun(t.data)}
+    assert (new_addr, ("192.0.2.50", 3478), stun.Method.BINDING) in methods, methods
+    assert (new_addr, ("192.0.2.51", 3478), stun.Method.ALLOCATE) in methods, methods

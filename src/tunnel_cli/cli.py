@@ -251,7 +251,9 @@ def _client_options(
     namespace: argparse.Namespace, section: ManualSection, ice: IceOptions, config: cfg.ConfigFile | None
 ) -> ManualClientOptions:
     options = _client_forwards(namespace, section, ice, config)
-    return attrs.evolve(options, reconnect_timeout=_reconnect_timeout(namespace, section))
+    # A config read from stdin shares it with the blocks: no fresh paste there (docs/reconnect.md).
+    return attrs.evolve(options, reconnect_timeout=_reconnect_timeout(namespace, section),
+                        fresh_paste=not getattr(namespace, "config_stdin", False))
 
 
 def _client_forwards(

@@ -61,9 +61,17 @@ class PrintBlock:
 
 @attrs.frozen
 class ReadBlock:
-    """Read lines from stdin until one whole BEGIN/END block of ``kind`` arrived; returns the block text."""
+    """Read lines from stdin until one whole BEGIN/END block of ``kind`` arrived; returns the block text.
+
+    With ``interrupt`` (a ``Wait`` kind), the read also ends when that milestone of the running tunnel (or its
+    end) comes first; the milestone's event is returned instead and the read goes on for the next ReadBlock."""
 
     kind: Literal["OFFER", "ANSWER"]
+    interrupt: str | None = None
+
+
+class EndOfInput(TunnelError):
+    """stdin ended before a block began (``ReadBlock``); exit 2 like any other missing block."""
 
 
 @attrs.frozen
@@ -100,7 +108,9 @@ class Poke:
     fn: Callable[[float], None]
 
 
-WaitKind = Literal["gathered", "connected", "ready", "closed"]
+#: "held" / "back": a held tunnel lost its path / found it again (``TunnelHeld`` / ``TunnelResumed``; each clears
+#: the other, so they can be waited for again and again).
+WaitKind = Literal["gathered", "connected", "ready", "closed", "held", "back"]
 
 
 @attrs.frozen
@@ -142,13 +152,37 @@ class Sleep:
     seconds: float
 
 
+@attrs.frozen
+class AskTerminal:
+    """Whether stdin is a terminal a person can paste into; returns a bool (docs/reconnect.md, fresh paste)."""
+
+
+@attrs.frozen
+class OnSpare:
+    """Perform ``effect`` (BindHostSockets, Start, Poke, Wait; others as usual) on a *spare* tunnel built beside
+    the running one, which keeps going meanwhile (manual mode's fresh paste, tunnel_core.repaste)."""
+
+    effect: Any
+
+
+@attrs.frozen
+class Promote:
+    """The spare tunnel is ready: let go of the running one (like ``Detach``: its open local connections reset
+    with one line each) and carry the local listeners over to the spare, which becomes the tunnel."""
+
+
+@attrs.frozen
+class DropSpare:
+    """Close the spare tunnel (its peer, driver and sockets), if there is one."""
+
+
 class Stopped(Exception):
     """Thrown into a dialogue by its interpreter when the user asked the program to stop."""
 
 
 Effect = (
     Say | PrintBlock | ReadBlock | BindHostSockets | Resolve | NewIdentity | Start | Poke | Wait | Listen | Detach
-    | Sleep
+    | Sleep | AskTerminal | OnSpare | Promote | DropSpare
 )
 Dialogue = Generator[Effect, Any, None]
 
@@ -175,6 +209,30 @@ def client_end(ev: TunnelClosed) -> TunnelError:
     if closed_orderly(ev):
         return TunnelError("The server closed the tunnel", ExitCode.CONNECTION_LOST)
     return failure(ev)
+
+
+def mapped(gen: Generator[Any, Any, Any], change: Callable[[Any], Any]) -> Generator[Any, Any, Any]:
+    """Run the step ``gen`` with every effect it yields passed through ``change`` first (None: skip the effect,
+    send None back); results, errors and stop requests go back into ``gen`` untouched. How a step written for
+    one situation is reused in another (manual mode's spare tunnel, tunnel_core.repaste)."""
+    result: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            effect = gen.throw(error) if error is not None else gen.send(result)
+        except StopIteration as stop:
+            return stop.value
+        result, error = None, None
+        effect = change(effect)
+        if effect is None:
+            continue
+        try:
+            result = yield effect
+        except GeneratorExit:
+            gen.close()
+            raise
+        except BaseException as exc:  # a stop request or a failed effect: the inner step decides
+            error = exc
 
 
 def _input_error(exc: RemoteProtocolError) -> TunnelError:
@@ -566,6 +624,11 @@ def manual_client_dialogue(opts: ManualClientOptions, rng: Callable[[int], bytes
     yield from listen_all(forwards, verdicts)
     if reverses and verdicts is not None:
         yield from say_reverse_verdicts(reverses, verdicts, len(forwards))
+    if opts.reconnect_timeout > 0 and opts.fresh_paste and (yield AskTerminal()):
+        from tunnel_core.repaste import hold_or_paste  # it builds on this module's steps
+
+        yield from hold_or_paste(opts, rng, forwards, reverses, spec["protocol"])
+        return
     closed = yield Wait("closed")
     raise client_end(closed)
 

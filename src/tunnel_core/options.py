@@ -126,3 +126,6 @@ class ManualClientOptions:
     #: How long to hold on and look for a path again when the server stops answering (docs/reconnect.md); 0 exits
     #: with 11 when ICE consent is lost, as before.
     reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
+    #: When the held tunnel stays lost, ask for a fresh OFFER/ANSWER exchange - only ever when stdin is a terminal
+    #: (tunnel_core.repaste); False keeps holding until the timeout (the CLI's choice with --config-stdin).
+    fresh_paste: bool = True

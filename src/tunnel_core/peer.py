@@ -112,7 +112,20 @@ class TunnelClosed:
     auth_failed: bool = False
 
 
-PeerEvent = IceConnected | TunnelReady | TunnelClosed
+@attrs.frozen
+class TunnelHeld:
+    """Consent was lost and the tunnel holds on (``hold`` > 0): the path is gone for now, QUIC is kept. A manual
+    client on a terminal offers a fresh paste when this lasts (tunnel_core.repaste, docs/reconnect.md)."""
+
+    since: float
+
+
+@attrs.frozen
+class TunnelResumed:
+    """A held tunnel's path answers again (after ``TunnelHeld``)."""
+
+
+PeerEvent = IceConnected | TunnelReady | TunnelClosed | TunnelHeld | TunnelResumed
 
 
 class Peer:
@@ -425,12 +438,18 @@ class Peer:
                 else:
                     log.warning("Tunnel back after %.1fs: the client is back: %s", now - self._lost_at, path)
                 self._lost_at = self._give_up_at = None
+                self._events.append(TunnelResumed())
             else:
                 log.warning("Tunnel back after %.1f s without an answer from the peer", ev.outage)
             self._next_recheck = None
             self._prod_quic(now)
         elif isinstance(ev, ice_events.PathAnswered):
             self._on_path_answered(ev, now)
+        elif isinstance(ev, ice_events.RoamingCandidate):
+            kind = "relayed" if ev.candidate.type is CandidateType.RELAY else "server-reflexive"
+            log.info("Gathered from %s: %s address %s", _show(ev.base), kind, _show(ev.candidate.address))
+            if ev.candidate.type is CandidateType.RELAY:
+                self._recheck(now)  # its pairs are new: check them now, not at the next round
         elif isinstance(ev, ice_events.ConsentLost) and self.hold > 0 and self._ready and not self._closed:
             from tunnel_core.reconnect import lost_line
 
@@ -441,6 +460,7 @@ class Peer:
             else:
                 log.warning("Tunnel lost: %s. Keeping the session for the client to come back (giving up after "
                             "%gs)", silent, self.hold)
+            self._events.append(TunnelHeld(now))
             self._recheck(now)
         elif isinstance(ev, ice_events.ConsentLost):
             reason = "ICE consent lost - the peer stopped answering connectivity checks"
@@ -465,7 +485,7 @@ class Peer:
         if not self.is_client or self._closed or not self._path_in_doubt():
             return
         path = (ev.local_address, ev.remote_address)
-        if path == self.selected or self.ice.is_relayed(ev.local_address):
+        if path == self.selected:
             return
         missing = self.ice.consent_missing
         if not self.ice.move_to(path[0], path[1], now):
@@ -552,7 +572,9 @@ __all__ = [
     "LocalProtocolError",
     "Peer",
     "TunnelClosed",
+    "TunnelHeld",
     "TunnelReady",
+    "TunnelResumed",
     "classify",
     "connection_type",
     "is_loopback_pair",

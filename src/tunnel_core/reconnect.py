@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-from tunnel_core.dialogue import Detach, Say, Sleep
+from tunnel_core.dialogue import Detach, Say, Sleep, mapped
 from tunnel_core.options import DEFAULT_RECONNECT_TIMEOUT, ExitCode, TunnelError
 from tunnel_core.peer import IceConnected
 
@@ -68,23 +68,7 @@ def gave_up(elapsed: float, attempts: int, last: str) -> TunnelError:
 
 def quiet(gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
     """Run ``gen`` with its ``Say`` lines swallowed (an attempt's progress lines would repeat on every try)."""
-    result: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            effect = gen.throw(error) if error is not None else gen.send(result)
-        except StopIteration as stop:
-            return stop.value
-        result, error = None, None
-        if isinstance(effect, Say):
-            continue
-        try:
-            result = yield effect
-        except GeneratorExit:
-            gen.close()
-            raise
-        except BaseException as exc:  # a stop request or a failed effect: the inner flow decides
-            error = exc
+    return mapped(gen, lambda effect: None if isinstance(effect, Say) else effect)
 
 
 def keep_reconnecting(

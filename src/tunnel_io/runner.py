@@ -29,7 +29,7 @@ from tunnel_core.errors import ProtocolError
 from tunnel_core.forwarding.durable import DurableRegistry, DurableStreams
 from tunnel_core.ice.events import GatheringComplete
 from tunnel_core.options import ExitCode, TunnelError
-from tunnel_core.peer import IceConnected, TunnelClosed, TunnelReady
+from tunnel_core.peer import IceConnected, TunnelClosed, TunnelHeld, TunnelReady, TunnelResumed
 from tunnel_core.types import Address
 from tunnel_io import Console, PrefixConsole, bind_host_sockets, new_identity, unique_addresses
 from tunnel_io.driver import PeerDriver
@@ -79,6 +79,8 @@ def read_block(stdin: Any, kind: str) -> str:
             except (OSError, ValueError):
                 line = ""  # a closed or broken stdin is the end of input
             if line == "":
+                if not "".join(lines).strip():
+                    raise dx.EndOfInput("Missing BEGIN marker", ExitCode.USAGE)
                 reader.feed_eof()  # raises the reference's message (missing BEGIN / END marker)
                 raise TunnelError("Missing BEGIN marker", ExitCode.USAGE)
             used += len(line)
@@ -105,6 +107,16 @@ class _Pending:
         self.check = check
         self.stoppable = stoppable
         self.timer: Timer | None = None
+
+
+class _Spare:
+    """A tunnel built beside the running one (``dx.OnSpare``): its sockets, Peer, driver and milestones."""
+
+    def __init__(self, sockets: dict[Address, Any]) -> None:
+        self.sockets = sockets
+        self.peer: Any = None
+        self.driver: PeerDriver | None = None
+        self.results: dict[str, Any] = {}
 
 
 class DialogueRunner:
@@ -146,6 +158,10 @@ class DialogueRunner:
         #: durable streams (docs/durable.md), on the root: a client's one session, a server's registry
         self.durable_streams: DurableStreams | None = None
         self.durable_registry: DurableRegistry | None = None
+        #: manual mode's fresh paste (tunnel_core.repaste): the tunnel built beside the held one, and the stdin
+        #: read still in flight (one at a time: a read the dialogue stopped waiting for goes on for the next one)
+        self._spare: _Spare | None = None
+        self._reading: list[Any] | None = None
 
     # ------------------------------------------------------------------------------------------ public
 
@@ -240,7 +256,19 @@ class DialogueRunner:
         elif isinstance(effect, dx.PrintBlock):
             self.console.block(effect.text)
         elif isinstance(effect, dx.ReadBlock):
-            return self._read_block(effect.kind)
+            return self._read_block(effect.kind, effect.interrupt)
+        elif isinstance(effect, dx.AskTerminal):
+            isatty = getattr(self.console.stdin, "isatty", None)
+            try:
+                return bool(isatty and isatty())
+            except (OSError, ValueError):
+                return False
+        elif isinstance(effect, dx.OnSpare):
+            return self._on_spare(effect.effect)
+        elif isinstance(effect, dx.Promote):
+            self._promote()
+        elif isinstance(effect, dx.DropSpare):
+            self._drop_spare()
         elif isinstance(effect, dx.BindHostSockets):
             self._wanted = effect.wanted
             self.sockets = bind_host_sockets(effect.wanted)
@@ -290,8 +318,9 @@ class DialogueRunner:
             raise TypeError(f"unknown effect {effect!r}")
         return None
 
-    def _milestone(self, kind: str) -> Callable[[], Any]:
-        results = self.results
+    def _milestone(self, kind: str, results: dict[str, Any] | None = None) -> Callable[[], Any]:
+        if results is None:
+            results = self.results
 
         def check() -> Any:
             if kind in results:
@@ -312,18 +341,37 @@ class DialogueRunner:
         self.reactor.run_blocking(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), done)
         return self._wait(lambda: box[0] if box else _NOT_YET)
 
-    def _read_block(self, kind: str) -> Any:
+    def _read_block(self, kind: str, interrupt: str | None = None) -> Any:
         """One whole block from stdin, read where it may block (a thread, or a greenlet for a cooperative object
-        on gevent), so the loop - and ICE answering the peer's checks - never waits on the terminal."""
-        box: list[Any] = []
+        on gevent), so the loop - and ICE answering the peer's checks - never waits on the terminal.
 
-        def done(ok: bool, value: Any) -> None:
-            box.append(value if ok else _Failure(value))
-            self._poll()
+        With ``interrupt`` the wait also ends at that milestone (or the tunnel's end) and the read goes on: the
+        next ReadBlock takes it over. A block that arrives while nobody waits for it is dropped with one line."""
+        box = self._reading
+        if box is None:
+            box = self._reading = []
 
-        stdin = self.console.stdin
-        self.reactor.run_blocking(lambda: read_block(stdin, kind), done, subject=stdin)
-        return self._wait(lambda: box[0] if box else _NOT_YET)
+            def done(ok: bool, value: Any) -> None:
+                if self._reading is box:
+                    self._reading = None
+                box.append(value if ok else _Failure(value))
+                if self._pending is None or getattr(self._pending.check, "box", None) is not box:
+                    if ok:
+                        self.console.say("Ignored the pasted block: nothing is waiting for one now")
+                    return
+                self._poll()
+
+            stdin = self.console.stdin
+            self.reactor.run_blocking(lambda: read_block(stdin, kind), done, subject=stdin)
+        milestone = self._milestone(interrupt) if interrupt is not None else None
+
+        def check_box() -> Any:
+            if box:
+                return box[0]
+            return milestone() if milestone is not None else _NOT_YET
+
+        check_box.box = box  # type: ignore[attr-defined]
+        return self._wait(check_box)
 
     def _open_relays(self, effect: fx.OpenRelays) -> Any:
         relays = RelayConnections(self.reactor, effect.pool, self._signal, self._poll)
@@ -369,6 +417,68 @@ class DialogueRunner:
             self.local = LocalForwarder(self.reactor, self._session, self.driver.kick_now, self.driver.now)
         else:  # a reconnect: the listeners (and what waits in their backlog) carry over to the new tunnel
             self.local.kick, self.local.now = self.driver.kick_now, self.driver.now
+
+    def _on_spare(self, effect: Any) -> Any:
+        """dx.OnSpare: the tunnel effects aimed at the spare tunnel; the held one keeps running meanwhile."""
+        spare = self._spare
+        if isinstance(effect, dx.BindHostSockets):
+            self._drop_spare()
+            self._spare = spare = _Spare(bind_host_sockets(effect.wanted))
+            return list(spare.sockets)
+        if spare is None:
+            return self._perform(effect)
+        if isinstance(effect, dx.Start):
+            peer = spare.peer = effect.peer
+            peer.durable = self._durable_state(peer.is_client)
+            spare.driver = PeerDriver(self.reactor, peer, spare.sockets,
+                                      lambda ev: self._on_event(ev) if self.peer is peer else self._spare_event(ev))
+            return None
+        if isinstance(effect, dx.Poke):
+            assert spare.driver is not None
+            effect.fn(spare.driver.now())
+            spare.driver.flush()
+            return None
+        if isinstance(effect, dx.Wait):
+            return self._wait(self._milestone(effect.kind, spare.results), effect.timeout)
+        return self._perform(effect)
+
+    def _spare_event(self, ev: Any) -> None:
+        spare = self._spare
+        if spare is None:
+            return
+        kinds = {GatheringComplete: "gathered", IceConnected: "connected", TunnelReady: "ready",
+                 TunnelClosed: "closed"}
+        kind = kinds.get(type(ev))
+        if kind is None or kind in spare.results:
+            return
+        if isinstance(ev, IceConnected) and spare.driver is not None:
+            spare.driver.keep_only(ev.local_address)
+        spare.results[kind] = ev
+        self._poll()
+
+    def _promote(self) -> None:
+        """dx.Promote: the spare becomes the tunnel; the held one goes (``_detach``), the listeners stay."""
+        spare, self._spare = self._spare, None
+        assert spare is not None and spare.driver is not None
+        self._detach()
+        self.sockets, self.peer, self.driver, self.results = spare.sockets, spare.peer, spare.driver, spare.results
+        self._watch = AddressWatch(self.reactor, spare.driver, spare.peer, self._wanted)
+        if self.local is not None:
+            self.local.kick, self.local.now = spare.driver.kick_now, spare.driver.now
+            if "ready" in self.results:
+                self.local.attach()
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        if spare.driver is not None:
+            if spare.peer is not None and not spare.peer.closed:
+                spare.peer.close(spare.driver.now(), "done")  # releases its TURN allocations
+                spare.driver.flush()
+            spare.driver.close()
+        for sock in spare.sockets.values():
+            sock.close()
 
     def _durable_state(self, is_client: bool) -> DurableStreams | DurableRegistry:
         """What the Peer's session needs for durable streams; lives on the root runner, across tunnels (a nostr
@@ -427,6 +537,12 @@ class DialogueRunner:
         elif isinstance(ev, TunnelClosed):
             self._settle("closed", ev)
             self._poll_close()
+        elif isinstance(ev, TunnelHeld):
+            self.results.pop("back", None)
+            self._settle("held", ev)
+        elif isinstance(ev, TunnelResumed):
+            self.results.pop("held", None)
+            self._settle("back", ev)
         elif self.local is not None:
             self.local.handle(ev)
 
@@ -514,6 +630,7 @@ class DialogueRunner:
             return
         self.finished = True
         self._stop_watch()
+        self._drop_spare()
         if self.local is not None:
             closed = self.results.get("closed")
             lost = isinstance(closed, TunnelClosed) and not dx.closed_orderly(closed)

@@ -20,10 +20,10 @@ from collections.abc import Callable
 
 import pytest
 from tests.e2e.programs import Sshd
-from tests.nat.lab import is_root, reap_stale_labs
-from tests.nat.modes import PROBE, Proc
+from tests.nat.lab import LAN, SRV_IP, WAN, is_root, reap_stale_labs
+from tests.nat.modes import CLI, PROBE, Connected, Proc, RunningPair, ice_args, start_echo
 from tests.outage.test_cut import Progress
-from tests.wan.lab import Profile, WanLab
+from tests.wan.lab import NatWanLab, Profile, WanLab, change_address
 from tests.wan.tunnels import PYTHON, Pair, probe, service, start_iroh, start_manual, start_nostr
 
 pytestmark = [pytest.mark.wan, pytest.mark.timeout(400)]
@@ -243,3 +243,89 @@ def test_iroh_udp_source_keeps_working_across_a_reconnect() -> None:
         finally:
             pair.close()
             echo.stop()
+
+
+#: pA's new LAN address in the TURN roaming test; its network lets it reach the lab's coturn and nothing else.
+RELAY_ONLY_ADDRESS = "10.0.1.3"
+RELAY_ONLY_FIREWALL = f"""table inet roam_relay_only {{
+  chain forward {{
+    type filter hook forward priority filter - 20; policy accept;
+    iifname "lan" ip saddr {RELAY_ONLY_ADDRESS} ip daddr != {SRV_IP} counter drop
+  }}
+}}
+"""
+
+
+def _manual_in_nat_lab(lab: NatWanLab, echo_port: int, listen_port: int, *, turn: bool,
+                       extra: tuple[str, ...] = ()) -> RunningPair:
+    """A manual pair in the NAT lab whose client names its interface (``--host-candidate eth0``), so it roams."""
+    echo = start_echo(lab, echo_port)
+    server = Proc("server", lab.in_ns("pB", [*CLI, "server", "manual", "--allowed-tcp", "127.0.0.0/8",
+                                             *ice_args(lab, "B", False)]))
+    client_ice = ["eth0" if arg == lab.lan_ip("A") else arg for arg in ice_args(lab, "A", turn)]
+    client = Proc("client", lab.in_ns("pA", [*CLI, "client", "manual", "--source", f"tcp://127.0.0.1:{echo_port}",
+                                             "--target", f"127.0.0.1:{listen_port}", *client_ice, *extra]))
+    pair = RunningPair(lab=lab, client=client, server=server, echo=echo, listen_port=listen_port)
+    server.paste(client.read_block("OFFER", 30))
+    client.paste(server.read_block("ANSWER", 30))
+    return pair
+
+
+def test_manual_client_roaming_onto_a_network_that_reaches_only_turn_comes_back_through_a_new_relay() -> None:
+    """Issue 15 item 3, relay candidates: the client moves (new LAN address, old one removed) onto a network whose
+    firewall lets it reach the TURN server and nothing else. Re-checks from the new host address cannot reach the
+    server; the relay allocated from the new address can: the client moves its QUIC onto the relayed path (no new
+    paste) and the transfer under way completes intact. A control client without TURN, moved at the same moment,
+    never finds a path and gives up (exit 11) - it is the new relay candidate that brings the first one back."""
+    if not is_root():
+        pytest.fail("the NAT lab builds network namespaces and must run as root (CI does)", pytrace=False)
+    reap_stale_labs()
+    with NatWanLab("prc", "fullcone", wan_profiles={"A": Profile("relay-roam", delay_ms=10, rate_mbit=40)}) as lab:
+        pairs: list[RunningPair] = []
+        probe: Proc | None = None
+        try:
+            relayed = _manual_in_nat_lab(lab, 7000, 7100, turn=True)
+            pairs.append(relayed)
+            control = _manual_in_nat_lab(lab, 7001, 7101, turn=False, extra=("--reconnect-timeout", "5s"))
+            pairs.append(control)
+            for pair in pairs:
+                assert isinstance(pair.wait_connected(), Connected), pair.describe()
+            total = TRANSFER_MIB * 1024 * 1024
+            probe = Proc("transfer", lab.in_ns("pA", [PYTHON, PROBE, "transfer", "7100", str(total),
+                                                      "--timeout", "200", "--progress"]))
+            prog = Progress(probe)
+            prog.pump(time.monotonic() + 60, enough=MOVE_AFTER)
+            assert prog.verdict is None and prog.received >= MOVE_AFTER, (prog.verdict, relayed.describe())
+            lab.nx("rA", "nft", "-f", "-", input_text=RELAY_ONLY_FIREWALL)
+            change_address(lab, "pA", "eth0", lab.lan_ip("A"), RELAY_ONLY_ADDRESS, gateway=f"{LAN['A']}.1")
+            moved_at = time.monotonic()
+            at_move = prog.received
+            prog.pump(moved_at + 200)
+            verdict = json.loads(prog.verdict or "{}")
+            resumed = prog.first_growth_after(moved_at + 0.2, at_move)
+            moved = relayed.client.line_time(r"Path moved to .*: Relay \(TURN\)")
+            print(f"\n[roaming] manual onto a relay-only network: ok={verdict.get('ok')}, path moved "
+                  f"{None if moved is None else round(moved - moved_at, 2)}s and data flowed again "
+                  f"{None if resumed is None else round(resumed - moved_at, 2)}s after the move, transfer "
+                  f"{verdict.get('seconds')}s", flush=True)
+            for line, at in zip(relayed.client.stderr_lines, relayed.client.stderr_times, strict=False):
+                if at >= moved_at:
+                    print(f"[roaming] relayed client +{at - moved_at:.2f}s: {line}", flush=True)
+            assert verdict.get("ok") is True, (verdict, relayed.describe())
+            assert moved is not None, relayed.describe()
+            assert relayed.client.wait_line(rf"Gathered from {RELAY_ONLY_ADDRESS}:\d+: relayed address "
+                                            rf"{re.escape(SRV_IP)}:\d+", 1), relayed.describe()
+            assert relayed.client.wait_line(rf"Gathered from {RELAY_ONLY_ADDRESS}:\d+: server-reflexive address "
+                                            rf"{re.escape(WAN['A'])}:\d+", 1), relayed.describe()
+            assert relayed.client.proc.poll() is None and relayed.server.proc.poll() is None, relayed.describe()
+            assert relayed.server.wait_line(r"Path moved from .* to .*\(validated by QUIC\)", 5), relayed.describe()
+            assert sum("BEGIN TUNNEL-RS MANUAL OFFER" in line for line in relayed.client.stderr_lines) == 0
+            # The control: same move, no TURN: no path from the new network, it gives up (30 s consent + 5 s).
+            assert control._exit_code(60) == 11, control.describe()
+            assert control.client.wait_line(r"Gave up reconnecting after 5s", 1), control.describe()
+            assert control.client.wait_line(r"Path moved to", 0) is None, control.describe()
+        finally:
+            if probe is not None:
+                probe.stop()
+            for pair in pairs:
+                pair.close()

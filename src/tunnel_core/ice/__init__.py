@@ -14,6 +14,7 @@ from tunnel_core.ice.events import (
     NominationIgnored,
     PairSelected,
     PathAnswered,
+    RoamingCandidate,
     RoleChanged,
     ServerReflexiveDiscovered,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "PairSelected",
     "PairState",
     "PathAnswered",
+    "RoamingCandidate",
     "RoleChanged",
     "ServerReflexiveDiscovered",
     "pair_priority",

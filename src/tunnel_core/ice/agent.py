@@ -155,6 +155,8 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
         #: roaming (tunnel_core.ice.roaming): bases whose address left the machine; pairs re-checked this round
         self._retired: set[Address] = set()
         self._rechecking: set[tuple[Address, Address]] = set()
+        #: bases added after selection: STUN and TURN gathering from them goes on after gathering completed
+        self._roaming_bases: set[Address] = set()
 
     # ------------------------------------------------------------------------------------------ properties
 
@@ -225,19 +227,23 @@ class IceAgent(RelayingMixin, GatheringMixin, AnsweringMixin, CheckingMixin, Nom
         if self._gather_deadline is not None or self.gathering_complete:
             raise LocalProtocolError("gather() was already called")
         for base in self._bases:
-            for server in self.stun_servers:
-                if is_ipv6(base[0]) == is_ipv6(server[0]):
-                    self._gather_queue.append((base, server))
-            for turn in self.turn_servers:
-                if is_ipv6(base[0]) == is_ipv6(turn.address[0]) and (base, turn.address) not in self._turn_by_path:
-                    client = TurnClient(server=turn, base=base, rng=self._rng)
-                    self._turn_by_path[(base, turn.address)] = client
-                    client.allocate(now)
+            self._gather_from(base, now)
         self._now = max(self._now, now)
         self._gather_deadline = now + self.timing.gather_timeout
         if not self._connect_started:
             self._state = IceState.GATHERING
         self._maybe_gathering_complete(now)
+
+    def _gather_from(self, base: Address, now: float) -> None:
+        """Queue a Binding to every STUN server of ``base``'s family and allocate on every such TURN server."""
+        for server in self.stun_servers:
+            if is_ipv6(base[0]) == is_ipv6(server[0]):
+                self._gather_queue.append((base, server))
+        for turn in self.turn_servers:
+            if is_ipv6(base[0]) == is_ipv6(turn.address[0]) and (base, turn.address) not in self._turn_by_path:
+                client = TurnClient(server=turn, base=base, rng=self._rng)
+                self._turn_by_path[(base, turn.address)] = client
+                client.allocate(now)
 
     def set_remote(self, ufrag: str, pwd: str, candidates: Sequence[Candidate]) -> None:
         """The peer's credentials and all its candidates (no trickle). Unusable candidates are skipped."""

@@ -97,6 +97,16 @@ class PathAnswered:
 
 
 @attrs.frozen
+class RoamingCandidate:
+    """After selection, a candidate gathered from a new local address (tunnel_core.ice.roaming): the
+    server-reflexive address a STUN server saw, or a TURN relayed address whose pairs are then re-checked. Not
+    signalled (manual mode has no channel for it); reported so the user sees what the new network offers."""
+
+    candidate: Candidate
+    base: Address
+
+
+@attrs.frozen
 class IceFailed:
     reason: str
 
@@ -132,6 +142,6 @@ class RoleChanged:
 
 IceEvent = (
     GatheringComplete | ServerReflexiveDiscovered | PairSelected | NominationIgnored | PathAnswered | IceFailed
-    | ConsentLost
+    | ConsentLost | RoamingCandidate
     | ConsentDegraded | ConsentRestored | RoleChanged
 )

@@ -38,7 +38,9 @@ class GatheringMixin:
         self._maybe_gathering_complete(now)
 
     def _add_srflx(self, mapped: Address, base: Address, server: Address) -> None:
-        if self.gathering_complete or is_ipv6(mapped[0]) != is_ipv6(base[0]):
+        if self.gathering_complete and base not in self._roaming_bases:
+            return
+        if is_ipv6(mapped[0]) != is_ipv6(base[0]):
             return
         # Redundant (5.1.3): same address as a host candidate, or a srflx we already have for this base.
         for cand, cbase in self._locals:
@@ -58,6 +60,10 @@ class GatheringMixin:
             related_port=0,
         )
         self._locals.append((cand, base))
+        if base in self._roaming_bases:
+            # Its checks would go from the same base as the host candidate's (pruned, RFC 8445 6.1.2.4): it adds
+            # no pair, only what the user learns about the new network.
+            self._events.append(ev.RoamingCandidate(candidate=cand, base=base))
 
     def _maybe_gathering_complete(self, now: float) -> None:
         if self.gathering_complete or self._gather_deadline is None or self._gather_queue:

@@ -86,7 +86,8 @@ class RelayingMixin:
         self._maybe_gathering_complete(now)
 
     def _add_relay(self, client: TurnClient, allocated: Allocated, now: float) -> None:
-        if self.gathering_complete or self._finished:
+        roaming = client.base in self._roaming_bases
+        if (self.gathering_complete and not roaming) or self._finished:
             client.close(now)
             return
         relayed = allocated.relayed
@@ -112,6 +113,13 @@ class RelayingMixin:
             related_port=0,
         )
         self._locals.append((cand, relayed))
+        if roaming:
+            # Allocated after selection from a new address: pair it with every known remote candidate, let
+            # their answers in, and the next re-check round (tunnel_core.ice.roaming) tries them.
+            for remote in self._remotes:
+                client.permit(remote.host, now)
+            self._pair_local(cand, relayed)
+            self._events.append(ev.RoamingCandidate(candidate=cand, base=client.base))
 
     def _release_unused_relays(self, keep: Address | None, now: float) -> None:
         for relayed, client in list(self._turn_by_relayed.items()):
@@ -120,3 +128,8 @@ class RelayingMixin:
         for client in self._turn_by_path.values():
             if client.state is TurnState.ALLOCATING:
                 client.close(now)
+
+    def _relay_live(self, relayed: Address) -> bool:
+        """Whether the allocation behind relayed address ``relayed`` can carry checks (allocated, not released)."""
+        client = self._turn_by_relayed.get(relayed)
+        return client is not None and client.state is TurnState.ALLOCATED

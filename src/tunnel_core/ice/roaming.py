@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from tunnel_core.candidate import Candidate
 from tunnel_core.ice import events as ev
 from tunnel_core.ice.checklist import CandidatePair, PairState, Trigger, is_ipv6
 from tunnel_core.ice.transaction import Purpose
@@ -25,7 +26,10 @@ class RoamingMixin:
 
     def add_roaming_address(self, address: Address, now: float) -> bool:
         """A socket bound at ``address`` after the tunnel came up (the machine got a new address): it becomes a
-        host candidate paired with every known remote candidate of its family. True if it was new."""
+        host candidate paired with every known remote candidate of its family, and it gathers as at the start -
+        a Binding to every STUN server and an allocation on every TURN server of its family - so a new network
+        that reaches the peer only through a relay still finds a path (a relayed address answers re-checks like
+        any other; ``_add_relay``). True if it was new."""
         if self._finished or not self._connect_started:
             return False
         base = self._add_host(address)
@@ -33,8 +37,16 @@ class RoamingMixin:
             return False
         self._now = max(self._now, now)
         self._retired.discard(base)
+        self._roaming_bases.add(base)
         cand = self._local_for_base(base)
         assert cand is not None
+        self._pair_local(cand, base)
+        self._gather_from(base, now)
+        return True
+
+    def _pair_local(self, cand: Candidate, base: Address) -> None:
+        """Pair a local candidate that arrived after the checklist was formed with every remote one of its
+        family (waiting: the next re-check round sends them)."""
         for remote in self._remotes:
             if is_ipv6(remote.host) != is_ipv6(base[0]) or (base, remote.address) in self._pair_by_key:
                 continue
@@ -43,7 +55,6 @@ class RoamingMixin:
             self._pairs.append(pair)
             self._pair_by_key[pair.key] = pair
         self._sort_pairs()
-        return True
 
     def retire_local_ip(self, ip: str) -> None:
         """The address ``ip`` left the machine (its sockets are closed): no more checks from any base on it."""
@@ -64,10 +75,13 @@ class RoamingMixin:
         busy = {tx.pair.key for tx in self._transactions.values() if tx.purpose is Purpose.CHECK and tx.pair}
         sent = 0
         for pair in self._pairs:
-            if pair.base in self._retired or pair.key in busy or pair.base not in self._bases:
+            if pair.base in self._retired or pair.key in busy:
                 continue
             if pair.base in self._turn_by_relayed:
-                continue  # a released or idle allocation: TURN is re-gathered only by a new session
+                if not self._relay_live(pair.base):
+                    continue  # a released allocation (one gathered from a new address is live)
+            elif pair.base not in self._bases:
+                continue
             if pair.state in (PairState.FAILED, PairState.IN_PROGRESS):
                 # IN_PROGRESS without a transaction: its check was dropped at selection (8.1.2).
                 pair.apply(Trigger.TRIGGER)
@@ -90,8 +104,12 @@ class RoamingMixin:
         """The QUIC client decided to send over (local, remote), a pair a re-check just proved: consent follows.
 
         Only the side that owns the decision calls this (the QUIC client, whose packets then prove the path to the
-        server's QUIC); it is ``follow_path`` with the client's evidence, an authenticated check response."""
-        return self.follow_path(local, remote, now)
+        server's QUIC); it is ``follow_path`` with the client's evidence, an authenticated check response.
+        Allocations the new path does not use are released (as at selection)."""
+        if not self.follow_path(local, remote, now):
+            return False
+        self._release_unused_relays(local if local in self._turn_by_relayed else None, now)
+        return True
 
     @property
     def consent_missing(self) -> bool:

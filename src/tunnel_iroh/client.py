@@ -56,7 +56,7 @@ from tunnel_iroh.bridge import (
     tune_tcp,
 )
 from tunnel_iroh.dial import DialFailed, happy_eyeballs
-from tunnel_iroh.endpoint import PathWatch, bind_endpoint, connect, endpoint_id_bytes, path_views
+from tunnel_iroh.endpoint import CONNECT_TIMEOUT, PathWatch, bind_endpoint, connect, endpoint_id_bytes, path_views
 from tunnel_iroh.socks import OnionBridges
 
 log = logging.getLogger("tunnel_iroh")
@@ -160,9 +160,10 @@ class IrohClient:
         log.info("Connected to server %s", format_endpoint_id(self.options.server_id))
         await self._adopt(conn)
 
-    async def _dial(self) -> Any:
-        """A new connection to the server, authenticated under e4 (closed again if that fails)."""
-        conn = await connect(self.endpoint, self.options.server_id, **self._dial_args)
+    async def _dial(self, timeout: float = CONNECT_TIMEOUT) -> Any:
+        """A new connection to the server (its handshake given ``timeout``), authenticated under e4 (closed again
+        if that fails)."""
+        conn = await connect(self.endpoint, self.options.server_id, timeout=timeout, **self._dial_args)
         if self.e4:
             try:
                 await self._authenticate(conn)
@@ -187,8 +188,9 @@ class IrohClient:
         self._up.set()
         if self.e4 and self.options.reconnect_timeout > 0:
             healer = heal.Healer(conn, offsets=self._durable_offsets, nudge=self._nudge,
-                                       movable=lambda: self._fragile == 0,
-                                       dial=self._dial, adopt=self._heal, current=lambda: self.conn)
+                                 movable=lambda: self._fragile == 0,
+                                 dial=lambda: self._dial(heal.PROBE_TIMEOUT), adopt=self._heal,
+                                 current=lambda: self.conn)
             self._spawn(healer.run())
 
     def _durable_offsets(self) -> list[heal.Offsets]:
@@ -648,7 +650,8 @@ class IrohClient:
                 if not self._closing and (conn is not self.conn or _closed(conn)):
                     log.warning("%s", reset_line(name))
                 return
-            await self._ensure_control(conn, source)
+            if self._control_conn is not conn:  # opened beside the stream: its bytes need not wait for it
+                self._spawn(self._ensure_control(conn, source))
             outcome = await durable.bridge(reader, writer, send, recv, stream, accepted.durable, accepted.payload,
                                            room, self._control.want)
             if outcome is durable.Outcome.DONE:

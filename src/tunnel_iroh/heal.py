@@ -49,7 +49,8 @@ NUDGE_AFTER = 1.0
 NUDGE_WAIT = 1.0
 #: How often the healer looks at the connection.
 SAMPLE = 0.25
-#: The probe dials of a stall: one every PROBE_INTERVAL seconds, each given PROBE_TIMEOUT to complete ...
+#: The probe dials of a stall: one every PROBE_INTERVAL seconds, each given PROBE_TIMEOUT to complete its QUIC
+#: handshake (once that is done the path is back, and authenticating gets the ordinary time) ...
 PROBE_INTERVAL = 1.0
 PROBE_TIMEOUT = 2.0
 #: At most this many probe dials at once. Why more than one: on a direct path a dial started just before the path
@@ -155,7 +156,8 @@ class Healer:
 
     ``offsets()`` gives the durable streams' offsets, ``nudge()`` sends the server our confirmations again,
     ``movable()`` whether every open stream survives a move,
-    ``dial()`` makes and authenticates a new connection (raising on failure), ``adopt(new, stalled_for, probes)``
+    ``dial()`` makes (``PROBE_TIMEOUT`` for the handshake) and authenticates a new connection (raising on
+    failure), ``adopt(new, stalled_for, probes)``
     switches to it (and closes the old one). ``run`` ends when the connection closes or was replaced."""
 
     def __init__(self, conn: Any, *, offsets: Callable[[], Iterable[Offsets]], nudge: Callable[[], None],
@@ -221,7 +223,7 @@ class Healer:
                         probe.cancel()
                 elif len(probes) < MAX_PROBES and detector.probe_due(now) and self._movable():
                     detector.probe_started(now)
-                    probes.add(asyncio.ensure_future(asyncio.wait_for(self._dial(), PROBE_TIMEOUT)))
+                    probes.add(asyncio.ensure_future(self._dial()))
         finally:
             for probe in probes:
                 probe.cancel()

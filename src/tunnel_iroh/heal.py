@@ -74,7 +74,8 @@ class StallDetector:
         self._rx: int | None = None
         self._rx_since = now
         self._confirmed: dict[int, int] = {}
-        self._received: dict[int, int] | None = None  # None: no sample yet (the first one is the baseline)
+        #: the first sample counts what its streams received as movement: a cut can come before the second one
+        self._received: dict[int, int] = {}
         self._waiting_since: float | None = None
         self._active_at: float | None = None
         self._nudged_at: float | None = None
@@ -99,8 +100,7 @@ class StallDetector:
         confirmed = {key: done for key, done, _end, _got in streams}
         received = {key: got for key, _done, _end, got in streams}
         sent_moved = any(key not in confirmed or confirmed[key] > done for key, done in self._confirmed.items())
-        got_moved = self._received is not None and any(got > self._received.get(key, 0)
-                                                       for key, got in received.items())
+        got_moved = any(got > self._received.get(key, 0) for key, got in received.items())
         self._confirmed, self._received, self._open = confirmed, received, bool(streams)
         if sent_moved or got_moved:
             self._active_at = now
@@ -204,9 +204,11 @@ class Healer:
                     log.warning("Tunnel back after %.1fs: the stalled connection recovered by itself",
                                 now - began + STALL)
                 if detector.nudge_due(now):
+                    log.debug("heal: nothing from the server for %.1f s after data moved; nudging it", NUDGE_AFTER)
                     detector.nudged(now)
                     self._nudge()
                 if detector.stalled and began is None:
+                    log.debug("heal: stalled (%s)", detector.kind)
                     log.warning("Tunnel degraded: no packet from the server for %.0f s while data was moving; dialing "
                                 "it again in the background (the open connections are kept)", STALL)
                 for probe in [p for p in probes if p.done()]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-from tunnel_iroh.heal import PROBE_INTERVAL, SLOW_AFTER, SLOW_PROBE_INTERVAL, STALL, StallDetector
+from tunnel_iroh.heal import ACTIVE, PROBE_INTERVAL, SLOW_AFTER, SLOW_PROBE_INTERVAL, STALL, StallDetector
 
 STEP = 0.25
 #: the nudges of the last ``run``
@@ -81,10 +81,26 @@ def test_a_live_slow_path_is_not_a_stall_even_when_nothing_is_confirmed_for_long
 
 
 def test_an_idle_connection_is_not_a_stall() -> None:
-    """Nothing waits for a confirmation: iroh's keep-alives come every few seconds, silence means nothing."""
+    """Nothing waits for a confirmation and nothing moves: iroh's keep-alives come every few seconds, silence
+    means nothing. (The streams' first sample counts as movement, so for ACTIVE seconds silences are nudged;
+    a live path answers them.)"""
+    nudges.clear()
     detector = StallDetector(0.0)
-    probes = run(detector, 0.0, 30.0, Counter(lambda t: False), lambda now: [(1, 4096, 4096, 77), (2, 0, 0, 0)])
+
+    def rx(now: float) -> int:
+        return sum(1 for n in nudges if n < now)  # each nudge answered by the next sample
+
+    probes = run(detector, 0.0, 30.0, rx, lambda now: [(1, 4096, 4096, 77), (2, 0, 0, 0)])
     assert probes == [] and not detector.stalled
+    assert nudges and all(n <= ACTIVE + STEP for n in nudges), nudges
+
+
+def test_a_cut_right_after_the_first_bytes_is_still_noticed() -> None:
+    """The stream opened, received its first bytes and the path was cut all before the healer's second sample."""
+    nudges.clear()
+    detector = StallDetector(0.0)
+    probes = run(detector, 0.0, 5.0, Counter(lambda t: False), lambda now: [(1, 0, 0, 4 << 20)])
+    assert detector.stalled and detector.kind == "receive" and probes
 
 
 def test_a_confirmation_ends_the_stall_and_the_probing() -> None:

@@ -155,15 +155,14 @@ class Healer:
     """Watches one connection; when it stalls, dials probes and offers the first that completes to ``adopt``.
 
     ``offsets()`` gives the durable streams' offsets, ``nudge()`` sends the server our confirmations again,
-    ``movable()`` whether every open stream survives a move,
-    ``dial()`` makes (``PROBE_TIMEOUT`` for the handshake) and authenticates a new connection (raising on
-    failure), ``adopt(new, stalled_for, probes)``
-    switches to it (and closes the old one). ``run`` ends when the connection closes or was replaced."""
+    ``movable()`` says whether every open stream survives a move, ``dial()`` makes (``PROBE_TIMEOUT`` for the
+    handshake) and authenticates a new connection (raising on failure), ``adopt(new, stalled_for, probes)``
+    switches to it (and closes the old one), ``current()`` is the client's connection now. ``run`` ends when the
+    connection closes or was replaced."""
 
     def __init__(self, conn: Any, *, offsets: Callable[[], Iterable[Offsets]], nudge: Callable[[], None],
-                 movable: Callable[[], bool],
-                 dial: Callable[[], Awaitable[Any]], adopt: Callable[[Any, float, int], Awaitable[None]],
-                 current: Callable[[], Any]) -> None:
+                 movable: Callable[[], bool], dial: Callable[[], Awaitable[Any]],
+                 adopt: Callable[[Any, float, int], Awaitable[None]], current: Callable[[], Any]) -> None:
         self.conn = conn
         self._offsets = offsets
         self._nudge = nudge

@@ -44,7 +44,7 @@ from tunnel_core.socks5 import GENERAL_FAILURE, SUCCEEDED, Socks5Server, refusal
 from tunnel_core.socks5 import reply as socks5_reply
 from tunnel_core.types import Address
 from tunnel_core.wire import DurableRequest, MessageReader, UdpFrameDecoder, WireError, decode_source_request
-from tunnel_iroh import durable, ffi
+from tunnel_iroh import durable, ffi, heal
 from tunnel_iroh.bridge import (
     READ_LIMIT,
     TCP_LIMIT,
@@ -56,7 +56,7 @@ from tunnel_iroh.bridge import (
     tune_tcp,
 )
 from tunnel_iroh.dial import DialFailed, happy_eyeballs
-from tunnel_iroh.endpoint import PathWatch, bind_endpoint, connect, endpoint_id_bytes, path_views
+from tunnel_iroh.endpoint import CONNECT_TIMEOUT, PathWatch, bind_endpoint, connect, endpoint_id_bytes, path_views
 from tunnel_iroh.socks import OnionBridges
 
 log = logging.getLogger("tunnel_iroh")
@@ -112,6 +112,9 @@ class IrohClient:
         self._control = durable.Control(self._on_ack)
         self._control_conn: Any = None
         self._control_lock = asyncio.Lock()
+        #: open connections that would be reset by a move to a new connection (not durable): SOCKS5, reverse,
+        #: streams upstream's server carries; while there is one, a stalled connection is not replaced (heal)
+        self._fragile = 0
         self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
         self.alpn = ALPN_E4 if self.e4 else ALPN_E2
 
@@ -153,20 +156,59 @@ class IrohClient:
 
     async def _connect(self) -> None:
         """Dial the server (and authenticate under e4); then watch the path and let local connections through."""
-        opts = self.options
-        self.conn = await connect(self.endpoint, opts.server_id, **self._dial_args)
-        log.info("Connected to server %s", format_endpoint_id(opts.server_id))
+        conn = await self._dial()
+        log.info("Connected to server %s", format_endpoint_id(self.options.server_id))
+        await self._adopt(conn)
+
+    async def _dial(self, timeout: float = CONNECT_TIMEOUT) -> Any:
+        """A new connection to the server (its handshake given ``timeout``), authenticated under e4 (closed again
+        if that fails)."""
+        conn = await connect(self.endpoint, self.options.server_id, timeout=timeout, **self._dial_args)
         if self.e4:
-            await self._authenticate()
+            try:
+                await self._authenticate(conn)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.close(CLOSE_DONE.code, CLOSE_DONE.reason)
+                raise
+        return conn
+
+    async def _adopt(self, conn: Any) -> None:
+        """Make ``conn`` the connection: watch its path, renew UDP flows, let local connections through, and (with
+        durable streams) watch it for a stall (tunnel_iroh.heal)."""
+        self.conn = conn
         if self._watch is not None:
             await self._watch.stop()
-        self._watch = PathWatch(self.conn)
+        self._watch = PathWatch(conn)
         self._watch.start()
         if self._on_reconnect and self._established:
             for renew in self._on_reconnect:
                 renew()
             self._renew_link()
         self._up.set()
+        if self.e4 and self.options.reconnect_timeout > 0:
+            healer = heal.Healer(conn, offsets=self._durable_offsets, nudge=self._nudge,
+                                 movable=lambda: self._fragile == 0,
+                                 dial=lambda: self._dial(heal.PROBE_TIMEOUT), adopt=self._heal,
+                                 current=lambda: self.conn)
+            self._spawn(healer.run())
+
+    def _durable_offsets(self) -> list[heal.Offsets]:
+        return [(key, stream.confirmed, stream.end, stream.received) for key, (stream, _room) in self._durable.items()]
+
+    def _nudge(self) -> None:
+        self._control.nudge([stream for stream, _room in self._durable.values()])
+
+    async def _heal(self, new: Any, stalled_for: float, probes: int) -> None:
+        """A probe dial completed while the connection was stalled: move to the new connection and close the old
+        one; every durable stream resumes on the new one at its confirmed offset (``_carry_durable``)."""
+        old = self.conn
+        await self._adopt(new)
+        with contextlib.suppress(Exception):
+            old.close(CLOSE_DONE.code, CLOSE_DONE.reason)
+        log.warning("%s (a new connection; the stalled one is closed, %d stream(s) move to it)",
+                    back_line(stalled_for, probes, _path_text(new)), len(self._durable))
+        await self._request_reverse()  # the server's listeners went with the old connection
 
     async def wait(self) -> None:
         """Until the connection closes for good; a close we did not ask for is an error with the right exit code.
@@ -175,9 +217,12 @@ class IrohClient:
         stays; new local TCP connections wait for the new connection, open ones end with it; UDP flows are opened
         anew on it (the local UDP socket and its peers stay)."""
         while True:
-            reason = await self.conn.closed()
+            conn = self.conn
+            reason = await conn.closed()
             if self._closing:
                 return
+            if self.conn is not conn:  # replaced by a healthier connection (tunnel_iroh.heal): not a loss
+                continue
             text = str(reason)
             if "unauthorized" in text and "code 1" in text:
                 raise TunnelError(
@@ -259,13 +304,23 @@ class IrohClient:
             await asyncio.sleep(NEXT_CONNECTION_POLL)
         return False
 
+    async def _bridge_fragile(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, send: Any, recv: Any,
+                              first: bytes) -> None:
+        """``bridge_tcp`` for a connection that does not survive a move to a new connection (counted in
+        ``_fragile``, so a stalled connection is not replaced under it)."""
+        self._fragile += 1
+        try:
+            await bridge_tcp(reader, writer, send, recv, first=first)
+        finally:
+            self._fragile -= 1
+
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _authenticate(self) -> None:
+    async def _authenticate(self, conn: Any) -> None:
         """E4: prove the Ed25519 key on the first bi-stream before any listener is bound (exit 3 when refused)."""
         f = ffi.load()
         seed = self.options.auth_seed
@@ -275,7 +330,7 @@ class IrohClient:
         loop = asyncio.get_running_loop()
         machine = AuthClient(seed, now=loop.time())
         try:
-            bi = await self.conn.open_bi()
+            bi = await conn.open_bi()
             send, recv = bi.send(), bi.recv()
             await send.write_all(machine.init_bytes())
             while True:
@@ -377,7 +432,7 @@ class IrohClient:
             writer.write(socks5_reply(SUCCEEDED))
             if machine.remainder:
                 await send.write_all(machine.remainder)
-            await bridge_tcp(reader, writer, send, recv, first=payload)
+            await self._bridge_fragile(reader, writer, send, recv, first=payload)
         finally:
             if task is not None:
                 self._tasks.discard(task)
@@ -462,7 +517,7 @@ class IrohClient:
                 await recv.stop(0)
             return
         tune_tcp(tcp_writer)
-        await bridge_tcp(tcp_reader, tcp_writer, send, recv, first=reader.remainder)
+        await self._bridge_fragile(tcp_reader, tcp_writer, send, recv, first=reader.remainder)
 
     async def open_source_stream(
         self, datagram_flow: int | None = None, source: str | None = None
@@ -543,7 +598,7 @@ class IrohClient:
                 log.error("%s", exc.message)
                 writer.transport.abort()
                 return
-            await bridge_tcp(reader, writer, send, recv, first=payload)
+            await self._bridge_fragile(reader, writer, send, recv, first=payload)
             if not self._closing and (conn is not self.conn or _closed(conn)):
                 peer = writer.get_extra_info("peername")
                 log.warning("%s", reset_line(f"{peer[0]}:{peer[1]}" if peer else "a local client"))
@@ -591,11 +646,12 @@ class IrohClient:
                     log.warning("%s", reset_line(name, OLD_PEER_REASON))
                     writer.transport.abort()
                     return
-                await bridge_tcp(reader, writer, send, recv, first=accepted.payload)
+                await self._bridge_fragile(reader, writer, send, recv, first=accepted.payload)
                 if not self._closing and (conn is not self.conn or _closed(conn)):
                     log.warning("%s", reset_line(name))
                 return
-            await self._ensure_control(conn, source)
+            if self._control_conn is not conn:  # opened beside the stream: its bytes need not wait for it
+                self._spawn(self._ensure_control(conn, source))
             outcome = await durable.bridge(reader, writer, send, recv, stream, accepted.durable, accepted.payload,
                                            room, self._control.want)
             if outcome is durable.Outcome.DONE:

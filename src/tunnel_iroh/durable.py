@@ -58,11 +58,19 @@ class Control:
         self.on_ack = on_ack
         self.dirty: dict[int, DurableStream] = {}
         self.wake = asyncio.Event()
+        self.repeat = False
 
     def want(self, stream: DurableStream) -> None:
         if stream.key is not None:
             self.dirty[stream.key] = stream
             self.wake.set()
+
+    def nudge(self, streams: list[DurableStream]) -> None:
+        """Send the confirmations of ``streams`` again, even those already sent: something the peer's QUIC must
+        acknowledge (tunnel_iroh.heal: is the path alive?); a repeated ACK changes nothing at the peer."""
+        self.repeat = True
+        for stream in streams:
+            self.want(stream)
 
     async def run(self, send: Any, recv: Any, first: bytes = b"") -> None:
         """Until the stream (or its connection) ends."""
@@ -72,7 +80,8 @@ class Control:
                 await self.wake.wait()
                 self.wake.clear()
                 batch, self.dirty = list(self.dirty.values()), {}
-                due = [(s, s.received) for s in batch if s.key is not None and s.received > s.told]
+                repeat, self.repeat = self.repeat, False
+                due = [(s, s.received) for s in batch if s.key is not None and (s.received > s.told or repeat)]
                 if not due:
                     continue
                 try:

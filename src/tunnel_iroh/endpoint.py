@@ -89,16 +89,17 @@ def direct_addresses(endpoint: Any) -> list[str]:
 
 
 async def connect(
-    endpoint: Any, server_id: bytes, *, alpn: bytes, relay_urls: Sequence[str], server_addrs: Sequence[str]
+    endpoint: Any, server_id: bytes, *, alpn: bytes, relay_urls: Sequence[str], server_addrs: Sequence[str],
+    timeout: float = CONNECT_TIMEOUT,
 ) -> Any:
     """Dial the server by id, giving iroh every hint we have (first relay URL and all direct addresses)."""
     f = ffi.load()
     relay = relay_urls[0] if relay_urls else None
     addr = f.EndpointAddr(f.EndpointId.from_bytes(server_id), relay, list(server_addrs))
     try:
-        return await asyncio.wait_for(endpoint.connect(addr, alpn), CONNECT_TIMEOUT)
+        return await asyncio.wait_for(endpoint.connect(addr, alpn), timeout)
     except TimeoutError:
-        raise TunnelError(f"Connection timed out after {CONNECT_TIMEOUT:.0f}s", ExitCode.CONNECT_FAILED) from None
+        raise TunnelError(f"Connection timed out after {timeout:g}s", ExitCode.CONNECT_FAILED) from None
     except f.IrohError as exc:
         raise TunnelError(f"Failed to connect to server: {ffi.error_text(exc)}", ExitCode.CONNECT_FAILED) from None
 

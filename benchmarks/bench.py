@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.private_net import reexec_in_private_net  # noqa: E402
 from tests.e2e import programs  # noqa: E402
 from tests.e2e.harness import FAKE_RUNTIME, RUNTIME_MODULES, ManualTunnel  # noqa: E402
 from tests.e2e.programs import LOOPBACK  # noqa: E402
@@ -247,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--no-iroh", action="store_true", help="skip the iroh-mode row")
     args = parser.parse_args(argv)
+    code = reexec_in_private_net()  # iroh's portmapper probes must not leave the host (benchmarks/private_net.py)
+    if code is not None:
+        return code
     results = run(args)
     quic_us = None
     if any(r.name.startswith("tunnel (") and "iroh" not in r.name for r in results) and args.runtime != FAKE_RUNTIME:

@@ -23,6 +23,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.private_net import reexec_in_private_net  # noqa: E402
 
 ALPN = b"relaybench/1"
 CHUNK = 256 * 1024
@@ -134,7 +141,6 @@ async def bench(url: str, mib: int, samples: int) -> dict:
 
 
 def inside(args: argparse.Namespace) -> dict:
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     rules = ("add table inet relaybench\n"
              "add chain inet relaybench out { type filter hook output priority 0; policy accept; }\n"
              "add rule inet relaybench out meta l4proto udp drop\n")
@@ -165,9 +171,9 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
-    if os.environ.get("BENCH_RELAY_NETNS") != "1":
-        env = {**os.environ, "BENCH_RELAY_NETNS": "1"}
-        return subprocess.run(["unshare", "-n", sys.executable, *sys.argv], env=env).returncode
+    code = reexec_in_private_net()
+    if code is not None:
+        return code
     result = inside(args)
     for key, value in result.items():
         print(f"{key:22} {value}")

@@ -5,7 +5,7 @@ results do not depend on time (tests/test_congestion.py, about a minute) rather 
 from __future__ import annotations
 
 import pytest
-from tests.helpers import early
+from tests.helpers import early, egress_guard
 
 #: Modules whose tests are run first when something starts early (virtual time only: contention cannot change them).
 FIRST = ("test_congestion.py",)
@@ -19,3 +19,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     early.start_for(session.items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _egress_guard() -> object:
+    """tests/helpers/egress_guard.py: iroh's portmapper probes never leave the host while tests run."""
+    installed = egress_guard.install()
+    yield installed
+    if installed:
+        egress_guard.remove()

@@ -109,7 +109,7 @@ def test_configuration_matches_upstream_ice_modes() -> None:
         assert cfg.verify_mode == ssl.CERT_NONE
         assert cfg.idle_timeout == 300.0
         assert cfg.max_data == cfg.max_stream_data == 8 * 1024 * 1024
-        assert cfg.congestion_control_algorithm == "cubic"
+        assert cfg.congestion_control_algorithm == "bbr"  # ours since session 5 (upstream: quinn's cubic)
     assert server.max_datagram_size == 16000  # clamped below aioquic's varint bug
     assert client.max_datagram_size == 1350
     assert server.certificate is ident.certificate and server.private_key is ident.private_key

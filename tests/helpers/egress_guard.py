@@ -7,8 +7,10 @@ pytest process and in `tunnel` processes) would send those on the host's real in
 tests talk only to loopback and to namespaces they create. Namespaced labs are unaffected (they have no route out).
 
 While the session runs, one nftables table in the host namespace drops exactly those packets on output (loopback
-excepted); it is removed when the session ends, and a table left by a killed session is replaced. Root only (the
-suite runs as root in CI; elsewhere the lab tests fail on their own).
+excepted); it is removed when the session ends. The table is named after the session's pid: a pytest run started
+by a test (the NAT suite's background run, a fresh clone's) has its own and removes only its own, and tables of
+sessions that were killed are reaped. Root only (the suite runs as root in CI; elsewhere the lab tests fail on
+their own).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import os
 import shutil
 import subprocess
 
-TABLE = "tunnel_test_egress_guard"
+PREFIX = "tunnel_test_egress_guard_"
+TABLE = f"{PREFIX}{os.getpid()}"
 RULES = f"""
 table inet {TABLE} {{
     chain output {{
@@ -35,13 +38,28 @@ def install() -> bool:
     """Put the table in place (replacing an old one); False where this is not root or nft is missing."""
     if os.geteuid() != 0 or shutil.which("nft") is None:
         return False
+    for table in tables():
+        pid = table[len(PREFIX):]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            _delete(table)  # its session was killed
     remove()
     subprocess.run(["nft", "-f", "-"], input=RULES, text=True, check=True, capture_output=True)
     return True
 
 
 def remove() -> None:
-    subprocess.run(["nft", "delete", "table", "inet", TABLE], capture_output=True, check=False)
+    """Remove this session's table (never another session's)."""
+    _delete(TABLE)
+
+
+def tables() -> list[str]:
+    """The guard tables of every session now in the host namespace."""
+    out = subprocess.run(["nft", "list", "tables", "inet"], capture_output=True, text=True, check=False).stdout
+    return [line.split()[-1] for line in out.splitlines() if line.split()[-1:] and line.split()[-1].startswith(PREFIX)]
+
+
+def _delete(table: str) -> None:
+    subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
 
 
 def dropped() -> int:

@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", default="asyncio")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "profiles")
     parser.add_argument("--no-profile", action="store_true", help="only the iperf3 figure (a before/after check)")
+    parser.add_argument("--raw", action="store_true",
+                        help="collapsed stacks (.txt) instead of SVG flame graphs, for a text summary of the hot spots")
     args = parser.parse_args(argv)
     py_spy = "" if args.no_profile else _py_spy()
     extra = ["--congestion", args.congestion] if args.congestion else []
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         assert tunnel.client is not None and tunnel.server is not None
         spies = [
             subprocess.Popen([py_spy, "record", "--nonblocking", "-r", "250", "-d", str(seconds + 1), "-p",
-                              str(proc.proc.pid), "-o", str(args.out / f"{tag}-{role}.svg")],
+                              str(proc.proc.pid), *(["--format", "raw"] if args.raw else []),
+                              "-o", str(args.out / f"{tag}-{role}.{'txt' if args.raw else 'svg'}")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for role, proc in (("client-sender", tunnel.client), ("server-receiver", tunnel.server))
             if not args.no_profile

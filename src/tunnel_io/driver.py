@@ -84,11 +84,14 @@ class PeerDriver:
     """Drives one sans-IO machine (a Peer) over a set of non-blocking UDP sockets keyed by their local address."""
 
     def __init__(
-        self, reactor: Reactor, machine: Any, sockets: dict[Address, Any], on_event: Callable[[Any], None]
+        self, reactor: Reactor, machine: Any, sockets: dict[Address, Any], on_event: Callable[[Any], None],
+        on_events_done: Callable[[], None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.machine = machine
         self.on_event = on_event
+        #: called after each batch of events was handed to ``on_event`` (local writes are sent then, batched)
+        self.on_events_done = on_events_done
         self.sockets: dict[Address, Any] = {}
         self._watches: dict[Address, Watch] = {}
         self._timer: Timer | None = None
@@ -222,6 +225,8 @@ class PeerDriver:
                 break
             self.on_event(ev)
             handled += 1
+        if handled and self.on_events_done is not None:
+            self.on_events_done()
         return handled
 
     def _send(self, transmits: list[Any]) -> None:

@@ -410,7 +410,7 @@ class DialogueRunner:
     def _start(self, peer: Any) -> None:
         self.peer = peer
         peer.durable = self._durable_state(peer.is_client)
-        self.driver = PeerDriver(self.reactor, peer, self.sockets, self._on_event)
+        self.driver = PeerDriver(self.reactor, peer, self.sockets, self._on_event, self._events_done)
         if getattr(peer, "is_client", False) and hasattr(peer, "local_addresses_changed"):
             self._watch = AddressWatch(self.reactor, self.driver, peer, self._wanted)
         if self.local is None:
@@ -431,7 +431,8 @@ class DialogueRunner:
             peer = spare.peer = effect.peer
             peer.durable = self._durable_state(peer.is_client)
             spare.driver = PeerDriver(self.reactor, peer, spare.sockets,
-                                      lambda ev: self._on_event(ev) if self.peer is peer else self._spare_event(ev))
+                                      lambda ev: self._on_event(ev) if self.peer is peer else self._spare_event(ev),
+                                      self._events_done)
             return None
         if isinstance(effect, dx.Poke):
             assert spare.driver is not None
@@ -522,6 +523,10 @@ class DialogueRunner:
         if self._watch is not None:
             self._watch.close()
             self._watch = None
+
+    def _events_done(self) -> None:
+        if self.local is not None:
+            self.local.flush_writes()
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, GatheringComplete):

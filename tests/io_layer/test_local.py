@@ -54,6 +54,8 @@ def test_half_close_each_way_keeps_the_other_direction() -> None:
     assert bytes(session.data) == b"hello"
     fwd.handle(fe.SendTcp(4, b"still flowing back"))
     fwd.handle(fe.ShutdownTcpWrite(4))  # after exactly the queued bytes
+    assert fwd.unwritten and not session.pending  # a batch's writes wait for the end of the batch...
+    fwd.flush_writes()  # ...which the driver announces (PeerDriver.on_events_done)
     received = b""
     user.settimeout(5)
     while chunk := user.recv(100):
@@ -82,6 +84,7 @@ def test_unwritten_bytes_are_reported_as_pending_and_drained() -> None:
     reactor, session, fwd, user = _setup()
     big = b"y" * (64 << 20)
     fwd.handle(fe.SendTcp(4, big))
+    fwd.flush_writes()
     assert session.pending and session.pending[0] > 0  # the kernel could not take 64 MiB at once
     got = [0]
     finished: list[bool] = []

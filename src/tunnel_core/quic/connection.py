@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tunnel_core.datagram import DATAGRAM_VERSION
 from tunnel_core.errors import LocalProtocolError
-from tunnel_core.quic.bbr import HOST_STALL, BbrCongestionControl, ModelPacer
+from tunnel_core.quic.bbr import HOST_STALL, BbrCongestionControl, BbrRecovery, ModelPacer
 from tunnel_core.quic.events import PeerVerificationFailed
 from tunnel_core.quic.identity import normalize_fingerprint
 from tunnel_core.quic.pmtu import PmtuSearch
@@ -126,6 +126,8 @@ class TunnelQuicConnection(QuicConnection):
         self._bbr = cc if isinstance(cc, BbrCongestionControl) else None
         if self._bbr is not None:
             self._loss._pacer = ModelPacer(max_datagram_size=self._max_datagram_size, controller=self._bbr)
+            # aioquic builds its own recovery object; ours only adds the end-of-ACK call (it has no state of its own)
+            self._loss.__class__ = BbrRecovery
         self._ack_every = ack_every
         self._ack_pending_count = 0
         self._pmtu = (

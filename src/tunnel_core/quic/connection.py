@@ -203,12 +203,21 @@ class TunnelQuicConnection(QuicConnection):
         return 0 if stream is None else stream.max_stream_data_local
 
     def send_buffer_size(self, stream_id: int) -> int:
-        """Bytes written to ``stream_id`` that the peer has not acknowledged yet (0 for unknown streams)."""
+        """Bytes written to ``stream_id`` that the peer has not acknowledged yet (0 for unknown streams).
+
+        aioquic keeps bytes acknowledged beyond a lost packet in its buffer until the hole is repaired; they are not
+        counted. Why: at 1 % loss a hole is open most of the time, and counting what lies beyond it paused the
+        local reader half of the time - the sender idled with room in its window (wan_trace.py on ``wifi``: 54 %
+        of samples application-limited, 51 Mbit/s; 11 % and 81 Mbit/s without them).
+        """
         stream = self._streams.get(stream_id)
         if stream is None:
             return 0
         sender = stream.sender
-        return sender._buffer_stop - sender._buffer_start
+        size = sender._buffer_stop - sender._buffer_start
+        for acked in sender._acked:
+            size -= acked.stop - acked.start
+        return size
 
     @property
     def datagrams_negotiated(self) -> bool:

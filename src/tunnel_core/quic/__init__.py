@@ -3,6 +3,7 @@
 Everything that touches aioquic fields it calls internal lives in this package (aioquic is pinned to 1.7.x).
 """
 
+from tunnel_core.quic import speedups
 from tunnel_core.quic.config import (
     CONGESTION_CONTROLLERS,
     DEFAULT_CONGESTION,
@@ -54,3 +55,6 @@ __all__ = [
     "make_identity",
     "normalize_fingerprint",
 ]
+
+# Before any connection exists; containers these modules took from aioquic are rebuilt too (see speedups.apply).
+speedups.apply()

@@ -26,10 +26,13 @@ class DialTcp:
 
 @attrs.frozen
 class SendTcp:
-    """Write ``data`` to the flow's local socket; report what is still unwritten with ``flow_write_pending``."""
+    """Write ``data`` to the flow's local socket; report what is still unwritten with ``flow_write_pending``.
+
+    ``data`` may be a bytearray: the session appends the frames of one batch to its newest SendTcp until the
+    adapter takes it."""
 
     flow_id: int
-    data: bytes
+    data: bytes | bytearray
 
 
 @attrs.frozen

@@ -74,6 +74,25 @@ def test_server_buffers_early_data_until_the_dial_succeeds() -> None:
     assert kinds[:3] == [DialTcp, SendTcp, ShutdownTcpWrite]
 
 
+def test_frames_of_one_batch_become_one_write_in_order() -> None:
+    """Stream frames of one connection that arrive before the adapter drains the session (a driver feeds a whole
+    batch of datagrams, one frame per ~1.3 KB datagram, then drains) become one SendTcp: fewer events and local
+    writes, the same bytes in the same order. A frame of another connection in between keeps them apart."""
+    t = Tunnel("tcp").start()
+    fid, _sock = t.client.connect(b"go")
+    other, _sock2 = t.client.connect(b"go")
+    t.run(lambda: fid in t.server.tcp and other in t.server.tcp)
+    session, now = t.client.session, t.pair.now
+    t.client.drain()
+    for data, stream in ((b"ab", fid), (b"cd", fid), (b"ef", fid), (b"xy", other), (b"gh", fid)):
+        session.handle_quic_event(qe.StreamDataReceived(data=data, end_stream=False, stream_id=stream), now)
+    events = []
+    while (ev := session.next_event()) is not None:
+        events.append(ev)
+    writes = [(e.flow_id, bytes(e.data)) for e in events if isinstance(e, SendTcp)]
+    assert writes == [(fid, b"abcdef"), (other, b"xy"), (fid, b"gh")]
+
+
 # ------------------------------------------------------------------------------------------ half-close
 
 

@@ -62,6 +62,8 @@ class TcpFlow:
         self.flow_id = flow_id
         self.sock = sock
         self.pending = bytearray()
+        #: in the forwarder's ``unwritten`` list (write queued bytes; flush_writes sends them)
+        self.queued = False
         self.paused = False
         self.read_eof = False
         self.shutdown_wanted = False
@@ -120,7 +122,8 @@ class TcpFlow:
         a send call per frame was the receiving process's largest cost (29 % of its samples, py-spy)."""
         if self.finished or self.write_shut:
             return
-        if not self.pending and not self._armed[1]:
+        if not self.queued:
+            self.queued = True
             self.fwd.unwritten.append(self)
         self.pending += data
 
@@ -132,7 +135,9 @@ class TcpFlow:
             self._arm()
 
     def flush(self) -> None:
-        """Send what :meth:`write` queued, then tell the session how much is still unwritten."""
+        """Send what :meth:`write` queued, then tell the session how much is still unwritten (also when the
+        socket is full: the session returns credit only for bytes the socket took)."""
+        self.queued = False
         if not self.finished and self._write_now():
             self._report_pending()
             self._arm()
@@ -219,7 +224,7 @@ class TcpFlow:
             self.hold_timer = None
         self.fwd, self.flow_id, self.held = fwd, flow_id, False
         fwd.tcp[flow_id] = self
-        if self.pending and not self._armed[1]:
+        if self.queued:
             fwd.unwritten.append(self)  # queued by a write the old forwarder may never flush
         self.resume()
         self._report_pending()

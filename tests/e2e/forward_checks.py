@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -77,7 +78,10 @@ def check_socks(proxy: str, t: Targets, server_log: Callable[[], str]) -> None:
     mixed = curl(f"http://{BOTH}:{t.both_allowed.port}/", proxy)
     assert mixed.returncode != 0 and "(2)" in mixed.stderr, mixed.stderr
     assert (t.forbidden.accepted, t.both_allowed.accepted, t.both_forbidden.accepted) == (0, 0, 0)
-    log = server_log()
+    # The refusals are logged by the server; the SOCKS reply may reach curl before the line reaches the log file.
+    deadline = time.monotonic() + 5
+    while not ("tcp://127.0.0.3" in (log := server_log()) and f"tcp://{BOTH}" in log) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "tcp://127.0.0.3" in log and f"tcp://{BOTH}" in log, log
 
 

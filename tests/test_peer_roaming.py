@@ -166,3 +166,32 @@ def test_a_new_address_gathers_from_the_stun_and_turn_servers_too() -> None:
     methods = {(t.local, t.remote, stun.decode(t.data).method) for t in sent if stun.is_stun(t.data)}
     assert (new_addr, ("192.0.2.50", 3478), stun.Method.BINDING) in methods, methods
     assert (new_addr, ("192.0.2.51", 3478), stun.Method.ALLOCATE) in methods, methods
+
+
+def test_a_relay_that_fails_after_roaming_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    """From the new address the TURN server never answers: the allocation times out and the user is told there is
+    no relay through it (before, the failure after selection was dropped without a word)."""
+    from tunnel_core.ice import RoamingRelayFailed
+    from tunnel_core.turn import TurnServer
+
+    net = Network(VirtualClock())
+    client, _server, _got = _start_transfer(net, cut_after=64 * 1024)
+    client.agent.turn_servers = [TurnServer(("192.0.2.51", 3478), "user", "secret")]
+    new_addr = net.add_host(NEW_CLIENT_IP).bind(client.peer)
+    now = net.clock.now
+    assert client.agent.add_roaming_address(new_addr, now)
+    failed = []
+    end = now + 90.0
+    while now < end and not failed:
+        list(client.agent.datagrams_to_send(now))  # nothing answers them
+        while (event := client.agent.next_event()) is not None:
+            if isinstance(event, RoamingRelayFailed):
+                failed.append(event)
+        timer = client.agent.get_timer()
+        now = min(end, timer if timer is not None and timer > now else now + 0.5)
+        client.agent.handle_timer(now)
+    assert failed and failed[0].base == new_addr and failed[0].server == ("192.0.2.51", 3478), failed
+    with caplog.at_level(logging.WARNING, logger="tunnel_core.peer"):
+        client.peer._on_ice_event(failed[0], now)
+    assert any(m.startswith(f"No relay from {NEW_CLIENT_IP}:") and "192.0.2.51:3478" in m
+               for m in _messages(caplog)), _messages(caplog)

@@ -450,6 +450,8 @@ class Peer:
             log.info("Gathered from %s: %s address %s", _show(ev.base), kind, _show(ev.candidate.address))
             if ev.candidate.type is CandidateType.RELAY:
                 self._recheck(now)  # its pairs are new: check them now, not at the next round
+        elif isinstance(ev, ice_events.RoamingRelayFailed):
+            log.warning("No relay from %s: TURN server %s: %s", _show(ev.base), _show(ev.server), ev.reason)
         elif isinstance(ev, ice_events.ConsentLost) and self.hold > 0 and self._ready and not self._closed:
             from tunnel_core.reconnect import lost_line
 

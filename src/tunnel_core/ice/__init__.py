@@ -15,6 +15,7 @@ from tunnel_core.ice.events import (
     PairSelected,
     PathAnswered,
     RoamingCandidate,
+    RoamingRelayFailed,
     RoleChanged,
     ServerReflexiveDiscovered,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "PairState",
     "PathAnswered",
     "RoamingCandidate",
+    "RoamingRelayFailed",
     "RoleChanged",
     "ServerReflexiveDiscovered",
     "pair_priority",

@@ -107,6 +107,17 @@ class RoamingCandidate:
 
 
 @attrs.frozen
+class RoamingRelayFailed:
+    """After selection, a TURN allocation from a new local address failed (the relay refused, or never answered):
+    the new network offers no relayed path through that server. Reported so a user whose direct path is gone
+    learns why no relay took over."""
+
+    server: Address
+    base: Address
+    reason: str
+
+
+@attrs.frozen
 class IceFailed:
     reason: str
 

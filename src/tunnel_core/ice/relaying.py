@@ -82,6 +82,8 @@ class RelayingMixin:
                 host, port = client.server
                 where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 self._relay_errors.append(f"TURN server {where}: {tev.reason}")
+            elif isinstance(tev, AllocationFailed) and client.base in self._roaming_bases and not self._finished:
+                self._events.append(ev.RoamingRelayFailed(server=client.server, base=client.base, reason=tev.reason))
             # AllocationLost is caught by consent freshness when the selected pair used it.
         self._maybe_gathering_complete(now)
 

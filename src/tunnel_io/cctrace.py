@@ -76,7 +76,7 @@ class CcTrace:
             "mss": quic._max_datagram_size,
             **self.counts,
         }
-        for name in ("mode", "pacing_gain", "round_count", "min_rtt", "inflight_hi", "bw_lo"):
+        for name in ("mode", "pacing_gain", "round_count", "min_rtt", "inflight_hi", "bw_lo", "base_loss"):
             value = getattr(cc, name, None)
             if isinstance(value, float):
                 value = None if math.isinf(value) else round(value, 5)

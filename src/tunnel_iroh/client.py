@@ -112,8 +112,9 @@ class IrohClient:
         self._control = durable.Control(self._on_ack)
         self._control_conn: Any = None
         self._control_lock = asyncio.Lock()
-        #: open connections that would be reset by a move to a new connection (not durable): SOCKS5, reverse,
-        #: streams upstream's server carries; while there is one, a stalled connection is not replaced (heal)
+        #: open connections that would be reset by a move to a new connection (not durable): reverse, streams
+        #: upstream's server carries, and under e2 every one; while there is one, a stalled connection is not
+        #: replaced (heal)
         self._fragile = 0
         self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
         self.alpn = ALPN_E4 if self.e4 else ALPN_E2
@@ -420,14 +421,14 @@ class IrohClient:
                 log.info("SOCKS5 connection refused: %s", machine.error)
                 writer.close()
                 return
+            if self.e4:  # durable like a --forward connection: each CONNECT is a plain source request
+                await self._durable_tcp(reader, writer, machine.request.url(), socks=machine.remainder)
+                return
             try:
                 await self._up.wait()
                 send, recv, payload = await self.open_source_stream(source=machine.request.url())
             except TunnelError as exc:
-                reason = exc.message.removeprefix("Source request rejected: ")
-                log.info("Dynamic target %s refused by the server: %s", machine.request.url(), reason)
-                writer.write(socks5_reply(refusal_code(reason) if exc.exit_code is ExitCode.AUTH else GENERAL_FAILURE))
-                writer.close()
+                _socks_refused(writer, machine.request.url(), exc)
                 return
             writer.write(socks5_reply(SUCCEEDED))
             if machine.remainder:
@@ -607,20 +608,22 @@ class IrohClient:
                 self._tasks.discard(task)
 
     async def _durable_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           source: str | None) -> None:
+                           source: str | None, socks: bytes | None = None) -> None:
         """One local connection as a durable stream: asked for on every stream it opens, it continues on the next
-        connection after a loss; a server that does not take it (upstream) gets a plain stream, as before."""
+        connection after a loss; a server that does not take it (upstream) gets a plain stream, as before.
+        ``socks``: a SOCKS5 application's connection whose CONNECT named ``source``, and what it sent after the
+        request; its reply follows the server's first answer."""
         stream = DurableStream(self._next_key)
         self._next_key += 1
         room = asyncio.Event()
         self._durable[self._next_key - 1] = (stream, room)
         try:
-            await self._carry_durable(reader, writer, source, stream, room)
+            await self._carry_durable(reader, writer, source, stream, room, socks)
         finally:
             del self._durable[stream.key or 0]
 
     async def _carry_durable(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str | None,
-                             stream: DurableStream, room: asyncio.Event) -> None:
+                             stream: DurableStream, room: asyncio.Event, socks: bytes | None = None) -> None:
         resumed = False
         peer = writer.get_extra_info("peername")
         name = f"{peer[0]}:{peer[1]}" if peer else "a local client"
@@ -635,12 +638,21 @@ class IrohClient:
                 if resumed and exc.exit_code is ExitCode.CONNECTION_LOST and not self._closing:
                     await self._next_connection(conn)  # the new connection broke too: wait for the next one
                     continue
+                if socks is not None and not resumed:
+                    _socks_refused(writer, source or "", exc)
+                    return
                 if resumed and exc.exit_code is ExitCode.AUTH:
                     log.warning("%s", reset_line(name, UNKNOWN_REASON))
                 elif not self._closing:
                     log.error("%s", exc.message)
                 writer.transport.abort()
                 return
+            if socks is not None and not resumed:  # the server took the target: the application may go on
+                writer.write(socks5_reply(SUCCEEDED))
+                if accepted.durable is not None:
+                    stream.record(socks)  # sent first by the bridge (the server has 0 bytes of the stream)
+                elif socks:
+                    await send.write_all(socks)
             if accepted.durable is None:  # upstream's server, or an older one
                 if resumed:
                     log.warning("%s", reset_line(name, OLD_PEER_REASON))
@@ -870,6 +882,14 @@ class _PeerFlow:
 
 
 __all__ = ["CLOSE_UNAUTHORIZED", "IrohClient"]
+
+
+def _socks_refused(writer: asyncio.StreamWriter, target: str, exc: TunnelError) -> None:
+    """A SOCKS5 application's target the server did not take: the matching reply, then close."""
+    reason = exc.message.removeprefix("Source request rejected: ")
+    log.info("Dynamic target %s refused by the server: %s", target, reason)
+    writer.write(socks5_reply(refusal_code(reason) if exc.exit_code is ExitCode.AUTH else GENERAL_FAILURE))
+    writer.close()
 
 
 def _path_text(conn: Any) -> str:

@@ -5,6 +5,8 @@ Everything stays on 127.0.0.1 (``--no-relay --dns-server none``, clients dial ``
 
 from __future__ import annotations
 
+import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,36 @@ def test_unauthorised_key_exits_3_with_the_reason(setup: dict[str, Path]) -> Non
                   "127.0.0.1:0", "--server-addr", server.addr, *OFFLINE) as e2:
             assert e2.wait_exit(30) not in (0, None)
             assert "Listening on TCP" not in e2.stderr
+
+
+def test_socks5_under_e4_is_a_durable_stream_and_keeps_its_refusals(setup: dict[str, Path], tmp_path: Path) -> None:
+    """Under e4 each SOCKS5 CONNECT travels as a durable stream (docs/durable.md): the server still checks every
+    target (reply 2 for what its allowlist forbids, nothing dialled), a name only the server resolves is reached,
+    and an echo carries bytes the application sent right behind its CONNECT."""
+    from tests.e2e import forward_checks as checks
+    from tests.e2e.programs import free_port
+    from tests.nat.probe import socks5_connect
+
+    socks_port = free_port()
+    payload = bytes(range(256)) * 2048
+    with checks.targets(tmp_path) as t, TcpEchoServer() as echo, \
+            IrohServerProc(setup["server"], "--protocol", "e4", "--authorized-keys-file", str(setup["keys"]),
+                           "--allowed-tcp", "127.0.0.1/32", wrapper=checks.hosts_wrapper(tmp_path)) as server:
+        server.wait_for(r"Protocol e4 \(ALPN mf/4")
+        with e4_client(server, setup["good"], f"tcp://127.0.0.1:{echo.port}", "--socks5",
+                       f"127.0.0.1:{socks_port}") as client:
+            client.wait_for("Listening on SOCKS5", 30)
+            def server_log() -> str:  # the server logs a refusal right after sending it: wait for the last one
+                server.wait_for(re.escape(f"rejected tcp://{checks.BOTH}"), 10)
+                return server.stderr
+
+            checks.check_socks(f"socks5h://127.0.0.1:{socks_port}", t, server_log)
+            with socket.create_connection(("127.0.0.1", socks_port), timeout=20) as sock:
+                socks5_connect(sock, echo.port)
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+                got = bytearray()
+                while chunk := sock.recv(65536):
+                    got += chunk
+            assert bytes(got) == payload
+            assert "reset" not in client.stderr, client.stderr

@@ -49,6 +49,8 @@ from tunnel_core.iroh_session.server import (
     DurableControl,
     ServerStream,
     StartForwarding,
+    StartListening,
+    StreamRejected,
 )
 from tunnel_core.iroh_session.server import SendBytes as IrohSendBytes
 from tunnel_core.policy import AccessPolicy
@@ -748,3 +750,43 @@ def test_iroh_server_stream_answers_durable_requests() -> None:
     sent, start = off.next_event(), off.next_event()
     assert tw.decode_source_response(sent.data[4:], expected_version=2).durable is None
     assert isinstance(start, StartForwarding) and start.durable is None
+
+
+def test_iroh_reverse_forward_streams_are_durable_when_the_client_asks() -> None:
+    """A reverse forward's request with the durable field (our e4 client): the listener is started with the
+    client's durable session and the answer says ``"durable":0``; a resume of one of its connections' streams (a
+    key the server named) takes the held socket without binding or dialling anything, or is refused when the
+    server no longer has it. Without the field the answer is as before."""
+    token = bytes(range(16))
+    policy = AccessPolicy.from_strings(["127.0.0.0/8"], [])
+    held = {(1 << 62): 4096}
+
+    def answer(request: tw.DurableRequest) -> int | str:
+        return held.get(request.key, "unknown durable stream") if request.offset is not None else 0
+
+    def stream(durable: tw.DurableRequest | None) -> ServerStream:
+        machine = ServerStream(policy, permit=True, version=2, allow_listen=["127.0.0.1:8080"], durable=answer)
+        machine.feed(tw.encode_source_request(tw.SourceRequest("reverse://127.0.0.1:8080", version=2,
+                                                               durable=durable)))
+        return machine
+
+    asked = stream(tw.DurableRequest(token, 7))
+    start = asked.next_event()
+    assert isinstance(start, StartListening) and start.durable == tw.DurableRequest(token, 7)
+    asked.listening()
+    response = tw.decode_source_response(asked.next_event().data[4:], expected_version=2)  # type: ignore[union-attr]
+    assert response.accepted and response.durable == 0
+    plain = stream(None)
+    start = plain.next_event()
+    assert isinstance(start, StartListening) and start.durable is None
+    plain.listening()
+    assert tw.decode_source_response(plain.next_event().data[4:], expected_version=2).durable is None  # type: ignore[union-attr]
+    resumed = stream(tw.DurableRequest(token, 1 << 62, 100))
+    sent, begin = resumed.next_event(), resumed.next_event()
+    assert tw.decode_source_response(sent.data[4:], expected_version=2).durable == 4096  # type: ignore[union-attr]
+    assert isinstance(begin, StartForwarding) and begin.addresses == ()
+    assert begin.durable == tw.DurableRequest(token, 1 << 62, 100)
+    gone = stream(tw.DurableRequest(token, (1 << 62) + 1, 100))
+    refused = tw.decode_source_response(gone.next_event().data[4:], expected_version=2)  # type: ignore[union-attr]
+    assert not refused.accepted and refused.reason == "unknown durable stream"
+    assert isinstance(gone.next_event(), StreamRejected)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -102,4 +103,34 @@ def test_socks5_under_e4_is_a_durable_stream_and_keeps_its_refusals(setup: dict[
                 while chunk := sock.recv(65536):
                     got += chunk
             assert bytes(got) == payload
+            assert "reset" not in client.stderr, client.stderr
+
+
+def test_reverse_forward_under_e4_carries_durable_streams_and_a_failed_dial_is_let_go(
+        setup: dict[str, Path]) -> None:
+    """Under e4 a reverse forward's connections are durable streams the server names (docs/durable.md): an echo
+    through the server's listener works, and a connection whose client-side dial fails is closed at once by the
+    server (not held for a resume that will never come)."""
+    from tests.e2e.programs import free_port
+
+    listen, dead_listen, dead_port = free_port(), free_port(), free_port()
+    payload = bytes(range(256)) * 2048
+    with TcpEchoServer() as echo, \
+            IrohServerProc(setup["server"], "--protocol", "e4", "--authorized-keys-file", str(setup["keys"]),
+                           "--allowed-tcp", "127.0.0.1/32", "--allow-listen", f"127.0.0.1:{listen}",
+                           "--allow-listen", f"127.0.0.1:{dead_listen}") as server:
+        server.wait_for(r"Protocol e4 \(ALPN mf/4")
+        with e4_client(server, setup["good"], f"tcp://127.0.0.1:{echo.port}",
+                       "--reverse", f"127.0.0.1:{listen}=tcp://127.0.0.1:{echo.port}",
+                       "--reverse", f"127.0.0.1:{dead_listen}=tcp://127.0.0.1:{dead_port}") as client:
+            client.wait_for(f"The server listens on 127.0.0.1:{dead_listen}", 30)
+            assert echo_through(listen, payload) == payload
+            with socket.create_connection(("127.0.0.1", dead_listen), timeout=20) as sock:
+                started = time.monotonic()
+                try:
+                    data = sock.recv(10)
+                except ConnectionResetError:
+                    data = b""
+                assert data == b"" and time.monotonic() - started < 15
+            client.wait_for("Reverse connection not carried", 10)
             assert "reset" not in client.stderr, client.stderr

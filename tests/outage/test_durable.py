@@ -9,7 +9,7 @@ One lab, one cut, everything at once (the suite's wall time matters more than se
 - on the nostr tunnel also a SOCKS5 listener (``--socks5``) and a reverse forward (``--reverse``), each carrying
   an echo transfer across the cut (sha256 checked): a SOCKS5 CONNECT to the server side's echo service, and a
   connection to the server's reverse listener towards an echo service on the client's side; on the iroh e4 tunnel
-  a SOCKS5 transfer likewise;
+  a SOCKS5 and a reverse-forward transfer likewise;
 - a nostr tunnel with ``--plaintext-compat`` and an iroh tunnel with protocol e2 (upstream's wire formats): they
   reconnect too, but resumption is off, so their open connection is reset with one line each;
 - each durable client's RSS at the start and at the end of the cut, while its transfer's writer keeps writing.
@@ -47,8 +47,8 @@ CUT_AFTER = 4 * 1024 * 1024
 SSHD_PORT = 2222
 #: The nostr client's SOCKS5 listener, the server's reverse listener and the client side's echo service behind it.
 SOCKS_PORT, REVERSE_PORT, CLIENT_ECHO_PORT = 7104, 7106, 7004
-#: The iroh e4 client's SOCKS5 listener (iroh mode's reverse forwards are not durable yet: docs/durable.md).
-IROH_SOCKS_PORT = 7304
+#: The iroh e4 client's SOCKS5 listener and the iroh e4 server's reverse listener.
+IROH_SOCKS_PORT, IROH_REVERSE_PORT = 7304, 7306
 #: A nostr tunnel is back this soon after the heal (docs/reconnect.md: the relay pool's next SYN, at most 4 s
 #: away, then one request/offer and ICE); it took 70 s before the request's timestamp was kept fresh.
 NOSTR_BACK_WITHIN = 6.0
@@ -188,13 +188,16 @@ def _nostr_and_iroh(lab: Lab) -> None:
                           "--reverse", f"127.0.0.1:{REVERSE_PORT}=tcp://127.0.0.1:{CLIENT_ECHO_PORT}"))
         pairs.append(nostr)
         iroh = start_iroh_e4(lab, 7300, 7002, ("--forward", forward.format(7302), "--socks5",
-                                               f"127.0.0.1:{IROH_SOCKS_PORT}"))
+                                               f"127.0.0.1:{IROH_SOCKS_PORT}", "--reverse",
+                                               f"127.0.0.1:{IROH_REVERSE_PORT}=tcp://127.0.0.1:{CLIENT_ECHO_PORT}"),
+                             server_extra=("--allow-listen", f"127.0.0.1:{IROH_REVERSE_PORT}"))
         pairs.append(iroh)
         durables = [Durable("nostr", nostr, 7102), Durable("iroh e4", iroh, 7302),
                     Durable("nostr socks5", nostr, None, port=SOCKS_PORT, mib=SIDE_MIB, socks=ECHO_PORT),
                     Durable("nostr reverse", nostr, None, ns="pB", port=REVERSE_PORT, mib=SIDE_MIB),
                     # as large as the main transfer: iroh moves it several times faster than nostr's three share
-                    Durable("iroh e4 socks5", iroh, None, port=IROH_SOCKS_PORT, socks=7002)]
+                    Durable("iroh e4 socks5", iroh, None, port=IROH_SOCKS_PORT, socks=7002),
+                    Durable("iroh e4 reverse", iroh, None, ns="pB", port=IROH_REVERSE_PORT)]
         # upstream's wire formats: they reconnect too, resumption is off
         compat = MODES["nostr"].start(lab, turn=False, listen_port=7200, echo_port=7001,
                                       extra=("--plaintext-compat",))

@@ -25,6 +25,7 @@ from tunnel_core.forwarding import (
     AbortTcp,
     CloseTcp,
     DialTcp,
+    DynamicReply,
     ForwardingSession,
     PauseReading,
     ResumeReading,
@@ -48,6 +49,8 @@ from tunnel_core.iroh_session.server import (
     DurableControl,
     ServerStream,
     StartForwarding,
+    StartListening,
+    StreamRejected,
 )
 from tunnel_core.iroh_session.server import SendBytes as IrohSendBytes
 from tunnel_core.policy import AccessPolicy
@@ -70,7 +73,7 @@ def test_hello_golden_bytes() -> None:
     wire = rw.encode_hello(hello)
     assert wire.hex() == (
         "01" "00000027"  # HELLO, body length 39
-        "01" "000102030405060708090a0b0c0d0e0f" "00000002" "0002"  # version, token, generation, two keys
+        "02" "000102030405060708090a0b0c0d0e0f" "00000002" "0002"  # version, token, generation, two keys
         "0000000100000000" "0000000100000004"
     )
     assert rw.ControlDecoder().feed(wire) == [hello]
@@ -95,7 +98,7 @@ def test_resume_opening_and_answer_golden_bytes() -> None:
 
 @pytest.mark.parametrize("wire", [
     bytes.fromhex("09" "00000000"),  # unknown frame type
-    bytes.fromhex("01" "00000001" "02"),  # HELLO of another version
+    bytes.fromhex("01" "00000017" "01" + "00" * 22),  # HELLO of version 1 (no durable dynamic/reverse streams)
     bytes.fromhex("02" "00000003" "0001" "00"),  # ACK shorter than its count says
     bytes.fromhex("01" "7fffffff"),  # larger than any frame may be
 ])
@@ -137,6 +140,7 @@ class App:
     written: int = 0
     dropped: str | None = None
     stream: DurableStream | None = None
+    socks_reply: int | None = None  # a dynamic flow: the SOCKS5 reply code its application got
 
 
 class Side:
@@ -154,6 +158,21 @@ class Side:
         self._bind(fid, app)
         self.drain()
         return fid
+
+    def socks(self, app: App, forward: int, target: str) -> int:
+        """A SOCKS5 application's CONNECT to ``target`` on a dynamic forward (the client)."""
+        fid = self.session.open_dynamic(self.world.clock.now, forward, target)
+        self._bind(fid, app)
+        self.drain()
+        return fid
+
+    def dial_done(self, fid: int) -> None:
+        """A dial the world held back (``World.hold_dials``) succeeds now."""
+        app = self.world.new_target()
+        self.world.targets.append(app)
+        self.session.flow_connected(fid)
+        self._bind(fid, app)
+        self.drain()
 
     def _bind(self, fid: int, app: App) -> None:
         self.apps[fid] = app
@@ -192,7 +211,9 @@ class Side:
         return count
 
     def apply(self, ev: Any) -> None:
-        if isinstance(ev, DialTcp):
+        if isinstance(ev, DialTcp) and self.world.hold_dials:
+            self.world.dials.append((self, ev.flow_id))
+        elif isinstance(ev, DialTcp):
             app = self.world.new_target()
             self.world.targets.append(app)
             self.session.flow_connected(ev.flow_id)
@@ -222,6 +243,8 @@ class Side:
         elif isinstance(ev, DropTcp):
             app = ev.stream.local
             app.aborted, app.dropped = True, ev.reason
+        elif isinstance(ev, DynamicReply):
+            self.apps[ev.flow_id].socks_reply = ev.code
         else:
             raise AssertionError(f"unexpected event {ev!r}")
 
@@ -252,8 +275,13 @@ class World:
     current connection between them."""
 
     def __init__(self, *, client_durable: bool = True, server_durable: bool = True,
-                 routes: list[Route] | None = None, high_water: int = 1 << 20) -> None:
+                 routes: list[Route] | None = None, client_routes: list[Route] | None = None,
+                 high_water: int = 1 << 20) -> None:
         self.routes = routes
+        self.client_routes = client_routes
+        #: DialTcp events wait in ``dials`` until the test calls ``Side.dial_done`` (a slow target)
+        self.hold_dials = False
+        self.dials: list[tuple[Side, int]] = []
         self.high_water = high_water
         self.clock = VirtualClock()
         self.streams = DurableStreams(bytes(16))
@@ -284,6 +312,8 @@ class World:
         if isinstance(ev, qe.HandshakeCompleted):
             is_client = side == "client"
             routes = None if self.routes is None else [Route(r.protocol) if is_client else r for r in self.routes]
+            if is_client and self.client_routes is not None:
+                routes = self.client_routes
             session = ForwardingSession(self.pair.conn(side), is_client=is_client, protocol="tcp",
                                         target_addresses=() if is_client else TARGETS, routes=routes,
                                         high_water=self.high_water, low_water=self.high_water // 4)
@@ -463,6 +493,126 @@ def test_streams_of_a_session_with_several_forwards_resume_on_their_own_forward(
     assert sorted(bytes(t.received) for t in world.targets) == [b"one", b"two"]
 
 
+# ------------------------------------------------------------------------------------------ dynamic and reverse
+
+SOCKS_TARGET = "tcp://127.0.0.1:9"
+
+
+def _socks_and_reverse() -> World:
+    """A session with a dynamic forward (0) and a reverse forward (1), as the signaling agrees them."""
+    policy = AccessPolicy.from_strings(["127.0.0.0/8"], [])
+    return World(routes=[Route("dynamic", policy=policy), Route("reverse", granted=True)],
+                 client_routes=[Route("dynamic"), Route("reverse", TARGETS)])
+
+
+def test_a_socks_stream_and_a_reverse_stream_resume_across_a_cut_byte_for_byte() -> None:
+    """A dynamic stream (its SourceRequest/SourceResponse, then payload) and a stream the server opened for its
+    reverse listener both continue on the new connection: every byte once, in order, both ways; neither target
+    is dialled again and the SOCKS application gets exactly one reply."""
+    world = _socks_and_reverse()
+    socks_up, socks_down = _payload(11, 3 * MB), _payload(12, 3 * MB)
+    reverse_up, reverse_down = _payload(13, 3 * MB), _payload(14, 3 * MB)
+    replies = iter([socks_down, reverse_down])
+    world.new_target = lambda: App(outbox=bytearray(next(replies)), want_eof=True)
+    socks = App(outbox=bytearray(socks_up), want_eof=True)  # sends before the reply, as applications may
+    world.client.socks(socks, 0, SOCKS_TARGET)
+    world.run(lambda: socks.socks_reply == 0)
+    reverse = App(outbox=bytearray(reverse_up), want_eof=True)  # accepted by the server's reverse listener
+    world.server.connect(reverse, 1)
+    socks_target, reverse_target = world.targets[0], None
+    world.run(lambda: len(world.targets) == 2 and min(len(socks.received), len(reverse.received),
+                                                       len(socks_target.received)) > 512 * 1024)
+    reverse_target = world.targets[1]
+    assert socks.stream is not None and socks.stream.key is not None  # resumable
+    assert reverse.stream is not None and reverse.stream.key is not None
+    world.cut(40.0)
+    assert len(socks.received) < len(socks_down) and len(reverse.received) < len(reverse_down)
+    world.connect()
+    world.run(lambda: all(a.closed for a in (socks, reverse, socks_target, reverse_target)))
+    assert len(world.targets) == 2  # neither target was dialled again
+    assert bytes(socks.received) == socks_down and bytes(socks_target.received) == socks_up
+    assert bytes(reverse.received) == reverse_down and bytes(reverse_target.received) == reverse_up
+    assert not any(a.aborted for a in (socks, reverse, socks_target, reverse_target))
+    assert sum(isinstance(e, DynamicReply) for e in world.client.events) == 0  # no second reply after the resume
+    assert sum(isinstance(e, ResumeTcp) for e in world.client.events) == 2
+    assert sum(isinstance(e, ResumeTcp) for e in world.server.events) == 2
+    world.run(lambda: not world.streams.streams)  # the last confirmations let the state go
+
+
+def test_a_socks_stream_whose_exchange_had_not_finished_is_reset_and_a_new_one_works() -> None:
+    """The server was still dialling when the connection was lost: the client never learnt whether the target
+    was reached, so the flow is not resumable (the adapter resets it with one line, as before)."""
+    world = _socks_and_reverse()
+    world.hold_dials = True
+    socks = App(outbox=bytearray(b"GET /"))
+    world.client.socks(socks, 0, SOCKS_TARGET)
+    world.run(lambda: bool(world.dials))
+    world.cut(40.0)
+    world.hold_dials = False
+    world.connect()  # the adapters let go of the lost connection: held or reset
+    assert socks.aborted and not socks.held and socks.socks_reply is None
+    assert socks.stream is not None and socks.stream.key is None
+    assert not world.streams.streams and not world.registry.sessions[world.streams.token].streams
+    world.new_target = lambda: App(outbox=bytearray(b"pong"))
+    fresh = App(outbox=bytearray(b"ping"))
+    world.client.socks(fresh, 0, SOCKS_TARGET)
+    world.run(lambda: bytes(fresh.received) == b"pong")
+    assert fresh.socks_reply == 0 and world.targets[-1].received == b"ping"
+
+
+def test_a_socks_stream_whose_acceptance_was_lost_is_let_go_by_the_server() -> None:
+    """The server dialled and answered, but the answer never reached the client: the server made the stream
+    durable, the client could not, so the next HELLO does not name it and the server resets its target with one
+    line (``the client no longer has it``)."""
+    world = _socks_and_reverse()
+    world.hold_dials = True
+    socks = App(outbox=bytearray(b"GET /"))
+    world.client.socks(socks, 0, SOCKS_TARGET)
+    world.run(lambda: bool(world.dials))
+    assert world.pair is not None
+    world.pair.drop = lambda side, data: True
+    side, fid = world.dials.pop()
+    world.new_target = lambda: App(outbox=bytearray(b"200 OK"))
+    side.dial_done(fid)
+    target = world.targets[0]
+    assert target.stream is not None and target.stream.key is not None
+    world.cut(40.0)
+    world.hold_dials = False
+    world.connect()
+    assert socks.aborted and socks.socks_reply is None
+    world.run(lambda: target.aborted)
+    assert target.dropped == "the client no longer has it"
+
+
+def test_a_reverse_stream_whose_client_dial_had_not_finished_is_let_go_by_the_server() -> None:
+    world = _socks_and_reverse()
+    world.hold_dials = True
+    reverse = App(outbox=bytearray(b"hello"))
+    world.server.connect(reverse, 1)
+    world.run(lambda: bool(world.dials))
+    assert reverse.stream is not None and reverse.stream.key is not None  # the server's end is durable at once
+    world.cut(40.0)
+    world.hold_dials = False
+    world.connect()
+    assert reverse.held  # the server holds it; the client had nothing to hold
+    world.run(lambda: reverse.aborted)
+    assert reverse.dropped == "the client no longer has it"
+
+
+def test_socks_and_reverse_streams_meet_an_old_peer_with_their_reason() -> None:
+    world = _socks_and_reverse()
+    world.new_target = lambda: App(outbox=bytearray(b"hello"))
+    socks, reverse = App(outbox=bytearray(b"hi")), App(outbox=bytearray(b"hi"))
+    world.client.socks(socks, 0, SOCKS_TARGET)
+    world.server.connect(reverse, 1)
+    world.run(lambda: bytes(socks.received) == b"hello" and bytes(reverse.received) == b"hello")
+    world.cut(40.0)
+    world.connect(server_durable=False)
+    assert socks.held and reverse.held
+    world.run(lambda: socks.aborted)
+    assert socks.dropped == OLD_PEER_REASON
+
+
 # ------------------------------------------------------------------------------------------ the server's bound
 
 
@@ -600,3 +750,43 @@ def test_iroh_server_stream_answers_durable_requests() -> None:
     sent, start = off.next_event(), off.next_event()
     assert tw.decode_source_response(sent.data[4:], expected_version=2).durable is None
     assert isinstance(start, StartForwarding) and start.durable is None
+
+
+def test_iroh_reverse_forward_streams_are_durable_when_the_client_asks() -> None:
+    """A reverse forward's request with the durable field (our e4 client): the listener is started with the
+    client's durable session and the answer says ``"durable":0``; a resume of one of its connections' streams (a
+    key the server named) takes the held socket without binding or dialling anything, or is refused when the
+    server no longer has it. Without the field the answer is as before."""
+    token = bytes(range(16))
+    policy = AccessPolicy.from_strings(["127.0.0.0/8"], [])
+    held = {(1 << 62): 4096}
+
+    def answer(request: tw.DurableRequest) -> int | str:
+        return held.get(request.key, "unknown durable stream") if request.offset is not None else 0
+
+    def stream(durable: tw.DurableRequest | None) -> ServerStream:
+        machine = ServerStream(policy, permit=True, version=2, allow_listen=["127.0.0.1:8080"], durable=answer)
+        machine.feed(tw.encode_source_request(tw.SourceRequest("reverse://127.0.0.1:8080", version=2,
+                                                               durable=durable)))
+        return machine
+
+    asked = stream(tw.DurableRequest(token, 7))
+    start = asked.next_event()
+    assert isinstance(start, StartListening) and start.durable == tw.DurableRequest(token, 7)
+    asked.listening()
+    response = tw.decode_source_response(asked.next_event().data[4:], expected_version=2)  # type: ignore[union-attr]
+    assert response.accepted and response.durable == 0
+    plain = stream(None)
+    start = plain.next_event()
+    assert isinstance(start, StartListening) and start.durable is None
+    plain.listening()
+    assert tw.decode_source_response(plain.next_event().data[4:], expected_version=2).durable is None  # type: ignore[union-attr]
+    resumed = stream(tw.DurableRequest(token, 1 << 62, 100))
+    sent, begin = resumed.next_event(), resumed.next_event()
+    assert tw.decode_source_response(sent.data[4:], expected_version=2).durable == 4096  # type: ignore[union-attr]
+    assert isinstance(begin, StartForwarding) and begin.addresses == ()
+    assert begin.durable == tw.DurableRequest(token, 1 << 62, 100)
+    gone = stream(tw.DurableRequest(token, (1 << 62) + 1, 100))
+    refused = tw.decode_source_response(gone.next_event().data[4:], expected_version=2)  # type: ignore[union-attr]
+    assert not refused.accepted and refused.reason == "unknown durable stream"
+    assert isinstance(gone.next_event(), StreamRejected)

@@ -38,7 +38,11 @@ import attrs
 
 from tunnel_core.errors import RemoteProtocolError
 
-DURABLE_VERSION = 1
+#: The wire version, sent as the transport parameter's value and in HELLO. 2: dynamic (SOCKS5) and reverse streams
+#: are durable too. A version-1 peer made only plain forwards durable and would never confirm a dynamic or reverse
+#: stream (whose sender then pauses at REPLAY_LIMIT), so the versions must match: a v1 peer negotiates nothing and
+#: a reconnect resets its streams as with upstream.
+DURABLE_VERSION = 2
 CONTROL_OPENING = b"\xff\xfe"
 RESUME_OPENING = b"\xff\xff"
 #: The resume opening: FF FF, key, the client's received offset.

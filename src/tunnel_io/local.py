@@ -346,7 +346,9 @@ class LocalForwarder:
             conn.close()
             return
         flow_id = session.open_dynamic(self.now(), forward, request.url())
-        self.tcp[flow_id] = TcpFlow(self, flow_id, conn)
+        # Durable streams: tied now, resumable once the server accepted the target (the session gives the stream
+        # its key then); a connection lost before that resets it with one line (``_let_go``).
+        self.tcp[flow_id] = self._durable(session, TcpFlow(self, flow_id, conn))
         if early:
             session.flow_data(flow_id, early)
         self.kick()

@@ -112,8 +112,9 @@ class IrohClient:
         self._control = durable.Control(self._on_ack)
         self._control_conn: Any = None
         self._control_lock = asyncio.Lock()
-        #: open connections that would be reset by a move to a new connection (not durable): SOCKS5, reverse,
-        #: streams upstream's server carries; while there is one, a stalled connection is not replaced (heal)
+        #: open connections that would be reset by a move to a new connection (not durable): streams a server
+        #: without durable streams carries, and under e2 every one; while there is one, a stalled connection is
+        #: not replaced (heal)
         self._fragile = 0
         self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
         self.alpn = ALPN_E4 if self.e4 else ALPN_E2
@@ -298,7 +299,7 @@ class IrohClient:
         while not self._closing:
             if self._up.is_set() and self.conn is not old:
                 return True
-            if self._up.is_set() and not _closed(old):
+            if self._up.is_set() and not durable.closed(old):
                 await asyncio.sleep(1.0)
                 return not self._closing
             await asyncio.sleep(NEXT_CONNECTION_POLL)
@@ -420,14 +421,14 @@ class IrohClient:
                 log.info("SOCKS5 connection refused: %s", machine.error)
                 writer.close()
                 return
+            if self.e4:  # durable like a --forward connection: each CONNECT is a plain source request
+                await self._durable_tcp(reader, writer, machine.request.url(), socks=machine.remainder)
+                return
             try:
                 await self._up.wait()
                 send, recv, payload = await self.open_source_stream(source=machine.request.url())
             except TunnelError as exc:
-                reason = exc.message.removeprefix("Source request rejected: ")
-                log.info("Dynamic target %s refused by the server: %s", machine.request.url(), reason)
-                writer.write(socks5_reply(refusal_code(reason) if exc.exit_code is ExitCode.AUTH else GENERAL_FAILURE))
-                writer.close()
+                _socks_refused(writer, machine.request.url(), exc)
                 return
             writer.write(socks5_reply(SUCCEEDED))
             if machine.remainder:
@@ -464,8 +465,12 @@ class IrohClient:
             addresses = tuple(dict.fromkeys((str(i[4][0]), target.port) for i in infos))
             text = REVERSE_SCHEME + forward.listen
             name = f"reverse {forward.listen}={forward.source}"
+            # e4: our server then makes the forward's connections durable streams of ours (docs/durable.md); the
+            # key only names the request (the server names each connection's stream itself)
+            offer = DurableRequest(self._token, self._new_key()) if self.e4 else None
             try:
-                send, _recv, _payload = await self.open_source_stream(source=text)
+                send, _recv, _accepted = await self._open_stream(
+                    ClientStream(text, version=self.version, durable=offer), text)
             except TunnelError as exc:
                 reason = exc.message.removeprefix("Source request rejected: ")
                 if reason == INVALID_PROTOCOL_REASON:
@@ -491,9 +496,9 @@ class IrohClient:
                 bi = await conn.accept_bi()
             except f.IrohError:
                 return
-            self._spawn(self._reverse_stream(bi.send(), bi.recv()))
+            self._spawn(self._reverse_stream(conn, bi.send(), bi.recv()))
 
-    async def _reverse_stream(self, send: Any, recv: Any) -> None:
+    async def _reverse_stream(self, conn: Any, send: Any, recv: Any) -> None:
         f = ffi.load()
         reader = MessageReader("SourceRequest")
         try:
@@ -517,6 +522,12 @@ class IrohClient:
                 await recv.stop(0)
             return
         tune_tcp(tcp_writer)
+        offer = request.durable
+        if self.e4 and offer is not None and offer.token == self._token and offer.offset is None:
+            # a durable stream the server named: resumed by us on the next connection like our own
+            await self._durable_tcp(tcp_reader, tcp_writer, request.source, key=offer.key,
+                                    opened=(conn, send, recv, SourceAccepted(reader.remainder, None, 0)))
+            return
         await self._bridge_fragile(tcp_reader, tcp_writer, send, recv, first=reader.remainder)
 
     async def open_source_stream(
@@ -599,55 +610,69 @@ class IrohClient:
                 writer.transport.abort()
                 return
             await self._bridge_fragile(reader, writer, send, recv, first=payload)
-            if not self._closing and (conn is not self.conn or _closed(conn)):
+            if not self._closing and (conn is not self.conn or durable.closed(conn)):
                 peer = writer.get_extra_info("peername")
                 log.warning("%s", reset_line(f"{peer[0]}:{peer[1]}" if peer else "a local client"))
         finally:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _durable_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           source: str | None) -> None:
-        """One local connection as a durable stream: asked for on every stream it opens, it continues on the next
-        connection after a loss; a server that does not take it (upstream) gets a plain stream, as before."""
-        stream = DurableStream(self._next_key)
+    def _new_key(self) -> int:
         self._next_key += 1
+        return self._next_key - 1
+
+    async def _durable_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           source: str | None, socks: bytes | None = None, key: int | None = None,
+                           opened: tuple[Any, Any, Any, SourceAccepted] | None = None) -> None:
+        """One local connection as a durable stream: asked for on every stream it opens, it continues on the next
+        connection after a loss; a server that does not take it (upstream) gets a plain stream, as before.
+        ``socks``: a SOCKS5 application's connection whose CONNECT named ``source``, and what it sent after the
+        request; its reply follows the server's first answer. ``key``/``opened``: a reverse forward's connection,
+        whose stream the server opened (on connection ``opened[0]``) and named ``key``."""
+        stream = DurableStream(self._new_key() if key is None else key)
         room = asyncio.Event()
-        self._durable[self._next_key - 1] = (stream, room)
+        self._durable[stream.key or 0] = (stream, room)
         try:
-            await self._carry_durable(reader, writer, source, stream, room)
+            await self._carry_durable(reader, writer, source, stream, room, socks, opened)
         finally:
             del self._durable[stream.key or 0]
 
     async def _carry_durable(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str | None,
-                             stream: DurableStream, room: asyncio.Event) -> None:
+                             stream: DurableStream, room: asyncio.Event, socks: bytes | None = None,
+                             opened: tuple[Any, Any, Any, SourceAccepted] | None = None) -> None:
         resumed = False
         peer = writer.get_extra_info("peername")
         name = f"{peer[0]}:{peer[1]}" if peer else "a local client"
         while True:
-            await self._up.wait()
-            conn = self.conn
-            request = DurableRequest(self._token, stream.key or 0, stream.received if resumed else None)
-            machine = ClientStream(source or self.options.source or "", version=self.version, durable=request)
-            try:
-                send, recv, accepted = await self._open_stream(machine, source)
-            except TunnelError as exc:
-                if resumed and exc.exit_code is ExitCode.CONNECTION_LOST and not self._closing:
-                    await self._next_connection(conn)  # the new connection broke too: wait for the next one
-                    continue
-                if resumed and exc.exit_code is ExitCode.AUTH:
-                    log.warning("%s", reset_line(name, UNKNOWN_REASON))
-                elif not self._closing:
-                    log.error("%s", exc.message)
-                writer.transport.abort()
-                return
+            if opened is not None:  # a reverse forward's connection: the server opened its first stream
+                conn, send, recv, accepted = opened
+                opened = None
+            else:
+                await self._up.wait()
+                conn = self.conn
+                request = DurableRequest(self._token, stream.key or 0, stream.received if resumed else None)
+                machine = ClientStream(source or self.options.source or "", version=self.version, durable=request)
+                try:
+                    send, recv, accepted = await self._open_stream(machine, source)
+                except TunnelError as exc:
+                    if resumed and exc.exit_code is ExitCode.CONNECTION_LOST and not self._closing:
+                        await self._next_connection(conn)  # the new connection broke too: wait for the next one
+                        continue
+                    self._not_opened(writer, source, name, exc, socks=socks, resumed=resumed)
+                    return
+            if socks is not None and not resumed:  # the server took the target: the application may go on
+                writer.write(socks5_reply(SUCCEEDED))
+                if accepted.durable is not None:
+                    stream.record(socks)  # sent first by the bridge (the server has 0 bytes of the stream)
+                elif socks:
+                    await send.write_all(socks)
             if accepted.durable is None:  # upstream's server, or an older one
                 if resumed:
                     log.warning("%s", reset_line(name, OLD_PEER_REASON))
                     writer.transport.abort()
                     return
                 await self._bridge_fragile(reader, writer, send, recv, first=accepted.payload)
-                if not self._closing and (conn is not self.conn or _closed(conn)):
+                if not self._closing and (conn is not self.conn or durable.closed(conn)):
                     log.warning("%s", reset_line(name))
                 return
             if self._control_conn is not conn:  # opened beside the stream: its bytes need not wait for it
@@ -662,6 +687,18 @@ class IrohClient:
                 return
             resumed = True
             await self._next_connection(conn)
+
+    def _not_opened(self, writer: asyncio.StreamWriter, source: str | None, name: str, exc: TunnelError, *,
+                    socks: bytes | None, resumed: bool) -> None:
+        """A durable stream's (re)opening failed for good: tell the local application and the user."""
+        if socks is not None and not resumed:
+            _socks_refused(writer, source or "", exc)
+            return
+        if resumed and exc.exit_code is ExitCode.AUTH:
+            log.warning("%s", reset_line(name, UNKNOWN_REASON))
+        elif not self._closing:
+            log.error("%s", exc.message)
+        writer.transport.abort()
 
     def _on_ack(self, key: int, offset: int) -> None:
         entry = self._durable.get(key)
@@ -872,6 +909,14 @@ class _PeerFlow:
 __all__ = ["CLOSE_UNAUTHORIZED", "IrohClient"]
 
 
+def _socks_refused(writer: asyncio.StreamWriter, target: str, exc: TunnelError) -> None:
+    """A SOCKS5 application's target the server did not take: the matching reply, then close."""
+    reason = exc.message.removeprefix("Source request rejected: ")
+    log.info("Dynamic target %s refused by the server: %s", target, reason)
+    writer.write(socks5_reply(refusal_code(reason) if exc.exit_code is ExitCode.AUTH else GENERAL_FAILURE))
+    writer.close()
+
+
 def _path_text(conn: Any) -> str:
     """The selected path in a few words for the "Tunnel back" line (the PathWatch line follows with details)."""
     try:
@@ -883,9 +928,3 @@ def _path_text(conn: Any) -> str:
     return f"{'Relay' if chosen.is_relay else 'Direct'} {chosen.remote}"
 
 
-def _closed(conn: Any) -> bool:
-    """Whether an iroh connection has ended (its close reason is known)."""
-    try:
-        return conn.close_reason() is not None
-    except Exception:
-        return False

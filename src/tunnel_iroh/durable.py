@@ -48,6 +48,9 @@ class Outcome(enum.Enum):
 
 #: The key of a connection's control stream in its SourceRequest (data streams count from 1).
 CONTROL_KEY = 0
+#: The first key of the streams a server opens for a reverse forward's connections (it names them; the client's
+#: own keys count from 1 and never get here).
+REVERSE_KEYS = 1 << 62
 
 
 class Control:
@@ -230,6 +233,14 @@ async def bridge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sen
             task.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(up, down, return_exceptions=True)
+
+
+def closed(conn: Any) -> bool:
+    """Whether an iroh connection has ended (its close reason is known)."""
+    try:
+        return conn.close_reason() is not None
+    except Exception:
+        return False
 
 
 async def _abort(send: Any, recv: Any) -> None:

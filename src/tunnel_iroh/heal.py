@@ -23,8 +23,9 @@ without losing or repeating a byte, as after a reconnect - so that is what it do
   the stalled one; the durable streams then resume on it at their confirmed offsets (``tunnel_iroh.client``).
 
 Nothing happens without durable streams (protocol e2, upstream's server): their connections wait for quinn's next
-probe, as before; nor while a connection that could not survive the move is open (SOCKS5, reverse, or a stream
-upstream's server carries without durability), since moving would reset it.
+probe, as before; nor while a connection that could not survive the move is open (one a server without durable
+streams carries: upstream's, or an older one for a reverse forward), since moving would reset it. SOCKS5 and
+reverse-forward connections are durable streams like ``--forward`` ones and move with them.
 """
 
 from __future__ import annotations

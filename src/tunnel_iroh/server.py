@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
 from typing import Any
 
+from tunnel_core.forwarding.durable import DurableStream
 from tunnel_core.iroh_session import (
     ALPN_E2,
     ALPN_E4,
@@ -76,6 +78,8 @@ class IrohServer:
         self.e4 = options.protocol == "e4"
         #: durable streams (docs/durable.md, e4 only): held local connections by client token and stream key
         self._parking = durable.Parking()
+        #: keys of the reverse forwards' durable streams, which the server opens (the client's count from 1)
+        self._reverse_keys = itertools.count(durable.REVERSE_KEYS)
         self.version = PROTOCOL_VERSION_E4 if self.e4 else PROTOCOL_VERSION_E2
         self.endpoint: Any = None
         self._bridges = OnionBridges(options.network.socks5_proxy)
@@ -328,7 +332,8 @@ class IrohServer:
         """A reverse forward --allow-listen permits: listen while the client's control stream lasts; each accepted
         connection becomes a stream we open to the client, starting with the forward's request text."""
         f = ffi.load()
-        header = encode_source_request(SourceRequest(source=REVERSE_SCHEME + start.text, version=self.version))
+        text = REVERSE_SCHEME + start.text
+        header = encode_source_request(SourceRequest(source=text, version=self.version))
         connections: set[asyncio.Task[Any]] = set()
 
         async def carry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -339,6 +344,14 @@ class IrohServer:
             try:
                 bi = await conn.open_bi()
                 out, back = bi.send(), bi.recv()
+                if start.durable is not None:  # the client resumes it after a reconnect (docs/durable.md)
+                    request = DurableRequest(start.durable.token, next(self._reverse_keys))
+                    await out.write_all(encode_source_request(SourceRequest(source=text, version=self.version,
+                                                                            durable=request)))
+                    held = durable.Held(reader, writer)
+                    stream = self._parking.new(request, held)
+                    await self._carry_held(request, stream, held, 0, b"", out, back, conn)
+                    return
                 await out.write_all(header)
                 await bridge_tcp(reader, writer, out, back)
             except f.IrohError as exc:
@@ -409,13 +422,22 @@ class IrohServer:
             if held.timer is not None:
                 held.timer.cancel()
                 held.timer = None
+        await self._carry_held(request, stream, held, offset, start.payload, send, recv)
+
+    async def _carry_held(self, request: DurableRequest, stream: DurableStream, held: durable.Held, offset: int,
+                          first: bytes, send: Any, recv: Any, conn: Any = None) -> None:
+        """Carry a durable stream's socket over one iroh stream; when the connection goes, hold it for the client's
+        next one (``durable.GRACE``), else let it go. With ``conn`` (a reverse forward's stream, which we opened):
+        a stream that broke while ``conn`` lives was refused by the client (its dial failed): let it go too."""
         held.task = asyncio.current_task()
         held.free.clear()
         outcome = durable.Outcome.LOST
         try:
             parking, token = self._parking, request.token
-            outcome = await durable.bridge(held.reader, held.writer, send, recv, stream, offset, start.payload,
+            outcome = await durable.bridge(held.reader, held.writer, send, recv, stream, offset, first,
                                            parking.room(token, request.key), lambda s: parking.want_ack(token, s))
+            if outcome is durable.Outcome.LOST and conn is not None and not durable.closed(conn):
+                outcome = durable.Outcome.RESET
         finally:
             held.task = None
             held.free.set()

@@ -3,10 +3,14 @@ the forwarding session (what the session decides is tested in test_forwarding_se
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 
+import pytest
+
 from tunnel_core.forwarding import events as fe
+from tunnel_core.forwarding.durable import DurableStream
 from tunnel_io.local import LocalForwarder
 from tunnel_io.testing import SelectReactor
 
@@ -120,3 +124,70 @@ def test_abort_resets_the_local_connection() -> None:
     reactor.close()
 
 
+
+
+class DynamicSession(Session):
+    """A session with a dynamic forward and durable streams: each CONNECT gets a stream that is not resumable
+    until the test gives it a key (the server's acceptance, in the real session)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: dict[int, DurableStream] = {}
+
+    def open_dynamic(self, now: float, forward: int, source: str) -> int:
+        flow_id = 4 * (len(self.streams) + 1)
+        self.streams[flow_id] = DurableStream(None)
+        return flow_id
+
+    def durable_stream(self, flow_id: int) -> DurableStream | None:
+        return self.streams.get(flow_id)
+
+
+def _socks_connect(port: int) -> socket.socket:
+    """Greeting and CONNECT 127.0.0.1:80 at once (the reactor runs only when the test lets it)."""
+    user = socket.create_connection(("127.0.0.1", port), timeout=5)
+    user.sendall(b"\x05\x01\x00" b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50")
+    return user
+
+
+def test_a_socks_connection_is_held_across_a_reconnect_only_once_the_server_accepted_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Durable streams (docs/durable.md): at a reconnect (``detach``) a SOCKS5 connection whose target the server
+    accepted waits for the next tunnel; one still waiting for the answer is reset with one line."""
+    reactor = SelectReactor()
+    session = DynamicSession()
+    fwd = LocalForwarder(reactor, lambda: session, lambda: None, time.monotonic)
+    _host, port = fwd.listen_socks("127.0.0.1", 0, 1, None)
+    waiting = _socks_connect(port)
+    assert reactor.run_until(lambda: 4 in fwd.tcp, 5)
+    accepted = _socks_connect(port)
+    assert reactor.run_until(lambda: 8 in fwd.tcp, 5)
+    session.streams[8].key = 1  # the server accepted this one's target
+    fwd.handle(fe.DynamicReply(8, 0))
+    accepted.settimeout(5)
+    assert _read(accepted, 12) == b"\x05\x00" b"\x05\x00\x00\x01" + bytes(6)  # no auth; CONNECT succeeded
+    held = fwd.tcp[8]
+    with caplog.at_level(logging.WARNING, "tunnel_io.local"):
+        fwd.detach()
+    lines = [r.getMessage() for r in caplog.records if "reset" in r.getMessage()]
+    assert lines == [f"Connection from 127.0.0.1:{waiting.getsockname()[1]} reset: the tunnel was lost"]
+    waiting.settimeout(5)
+    assert waiting.recv(2) == b"\x05\x00"  # the method reply, then no CONNECT reply:
+    try:
+        data = waiting.recv(10)
+    except ConnectionResetError:
+        data = None
+    assert data is None  # RST
+    assert held.held and not held.finished  # the accepted one waits for the next tunnel
+    held.release(abort=True)
+    for sock in (waiting, accepted):
+        sock.close()
+    fwd.close()
+    reactor.close()
+
+
+def _read(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n and (chunk := sock.recv(n - len(data))):
+        data += chunk
+    return data

@@ -352,7 +352,8 @@ class NostrMode:
     connect_from = "client's request published (`Session ...: requesting`)"
 
     def start(self, lab: Lab, *, turn: bool, listen_port: int = LISTEN_PORT, echo_port: int = ECHO_PORT,
-              extra: Sequence[str] = (), client_extra: Sequence[str] = ()) -> RunningPair:
+              extra: Sequence[str] = (), client_extra: Sequence[str] = (),
+              server_extra: Sequence[str] = ()) -> RunningPair:
         from tunnel_core.nostr.keys import SecretKey
 
         relay_port = listen_port + 1000
@@ -372,7 +373,8 @@ class NostrMode:
             raise
         server = Proc("server", lab.in_ns("pB", [*CLI, "server", "nostr", "--nsec-file", str(files["B"]),
                                                  "--peer-npub", keys["A"].public_key.npub, "--allowed-tcp",
-                                                 "127.0.0.0/8", *signaling, *ice_args(lab, "B", turn), *extra]))
+                                                 "127.0.0.0/8", *signaling, *ice_args(lab, "B", turn), *extra,
+                                                 *server_extra]))
         pair = RunningPair(lab=lab, client=server, server=server, echo=echo, listen_port=listen_port,
                            helpers=[relay], start_pattern=r"Session \S+: requesting")
         try:

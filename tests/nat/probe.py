@@ -2,7 +2,9 @@
 
     python probe.py echo PORT            TCP echo server on 127.0.0.1:PORT; prints "ready"; runs until killed
     python probe.py transfer PORT BYTES  connect to 127.0.0.1:PORT, stream BYTES of seeded data while reading the
-                                         echo back; prints one JSON line {"ok", "bytes", "seconds", "error"}
+                                         echo back; prints one JSON line {"ok", "bytes", "seconds", "error"};
+                                         with ``--socks TARGET``, PORT is a SOCKS5 listener and the transfer goes
+                                         through a CONNECT to 127.0.0.1:TARGET
     python probe.py bindable PORT        exit 0 when 127.0.0.1:PORT can be bound for TCP (the port is released)
 
 Every wait is bounded (``--timeout``); transfer prints "started" once the first echoed bytes are back, so a test can
@@ -48,7 +50,30 @@ def echo(port: int) -> int:
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
-def transfer(port: int, total: int, timeout: float, progress: bool = False) -> int:
+def socks5_connect(sock: socket.socket, port: int) -> None:
+    """RFC 1928, no authentication: CONNECT to 127.0.0.1:``port``; OSError unless the proxy answers success."""
+    sock.sendall(b"\x05\x01\x00")
+    if _read_exactly(sock, 2) != b"\x05\x00":
+        raise ConnectionError("SOCKS5: no-authentication refused")
+    sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + port.to_bytes(2, "big"))
+    head = _read_exactly(sock, 4)
+    if head[1] != 0:
+        raise ConnectionError(f"SOCKS5: CONNECT failed with reply {head[1]}")
+    size = {1: 4, 4: 16}.get(head[3]) or _read_exactly(sock, 1)[0]
+    _read_exactly(sock, size + 2)
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("SOCKS5: the proxy closed the connection")
+        data += chunk
+    return data
+
+
+def transfer(port: int, total: int, timeout: float, progress: bool = False, socks: int | None = None) -> int:
     start = time.monotonic()
     rng = random.Random(7)
     sent_hash = hashlib.sha256()
@@ -59,6 +84,8 @@ def transfer(port: int, total: int, timeout: float, progress: bool = False) -> i
     try:
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         sock.settimeout(timeout)
+        if socks is not None:
+            socks5_connect(sock, socks)
 
         def writer() -> None:
             left = total
@@ -116,11 +143,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("bytes", type=int, nargs="?", default=0)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--socks", type=int, default=None, metavar="TARGET")
     args = parser.parse_args(argv)
     if args.command == "echo":
         return echo(args.port)
     if args.command == "transfer":
-        return transfer(args.port, args.bytes, args.timeout, args.progress)
+        return transfer(args.port, args.bytes, args.timeout, args.progress, args.socks)
     return bindable(args.port)
 
 

@@ -14,7 +14,8 @@ from tunnel_core.iroh_session.authkeys import format_private_key, format_public_
 from tunnel_core.keys import endpoint_id_from_secret, format_endpoint_id, format_secret_key
 
 
-def start_iroh_e4(lab: Lab, listen_port: int, echo_port: int, client_extra: Sequence[str]) -> RunningPair:
+def start_iroh_e4(lab: Lab, listen_port: int, echo_port: int, client_extra: Sequence[str],
+                  server_extra: Sequence[str] = ()) -> RunningPair:
     """An iroh pair speaking e4 (upstream's current protocol, Ed25519 keys): durable streams between our peers.
     Otherwise as tests/nat/modes.IrohMode (our relay on the public side, no discovery)."""
     relay_url = f"http://{SRV_IP}:{listen_port + 1000}"
@@ -33,7 +34,7 @@ def start_iroh_e4(lab: Lab, listen_port: int, echo_port: int, client_extra: Sequ
     relay = Proc("iroh-relay", lab.in_ns("srv", [*CLI, "relay", "--bind", f"{SRV_IP}:{listen_port + 1000}"]))
     server = Proc("server", lab.in_ns("pB", [*CLI, "server", "iroh", "--protocol", "e4", "--secret-file",
                                              str(server_key), "--authorized-keys-file", str(authorized),
-                                             "--allowed-tcp", "127.0.0.0/8", *network]))
+                                             "--allowed-tcp", "127.0.0.0/8", *network, *server_extra]))
     pair = RunningPair(lab=lab, client=server, server=server, echo=echo, listen_port=listen_port, helpers=[relay],
                        listening=r"Listening on TCP ")
     assert relay.wait_line(r"(?i)relay listening on", 20), relay.stderr

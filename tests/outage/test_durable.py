@@ -6,6 +6,10 @@ One lab, one cut, everything at once (the suite's wall time matters more than se
 - a nostr tunnel and an iroh tunnel (protocol e4), each with two forwards: the echo service (a 100 MiB transfer,
   sha256 checked end to end) and a real sshd started by the test in the server's namespace (an interactive
   ``ssh`` session: a command before the cut and one typed after it must both be answered);
+- on the nostr tunnel also a SOCKS5 listener (``--socks5``) and a reverse forward (``--reverse``), each carrying
+  an echo transfer across the cut (sha256 checked): a SOCKS5 CONNECT to the server side's echo service, and a
+  connection to the server's reverse listener towards an echo service on the client's side; on the iroh e4 tunnel
+  a SOCKS5 and a reverse-forward transfer likewise;
 - a nostr tunnel with ``--plaintext-compat`` and an iroh tunnel with protocol e2 (upstream's wire formats): they
   reconnect too, but resumption is off, so their open connection is reset with one line each;
 - each durable client's RSS at the start and at the end of the cut, while its transfer's writer keeps writing.
@@ -26,7 +30,7 @@ from pathlib import Path
 import attrs
 import pytest
 from tests.nat.lab import Lab
-from tests.nat.modes import MODES, PROBE, PYTHON, Connected, Proc, RunningPair
+from tests.nat.modes import ECHO_PORT, MODES, PROBE, PYTHON, Connected, Proc, RunningPair
 from tests.wan.test_roaming import manual_hold_scenario
 
 from .cut import cut, heal
@@ -37,8 +41,14 @@ pytestmark = [pytest.mark.nat, pytest.mark.timeout(900)]
 
 CUT_SECONDS = float(os.environ.get("TUNNEL_DURABLE_CUT", "90"))
 TRANSFER_MIB = int(os.environ.get("TUNNEL_DURABLE_MIB", "100"))
+#: The SOCKS5 and reverse-forward transfers beside the main one (smaller: they share the nostr tunnel).
+SIDE_MIB = max(8, TRANSFER_MIB // 3)
 CUT_AFTER = 4 * 1024 * 1024
 SSHD_PORT = 2222
+#: The nostr client's SOCKS5 listener, the server's reverse listener and the client side's echo service behind it.
+SOCKS_PORT, REVERSE_PORT, CLIENT_ECHO_PORT = 7104, 7106, 7004
+#: The iroh e4 client's SOCKS5 listener and the iroh e4 server's reverse listener.
+IROH_SOCKS_PORT, IROH_REVERSE_PORT = 7304, 7306
 #: A nostr tunnel is back this soon after the heal (docs/reconnect.md: the relay pool's next SYN, at most 4 s
 #: away, then one request/offer and ICE); it took 70 s before the request's timestamp was kept fresh.
 NOSTR_BACK_WITHIN = 6.0
@@ -106,7 +116,12 @@ class Durable:
 
     name: str
     pair: RunningPair
-    ssh_listen: int
+    ssh_listen: int | None
+    #: the transfer: from which namespace, to which local port, how much, and (SOCKS5) to which echo port
+    ns: str = "pA"
+    port: int | None = None
+    mib: int = TRANSFER_MIB
+    socks: int | None = None
     session: Proc | None = None
     transfer: Proc | None = None
     progress: Progress | None = None
@@ -114,13 +129,23 @@ class Durable:
     back_at: float | None = None
     answered: float | None = None
 
-    def start(self, lab: Lab, user_key: Path) -> None:
-        self.session = _ssh_session(lab, user_key, self.ssh_listen)
-        assert _type(self.session, "before-cut", 30) is not None, (self.session.stderr, self.pair.describe())
-        self.transfer = Proc("transfer", lab.in_ns("pA", [
-            PYTHON, PROBE, "transfer", str(self.pair.listen_port), str(TRANSFER_MIB * 1024 * 1024), "--timeout",
-            "500", "--progress"]))
+    def start_session(self, lab: Lab, user_key: Path) -> None:
+        if self.ssh_listen is not None:
+            self.session = _ssh_session(lab, user_key, self.ssh_listen)
+            assert _type(self.session, "before-cut", 30) is not None, (self.session.stderr, self.pair.describe())
+
+    def start_transfer(self, lab: Lab) -> None:
+        port = self.pair.listen_port if self.port is None else self.port
+        socks = () if self.socks is None else ("--socks", str(self.socks))
+        self.transfer = Proc("transfer", lab.in_ns(self.ns, [
+            PYTHON, PROBE, "transfer", str(port), str(self.mib * 1024 * 1024), "--timeout", "500", "--progress",
+            *socks]))
         self.progress = Progress(self.transfer)
+
+    @property
+    def main(self) -> bool:
+        """The tunnel's own transfer and ssh session (the SOCKS5 and reverse ones ride beside it)."""
+        return self.ssh_listen is not None
 
     def stop(self) -> None:
         for proc in (self.transfer, self.session):
@@ -151,15 +176,28 @@ def test_a_90s_cut_during_transfers_and_ssh_sessions_every_mode_keeps_its_stream
 
 def _nostr_and_iroh(lab: Lab) -> None:
     sshd, user_key = _sshd(lab)
+    client_echo = Proc("client-echo", lab.in_ns("pA", [PYTHON, PROBE, "echo", str(CLIENT_ECHO_PORT)]))
     pairs: list[RunningPair] = []
     durables: list[Durable] = []
     try:
+        client_echo.wait_ready("client-side echo server", 10)
         forward = f"127.0.0.1:{{}}=tcp://127.0.0.1:{SSHD_PORT}"
-        nostr = MODES["nostr"].start(lab, turn=False, client_extra=("--forward", forward.format(7102)))
+        nostr = MODES["nostr"].start(
+            lab, turn=False, server_extra=("--allow-listen", f"127.0.0.1:{REVERSE_PORT}"),
+            client_extra=("--forward", forward.format(7102), "--socks5", f"127.0.0.1:{SOCKS_PORT}",
+                          "--reverse", f"127.0.0.1:{REVERSE_PORT}=tcp://127.0.0.1:{CLIENT_ECHO_PORT}"))
         pairs.append(nostr)
-        iroh = start_iroh_e4(lab, 7300, 7002, ("--forward", forward.format(7302)))
+        iroh = start_iroh_e4(lab, 7300, 7002, ("--forward", forward.format(7302), "--socks5",
+                                               f"127.0.0.1:{IROH_SOCKS_PORT}", "--reverse",
+                                               f"127.0.0.1:{IROH_REVERSE_PORT}=tcp://127.0.0.1:{CLIENT_ECHO_PORT}"),
+                             server_extra=("--allow-listen", f"127.0.0.1:{IROH_REVERSE_PORT}"))
         pairs.append(iroh)
-        durables = [Durable("nostr", nostr, 7102), Durable("iroh e4", iroh, 7302)]
+        durables = [Durable("nostr", nostr, 7102), Durable("iroh e4", iroh, 7302),
+                    Durable("nostr socks5", nostr, None, port=SOCKS_PORT, mib=SIDE_MIB, socks=ECHO_PORT),
+                    Durable("nostr reverse", nostr, None, ns="pB", port=REVERSE_PORT, mib=SIDE_MIB),
+                    # as large as the main transfer: iroh moves it several times faster than nostr's three share
+                    Durable("iroh e4 socks5", iroh, None, port=IROH_SOCKS_PORT, socks=7002),
+                    Durable("iroh e4 reverse", iroh, None, ns="pB", port=IROH_REVERSE_PORT)]
         # upstream's wire formats: they reconnect too, resumption is off
         compat = MODES["nostr"].start(lab, turn=False, listen_port=7200, echo_port=7001,
                                       extra=("--plaintext-compat",))
@@ -173,24 +211,28 @@ def _nostr_and_iroh(lab: Lab) -> None:
             pair.helpers.append(held)
             assert held.stdout.get(timeout=20) == "started\n", pair.describe()
         for item in durables:
-            item.start(lab, user_key)
+            item.start_session(lab, user_key)
+        for item in durables:  # together, so none is far ahead when the cut comes
+            item.start_transfer(lab)
         _pump_all(durables, time.monotonic() + 120, enough=CUT_AFTER)
+        _pump_all(durables, time.monotonic() + 0.2)  # what is already queued: each must still be under way
         for item in durables:
             assert item.progress is not None and item.progress.verdict is None, (item.name, item.pair.describe())
             assert item.progress.received >= CUT_AFTER, (item.name, item.pair.describe())
 
         cut(lab)
-        for item in durables:
+        mains = [item for item in durables if item.main]
+        for item in mains:
             item.rss.append(_rss_kib(item.pair.client))
         try:
             _pump_all(durables, time.monotonic() + CUT_SECONDS)
-            for item in durables:
+            for item in mains:
                 item.rss.append(_rss_kib(item.pair.client))
             at_heal = {item.name: item.progress.received for item in durables if item.progress is not None}
         finally:
             heal(lab)
         healed_at = time.monotonic()
-        for item in durables:
+        for item in mains:
             if item.pair.client.wait_line(r"Reconnecting\.\.\.", 0.1):
                 assert item.pair.client.wait_line(r"Tunnel back after", 150), item.pair.describe()
                 item.back_at = item.pair.client.line_time(r"Tunnel back after")
@@ -200,9 +242,16 @@ def _nostr_and_iroh(lab: Lab) -> None:
 
         report = []
         for item in durables:
-            assert item.progress is not None and item.session is not None
+            assert item.progress is not None
             verdict = json.loads(item.progress.verdict or "{}")
             assert verdict.get("ok") is True, (item.name, verdict, item.pair.describe())
+            resumed = item.progress.first_growth_after(healed_at, at_heal[item.name])
+            assert resumed is not None, item.name
+            if not item.main:
+                report.append(f"{item.name}: data again {resumed - healed_at:.1f}s after the heal, {item.mib} MiB "
+                              f"echo ok in {verdict['seconds']}s (sha256 match)")
+                continue
+            assert item.session is not None
             assert item.answered is not None, (item.name, item.session.stderr, item.pair.describe())
             assert _type(item.session, "still-there", 30) is not None, item.name
             assert _count(item.pair.client, "reset:") == 0, item.pair.describe()
@@ -211,8 +260,6 @@ def _nostr_and_iroh(lab: Lab) -> None:
                 assert item.back_at is not None and item.back_at - healed_at < NOSTR_BACK_WITHIN, (
                     item.back_at and item.back_at - healed_at, item.pair.describe())
             assert item.rss[1] - item.rss[0] < 32 * 1024, (item.name, item.rss)
-            resumed = item.progress.first_growth_after(healed_at, at_heal[item.name])
-            assert resumed is not None, item.name
             back = "no reconnect" if item.back_at is None else f"tunnel back {item.back_at - healed_at:.1f}s"
             report.append(f"{item.name}: {back} after the heal, data again {resumed - healed_at:.1f}s after it, "
                           f"transfer ok in {verdict['seconds']}s (sha256 match), ssh answered in "
@@ -229,3 +276,4 @@ def _nostr_and_iroh(lab: Lab) -> None:
         for pair in pairs:
             pair.close()
         sshd.stop()
+        client_echo.stop()

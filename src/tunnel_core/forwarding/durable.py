@@ -452,10 +452,19 @@ class DurableLink:
 
     # -------------------------------------------------------------------------------- data path
 
-    def opened(self, flow: _Flow) -> None:
-        """A new plain TCP flow on this connection becomes durable."""
-        stream = DurableStream(None, forward=flow.forward)
-        flow.durable = stream
+    def opened(self, flow: _Flow, *, register: bool = True) -> None:
+        """A TCP flow on this connection becomes durable: it keeps what it sends from now on. Without ``register``
+        (a client's dynamic flow before the server accepted its target) it cannot be resumed yet: a connection
+        lost meanwhile resets it, as the server may never have dialled; ``register`` follows on acceptance."""
+        flow.durable = DurableStream(None, forward=flow.forward)
+        if register:
+            self.register(flow)
+
+    def register(self, flow: _Flow) -> None:
+        """From now on ``flow``'s stream is resumed after a reconnect: it gets its key (a server before HELLO: once
+        HELLO named the session)."""
+        stream = flow.durable
+        assert stream is not None
         if self.streams is not None:
             stream.key = stream_key(self.streams.generation, flow.flow_id)
             self.streams.add(stream)

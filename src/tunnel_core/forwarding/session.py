@@ -19,8 +19,11 @@ and every client stream, TCP or UDP, starts with a FORWARD_HEADER (the forward's
 the 0x00 marker; the server routes the stream by it. Without ``routes`` the wire is upstream's, byte for byte.
 
 Durable streams (docs/durable.md): when both ends advertised the capability in the QUIC handshake and the owner
-called ``enable_durable``, plain TCP flows keep what they sent until the peer's application confirmed it and
-survive a reconnect; the part that speaks that is ``tunnel_core.forwarding.durable.DurableLink``.
+called ``enable_durable``, TCP flows keep what they sent until the peer's application confirmed it and survive a
+reconnect; the part that speaks that is ``tunnel_core.forwarding.durable.DurableLink``. A plain or reverse flow is
+durable from its start; a dynamic (SOCKS5) flow carries a SourceRequest/SourceResponse first and can be resumed only
+once both ends have passed it (the server once its dial succeeded, the client once it read the acceptance); a
+client's reverse flow likewise once its dial succeeded. Offsets count payload bytes only.
 
 Backpressure runs both ways: reading a local socket pauses while its stream's QUIC send buffer is above
 ``high_water`` (and resumes below ``low_water``), and QUIC receive credit is returned only for bytes the local socket
@@ -291,11 +294,11 @@ class ForwardingSession:
         return self._durable is not None
 
     def enable_durable(self, source: DurableStreams | DurableRegistry, now: float) -> None:
-        """Right after the handshake: make plain TCP flows durable if both ends advertised the capability. A
+        """Right after the handshake: make TCP flows durable if both ends advertised the capability. A
         client passes its ``DurableStreams`` (held streams resume here, or are dropped if this connection cannot
         resume them), a server its ``DurableRegistry``."""
         negotiated = bool(getattr(self._quic, "durable_negotiated", False))
-        usable = negotiated and any(r.protocol == "tcp" for r in self._routes)
+        usable = negotiated and any(r.protocol != "udp" for r in self._routes)
         if usable:
             self._durable = DurableLink(self, source, now)
         elif isinstance(source, DurableStreams):
@@ -325,7 +328,7 @@ class ForwardingSession:
         # stream and dials.
         self._quic.send_stream_data(flow_id, forward_header(forward) if self._tagged else STREAM_OPEN_MARKER)
         flow = self._flows[flow_id] = _Flow(flow_id, _Kind.TCP, forward=forward)
-        if self._durable is not None and self._is_client and self._routes[forward].protocol == "tcp":
+        if self._durable is not None:  # a client's plain forward, or a server's reverse one
             self._durable.opened(flow)
         return flow_id
 
@@ -390,6 +393,11 @@ class ForwardingSession:
         flow.connected = True
         if flow.source is not None:  # a dynamic flow: tell the client only now, so its SOCKS reply is the truth
             self._quic.send_stream_data(flow_id, encode_source_response(SourceResponse(accepted=True)))
+        if self._durable is not None and flow.durable is None:
+            # A server's dynamic flow or a client's reverse one is a plain byte stream from here on (after the
+            # SourceResponse just sent): durable now, its offsets counted from here. Bytes that arrived while
+            # dialling are delivered below, so they count too.
+            self._durable.opened(flow)
         if flow.early:
             data, flow.early = bytes(flow.early), bytearray()
             self._deliver_tcp(flow, data)
@@ -653,7 +661,12 @@ class ForwardingSession:
         flow_id = self._quic.get_next_available_stream_id(is_unidirectional=False)
         request = encode_source_request(SourceRequest(source=source))
         self._quic.send_stream_data(flow_id, forward_header(forward) + request)
-        self._flows[flow_id] = _Flow(flow_id, _Kind.TCP, forward=forward, request=MessageReader("SourceResponse"))
+        flow = self._flows[flow_id] = _Flow(flow_id, _Kind.TCP, forward=forward,
+                                            request=MessageReader("SourceResponse"))
+        if self._durable is not None:
+            # The application may send before the server answered (the adapter reads on): keep those bytes too,
+            # but resume the flow only once the server accepted (``_on_source_response``).
+            self._durable.opened(flow, register=False)
         return flow_id
 
     def flow_resolved(self, flow_id: int, addresses: Sequence[str]) -> None:
@@ -713,6 +726,8 @@ class ForwardingSession:
 
     def _on_source_response(self, flow: _Flow, response: SourceResponse) -> None:
         if response.accepted:
+            if flow.durable is not None and self._durable is not None:
+                self._durable.register(flow)  # the server dialled: both ends carry a plain byte stream now
             self._events.append(DynamicReply(flow.flow_id, SOCKS_SUCCEEDED))
             return
         reason = response.reason or ""

@@ -96,6 +96,9 @@ class StartListening:
     text: str
     ip: str
     port: int
+    #: Durable streams (docs/durable.md): the client's durable session (its token): each accepted connection's
+    #: stream is then a durable one of that session. None: the client did not ask (upstream, e2, an older one).
+    durable: DurableRequest | None = None
 
 
 @attrs.frozen
@@ -189,10 +192,13 @@ class ServerStream:
         self._conclude(self._policy.resolution_failed(source, error))
 
     def listening(self) -> None:
-        """The reverse forward's listener is bound: accept the request."""
+        """The reverse forward's listener is bound: accept the request (``"durable":0`` when the client asked for
+        durable streams: its connections' streams will be durable)."""
         self._expect_listener()
         self.state = ServerStreamState.FORWARDING
-        self._events.append(SendBytes(encode_source_response(SourceResponse(accepted=True, version=self._version))))
+        durable = 0 if self._durable is not None else None
+        response = SourceResponse(accepted=True, version=self._version, durable=durable)
+        self._events.append(SendBytes(encode_source_response(response)))
 
     def listen_failed(self, reason: str) -> None:
         """The listener could not be bound (port in use, permission): the client is told why."""
@@ -222,6 +228,9 @@ class ServerStream:
 
     def _judge(self, text: str) -> None:
         self._source_text = text
+        if text.startswith(REVERSE_SCHEME) and self._durable is not None and self._durable.offset is not None:
+            self._resume_reverse(text[len(REVERSE_SCHEME):], self._durable)
+            return
         if text.startswith(REVERSE_SCHEME):
             self._judge_reverse(text[len(REVERSE_SCHEME):])
             return
@@ -252,7 +261,18 @@ class ServerStream:
             self._reject(listen_refusal(listen))
             return
         self.state = ServerStreamState.AWAIT_LISTENER
-        self._events.append(StartListening(listen, ip, port))
+        self._events.append(StartListening(listen, ip, port, self._durable))
+
+    def _resume_reverse(self, listen: str, durable: DurableRequest) -> None:
+        """A client continues a reverse forward's durable stream (its key is one the server gave): the held
+        accepted connection, if we still have it; nothing is bound or dialled."""
+        try:
+            source = parse_source(f"tcp://{listen}")
+        except PolicyError as exc:
+            self._reject(str(exc))
+            return
+        self._source = source
+        self._conclude(Decision(True, ()))  # nothing to dial: the socket is held (or the answer refuses)
 
     def _conclude(self, decision: Decision) -> None:
         if not decision.allowed:

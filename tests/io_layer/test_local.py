@@ -164,6 +164,7 @@ def test_a_socks_connection_is_held_across_a_reconnect_only_once_the_server_acce
     assert reactor.run_until(lambda: 8 in fwd.tcp, 5)
     session.streams[8].key = 1  # the server accepted this one's target
     fwd.handle(fe.DynamicReply(8, 0))
+    fwd.flush_writes()  # the end of the batch (PeerDriver.on_events_done)
     accepted.settimeout(5)
     assert _read(accepted, 12) == b"\x05\x00" b"\x05\x00\x00\x01" + bytes(6)  # no auth; CONNECT succeeded
     held = fwd.tcp[8]

@@ -19,16 +19,19 @@ SCALE = 0.05
 
 @pytest.fixture(autouse=True)
 def _fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ATTEMPT_INTERVAL", "ATTEMPT_TIMEOUT", "PROBE_INTERVAL", "PROBE_TIMEOUT"):
+    for name in ("ATTEMPT_INTERVAL", "ATTEMPT_TIMEOUT", "LONG_TIMEOUT", "PROBE_INTERVAL", "PROBE_TIMEOUT"):
         monkeypatch.setattr(redial, name, getattr(redial, name) * SCALE)
 
 
 class Dials:
-    """Records when each attempt started and how many ran at once; each fails after its timeout, except the
-    ``succeed``-th, which returns a connection."""
+    """Records when each attempt started, with which timeout, and how many ran at once; each fails after its
+    timeout, except the ``succeed``-th, which returns a connection halfway through it, and (with ``need``) any
+    attempt whose timeout leaves ``need`` seconds for the handshake."""
 
-    def __init__(self, succeed: int | None = None, refuse: int | None = None) -> None:
+    def __init__(self, succeed: int | None = None, refuse: int | None = None, need: float | None = None) -> None:
         self.started: list[float] = []
+        self.timeouts: list[float] = []
+        self.need = need
         self.running = 0
         self.most = 0
         self.succeed = succeed
@@ -38,12 +41,16 @@ class Dials:
     async def __call__(self, timeout: float) -> Any:
         loop = asyncio.get_running_loop()
         self.started.append(loop.time())
+        self.timeouts.append(timeout)
         number = len(self.started)
         self.running += 1
         self.most = max(self.most, self.running)
         try:
             if number == self.refuse:
                 raise TunnelError("Authentication rejected: auth_failed", ExitCode.AUTH)
+            if self.need is not None and timeout >= self.need:
+                await asyncio.sleep(self.need)
+                return f"conn{number}"
             await asyncio.sleep(timeout * (0.5 if number == self.succeed else 1.0))
             if number == self.succeed:
                 return f"conn{number}"
@@ -52,13 +59,23 @@ class Dials:
             self.running -= 1
 
 
-def test_an_attempt_every_interval_at_most_two_at_once_until_one_connects() -> None:
-    dials = Dials(succeed=6)
+def test_an_attempt_every_interval_at_most_two_short_ones_at_once_until_one_connects() -> None:
+    dials = Dials(succeed=9)
     conn, attempts = asyncio.run(redial.redial(dials, budget=10.0, last="lost"))
-    assert (conn, attempts) == ("conn6", 6)
+    assert conn == "conn9" and attempts >= 9
     gaps = [b - a for a, b in zip(dials.started, dials.started[1:], strict=False)]
     assert min(gaps) >= redial.ATTEMPT_INTERVAL * 0.9, gaps
-    assert dials.most == redial.IN_FLIGHT
+    assert max(gaps) <= redial.ATTEMPT_TIMEOUT * 1.5, gaps  # never a silence: one always starts soon
+    assert dials.timeouts[redial.LONG_EVERY - 1] == redial.LONG_TIMEOUT
+    assert dials.timeouts.count(redial.LONG_TIMEOUT) == 1  # one long attempt at a time
+    assert dials.most == redial.IN_FLIGHT + 1  # two short ones beside the long one
+
+
+def test_a_handshake_slower_than_the_short_timeout_still_connects_on_a_long_attempt() -> None:
+    dials = Dials(need=redial.ATTEMPT_TIMEOUT * 3)
+    conn, _attempts = asyncio.run(redial.redial(dials, budget=10.0, last="lost"))
+    assert conn == f"conn{redial.LONG_EVERY}"
+    assert dials.timeouts[redial.LONG_EVERY - 1] == redial.LONG_TIMEOUT
 
 
 def test_a_refusal_ends_it_at_once_and_the_budget_ends_it_with_exit_11() -> None:
@@ -132,5 +149,5 @@ def test_a_relay_that_answers_from_the_start_costs_one_connect_and_no_fresh_endp
     dials, fresh = Dials(succeed=4), []
     conn, attempts, accepted = asyncio.run(_relay_comes_back(_free_port(), 0.0, dials, fresh))
     assert fresh == []
-    assert (conn, attempts) == ("conn4", 4)
+    assert conn == "conn4" and attempts >= 4
     assert accepted == 1

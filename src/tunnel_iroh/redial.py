@@ -32,9 +32,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from tunnel_core.iroh_session import CLOSE_DONE
+from tunnel_core.iroh_session.socks import relay_address
 from tunnel_core.options import TunnelError
 from tunnel_core.reconnect import FINAL, gave_up
 from tunnel_iroh.endpoint import CONNECT_TIMEOUT
@@ -56,17 +56,7 @@ PROBE_TIMEOUT = 2.0
 
 Dial = Callable[[float], Awaitable[Any]]
 
-
-def relay_address(url: str) -> tuple[str, int] | None:
-    """The host and TCP port a relay URL's client connects to (None for a URL we cannot read)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.hostname is None or parts.scheme not in ("http", "https"):
-        return None
-    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+__all__ = ["RelayProbe", "redial", "relay_address"]
 
 
 class RelayProbe:

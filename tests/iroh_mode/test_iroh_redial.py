@@ -91,12 +91,12 @@ def test_a_refusal_ends_it_at_once_and_the_budget_ends_it_with_exit_11() -> None
 
 
 def test_relay_address_of_urls() -> None:
-    assert redial.relay_address("https://relay.example:8443/") == ("relay.example", 8443)
+    assert redial.relay_address("https://Relay.Example:8443/") == ("relay.example", 8443)
     assert redial.relay_address("https://relay.example") == ("relay.example", 443)
     assert redial.relay_address("http://198.51.100.10:8300") == ("198.51.100.10", 8300)
     assert redial.relay_address("http://[::1]:80") == ("::1", 80)
-    assert redial.relay_address("ftp://x") is None
     assert redial.relay_address("http://x:99999") is None
+    assert redial.relay_address("no url") is None
 
 
 def _free_port() -> int:

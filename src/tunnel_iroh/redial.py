@@ -60,7 +60,7 @@ __all__ = ["RelayProbe", "redial", "relay_address"]
 
 
 class RelayProbe:
-    """Whether the relay's TCP port answers, checked only until it does. ``returned()`` tells the caller when it
+    """Whether the relay's TCP port answers, checked only until it does. ``observe`` tells the caller when it
     answered after a check that it did not: the moment a fresh endpoint's relay connection would succeed while
     the old endpoint's relay client may still be waiting out its backoff."""
 

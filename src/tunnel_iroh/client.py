@@ -261,7 +261,7 @@ class IrohClient:
         opts = self.options
         fixed_port = opts.network.bind_addr is not None and not opts.network.bind_addr.endswith(":0")
         if fixed_port:
-            await _close_endpoint(old)
+            await _close_endpoint(old, "the old endpoint")
         try:
             self.endpoint = await bind_endpoint(opts.network, secret_key=bytes(old.secret_key().to_bytes()),
                                                 alpns=[self.alpn], relay_urls=self._relay_urls, online=False)
@@ -269,7 +269,7 @@ class IrohClient:
             log.debug("reconnect: no fresh endpoint (%s); dialing from the old one", exc.message)
             return
         if not fixed_port:
-            self._spawn(_close_endpoint(old))
+            self._spawn(_close_endpoint(old, "the old endpoint"))
 
     async def close(self) -> None:
         self._closing = True
@@ -890,9 +890,14 @@ def _path_text(conn: Any) -> str:
     return f"{'Relay' if chosen.is_relay else 'Direct'} {chosen.remote}"
 
 
-async def _close_endpoint(endpoint: Any) -> None:
+async def _close_endpoint(endpoint: Any, what: str = "") -> None:
+    """Close an endpoint (at most 5 s); ``what``: say at debug level how long it took."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(endpoint.close(), 5.0)
+    if what:
+        log.debug("%s closed in %.2f s", what, loop.time() - began)
 
 
 def _closed(conn: Any) -> bool:

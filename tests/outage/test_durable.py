@@ -222,6 +222,10 @@ def _nostr_and_iroh(lab: Lab) -> None:
             report.append(f"{item.name}: {back} after the heal, data again {resumed - healed_at:.1f}s after it, "
                           f"transfer ok in {verdict['seconds']}s (sha256 match), ssh answered in "
                           f"{item.answered:.2f}s, client RSS {item.rss[0]} -> {item.rss[1]} KiB during the cut")
+            report.extend(f"  client +{when - healed_at:.2f}s: {line}"
+                          for line, when in zip(item.pair.client.stderr_lines, item.pair.client.stderr_times,
+                                                strict=True)
+                          if when > healed_at - CUT_SECONDS and "Tunnel " in line)
         for pair in (compat, e2):
             assert pair.client.wait_line(r"Tunnel back after", 120), pair.describe()
             assert _count(pair.client, "reset: the tunnel was lost") == 1, pair.describe()

@@ -223,8 +223,8 @@ def _nostr_and_iroh(lab: Lab) -> None:
                           f"transfer ok in {verdict['seconds']}s (sha256 match), ssh answered in "
                           f"{item.answered:.2f}s, client RSS {item.rss[0]} -> {item.rss[1]} KiB during the cut")
             report.extend(f"  client +{when - healed_at:.2f}s: {line}"
-                          for line, when in zip(item.pair.client.stderr_lines, item.pair.client.stderr_times,
-                                                strict=True)
+                          for line, when in zip(list(item.pair.client.stderr_lines),
+                                                list(item.pair.client.stderr_times), strict=False)
                           if when > healed_at - CUT_SECONDS and "Tunnel " in line)
         for pair in (compat, e2):
             assert pair.client.wait_line(r"Tunnel back after", 120), pair.describe()

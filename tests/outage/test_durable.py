@@ -44,7 +44,7 @@ SSHD_PORT = 2222
 NOSTR_BACK_WITHIN = 6.0
 #: An iroh tunnel (e4 and e2) is back this soon after the heal (docs/reconnect.md, tunnel_iroh.redial): the client
 #: checks the relay's TCP port every second while it does not answer, dials from a fresh endpoint once it does (iroh's
-#: own relay client backs off up to ~30 s), and starts a dial every second; measured 0.1-0.9 s. It took 1.8-29.6 s.
+#: own relay client backs off up to ~30 s), and starts a dial every second; measured 0.0-1.0 s. It took 1.8-29.6 s.
 IROH_BACK_WITHIN = 3.0
 
 

@@ -38,13 +38,13 @@ from tunnel_core.iroh_session.options import IrohClientOptions
 from tunnel_core.keys import format_endpoint_id
 from tunnel_core.options import ExitCode, SocksListen, TunnelError
 from tunnel_core.policy import parse_source, parse_target
-from tunnel_core.reconnect import FINAL, FIRST_DELAY, MAX_DELAY, back_line, gave_up, lost_line, reset_line
+from tunnel_core.reconnect import back_line, lost_line, reset_line
 from tunnel_core.reverse import REVERSE_SCHEME
 from tunnel_core.socks5 import GENERAL_FAILURE, SUCCEEDED, Socks5Server, refusal_code
 from tunnel_core.socks5 import reply as socks5_reply
 from tunnel_core.types import Address
 from tunnel_core.wire import DurableRequest, MessageReader, UdpFrameDecoder, WireError, decode_source_request
-from tunnel_iroh import durable, ffi, heal
+from tunnel_iroh import durable, ffi, heal, redial
 from tunnel_iroh.bridge import (
     READ_LIMIT,
     TCP_LIMIT,
@@ -93,6 +93,7 @@ class IrohClient:
         #: set while ``conn`` is usable; cleared during a reconnect so new local connections wait for the next one
         self._up = asyncio.Event()
         self._dial_args: dict[str, Any] = {}
+        self._relay_urls: tuple[str, ...] = ()
         self.datagram_flow: int | None = None
         self._link: DatagramLink | None = None
         #: called by ``_connect`` on a reconnect, before new local traffic is let through (UDP flows start anew),
@@ -123,7 +124,7 @@ class IrohClient:
 
     async def start(self) -> None:
         opts = self.options
-        relay_urls = await self._bridges.rewrite(opts.network.relay_urls)
+        relay_urls = self._relay_urls = await self._bridges.rewrite(opts.network.relay_urls)
         self.endpoint = await bind_endpoint(opts.network, secret_key=opts.secret_key, alpns=[self.alpn],
                                             relay_urls=relay_urls)
         self.client_id = format_endpoint_id(endpoint_id_bytes(self.endpoint))
@@ -236,33 +237,40 @@ class IrohClient:
             await self._reconnect(lost)
 
     async def _reconnect(self, lost: TunnelError) -> None:
-        """Dial again with backoff until connected or ``reconnect_timeout`` passed (then exit 11)."""
+        """Dial again until connected or ``reconnect_timeout`` passed (then exit 11): an attempt every second, at
+        most two at once, and a fresh endpoint when the relay comes back (tunnel_iroh.redial)."""
         self._up.clear()
         timeout = self.options.reconnect_timeout
         log.warning("%s", lost_line(lost.message, timeout))
         loop = asyncio.get_running_loop()
         started = loop.time()
-        delay, attempts, last = FIRST_DELAY, 0, lost.message
-        while True:
-            attempts += 1
-            try:
-                remaining = max(FIRST_DELAY, timeout - (loop.time() - started))
-                await asyncio.wait_for(self._connect(), remaining)
-            except TunnelError as exc:
-                if exc.exit_code in FINAL:
-                    raise
-                last = exc.message
-            except TimeoutError:
-                last = "timed out"
-            else:
-                log.warning("%s", back_line(loop.time() - started, attempts, _path_text(self.conn)))
-                await self._request_reverse()  # the server's listeners went with the lost connection
-                return
-            elapsed = loop.time() - started
-            if elapsed + delay > timeout:
-                raise gave_up(elapsed, attempts, last)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_DELAY)
+        relays = self._dial_args["relay_urls"]
+        address = redial.relay_address(relays[0]) if relays else None
+        probe = redial.RelayProbe(address) if address is not None else None
+        conn, attempts = await redial.redial(self._dial, budget=timeout, last=lost.message, probe=probe,
+                                             fresh_endpoint=self._fresh_endpoint)
+        log.info("Connected to server %s", format_endpoint_id(self.options.server_id))
+        await self._adopt(conn)
+        log.warning("%s", back_line(loop.time() - started, attempts, _path_text(self.conn)))
+        await self._request_reverse()  # the server's listeners went with the lost connection
+
+    async def _fresh_endpoint(self) -> None:
+        """Replace the endpoint by a new one with the same key (same EndpointId): its relay client dials at once,
+        where the old one may wait out a backoff of up to 16 s (tunnel_iroh.redial). The old endpoint, whose
+        connection is gone already, is closed; first, when ``--bind-addr`` names a port the new one needs."""
+        old = self.endpoint
+        opts = self.options
+        fixed_port = opts.network.bind_addr is not None and not opts.network.bind_addr.endswith(":0")
+        if fixed_port:
+            await _close_endpoint(old, "the old endpoint")
+        try:
+            self.endpoint = await bind_endpoint(opts.network, secret_key=bytes(old.secret_key().to_bytes()),
+                                                alpns=[self.alpn], relay_urls=self._relay_urls, online=False)
+        except TunnelError as exc:
+            log.debug("reconnect: no fresh endpoint (%s); dialing from the old one", exc.message)
+            return
+        if not fixed_port:
+            self._spawn(_close_endpoint(old, "the old endpoint"))
 
     async def close(self) -> None:
         self._closing = True
@@ -282,8 +290,7 @@ class IrohClient:
             with contextlib.suppress(Exception):
                 self.conn.close(CLOSE_DONE.code, CLOSE_DONE.reason)
         if self.endpoint is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.endpoint.close(), 5.0)
+            await _close_endpoint(self.endpoint)
         await self._bridges.close()
 
     def _renew_link(self) -> None:
@@ -928,3 +935,11 @@ def _path_text(conn: Any) -> str:
     return f"{'Relay' if chosen.is_relay else 'Direct'} {chosen.remote}"
 
 
+async def _close_endpoint(endpoint: Any, what: str = "") -> None:
+    """Close an endpoint (at most 5 s); ``what``: say at debug level how long it took."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(endpoint.close(), 5.0)
+    if what:
+        log.debug("%s closed in %.2f s", what, loop.time() - began)

@@ -40,9 +40,12 @@ def _relay_mode(f: Any, network: IrohNetwork, relay_urls: Sequence[str]) -> Any:
 
 
 async def bind_endpoint(
-    network: IrohNetwork, *, secret_key: bytes | None, alpns: Sequence[bytes], relay_urls: Sequence[str] | None = None
+    network: IrohNetwork, *, secret_key: bytes | None, alpns: Sequence[bytes], relay_urls: Sequence[str] | None = None,
+    online: bool = True,
 ) -> Any:
-    """Bind an endpoint; ``relay_urls`` overrides ``network.relay_urls`` (the SOCKS5 bridge rewrites them)."""
+    """Bind an endpoint; ``relay_urls`` overrides ``network.relay_urls`` (the SOCKS5 bridge rewrites them). With
+    ``online`` (the start) wait for its relay connection; a reconnect's fresh endpoint does not: its first dial
+    names the relay, which connects it."""
     f = ffi.load()
     f.uniffi_set_event_loop(asyncio.get_running_loop())
     urls = tuple(network.relay_urls if relay_urls is None else relay_urls)
@@ -63,7 +66,7 @@ async def bind_endpoint(
         endpoint = await f.Endpoint.bind(f.EndpointOptions(**kwargs))
     except f.IrohError as exc:
         raise TunnelError(f"Failed to create iroh endpoint: {ffi.error_text(exc)}", ExitCode.GENERAL) from None
-    if urls and not network.relays_disabled:
+    if online and urls and not network.relays_disabled:
         try:
             await asyncio.wait_for(endpoint.online(), ONLINE_TIMEOUT)
         except TimeoutError:

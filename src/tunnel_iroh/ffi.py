@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import inspect
 import logging
+import os
 import types
 import warnings
 from typing import Any
@@ -109,7 +110,20 @@ def load() -> types.ModuleType:
         raise TunnelError(f"{MISSING_MESSAGE} ({exc})", ExitCode.USAGE) from None
     _state["copy_fix"] = apply_copy_fix(iroh_ffi)
     _state["module"] = iroh_ffi
+    _rust_log_level(iroh_ffi)
     return iroh_ffi
+
+
+def _rust_log_level(ffi: types.ModuleType) -> None:
+    """``TUNNEL_IROH_LOG`` (trace, debug, info, warn, error): iroh's own tracing to stderr, for diagnosing what iroh
+    does under us (its relay connection's redials, path changes); unset, iroh stays silent as before."""
+    name = os.environ.get("TUNNEL_IROH_LOG", "").strip().upper()
+    level = getattr(ffi.LogLevel, "WARN" if name == "WARNING" else name, None) if name else None
+    if level is None:
+        if name:
+            log.warning("TUNNEL_IROH_LOG=%s is not one of trace, debug, info, warn, error; ignored", name.lower())
+        return
+    ffi.set_log_level(level)
 
 
 def copy_fix_active() -> bool:

@@ -47,18 +47,23 @@ def parse_socks5_proxy(text: str) -> ProxyAddress:
     return ProxyAddress(scheme=scheme, host=parts.hostname, port=port or DEFAULT_SOCKS_PORT)
 
 
-def onion_target(relay_url: str) -> tuple[str, int] | None:
-    """``(host, port)`` when the relay URL's host ends with ``.onion``, else None (port 443 for https, 80 else)."""
+def relay_address(relay_url: str) -> tuple[str, int] | None:
+    """``(host, port)`` a relay URL's client connects to (port 443 for https/wss, 80 else); None when unreadable."""
     try:
         parts = urlsplit(relay_url)
         port = parts.port
     except ValueError:
         return None
-    host = (parts.hostname or "").lower()
-    if not host.endswith(".onion"):
+    if not parts.hostname:
         return None
     default = 443 if parts.scheme.lower() in ("https", "wss") else 80
-    return host, port or default
+    return parts.hostname.lower(), port or default
+
+
+def onion_target(relay_url: str) -> tuple[str, int] | None:
+    """``(host, port)`` when the relay URL's host ends with ``.onion``, else None."""
+    address = relay_address(relay_url)
+    return address if address is not None and address[0].endswith(".onion") else None
 
 
 def check_proxy_for_relays(proxy: str | None, relay_urls: tuple[str, ...]) -> None:

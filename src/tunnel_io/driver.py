@@ -286,7 +286,12 @@ class PeerDriver:
         self._arm += 1
         if when is None:
             return
-        if when - self.now() < TIMER_SLACK:
+        # Against the reactor's clock, not now(): now() may already stand at the floor of a timer fired early, and
+        # measured from there a chain of timers each "less than TIMER_SLACK away" moves the floor ahead of real time
+        # without bound. It did: the machine's clock ran ahead under bulk load, packets were stamped in the future
+        # and paced faster than the pacing rate, and RTT samples came out shorter than the path (41 ms on a 50 ms
+        # path in the WAN lab), so bbr's min_rtt and bandwidth were both wrong.
+        if when - self.reactor.time() < TIMER_SLACK:
             arm = self._arm
             self.reactor.call_soon(lambda: self._on_timer(arm))
             self._timer = _SOON

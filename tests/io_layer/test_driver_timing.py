@@ -98,3 +98,69 @@ def test_each_datagram_of_a_drain_gets_the_time_it_was_read() -> None:
     times = [now for _, now in machine.received]
     assert times == pytest.approx([100.01, 100.02, 100.03])
     driver.close()
+
+
+
+class _PacedMachine(_Machine):
+    """A sender held by pacing: after every timer it wants the next one 0.4 ms after the time it was handed; it
+    notes how far that time stood ahead of the reactor's clock."""
+
+    def __init__(self, clock: _Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.timer: float | None = clock.now + 0.0004
+        self.ahead: list[float] = []
+
+    def get_timer(self) -> float | None:  # type: ignore[override]
+        return self.timer
+
+    def handle_timer(self, now: float) -> None:
+        self.ahead.append(now - self.clock.now)
+        self.timer = now + 0.0004
+
+
+class _SoonReactor(_Reactor):
+    """call_soon callbacks run when the test turns the loop; each turn takes 20 us of the clock."""
+
+    def __init__(self, clock: _Clock) -> None:
+        super().__init__(clock)
+        self.soon: list[Callable[[], None]] = []
+        self.at: float | None = None
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        self.soon.append(fn)
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> Any:
+        self.at = when
+        return super().call_at(when, fn)
+
+    def turn(self) -> None:
+        self.clock.now += 0.00002
+        ready, self.soon = self.soon, []
+        for fn in ready:
+            fn()
+
+
+def test_timers_fired_early_never_move_the_clock_ahead_of_the_reactor() -> None:
+    """A timer under TIMER_SLACK away fires at once, as if due. Measured from the machine's clock (which already
+    stands at the last such timer) rather than the reactor's, a pacing chain moved the clock ahead without bound:
+    packets were stamped in the future, sent faster than the pacing rate, and RTT samples came out shorter than
+    the path (41 ms on a 50 ms path in the WAN lab)."""
+    from tunnel_io.driver import TIMER_SLACK
+
+    clock = _Clock()
+    reactor = _SoonReactor(clock)
+    machine = _PacedMachine(clock)
+    driver = PeerDriver(reactor, machine, {}, lambda ev: None)  # type: ignore[arg-type]
+    driver.flush()
+    for _ in range(300):
+        if reactor.soon:
+            reactor.turn()
+        else:  # the loop sleeps until the timer it was given
+            assert reactor.at is not None
+            clock.now = max(clock.now, reactor.at)
+            reactor.at = None
+            driver._on_timer_at()
+    assert len(machine.ahead) >= 200
+    assert max(machine.ahead) <= TIMER_SLACK + 1e-9
+    driver.close()

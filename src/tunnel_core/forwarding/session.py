@@ -950,13 +950,21 @@ class ForwardingSession:
         return max(self._high_water, min(MAX_HIGH_WATER, window))
 
     def _check_resume(self) -> None:
-        low = max(self._low_water, self._tcp_high_water() // 2) if self._auto_water else self._low_water
+        # With the default thresholds a flow resumes once what it has never sent falls to a quarter of its high
+        # water (half a congestion window alone on a path), however much is still in flight. Why not "unacked <=
+        # half the high water" (our first rule): that half is one window, and with a full window in flight it was
+        # only reached when nothing at all was left to send, so the sender idled for every wake-up of the reader
+        # (wan_trace.py on ``broadband``: application-limited in 56 % of samples, 87 Mbit/s). Memory stays bounded:
+        # a flow pauses again above the high water of unacknowledged bytes.
+        auto = self._auto_water
+        low = max(self._low_water, self._tcp_high_water() // 4) if auto else self._low_water
         for flow_id in sorted(self._paused):
             flow = self._flows.get(flow_id)
             replay = None if flow is None else flow.durable
             if replay is not None and replay.unconfirmed > REPLAY_LOW:
                 continue
-            if self._quic.send_buffer_size(flow_id) <= low:
+            left = self._quic.unsent_size(flow_id) if auto else self._quic.send_buffer_size(flow_id)
+            if left <= low:
                 self._paused.discard(flow_id)
                 self._events.append(ResumeReading(flow_id))
 

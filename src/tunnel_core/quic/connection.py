@@ -219,6 +219,15 @@ class TunnelQuicConnection(QuicConnection):
             size -= acked.stop - acked.start
         return size
 
+    def unsent_size(self, stream_id: int) -> int:
+        """Bytes written to ``stream_id`` that were never sent (retransmissions not counted; 0 for unknown streams):
+        how much the sender has left before it runs dry, which is what the local reader must keep topped up."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return max(0, sender._buffer_stop - sender.highest_offset)
+
     @property
     def datagrams_negotiated(self) -> bool:
         """Both ends speak tunnel datagrams: we allow DATAGRAM frames, and the peer advertised both RFC 9221's

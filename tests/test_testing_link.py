@@ -44,6 +44,22 @@ def test_random_loss_and_mtu() -> None:
         Link(rate=None, delay=0.0, loss=0.1)
 
 
+
+def test_jitter_wanders_the_delay_without_reordering() -> None:
+    """The WAN lab's jitter model: the delay spreads over about +-2 jitter around its mean, and packets keep their
+    order (a sparse probe sees the spread; a dense stream is never reordered)."""
+    link = Link(rate=None, delay=0.05, jitter=0.01, rand=random.Random(5))
+    sends = [i * 0.001 for i in range(5000)]  # 5 s at one packet per ms
+    arrivals = [link.admit(100, t) for t in sends]
+    assert all(a is not None for a in arrivals)
+    delays = [a - t for a, t in zip(arrivals, sends, strict=True) if a is not None]
+    assert arrivals == sorted(arrivals)  # type: ignore[type-var]
+    assert min(delays) >= 0.05 - 0.02 - 1e-9 and max(delays) <= 0.05 + 0.02 + 0.001
+    assert max(delays) - min(delays) > 0.02  # it does wander
+    assert abs(sum(delays) / len(delays) - 0.05) < 0.005
+    with pytest.raises(ValueError):
+        Link(rate=None, delay=0.0, jitter=0.01)
+
 class _Sink:
     def __init__(self) -> None:
         self.got: list[tuple[bytes, float]] = []

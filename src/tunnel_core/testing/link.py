@@ -21,6 +21,8 @@ import attrs
 class _Random(Protocol):
     def random(self) -> float: ...
 
+    def gauss(self, mu: float, sigma: float) -> float: ...
+
 
 @attrs.define
 class LinkStats:
@@ -40,7 +42,11 @@ class LinkStats:
 class Link:
     """One direction of a bottleneck. ``rate`` in bits/s (None: no limit), ``queue_bytes`` the FIFO's capacity,
     ``delay`` the propagation delay added after serialisation, ``loss`` a random-loss probability applied before
-    the queue (needs ``rand``), ``mtu`` the largest datagram (UDP payload) that passes (None: any)."""
+    the queue (needs ``rand``), ``mtu`` the largest datagram (UDP payload) that passes (None: any).
+
+    ``jitter`` (needs ``rand``) varies the delay as the WAN lab's link does (tests/wan/link.py): a smooth process
+    that heads for a new N(0, jitter) target (clipped to +-2 jitter) every max(10 ms, 4 jitter), linear in between,
+    and never lets a packet overtake the one before - a mobile link's delay wanders; it does not reorder."""
 
     def __init__(
         self,
@@ -51,9 +57,10 @@ class Link:
         loss: float = 0.0,
         rand: _Random | None = None,
         mtu: int | None = None,
+        jitter: float = 0.0,
     ) -> None:
-        if loss and rand is None:
-            raise ValueError("random loss needs a seeded rand")
+        if (loss or jitter) and rand is None:
+            raise ValueError("random loss and jitter need a seeded rand")
         if rate is not None and rate <= 0:
             raise ValueError("the rate must be positive (or None for no limit)")
         self.delay = delay
@@ -63,6 +70,10 @@ class Link:
         self._rand = rand
         self._rate_bytes = None if rate is None else rate / 8
         self._busy_until = 0.0
+        self.jitter = jitter
+        #: the jitter process: (t0, offset0, t1, offset1), and the latest arrival handed out (no overtaking)
+        self._wander = (0.0, 0.0, 0.0, 0.0)
+        self._last_arrival = 0.0
         self.stats = LinkStats()
 
     @property
@@ -95,7 +106,7 @@ class Link:
         if self._rate_bytes is None:
             stats.sent += 1
             stats.sent_bytes += size
-            return now + self.delay
+            return self._arrival(now)
         queued = self.queued_bytes(now)
         if queued + size > self.queue_bytes:
             stats.dropped_queue += 1
@@ -110,7 +121,22 @@ class Link:
             stats.queue_delay_max = wait
         if queued + size > stats.max_queue_bytes:
             stats.max_queue_bytes = queued + size
-        return self._busy_until + self.delay
+        return self._arrival(self._busy_until)
+
+    def _arrival(self, departure: float) -> float:
+        if not self.jitter or self._rand is None:
+            return departure + self.delay
+        t0, o0, t1, o1 = self._wander
+        if departure >= t1:
+            step = max(0.010, 4 * self.jitter)
+            t0, o0 = (t1 if departure < t1 + step else departure), o1
+            target = min(2 * self.jitter, max(-2 * self.jitter, self._rand.gauss(0.0, self.jitter)))
+            t1, o1 = t0 + step, target
+            self._wander = (t0, o0, t1, o1)
+        offset = o0 + (o1 - o0) * (departure - t0) / (t1 - t0)
+        arrival = max(departure, departure + self.delay + offset, self._last_arrival)
+        self._last_arrival = arrival
+        return arrival
 
     def mean_queue_delay(self) -> float:
         return self.stats.queue_delay_sum / self.stats.sent if self.stats.sent else 0.0

@@ -129,6 +129,9 @@ HOST_STALL = 0.005
 #: the probe-round fixes): 11.5 Mbit/s with the floor at bw x min_rtt (1x), 14.5 at 1.5x, 15.1 at 2x. A standing
 #: queue of our own counts for at most one more min_rtt.
 JITTER_RTT_CAP = 2.0
+#: The path's own loss rate (base_loss) from which a loss-free probe round restores inflight_hi at once (see
+#: _end_round): a path that loses this much by itself gets false cuts (Wi-Fi 1 %, mobile 2 %).
+LOSSY_PATH = 0.005
 #: Smallest window, in packets.
 MIN_WINDOW_PACKETS = 4
 
@@ -460,15 +463,20 @@ class BbrCongestionControl(QuicCongestionControl):
         while the path keeps a standing queue. Outside PROBE_BW a queue is our own (STARTUP, DRAIN) and says nothing
         about a competitor. The path's own loss counts in every mode: PROBE_RTT at the bare 2 % on a path losing 2 %
         was cut about every other time, each cut a step down (virtual time, ``mobile`` with jitter)."""
-        min_rtt, recent = self.min_rtt, self._recent_rtt
-        if (
-            self.mode == _Mode.PROBE_BW
-            and not math.isinf(recent)
-            and recent >= QUEUE_RTT_FACTOR * min_rtt
-            and recent - min_rtt >= QUEUE_MIN_DELAY
-        ):
+        if self.mode == _Mode.PROBE_BW and self._standing_queue():
             return QUEUED_LOSS_THRESHOLD
         return LOSS_THRESHOLD + self.base_loss
+
+    def _lossy_path(self) -> bool:
+        """The path loses packets by itself (LOSSY_PATH or more, measured without a queue) and no queue stands."""
+        return self.base_loss >= LOSSY_PATH and not self._standing_queue()
+
+    def _standing_queue(self) -> bool:
+        """The last round's smallest RTT is well above min_rtt (see QUEUE_RTT_FACTOR): a queue that never drained."""
+        min_rtt, recent = self.min_rtt, self._recent_rtt
+        return (
+            not math.isinf(recent) and recent >= QUEUE_RTT_FACTOR * min_rtt and recent - min_rtt >= QUEUE_MIN_DELAY
+        )
 
     def _on_congestion(self, now: float) -> None:
         """Loss above the threshold: the path is congested; bound what we send by what it carried."""
@@ -525,9 +533,12 @@ class BbrCongestionControl(QuicCongestionControl):
         elif self._round_probe_up:
             # A loss-free probe round: there may be room above the old bound; grow it faster each round.
             if not math.isinf(self.inflight_hi):
-                # The probe carried what it had in flight without loss: the bound is at least that.
-                grown = self.inflight_hi + self._hi_growth * self.max_datagram_size
-                self.inflight_hi = max(grown, self._round_max_inflight)
+                # On a path with loss of its own (where most cuts were random loss) a loss-free probe carried what
+                # it had in flight: the bound is at least that. Not on a clean path, where a cut was congestion:
+                # there it made bbr too hard on kernel CUBIC TCP (WAN lab fairness: 22-25 % left to CUBIC).
+                self.inflight_hi += self._hi_growth * self.max_datagram_size
+                if self._lossy_path():
+                    self.inflight_hi = max(self.inflight_hi, self._round_max_inflight)
                 self._hi_growth = min(self._hi_growth * 2, 1 << 16)
                 if self.inflight_hi > self._unbounded_window():
                     self.inflight_hi = math.inf
@@ -630,9 +641,10 @@ class BbrCongestionControl(QuicCongestionControl):
             self._cycle_index = (self._cycle_index + 1) % len(PROBE_BW_GAINS)
             self._cycle_stamp = now
             self.pacing_gain = PROBE_BW_GAINS[self._cycle_index]
-            if self.pacing_gain > 1.0:
+            if self.pacing_gain > 1.0 and self._lossy_path():
                 # A probe phase lasts min_rtt, a round the whole RTT: the round it starts in is a probing round
-                # (on a path whose RTT is well above min_rtt a probe often began and ended within one round).
+                # (on a path whose RTT is well above min_rtt a probe often began and ended within one round). Only
+                # where loss of the path's own makes false cuts worth undoing quickly, as above.
                 self._round_probe_up = True
 
     def _probe_rtt_window(self) -> int:
@@ -643,9 +655,11 @@ class BbrCongestionControl(QuicCongestionControl):
     def _path_rtt(self) -> float:
         """The round trip a window must cover on this path: the last round's smallest RTT, at most
         JITTER_RTT_CAP x min_rtt. On a path whose delay wanders (mobile: 100 ms +- 30) min_rtt is the rare low
-        point, and a window of bw x min_rtt holds the rate to min_rtt / RTT of the bandwidth."""
+        point, and a window of bw x min_rtt holds the rate to min_rtt / RTT of the bandwidth. Beside a standing
+        queue (a loss-based flow filling the buffer) it is min_rtt: that queue is not the path's, and a floor above
+        one BDP kept bbr from yielding to kernel CUBIC TCP (WAN lab fairness: 22 % left to CUBIC)."""
         recent = self._recent_rtt
-        if math.isinf(recent) or recent <= self.min_rtt:
+        if math.isinf(recent) or recent <= self.min_rtt or self._standing_queue():
             return self.min_rtt
         return min(recent, JITTER_RTT_CAP * self.min_rtt)
 

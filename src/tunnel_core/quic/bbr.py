@@ -367,7 +367,7 @@ class BbrCongestionControl(QuicCongestionControl):
                 self._round_max_rate = rate
             discounted = state.app_limited or self._stall_time > min(state.delivered_time, state.first_sent_time)
             if not discounted or rate >= self._bw.value:
-                self._bw.update(self.round_count, now, self.min_rtt, rate)
+                self._bw.update(self.round_count, now, self._phase_rtt(), rate)
         self._update_mode(now)
         self._update_control()
 
@@ -526,7 +526,7 @@ class BbrCongestionControl(QuicCongestionControl):
 
     def _end_round(self, now: float, app_limited: bool) -> None:
         """A round trip ended with the acknowledgement of a packet sent while ``app_limited`` (or not)."""
-        self._bw.expire(self.round_count, now, self.min_rtt)
+        self._bw.expire(self.round_count, now, self._phase_rtt())
         self._extra_acked.expire(self.round_count, now, math.inf)
         if self._round_congested():
             self._on_congestion(now)
@@ -630,7 +630,7 @@ class BbrCongestionControl(QuicCongestionControl):
 
     def _advance_cycle(self, now: float) -> None:
         gain = PROBE_BW_GAINS[self._cycle_index]
-        elapsed = now - self._cycle_stamp > self.min_rtt
+        elapsed = now - self._cycle_stamp > self._phase_rtt()
         if gain > 1.0:
             done = elapsed and (self.bytes_in_flight >= self.bdp(gain) or self.bytes_in_flight >= self.inflight_hi)
         elif gain < 1.0:
@@ -662,6 +662,13 @@ class BbrCongestionControl(QuicCongestionControl):
         if math.isinf(recent) or recent <= self.min_rtt or self._standing_queue():
             return self.min_rtt
         return min(recent, JITTER_RTT_CAP * self.min_rtt)
+
+    def _phase_rtt(self) -> float:
+        """How long a PROBE_BW phase lasts, and the unit of the bandwidth filter's time bound: min_rtt, or on a path
+        with loss of its own whose delay wanders, the path's RTT (_path_rtt). A probe of one min_rtt on a path whose
+        rounds take twice that moved the delivery-rate samples by half its gain, which jitter and the path's loss
+        ate: the estimate sat at a third of a ``mobile`` link for seconds (WAN lab)."""
+        return self._path_rtt() if self._lossy_path() else self.min_rtt
 
     def _window_rtt(self) -> float:
         """The RTT the window is sized on: the last round's smallest sample, but at most CWND_RTT_CAP x min_rtt or

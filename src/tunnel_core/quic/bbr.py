@@ -23,6 +23,10 @@ Design (BBRv1 core with BBRv2's loss bounds; our own simplification, not a line-
   (a tail-drop queue overflowing): ``inflight_hi`` is set to 0.7 x what was in flight, ``bw_lo`` to 0.7 x the
   bandwidth, and both bound the window and the pacing rate until a later probe finds room again (each loss-free
   PROBE_UP round raises ``inflight_hi`` by a growing step and clears ``bw_lo``).
+* a path with loss of its own (``base_loss`` >= LOSSY_PATH, no standing queue; Wi-Fi, mobile) gets false cuts, and
+  its delay may wander far above min_rtt: there a loss-free probe restores ``inflight_hi`` to what it carried, the
+  round a probe starts in counts as probing, and a PROBE_BW phase lasts the path's RTT rather than min_rtt; a cut
+  never takes ``inflight_hi`` below bw x the path's RTT (unless a standing queue is evident).
 * a collapse - more than 20 % of a round lost, or bw_lo under 30 % of the bandwidth - and persistent congestion
   (RFC 9002 7.6) forget the bandwidth model and restart STARTUP.
 

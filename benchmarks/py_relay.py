@@ -84,7 +84,10 @@ async def serve(listen_port: int, next_port: int) -> None:
                 outbound.transport.write(chunk)
             inbound.early.clear()
             if inbound.eof_early:
-                outbound.transport.write_eof()
+                try:
+                    outbound.transport.write_eof()
+                except OSError:  # the far end already went away (iperf3's probe connections): nothing to relay
+                    outbound.transport.close()
 
         task = loop.create_task(connect())
         connecting.add(task)

@@ -12,7 +12,8 @@ Model, per direction (A->B and B->A are independent):
   would push them above ``queue_bytes`` is dropped (counted as ``drop_queue``). No rate: frames leave at once.
 * **random loss** after the bottleneck (a frame lost on the wire still used the bottleneck's time).
 * **delay + jitter**: a frame arrives at ``departure + delay + offset(departure)``. ``offset`` is a smooth random
-  process: a new target N(0, jitter) (clipped to +-2 jitter) every ``max(10 ms, 4 jitter)``, linear in between.
+  process (``tunnel_core.testing.link.Wander``, shared with the virtual-time Link): a new target N(0, jitter)
+  (clipped to +-2 jitter) every ``max(10 ms, 4 jitter)``, linear in between.
   So the delay distribution a sparse probe sees has the configured spread whatever the packet rate, and frames keep
   their order (the offset's slope stays below 1, and an arrival never precedes the previous one's): real access
   links reorder very rarely, while netem-style per-packet jitter reorders heavily, which TCP treats as loss.
@@ -40,6 +41,8 @@ import sys
 import time
 from typing import Any
 
+from tunnel_core.testing.link import Wander
+
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
@@ -60,7 +63,7 @@ class Direction:
         self.queue_bytes = 0  # bottleneck queue limit (used only with a rate)
         self.free_at = 0.0
         self.last_due = 0.0
-        self._j = (0.0, 0.0, 0.0, 0.0)  # (t0, offset0, t1, offset1) of the jitter process
+        self._wander = Wander(rng)
         self.flight: collections.deque[tuple[float, bytes]] = collections.deque()
         self.counts = {"fwd": 0, "fwd_bytes": 0, "drop_loss": 0, "drop_queue": 0, "drop_cut": 0}
 
@@ -78,18 +81,6 @@ class Direction:
         """Bytes waiting in the bottleneck queue at ``now``."""
         return max(0.0, self.free_at - now) * self.rate
 
-    def _offset(self, t: float) -> float:
-        if self.jitter <= 0:
-            return 0.0
-        t0, o0, t1, o1 = self._j
-        if t >= t1:
-            step = max(0.010, 4 * self.jitter)
-            t0, o0 = (t1 if t < t1 + step else t), o1  # continuous; after an idle gap restart from now
-            target = min(2 * self.jitter, max(-2 * self.jitter, self.rng.gauss(0.0, self.jitter)))
-            t1, o1 = t0 + step, target
-            self._j = (t0, o0, t1, o1)
-        return o0 + (o1 - o0) * (t - t0) / (t1 - t0)
-
     def admit(self, frame: bytes, now: float) -> None:
         """A frame entered the link at ``now``: drop it or schedule its arrival."""
         n = len(frame)
@@ -103,7 +94,7 @@ class Direction:
         if self.loss > 0 and self.rng.random() < self.loss:
             self.counts["drop_loss"] += 1
             return
-        due = max(departure, departure + self.delay + self._offset(departure), self.last_due)
+        due = max(departure, departure + self.delay + self._wander.offset(departure, self.jitter), self.last_due)
         self.last_due = due
         self.flight.append((due, frame))
 

@@ -86,9 +86,9 @@ _ACK_DELAY_RTT_FRACTION = 1 / 8
 #: get_timer's cache is empty (None is a valid timer: "no timer").
 _NO_CACHE = object()
 #: "ACK now" is a moment just past: aioquic paces every packet unless its ACK is *overdue* (ack_at < now).
+_ACK_NOW = 1e-6
 #: See handle_timer: how far past its timer aioquic is told it is (far below any timer granularity).
 _TIMER_NUDGE = 1e-9
-_ACK_NOW = 1e-6
 #: PTOs in a row (nothing acknowledged) after which a raised packet size is taken for a PMTU black hole.
 _PMTU_BLACK_HOLE_PTOS = 2
 

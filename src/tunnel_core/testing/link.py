@@ -24,6 +24,31 @@ class _Random(Protocol):
     def gauss(self, mu: float, sigma: float) -> float: ...
 
 
+class Wander:
+    """A link's wandering delay: a smooth random process that heads for a new N(0, jitter) target (clipped to
+    +-2 jitter) every max(10 ms, 4 jitter), linear in between. Shared by this module's :class:`Link` and the WAN
+    lab's user-space link (tests/wan/link.py), so virtual time sees the jitter the lab has. Why smooth: a sparse
+    probe still sees the configured spread, while netem-style per-packet jitter reorders a dense stream heavily,
+    which real access links do not (and TCP reads as loss)."""
+
+    def __init__(self, rand: _Random) -> None:
+        self._rand = rand
+        self._segment = (0.0, 0.0, 0.0, 0.0)  # (t0, offset0, t1, offset1)
+
+    def offset(self, t: float, jitter: float) -> float:
+        """The delay's deviation (seconds) for a packet leaving at ``t``; times must not go backwards."""
+        if jitter <= 0:
+            return 0.0
+        t0, o0, t1, o1 = self._segment
+        if t >= t1:
+            step = max(0.010, 4 * jitter)
+            t0, o0 = (t1 if t < t1 + step else t), o1  # continuous; after an idle gap restart from now
+            target = min(2 * jitter, max(-2 * jitter, self._rand.gauss(0.0, jitter)))
+            t1, o1 = t0 + step, target
+            self._segment = (t0, o0, t1, o1)
+        return o0 + (o1 - o0) * (t - t0) / (t1 - t0)
+
+
 @attrs.define
 class LinkStats:
     """Counters a test asserts on."""
@@ -44,9 +69,8 @@ class Link:
     ``delay`` the propagation delay added after serialisation, ``loss`` a random-loss probability applied before
     the queue (needs ``rand``), ``mtu`` the largest datagram (UDP payload) that passes (None: any).
 
-    ``jitter`` (needs ``rand``) varies the delay as the WAN lab's link does (tests/wan/link.py): a smooth process
-    that heads for a new N(0, jitter) target (clipped to +-2 jitter) every max(10 ms, 4 jitter), linear in between,
-    and never lets a packet overtake the one before - a mobile link's delay wanders; it does not reorder."""
+    ``jitter`` (needs ``rand``) varies the delay as the WAN lab's link does (:class:`Wander`), and never lets a
+    packet overtake the one before - a mobile link's delay wanders; it does not reorder."""
 
     def __init__(
         self,
@@ -71,8 +95,8 @@ class Link:
         self._rate_bytes = None if rate is None else rate / 8
         self._busy_until = 0.0
         self.jitter = jitter
-        #: the jitter process: (t0, offset0, t1, offset1), and the latest arrival handed out (no overtaking)
-        self._wander = (0.0, 0.0, 0.0, 0.0)
+        self._wander = None if rand is None else Wander(rand)
+        #: the latest arrival handed out (no overtaking)
         self._last_arrival = 0.0
         self.stats = LinkStats()
 
@@ -124,16 +148,9 @@ class Link:
         return self._arrival(self._busy_until)
 
     def _arrival(self, departure: float) -> float:
-        if not self.jitter or self._rand is None:
+        if not self.jitter or self._wander is None:
             return departure + self.delay
-        t0, o0, t1, o1 = self._wander
-        if departure >= t1:
-            step = max(0.010, 4 * self.jitter)
-            t0, o0 = (t1 if departure < t1 + step else departure), o1
-            target = min(2 * self.jitter, max(-2 * self.jitter, self._rand.gauss(0.0, self.jitter)))
-            t1, o1 = t0 + step, target
-            self._wander = (t0, o0, t1, o1)
-        offset = o0 + (o1 - o0) * (departure - t0) / (t1 - t0)
+        offset = self._wander.offset(departure, self.jitter)
         arrival = max(departure, departure + self.delay + offset, self._last_arrival)
         self._last_arrival = arrival
         return arrival
